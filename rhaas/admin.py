@@ -1,0 +1,204 @@
+"""``rhaas-admin``: run and administer a server (database, users, the networking worker)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+import click
+
+from rhaas.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from rhaas.client import Client
+from rhaas.db.session import make_engine, make_sessionmaker, upgrade
+
+
+def _settings(config: str | None, database: str | None, **overrides: object) -> Settings:
+    return load_settings(config, database__url=database, **overrides)
+
+
+config_option = click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False), help="TOML settings file."
+)
+database_option = click.option(
+    "--database", envvar="RHAAS_DATABASE", help="Database URL (default: sqlite:///rhaas.sqlite3)."
+)
+
+
+@click.group()
+def main() -> None:
+    """Administer an rhaas server."""
+    logging.basicConfig(
+        level=getattr(logging, os.environ.get("RHAAS_LOG_LEVEL", "INFO")),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@config_option
+@database_option
+def db_upgrade(config: str | None, database: str | None) -> None:
+    """Create the schema, or migrate it to the newest version."""
+    settings = _settings(config, database)
+    upgrade(settings.database.url)
+    click.echo("database is up to date")
+
+
+@main.command("create-admin-user")
+@click.argument("user")
+@click.argument("password")
+@config_option
+@database_option
+def create_admin_user(user: str, password: str, config: str | None, database: str | None) -> None:
+    """Create (or reset) an administrator account."""
+    from rhaas.core.users import bootstrap_admin
+
+    settings = _settings(config, database)
+    upgrade(settings.database.url)
+    sessions = make_sessionmaker(make_engine(settings.database.url))
+    with sessions() as session:
+        bootstrap_admin(session, user, password)
+        session.commit()
+    click.echo(f"admin user {user} is ready")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option(
+    "--auth", type=click.Choice(["database", "null"]), default=None, help="null: everyone is admin."
+)
+@click.option("--vlans", default=None, help='VLAN pool, e.g. "100-999".')
+@click.option("--no-worker", is_flag=True, help="Do not apply networking actions in this process.")
+@click.option(
+    "--upstream", envvar="RHAAS_UPSTREAM", help="Upstream HIL/rhaas URL: run as a recursive instance."
+)
+@click.option("--upstream-project", envvar="RHAAS_UPSTREAM_PROJECT", help="This instance's project upstream.")
+@click.option("--upstream-user", envvar="RHAAS_UPSTREAM_USER", help="User name at the upstream.")
+@click.option(
+    "--upstream-password",
+    envvar="RHAAS_UPSTREAM_PASSWORD",
+    help="Password at the upstream. Prefer the RHAAS_UPSTREAM_PASSWORD variable: flags are visible in ps.",
+)
+@click.option("--max-nodes", type=int, default=None, help="Pool policy: most nodes to hold upstream.")
+@click.option(
+    "--node-filter", default=None, help="Pool policy: claim only upstream nodes matching this regex."
+)
+@config_option
+@database_option
+def serve(
+    host: str,
+    port: int,
+    auth: str | None,
+    vlans: str | None,
+    no_worker: bool,
+    upstream: str | None,
+    upstream_project: str | None,
+    upstream_user: str | None,
+    upstream_password: str | None,
+    max_nodes: int | None,
+    node_filter: str | None,
+    config: str | None,
+    database: str | None,
+) -> None:
+    """Run the API server (and, unless --no-worker, the networking worker in-process).
+
+    With --upstream it is a recursive instance: its nodes are those its project holds upstream.
+    """
+    import uvicorn
+
+    from rhaas.api.app import create_app
+
+    overrides: dict[str, object] = {
+        "auth__mode": auth,
+        "networks__vlans": vlans,
+        "upstream__url": upstream,
+        "upstream__project": upstream_project,
+        "upstream__user": upstream_user,
+        "upstream__password": upstream_password,
+        "pool__max_nodes": max_nodes,
+        "pool__node_filter": node_filter,
+    }
+    if no_worker:
+        overrides["worker__in_process"] = False
+    settings = _settings(config, database, **overrides)
+    if settings.upstream.url and not settings.upstream.project:
+        raise click.UsageError("--upstream needs --upstream-project (this instance's project upstream).")
+    upgrade(settings.database.url)
+    if settings.auth.mode == "null":
+        click.echo("WARNING: --auth null: every caller is an administrator (development only).", err=True)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _client() -> Client:
+    from rhaas.client import Client
+
+    return Client.from_env()
+
+
+@main.group()
+def pool() -> None:
+    """The free pool of a recursive instance, through its API (RHAAS_ENDPOINT, RHAAS_USERNAME, …)."""
+
+
+@pool.command("grow")
+@click.argument("count", type=click.IntRange(min=1))
+def pool_grow(count: int) -> None:
+    """Claim up to COUNT nodes from the upstream."""
+    for name in _client().pool.grow(count):
+        click.echo(name)
+
+
+@pool.command("shrink")
+@click.argument("count", type=click.IntRange(min=1))
+def pool_shrink(count: int) -> None:
+    """Give up to COUNT idle nodes back to the upstream."""
+    for name in _client().pool.shrink(count):
+        click.echo(name)
+
+
+@main.command()
+@click.option("--fix", is_flag=True, help="Repair the drift found.")
+def reconcile(fix: bool) -> None:
+    """Compare a recursive instance with its upstream; report (and with --fix, repair) drift."""
+    import json
+
+    drift = _client().pool.reconcile(fix)
+    click.echo(json.dumps(drift, indent=2))
+    if not fix and any(drift[k] for k in drift if k != "fixed"):
+        sys.exit(3)
+
+
+@main.command("serve-networks")
+@config_option
+@database_option
+def serve_networks(config: str | None, database: str | None) -> None:
+    """Run a networking worker on its own (several may share one PostgreSQL database)."""
+    from rhaas.worker.networking import NetworkWorker
+
+    settings = _settings(config, database)
+    upgrade(settings.database.url)
+    worker = NetworkWorker(make_sessionmaker(make_engine(settings.database.url)), settings.worker)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.start()
+    click.echo(f"networking worker {worker.worker_id} running", err=True)
+    stop.wait()
+    worker.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The application factory: HIL's REST API under ``/v0``, plus the OpenAPI document at /openapi.json."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rhaas import __version__
+from rhaas.api import errors
+from rhaas.api.deps import Authenticator, check_input
+from rhaas.api.routes import networks, nodes, pool, projects, switches, users
+from rhaas.backends.upstream import Upstream
+from rhaas.config import Settings, parse_vlan_ranges
+from rhaas.core import vlans
+from rhaas.core.pool import ensure_switch
+from rhaas.db.session import make_engine, make_sessionmaker
+from rhaas.worker.networking import NetworkWorker
+
+log = logging.getLogger("rhaas")
+
+
+class JSONBodies:
+    """Every /v0 body is JSON, whatever Content-Type says: HIL's client sends none, and ``curl -d``
+    sends a form type (HIL then refused every call with a body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v0/"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
+    """Build the API. The schema must exist (``rhaas-admin db upgrade``); the VLAN pool is topped up."""
+    if sessions is None:
+        sessions = make_sessionmaker(make_engine(settings.database.url))
+    up = Upstream(settings.upstream).register() if settings.upstream.url else None
+    # Core functions find the upstream (if any) and the pool policy in their session's info.
+    sessions.configure(info={"upstream": up, "pool": settings.pool})
+    with sessions() as db:
+        vlans.populate(db, parse_vlan_ranges(settings.networks.vlans))
+        if up is not None:
+            ensure_switch(db, up)
+        db.commit()
+
+    worker = NetworkWorker(sessions, settings.worker) if settings.worker.in_process else None
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    app = FastAPI(
+        title="rhaas",
+        version=__version__,
+        description="HIL-compatible bare-metal API (base or recursive instance).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.authenticator = Authenticator(settings.auth)
+    app.state.worker = worker
+    app.state.wake_worker = worker.wake if worker is not None else None
+    # Long-polls of networking actions wait on this; the in-process worker notifies it (other workers'
+    # results are seen by the waiters' own short re-reads).
+    app.state.actions_finished = worker.finished if worker is not None else threading.Condition()
+    errors.install(app)
+    app.add_middleware(JSONBodies)
+    for module in (projects, nodes, networks, switches, users, pool):
+        app.include_router(module.router, prefix="/v0", dependencies=[Depends(check_input)])
+    return app

@@ -1,0 +1,72 @@
+"""rhaas extensions: bulk node claims (any instance) and the free pool of a recursive instance (admin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import Field
+from sqlalchemy.orm import Session
+
+from rhaas.api.deps import get_caller, get_db
+from rhaas.api.routes.common import reply
+from rhaas.api.schemas import Body
+from rhaas.core import pool, projects
+from rhaas.core.access import Caller, require_admin
+
+router = APIRouter(tags=["pool (rhaas extension)"])
+
+
+class CountBody(Body):
+    count: int = Field(ge=1, le=1000)
+
+
+class ReconcileBody(Body):
+    fix: bool = False
+
+
+@router.post("/project/{project}/connect_nodes", summary="rhaas extension: claim any N free nodes")
+def connect_nodes(
+    project: str, body: CountBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    names = projects.connect_nodes(db, caller, project, body.count)
+    db.commit()
+    return reply(names)
+
+
+@router.get("/pool", summary="rhaas extension: the free pool and its upstream")
+def show_pool(db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+    require_admin(caller)
+    up = pool.upstream_of(db)
+    policy = pool.policy_of(db)
+    total, free = pool.node_counts(db)
+    return reply(
+        {
+            "upstream": {"url": up.url, "project": up.project} if up else None,
+            "nodes": total,
+            "free": free,
+            "policy": policy.model_dump(),
+        }
+    )
+
+
+@router.post("/pool/grow", summary="rhaas extension: claim nodes from the upstream")
+def grow(body: CountBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+    names = pool.grow(db, caller, body.count)
+    db.commit()
+    return reply(names)
+
+
+@router.post("/pool/shrink", summary="rhaas extension: give idle nodes back to the upstream")
+def shrink(body: CountBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+    names = pool.shrink(db, caller, body.count)
+    db.commit()
+    return reply(names)
+
+
+@router.post("/pool/reconcile", summary="rhaas extension: compare with the upstream; fix drift if asked")
+def reconcile(
+    body: ReconcileBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    drift = pool.reconcile(db, caller, body.fix)
+    if body.fix:
+        db.commit()
+    return reply(drift.as_dict())

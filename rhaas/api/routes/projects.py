@@ -1,0 +1,69 @@
+"""Routes: /projects, /project/<project>/…"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy.orm import Session
+
+from rhaas.api.deps import get_caller, get_db
+from rhaas.api.routes.common import ok, reply
+from rhaas.api.schemas import NodeBody
+from rhaas.core import projects
+from rhaas.core.access import Caller
+
+router = APIRouter(tags=["projects"])
+
+
+@router.get("/projects")
+def list_projects(db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+    return reply(projects.list_projects(db, caller))
+
+
+@router.put("/project/{project}")
+def create_project(
+    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    projects.create_project(db, caller, project)
+    db.commit()
+    return ok()
+
+
+@router.delete("/project/{project}")
+def delete_project(
+    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    projects.delete_project(db, caller, project)
+    db.commit()
+    return ok()
+
+
+@router.post("/project/{project}/connect_node")
+def connect_node(
+    project: str, body: NodeBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    projects.connect_node(db, caller, project, body.node)
+    db.commit()
+    return ok()
+
+
+@router.post("/project/{project}/detach_node")
+def detach_node(
+    project: str, body: NodeBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    projects.detach_node(db, caller, project, body.node)
+    db.commit()
+    return ok()
+
+
+@router.get("/project/{project}/nodes")
+def project_nodes(
+    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    return reply(projects.list_project_nodes(db, caller, project))
+
+
+@router.get("/project/{project}/networks")
+def project_networks(
+    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    return reply(projects.list_project_networks(db, caller, project))

@@ -1,0 +1,93 @@
+"""Request bodies. Unknown keys and wrong types are refused (400 ValidationError), as in HIL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NodeBody(Body):
+    node: str
+
+
+class ObmForm(BaseModel):
+    """HIL's in-tree OBM form; extra keys are checked by the chosen driver's settings model."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str = Field(description='driver: "ipmi", "mock", or a HIL type URL')
+
+
+class NodeRegisterBody(Body):
+    obm: ObmForm
+    metadata: dict[str, Any] | None = None
+
+
+class NicBody(Body):
+    macaddr: str
+
+
+class MetadataBody(Body):
+    value: Any
+
+
+class ObmCredentialsBody(Body):
+    user: str
+    password: str
+
+
+class ObmEnableBody(Body):
+    enabled: bool
+
+
+class PowerCycleBody(Body):
+    force: bool = False
+
+
+class BootdevBody(Body):
+    bootdev: str
+
+
+class NetworkCreateBody(Body):
+    owner: str
+    access: str
+    net_id: str
+
+
+class ConnectNetworkBody(Body):
+    network: str
+    channel: str | None = None
+
+
+class NetworkBody(Body):
+    network: str
+
+
+class SwitchRegisterBody(BaseModel):
+    """``type`` plus the driver's own fields, checked by the driver's settings model."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+
+
+class NicRefBody(Body):
+    node: str
+    nic: str
+
+
+class UserCreateBody(Body):
+    password: str
+    is_admin: bool = False
+
+
+class UserPatchBody(Body):
+    is_admin: bool | None = None
+    password: str | None = None
+
+
+class ProjectBody(Body):
+    project: str

@@ -1,0 +1,124 @@
+"""``rhaas lab ...``: virtual bare metal on this machine (root): a switch, QEMU nodes with IPMI BMCs,
+headnodes, and a base rhaas instance that manages them. See docs/lab.md and `rhaas.lab.site`.
+
+Unlike the other groups these commands do not talk to ``RHAAS_ENDPOINT``: they start the lab, and
+the lab's base instance is registered through the client library inside `rhaas.lab.site`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from rhaas.cli.table import table
+from rhaas.lab.site import DEFAULT_HEADNODE_IP, Lab, LabError, default_workdir
+
+workdir_option = click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The lab's directory (default: $RHAAS_LAB_DIR or ~/.cache/rhaas/lab).",
+)
+
+
+def _lab(workdir: Path | None) -> Lab:
+    return Lab(workdir or default_workdir(), say=lambda line: click.echo(f"· {line}", err=True))
+
+
+def _run(action: Callable[[], object]) -> None:
+    """Turn a LabError into the CLI's one-line error."""
+    try:
+        action()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+def lab() -> None:
+    """The lab: virtual bare metal on one machine (needs root)."""
+
+
+@lab.command()
+@click.option("--nodes", "count", type=click.IntRange(1, 50), default=2, show_default=True)
+@click.option(
+    "--memory", type=click.IntRange(256, 8192), default=1024, show_default=True, help="MB per node."
+)
+@click.option("--endpoint", help="Register the site in this rhaas instead of starting a base instance "
+              "(credentials from RHAAS_USERNAME/RHAAS_PASSWORD).")  # fmt: skip
+@workdir_option
+def up(count: int, memory: int, endpoint: str | None, workdir: Path | None) -> None:
+    """Start the switch, COUNT powered-off nodes with their BMCs and a base instance; register them."""
+    the_lab = _lab(workdir)
+    _run(lambda: the_lab.up(count, memory, endpoint))
+    click.echo(the_lab.exports())
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@workdir_option
+def status(as_json: bool, workdir: Path | None) -> None:
+    """Per node: power, firmware boots, console log, BMC, switch port and MAC."""
+    the_lab = _lab(workdir)
+    result: dict[str, object] = {}
+    _run(lambda: result.update(the_lab.status()))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    nodes = result["nodes"]
+    assert isinstance(nodes, list)
+    rows = [
+        [n["node"], n["power"], n["firmware_boots"], n["bmc"], n["switch_port"], n["mac"], n["console"]]
+        for n in nodes
+    ]
+    click.echo(f"endpoint: {result['endpoint']}   credentials: {result['credentials']}")
+    click.echo(table(["node", "power", "boots", "bmc", "port", "mac", "console"], rows))
+    heads = result["headnodes"]
+    assert isinstance(heads, list)
+    for head in heads:
+        services = ", ".join(
+            f"{k} {'running' if v['running'] else 'DEAD'} (pid {v['pid']})"
+            for k, v in head["services"].items()
+        )
+        click.echo(f"headnode {head['headnode']}: {head['ip']} in {head['netns']}, port {head['switch_port']}"
+                   f"{'; ' + services if services else ''}")  # fmt: skip
+
+
+@lab.command()
+@workdir_option
+def down(workdir: Path | None) -> None:
+    """Stop everything the lab started and remove its devices and files (also after a crash)."""
+    _run(_lab(workdir).down)
+
+
+@lab.command()
+@click.argument("name")
+@click.option("--ip", default=DEFAULT_HEADNODE_IP, show_default=True, help="Address in the namespace (CIDR).")
+@click.option(
+    "--boot", is_flag=True, help="Serve the network boot of the test OS (DHCP + HTTP) to the nodes."
+)
+@workdir_option
+def headnode(name: str, ip: str, boot: bool, workdir: Path | None) -> None:
+    """A network namespace on a switch port, registered as node NAME, like a head node."""
+    the_lab = _lab(workdir)
+    _run(lambda: the_lab.headnode(name, ip, boot=boot))
+    click.echo(f"headnode {name} is up; run commands in it with: rhaas lab exec {name} -- COMMAND")
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--detach", is_flag=True, help="Run as a service of the headnode: 'lab down' stops it.")
+@workdir_option
+def exec_(name: str, argv: tuple[str, ...], detach: bool, workdir: Path | None) -> None:
+    """Run a command in headnode NAME's network namespace."""
+    the_lab = _lab(workdir)
+    result: list[int] = []
+    _run(lambda: result.append(the_lab.exec(name, list(argv), detach=detach)))
+    if detach:
+        click.echo(f"started pid {result[0]}")
+        return
+    if result[0] != 0:
+        raise SystemExit(result[0])

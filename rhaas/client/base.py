@@ -1,0 +1,218 @@
+"""The HTTP seam of the client library: URLs, names, requests, and errors read back into rhaas classes.
+
+Every call goes through `Connection.call` (or `Connection.stream`), which
+
+* builds ``<endpoint>/v0/<path>`` from name segments that were checked and percent-encoded here
+  (`segment`), so a name can never address a different route;
+* follows redirects (HIL answers power calls with a 307 to obmd);
+* returns the parsed JSON body, or None for an empty one;
+* raises the `rhaas.errors` class the server named in its ``{"type", "msg"}`` body, a `ServerError`
+  (HTTP 500) or `UpstreamError` (any other status) quoting an error body that is not HIL's JSON, or
+  `UpstreamUnavailableError` naming the endpoint when it cannot be reached at all.
+
+It must not know any route: the resource modules (`projects`, `nodes`, ...) do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from rhaas.errors import (
+    ERRORS_BY_NAME,
+    BadArgumentError,
+    RhaasError,
+    ServerError,
+    UpstreamError,
+    UpstreamUnavailableError,
+)
+
+#: Characters no name may hold. HIL's client allowed only [A-Za-z0-9 /$_.+!*'(),-]; rhaas names may be any
+#: printable text (the server checks them), and everything else is percent-encoded.
+_RESERVED = re.compile(r"[\x00-\x1f\x7f]")
+_NO_BODY: Any = object()
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_unknown_error_classes: dict[str, type[RhaasError]] = {}
+
+
+def check_name(kind: str, value: object, *, slashes: bool = False, empty_ok: bool = False) -> str:
+    """Refuse a name that cannot be sent: control characters anywhere, and ``/`` except where ``slashes``
+    (ports, channels, network ids). Raises BadArgumentError; returns the name."""
+    if not isinstance(value, str):
+        raise BadArgumentError(f"{kind} must be a string, not {type(value).__name__}.")
+    if not value and not empty_ok:
+        raise BadArgumentError(f"{kind} must not be empty.")
+    bad = set(_RESERVED.findall(value))
+    if "/" in value and not slashes:
+        bad.add("/")
+    if bad:
+        shown = " ".join(repr(c) for c in sorted(bad))
+        raise BadArgumentError(f"{kind} {value[:80]!r} may not contain: {shown}")
+    return value
+
+
+def segment(kind: str, value: object, *, slashes: bool = False) -> str:
+    """A checked name, percent-encoded for use as one path segment (``/`` kept only if ``slashes``)."""
+    name = check_name(kind, value, slashes=slashes)
+    # "." and ".." would be folded away by URL normalisation and address another resource.
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise BadArgumentError(f"{kind} {name[:80]!r} is not a usable name in a URL.")
+    return quote(name, safe="/" if slashes else "")
+
+
+def _error_class(type_name: str) -> type[RhaasError]:
+    """The rhaas class for a wire error name; an unknown name gets a RhaasError subclass of that name,
+    so callers can still catch RhaasError and messages still show the server's word."""
+    if type_name in ERRORS_BY_NAME:
+        return ERRORS_BY_NAME[type_name]
+    if not _IDENTIFIER.match(type_name):
+        return RhaasError
+    if type_name not in _unknown_error_classes:
+        _unknown_error_classes[type_name] = type(type_name, (RhaasError,), {"__module__": __name__})
+    return _unknown_error_classes[type_name]
+
+
+def _snippet(response: httpx.Response, limit: int = 200) -> str:
+    text = response.text
+    if "html" in response.headers.get("content-type", ""):
+        text = re.sub(r"<[^>]*>", " ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """``http(s)://host[:port][/prefix]`` without a trailing ``/`` or ``/v0`` (HIL users often add one)."""
+    try:
+        url = httpx.URL(endpoint.strip())
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise BadArgumentError(f"Endpoint {endpoint!r} is not a URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise BadArgumentError(f"Endpoint {endpoint!r} must look like http://host:port")
+    text = str(url.copy_with(query=None, fragment=None)).rstrip("/")
+    return text[: -len("/v0")] if text.endswith("/v0") else text
+
+
+class Connection:
+    """One endpoint, its credentials and its HTTP client; see the module docstring."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.endpoint = normalize_endpoint(endpoint)
+        self.username = username
+        self.timeout = timeout
+        self._auth: httpx.BasicAuth | None = None
+        if username is not None:
+            self._auth = httpx.BasicAuth(username, password or "")
+        self._owns_http = http is None
+        self.http = http or httpx.Client(
+            timeout=timeout,
+            follow_redirects=True,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+
+    def url(self, path: str) -> str:
+        return f"{self.endpoint}/v0/{path}"
+
+    def close(self) -> None:
+        if self._owns_http:
+            self.http.close()
+
+    # -- requests ---------------------------------------------------------------------------------------
+    def call(
+        self, method: str, path: str, *, json: Any = _NO_BODY, params: Mapping[str, str] | None = None
+    ) -> Any:
+        """Send one request; return the parsed JSON body (None if empty) or raise an `rhaas.errors` class."""
+        request = self._build(method, path, json, params)
+        response = self._send(request, stream=False)
+        if not response.is_success:
+            self._raise(response)
+        if not response.content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError(
+                f"{self.endpoint} answered {method} /v0/{path} with a body that is not JSON: "
+                f"{_snippet(response)!r}"
+            ) from None
+
+    def stream(self, method: str, path: str) -> Generator[str, None, None]:
+        """Send one request and return its body as text chunks, as they arrive (no read timeout).
+
+        The request is made now, so errors are raised here rather than on the first iteration."""
+        request = self._build(method, path, _NO_BODY, None)
+        request.extensions["timeout"] = httpx.Timeout(self.timeout, read=None).as_dict()
+        response = self._send(request, stream=True)
+        if not response.is_success:
+            try:
+                response.read()
+            finally:
+                response.close()
+            self._raise(response)
+        return self._chunks(response, method, path)
+
+    def _chunks(self, response: httpx.Response, method: str, path: str) -> Generator[str, None, None]:
+        try:
+            yield from response.iter_text()
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc, method, path) from exc
+        finally:
+            response.close()
+
+    def _build(self, method: str, path: str, json: Any, params: Mapping[str, str] | None) -> httpx.Request:
+        kwargs: dict[str, Any] = {"params": params, "timeout": self.timeout}
+        if json is not _NO_BODY:
+            kwargs["json"] = json
+        return self.http.build_request(method, self.url(path), **kwargs)
+
+    def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        auth = self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT
+        method, path = request.method, request.url.path
+        try:
+            return self.http.send(request, auth=auth, follow_redirects=True, stream=stream)
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc, method, path) from exc
+        except httpx.RequestError as exc:  # too many redirects, undecodable body
+            raise UpstreamError(f"{self.endpoint}: {method} {path} failed: {exc}") from exc
+
+    def _unavailable(self, exc: httpx.TransportError, method: str, path: str) -> UpstreamUnavailableError:
+        if isinstance(exc, httpx.TimeoutException):
+            what = f"did not answer within {self.timeout:g} s ({type(exc).__name__})"
+        else:
+            what = f"cannot be reached: {exc or type(exc).__name__}"
+        return UpstreamUnavailableError(f"{self.endpoint} {what} ({method} {path})")
+
+    def _raise(self, response: httpx.Response) -> None:
+        status = response.status_code
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("type"), str) and "msg" in data:
+            raise _error_class(data["type"])(str(data["msg"]))
+        # A bare 500 is the server's own crash page (HIL answers its ServerErrors that way); anything else
+        # without an API body (a proxy's 502, a wrong endpoint's 404) says nothing about the call.
+        cls = ServerError if status == 500 else UpstreamError
+        request = response.request
+        raise cls(
+            f"{self.endpoint} answered HTTP {status} {response.reason_phrase} to {request.method} "
+            f"{request.url.path}: {_snippet(response)!r}"
+        )
+
+
+class Resource:
+    """Base of the resource groups (``client.node``, ``client.project``, ...)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn

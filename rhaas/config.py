@@ -1,0 +1,123 @@
+"""Typed settings, one model per section, loaded from an optional TOML file and command-line flags.
+
+Example ``rhaas.toml``::
+
+    [database]
+    url = "postgresql://rhaas@db.example.org/rhaas"
+
+    [auth]
+    mode = "database"        # or "null" (everyone is admin: development only)
+
+    [networks]
+    vlans = "100-999"        # the VLAN pool of the vlan_pool allocator
+
+    [worker]
+    in_process = true        # apply networking actions inside the API server
+    threads = 8
+
+    [upstream]               # only for a recursive instance
+    url = "http://hil.example.org:5000"
+    project = "reseller"
+    user = "reseller-bot"
+    password = "…"
+
+    [pool]
+    min_free = 0
+    max_nodes = 20
+    node_filter = "^rack3-"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(Section):
+    url: str = "sqlite:///rhaas.sqlite3"
+
+
+class AuthSettings(Section):
+    mode: Literal["database", "null"] = "database"
+    #: How long a verified password is remembered, so a request does not pay for the KDF each time.
+    cache_seconds: float = Field(default=60.0, ge=0, le=3600)
+
+
+class NetworkSettings(Section):
+    vlans: str = "100-999"
+
+
+class WorkerSettings(Section):
+    in_process: bool = True
+    threads: int = Field(default=8, ge=1, le=256)
+    poll_interval: float = Field(default=0.5, gt=0, le=60)
+    lease_seconds: float = Field(default=120.0, gt=0, le=3600)
+
+
+class UpstreamSettings(Section):
+    """Set ``url`` to make this a recursive instance of the HIL-compatible service at ``url``."""
+
+    url: str | None = None
+    project: str = ""
+    user: str | None = None
+    password: str | None = None
+    #: Prefix of the upstream networks this instance creates (unique per instance on one upstream).
+    network_prefix: str | None = None
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    #: How long a networking action upstream may take before it counts as failed.
+    action_timeout: float = Field(default=120.0, gt=0, le=3600)
+
+
+class PoolSettings(Section):
+    """Bounds on the free pool of a recursive instance."""
+
+    min_free: int = Field(default=0, ge=0)
+    max_nodes: int | None = Field(default=None, ge=0)
+    #: Only upstream nodes whose names match this regular expression are claimed.
+    node_filter: str = ".*"
+    #: Claim from upstream when a project asks for more nodes than the pool holds.
+    auto_grow: bool = True
+
+
+class Settings(Section):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    networks: NetworkSettings = Field(default_factory=NetworkSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (TOML) with ``overrides`` given as ``section__key=value`` on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = tomllib.loads(Path(path).read_text())
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = key.partition("__")
+        data.setdefault(section, {})[field] = value
+    return Settings.model_validate(data)
+
+
+def parse_vlan_ranges(spec: str) -> list[int]:
+    """``"100-200, 300"`` → [100, …, 200, 300]. Raises ValueError on anything else."""
+    vlans: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        first, last = int(lo), int(hi or lo)
+        if not 1 <= first <= last <= 4094:
+            raise ValueError(f"VLAN range {part!r} is not within 1-4094")
+        vlans.update(range(first, last + 1))
+    return sorted(vlans)

@@ -1,0 +1,1 @@
+"""Database: models, engine and sessions, and the Alembic migration history."""

@@ -1,0 +1,220 @@
+"""SQLAlchemy models: the single source of truth for every committed state.
+
+Names follow HIL's data model where HIL has one (``label`` is an object's name). Drivers are not tables:
+a switch or a node's OBM stores its driver name and its validated settings as JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite, as HIL does.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+user_projects = Table(
+    "user_projects",
+    Base.metadata,
+    Column("user_id", Id, ForeignKey("user.id", ondelete="CASCADE"), primary_key=True),
+    Column("project_id", Id, ForeignKey("project.id", ondelete="CASCADE"), primary_key=True),
+)
+
+network_projects = Table(
+    "network_projects",
+    Base.metadata,
+    Column("network_id", Id, ForeignKey("network.id", ondelete="CASCADE"), primary_key=True),
+    Column("project_id", Id, ForeignKey("project.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Project(Base):
+    __tablename__ = "project"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class User(Base):
+    __tablename__ = "user"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    projects: Mapped[list[Project]] = relationship(secondary=user_projects, order_by=Project.label)
+
+
+class Switch(Base):
+    __tablename__ = "switch"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(255))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ports: Mapped[list[Port]] = relationship(back_populates="switch", order_by="Port.label")
+
+
+class Port(Base):
+    __tablename__ = "port"
+    __table_args__ = (UniqueConstraint("switch_id", "label"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255))
+    switch_id: Mapped[int] = mapped_column(Id, ForeignKey("switch.id"), index=True)
+    switch: Mapped[Switch] = relationship(back_populates="ports")
+    nic: Mapped[Nic | None] = relationship(back_populates="port")
+
+
+class Generation(Base):
+    """Change counters kept by database triggers (migration 0003): ``node`` moves whenever a node is
+    added, removed, renamed or changes project, so readers can cache node lists safely."""
+
+    __tablename__ = "generation"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Node(Base):
+    __tablename__ = "node"
+    __table_args__ = (Index("ix_node_project_label", "project_id", "label"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), unique=True)
+    project_id: Mapped[int | None] = mapped_column(Id, ForeignKey("project.id"))
+    obm_type: Mapped[str] = mapped_column(String(255))
+    obm_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    obm_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    project: Mapped[Project | None] = relationship()
+    nics: Mapped[list[Nic]] = relationship(back_populates="node", order_by="Nic.label")
+    metadata_items: Mapped[list[NodeMetadata]] = relationship(
+        back_populates="node", order_by="NodeMetadata.label", cascade="all, delete-orphan"
+    )
+
+
+class NodeMetadata(Base):
+    __tablename__ = "node_metadata"
+    __table_args__ = (UniqueConstraint("node_id", "label"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    node_id: Mapped[int] = mapped_column(Id, ForeignKey("node.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+    node: Mapped[Node] = relationship(back_populates="metadata_items")
+
+
+class Nic(Base):
+    __tablename__ = "nic"
+    __table_args__ = (UniqueConstraint("node_id", "label"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255))
+    macaddr: Mapped[str] = mapped_column(String(255))
+    node_id: Mapped[int] = mapped_column(Id, ForeignKey("node.id"), index=True)
+    port_id: Mapped[int | None] = mapped_column(Id, ForeignKey("port.id"), unique=True)
+    node: Mapped[Node] = relationship(back_populates="nics")
+    port: Mapped[Port | None] = relationship(back_populates="nic")
+    attachments: Mapped[list[NetworkAttachment]] = relationship(
+        back_populates="nic", order_by="NetworkAttachment.channel"
+    )
+
+
+class Network(Base):
+    __tablename__ = "network"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), unique=True)
+    owner_id: Mapped[int | None] = mapped_column(Id, ForeignKey("project.id"), index=True)
+    network_id: Mapped[str] = mapped_column(String(255))
+    allocated: Mapped[bool] = mapped_column(Boolean)
+    #: On a recursive instance: the upstream network this one is (its name there).
+    upstream_label: Mapped[str | None] = mapped_column(String(255), unique=True)
+    owner: Mapped[Project | None] = relationship()
+    access: Mapped[list[Project]] = relationship(secondary=network_projects, order_by=Project.label)
+    attachments: Mapped[list[NetworkAttachment]] = relationship(back_populates="network")
+
+
+class NetworkAttachment(Base):
+    """A NIC carries a network on a channel. Written only when the switch has done it."""
+
+    __tablename__ = "network_attachment"
+    __table_args__ = (UniqueConstraint("nic_id", "channel"), UniqueConstraint("nic_id", "network_id"))
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    nic_id: Mapped[int] = mapped_column(Id, ForeignKey("nic.id"))
+    network_id: Mapped[int] = mapped_column(Id, ForeignKey("network.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(255))
+    nic: Mapped[Nic] = relationship(back_populates="attachments")
+    network: Mapped[Network] = relationship(back_populates="attachments")
+
+
+PENDING, DONE, ERROR = "PENDING", "DONE", "ERROR"
+
+
+class NetworkingAction(Base):
+    """A queued switch change. At most one PENDING per NIC (a partial unique index enforces it).
+
+    Unlike HIL, finished actions are kept, so a status id stays queryable. A worker claims an action by
+    setting ``claimed_by`` and a lease; a lease that runs out lets another worker take the action over.
+    """
+
+    __tablename__ = "networking_action"
+    __table_args__ = (
+        Index(
+            "uq_networking_action_pending_nic",
+            "nic_id",
+            unique=True,
+            sqlite_where=text("status = 'PENDING'"),
+            postgresql_where=text("status = 'PENDING'"),
+        ),
+        Index("ix_networking_action_status", "status", "id"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    nic_id: Mapped[int] = mapped_column(Id, ForeignKey("nic.id", ondelete="CASCADE"), index=True)
+    new_network_id: Mapped[int | None] = mapped_column(Id, ForeignKey("network.id", ondelete="SET NULL"))
+    channel: Mapped[str] = mapped_column(String(255), default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    nic: Mapped[Nic] = relationship()
+    new_network: Mapped[Network | None] = relationship()
+
+
+class Vlan(Base):
+    """The VLAN pool of the ``vlan_pool`` network allocator."""
+
+    __tablename__ = "vlan"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    vlan_no: Mapped[int] = mapped_column(Integer, unique=True)
+    available: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -1,0 +1,216 @@
+"""``rhaas demo``: the story of rhaas, played live on loopback with real servers.
+
+A base instance manages a small site; a reseller runs a recursive instance on a project of the base and
+resells its nodes; customer A gets two nodes on a private network, returns them; customer B gets them;
+a third-level instance on top of the reseller gets a node too. Every step goes through the HIL API with
+rhaas's client, and each claim is checked against the base's switch.
+
+Without ``--lab`` the site's hardware is rhaas's mock switch and mock BMCs (shipped drivers with the same
+interfaces as the OVS and IPMI ones), so the demo runs anywhere in seconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from rhaas.client import Client
+from rhaas.lab.servers import Server
+
+T = TypeVar("T")
+
+
+@dataclass
+class Story:
+    """Prints the story as it goes, times each step, and keeps the checked claims."""
+
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    checks: list[tuple[str, str]] = field(default_factory=list)
+
+    def step(self, title: str, action: Callable[[], T]) -> T:
+        click.echo(click.style("▶ ", fg="cyan") + title, nl=False)
+        start = time.perf_counter()
+        result = action()
+        elapsed = time.perf_counter() - start
+        self.timings.append((title, elapsed))
+        click.echo(click.style(f"  ({elapsed * 1000:.0f} ms)", dim=True))
+        return result
+
+    def check(self, claim: str, evidence: str, ok: bool) -> None:
+        mark = click.style("✔", fg="green") if ok else click.style("✘", fg="red")
+        click.echo(f"  {mark} {claim}: {evidence}")
+        self.checks.append((claim, evidence))
+        if not ok:
+            raise click.ClickException(f"demo check failed: {claim} ({evidence})")
+
+
+class Instance:
+    """A running rhaas server and an admin client for it."""
+
+    def __init__(self, name: str, server: Server, admin_password: str) -> None:
+        self.name, self.server = name, server
+        self.admin = Client(server.url, "admin", admin_password)
+
+    def user(self, name: str, project: str) -> tuple[Client, str]:
+        password = secrets.token_urlsafe(12)
+        self.admin.user.create(name, password)
+        self.admin.user.add_project(name, project)
+        return Client(self.server.url, name, password), password
+
+
+@contextmanager
+def _instances(workdir: Path, keep: bool) -> Iterator[list[Instance]]:
+    started: list[Instance] = []
+    try:
+        yield started
+    finally:
+        if not keep:
+            for inst in reversed(started):
+                inst.admin.close()
+                inst.server.stop()
+
+
+def _start(workdir: Path, name: str, upstream: tuple[Instance, str, str, str] | None) -> Instance:
+    password = secrets.token_urlsafe(12)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    if upstream is not None:
+        up, project, user, user_password = upstream
+        args = ["--upstream", up.server.url, "--upstream-project", project, "--upstream-user", user]
+        env["RHAAS_UPSTREAM_PASSWORD"] = user_password
+    server = Server(
+        f"sqlite:///{workdir / (name + '.sqlite3')}",
+        workdir / f"{name}.log",
+        *args,
+        admin=("admin", password),
+        env=env,
+    ).start()
+    return Instance(name, server, password)
+
+
+def _switch_vlans(base: Instance, ports: dict[str, str], nodes: list[str]) -> dict[str, Any]:
+    return {node: base.admin.port.state("sw0", ports[node]) for node in nodes}
+
+
+@click.command()
+@click.option("--nodes", default=4, show_default=True, type=click.IntRange(4, 16), help="Nodes in the site.")
+@click.option("--keep", is_flag=True, help="Leave the instances running and print how to reach them.")
+@click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where logs and databases go."
+)
+def demo(nodes: int, keep: bool, workdir: Path | None) -> None:
+    """Play the rhaas story: a base site, a reseller on it, customers A and B, and a third level."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="rhaas-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    story = Story()
+    click.echo(click.style("rhaas demo", bold=True) + f" (logs and databases in {workdir})\n")
+    with _instances(workdir, keep) as running:
+        base = story.step("start the base instance", lambda: _start(workdir, "base", None))
+        running.append(base)
+        names = [f"node{i:02d}" for i in range(1, nodes + 1)]
+        ports = {name: f"gi1/0/{i}" for i, name in enumerate(names, 1)}
+
+        def build_site() -> None:
+            base.admin.switch.register("sw0", "mock")
+            for i, name in enumerate(names, 1):
+                base.admin.node.register(name, "mock", f"bmc-{name}", "admin", secrets.token_hex(8))
+                base.admin.node.add_nic(name, "eth0", f"52:54:00:12:34:{i:02x}")
+                base.admin.port.register("sw0", ports[name])
+                base.admin.port.connect_nic("sw0", ports[name], name, "eth0")
+            base.admin.project.create("reseller")
+
+        story.step(f"register the site: a switch and {nodes} nodes with BMCs", build_site)
+        _bot, bot_pw = base.user("reseller-bot", "reseller")
+        reseller = story.step(
+            "start the reseller's recursive instance on project 'reseller'",
+            lambda: _start(workdir, "reseller", (base, "reseller", "reseller-bot", bot_pw)),
+        )
+        running.append(reseller)
+        pool = story.step("the reseller takes 3 nodes from the base", lambda: reseller.admin.pool.grow(3))
+        story.check("nodes are the reseller's at the base", ", ".join(pool),
+                    sorted(base.admin.project.nodes_in("reseller")) == sorted(pool))  # fmt: skip
+
+        for project in ("customer-a", "customer-b", "level3"):
+            reseller.admin.project.create(project)
+        alice, _ = reseller.user("alice", "customer-a")
+        a_nodes = story.step(
+            "customer A claims 2 nodes", lambda: alice.project.connect_nodes("customer-a", 2)
+        )
+        alice.network.create("a-net", "customer-a", "customer-a", "")
+        vlan = alice.network.show("a-net")["channels"][1].split("/")[1]
+
+        def connect_a() -> None:
+            for node in a_nodes:
+                alice.wait_networking_action(alice.node.connect_network(node, "eth0", "a-net")["status_id"])
+
+        story.step("customer A puts both nodes on its private network", connect_a)
+        vlans = _switch_vlans(base, ports, a_nodes)
+        story.check("the base switch isolates A's nodes on one VLAN", f"{vlans}",
+                    all(v == {"native": vlan, "tagged": []} for v in vlans.values()))  # fmt: skip
+
+        def return_a() -> None:
+            for node in a_nodes:
+                alice.wait_networking_action(alice.node.detach_network(node, "eth0", "a-net")["status_id"])
+                alice.project.detach("customer-a", node)
+
+        story.step("customer A returns its nodes", return_a)
+        vlans = _switch_vlans(base, ports, a_nodes)
+        story.check("their ports carry nothing any more", f"{vlans}",
+                    all(v == {"native": None, "tagged": []} for v in vlans.values()))  # fmt: skip
+
+        bob, _ = reseller.user("bob", "customer-b")
+        b_nodes = story.step("customer B claims 2 nodes", lambda: bob.project.connect_nodes("customer-b", 2))
+        story.check("B got the nodes A returned", ", ".join(b_nodes), sorted(b_nodes) == sorted(a_nodes))
+        bob.node.enable_obm(b_nodes[0])
+        story.step("customer B powers a node on", lambda: bob.node.power_on(b_nodes[0]))
+        seen_by_b = bob.node.power_status(b_nodes[0])["power_status"]
+        base.admin.node.enable_obm(b_nodes[0])  # the base operator looks at the BMC directly
+        at_base = base.admin.node.power_status(b_nodes[0])["power_status"]
+        story.check("power reached the base's BMC", f"B sees {seen_by_b}, the base sees {at_base}",
+                    seen_by_b == at_base == "on")  # fmt: skip
+
+        _l3bot, l3_pw = reseller.user("level3-bot", "level3")
+        level3 = story.step(
+            "start a third-level instance on the reseller",
+            lambda: _start(workdir, "level3", (reseller, "level3", "level3-bot", l3_pw)),
+        )
+        running.append(level3)
+        level3.admin.project.create("carol-co")
+        carol, _ = level3.user("carol", "carol-co")
+        c_nodes = story.step(
+            "a level-3 customer claims 2 nodes (more than the reseller has free)",
+            lambda: carol.project.connect_nodes("carol-co", 2),
+        )
+        at_base = base.admin.project.nodes_in("reseller")
+        story.check(
+            "the request walked down to the base",
+            f"{', '.join(c_nodes)}; the reseller now holds {len(at_base)} nodes of the base",
+            set(c_nodes) <= set(at_base) and len(at_base) == 4,
+        )
+
+        click.echo("\n" + click.style("step timings", bold=True))
+        for title, seconds in story.timings:
+            click.echo(f"  {seconds * 1000:8.0f} ms  {title}")
+        click.echo(click.style(f"\nall {len(story.checks)} checks passed", fg="green"))
+        if keep:
+            click.echo("The instances keep running. Talk to them with the CLI:")
+            for inst in running:
+                password = inst.server.admin[1]
+                click.echo(
+                    f"  {inst.name}: export RHAAS_ENDPOINT={inst.server.url} RHAAS_USERNAME=admin "
+                    f"RHAAS_PASSWORD={password}"
+                )
+            pids = " ".join(str(i.server.proc.pid) for i in running if i.server.proc)
+            click.echo(f"Stop them with: kill {pids}")
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+        click.echo("everything was stopped and removed")

@@ -1,0 +1,83 @@
+"""A fake switch that keeps port state in memory, or in a JSON file shared by several processes.
+
+It is a real driver, shipped for development, tests and benchmarks, with fault injection: ``delay``
+seconds per port change and ``fail_ports`` that always fail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from rhaas.drivers.switch.base import PortState, SwitchDriver, SwitchSettings
+from rhaas.errors import SwitchError
+
+
+class MockSwitchSettings(SwitchSettings):
+    # HIL's mock switch takes these three; they are accepted and ignored.
+    hostname: str = ""
+    username: str = ""
+    password: str = ""
+    state_file: str | None = Field(default=None, description="JSON file shared by processes")
+    delay: float = Field(default=0.0, ge=0, le=60, description="seconds each port change takes")
+    fail_ports: list[str] = Field(default_factory=list, description="ports whose changes fail")
+
+
+class MockSwitch(SwitchDriver):
+    name = "mock"
+    type_urls = ("http://schema.massopencloud.org/haas/v0/switches/mock",)
+    settings_model = MockSwitchSettings
+
+    #: In-memory state of every mock switch without a state file: switch name → port → state.
+    _memory: ClassVar[dict[str, dict[str, PortState]]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    settings: MockSwitchSettings
+
+    @contextmanager
+    def _ports(self) -> Iterator[dict[str, PortState]]:
+        if self.settings.state_file is None:
+            with self._lock:
+                yield self._memory.setdefault(self.switch_name, {})
+            return
+        path = Path(self.settings.state_file)
+        path.touch(exist_ok=True)
+        with path.open("r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            text = f.read()
+            raw = json.loads(text) if text else {}
+            ports = {
+                port: PortState(s["native"], frozenset(s["tagged"]))
+                for port, s in raw.get(self.switch_name, {}).items()
+            }
+            yield ports
+            raw[self.switch_name] = {port: s.as_dict() for port, s in ports.items()}
+            f.seek(0)
+            f.truncate()
+            json.dump(raw, f)
+
+    def set_port(self, port: str, state: PortState) -> None:
+        if self.settings.delay:
+            time.sleep(self.settings.delay)
+        if port in self.settings.fail_ports:
+            raise SwitchError(f"mock switch {self.switch_name}: port {port} refused the change (injected)")
+        with self._ports() as ports:
+            ports[port] = state
+
+    def get_port(self, port: str) -> PortState:
+        with self._ports() as ports:
+            return ports.get(port, PortState())
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """Drop the in-memory state of every mock switch (tests)."""
+        with cls._lock:
+            cls._memory.clear()

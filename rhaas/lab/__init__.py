@@ -1,0 +1,6 @@
+"""The lab: virtual bare metal on one Linux machine (root) for development, tests, demos and benchmarks.
+
+An Open vSwitch in userspace is the site's switch (`ovs`), QEMU processes are its nodes (`qemu`), a
+virtual BMC per node speaks real IPMI on 127.0.0.1 (`vbmc`), and test OS images are built from Debian
+packages (`images`). Nothing here is used by a production rhaas server.
+"""

@@ -1,0 +1,85 @@
+"""The virtual BMC of one lab node, driving that node's QEMU: ``python -m rhaas.lab.daemon``.
+
+``rhaas lab up`` starts one of these, detached, per node (pyghmi's I/O machinery is process-global, so
+one BMC per process). It serves IPMI on ``127.0.0.1:<port>``; power on starts the node's QEMU (inside
+the lab switch's network namespace, where the node's tap is), power off kills it. The QEMU process is
+not a child that dies with the BMC: stopping or killing this daemon leaves a running node running, and
+a new daemon finds it again by its pidfile. The BMC password comes from ``$RHAAS_LAB_BMC_PASSWORD``,
+not the command line, which every local user can read.
+
+This module is lab equipment: it knows nothing of rhaas's database or API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rhaas.lab.qemu import QemuNode
+from rhaas.lab.vbmc import VirtualBMC, serve_until_signalled
+
+PASSWORD_ENV = "RHAAS_LAB_BMC_PASSWORD"
+
+
+class NetnsQemuNode(QemuNode):
+    """A `QemuNode` whose QEMU runs inside network namespace ``netns`` (None: where we run).
+
+    ``ip netns exec`` execs QEMU in place, so the PID, the pidfile and QMP are QEMU's own.
+    """
+
+    def __init__(self, name: str, workdir: Path | str, *, netns: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name, workdir, **kwargs)
+        self.netns = netns
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        if self.netns is None:
+            return cmd
+        ip = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin") or "ip"
+        return [ip, "netns", "exec", self.netns, *cmd]
+
+
+def state_file(nodes_dir: Path, node: str) -> Path:
+    """Where the BMC of ``node`` publishes its `rhaas.lab.vbmc.BMCState`."""
+    return nodes_dir / f"{node}.bmc.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rhaas.lab.daemon", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="the node's directory (nodes/ of a lab)")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--port", type=int, required=True, help="UDP port of the BMC on 127.0.0.1")
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--mac", required=True)
+    parser.add_argument("--tap", required=True)
+    parser.add_argument("--netns", help="network namespace holding the tap")
+    parser.add_argument("--memory", type=int, default=1024, help="MB")
+    args = parser.parse_args(argv)
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        parser.error(f"set {PASSWORD_ENV}")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s bmc {args.node} %(message)s")
+    node = NetnsQemuNode(
+        args.node, args.workdir, netns=args.netns, memory_mb=args.memory, mac=args.mac, tap=args.tap
+    )
+    bmc = VirtualBMC(
+        # QemuNode types its boot device as a Literal and checks it at run time; Machine says str.
+        node,  # type: ignore[arg-type]
+        port=args.port,
+        user=args.user,
+        password=password,
+        state_file=state_file(args.workdir, args.node),
+        console_log=node.console_log,
+    )
+    serve_until_signalled(bmc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""One lab node as a QEMU process: power, reset, NMI, boot device and serial console.
+
+A `QemuNode` is the lab's stand-in for a physical machine. It owns one ``qemu-system-x86_64`` process with
+a virtio NIC (iPXE ROM, on a tap device or an isolated hub), a qcow2 disk, its serial console appended to a
+log file, a QMP socket, and a pidfile so that ``lab down`` can find the process after a crash. It also
+implements the virtual BMC's Machine protocol (``power_on``, ``power_off``, ``reset``, ``is_on``, ``nmi``,
+``set_boot_device``, ``get_boot_device``) and counts firmware boots, so the lab can show that the fast path
+(kexec, NMI to a crash kernel) boots no firmware.
+
+TCG is the default accelerator: on the machines this was built on, a guest under KVM hung in early boot.
+Tap devices get ``vnet_hdr=off``: on an Open vSwitch userspace bridge the guest's TCP checksums otherwise
+stay partial and TCP silently fails while ping works.
+
+This module does not build images (`rhaas.lab.images`), wire switches (`rhaas.lab.ovs`) or speak IPMI
+(`rhaas.lab.vbmc`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, get_args
+
+BootDevice = Literal["pxe", "disk", "none"]
+Accel = Literal["tcg", "kvm"]
+
+#: ``-boot order=`` per boot device; ``none`` means "no override": the node's default order.
+BOOT_ORDERS: dict[str, str] = {"pxe": "n", "disk": "c"}
+DEFAULT_BOOT_ORDER = "nc"
+#: A unix socket path longer than this does not fit in ``sockaddr_un``.
+_MAX_SOCKET_PATH = 107
+_POLL = 0.05
+
+
+class QemuError(RuntimeError):
+    """QEMU failed to start, refused a QMP command, or the node is in the wrong power state for the call."""
+
+
+# --- QMP ---------------------------------------------------------------------------------------------
+
+
+def qmp_command(
+    path: Path, command: str, arguments: dict[str, Any] | None = None, timeout: float = 5.0
+) -> Any:
+    """Run one QMP command over the unix socket ``path`` and return its ``return`` value.
+
+    One connection per command: QEMU serves one QMP client at a time on a socket, and a fresh connection
+    cannot be left in a bad state by an earlier timeout. Raises `QemuError` on an error reply, and
+    `OSError` (including `TimeoutError`) if the socket cannot be reached or stays silent.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        stream = sock.makefile("rwb")
+        greeting = _qmp_read(stream)
+        if "QMP" not in greeting:
+            raise QemuError(f"not a QMP greeting from {path}: {greeting}")
+        _qmp_execute(stream, "qmp_capabilities", None)
+        try:
+            return _qmp_execute(stream, command, arguments)
+        except EOFError:
+            if command == "quit":  # QEMU may close the socket before its reply arrives
+                return {}
+            raise
+
+
+def _qmp_read(stream: Any) -> dict[str, Any]:
+    line = stream.readline()
+    if not line:
+        raise EOFError("QMP socket closed")
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise QemuError(f"QMP sent a non-object: {line!r}")
+    return message
+
+
+def _qmp_execute(stream: Any, command: str, arguments: dict[str, Any] | None) -> Any:
+    request: dict[str, Any] = {"execute": command}
+    if arguments:
+        request["arguments"] = arguments
+    stream.write(json.dumps(request).encode() + b"\n")
+    stream.flush()
+    while True:
+        reply = _qmp_read(stream)
+        if "event" in reply:
+            continue
+        if "error" in reply:
+            error = reply["error"]
+            raise QemuError(f"QMP {command} failed: {error.get('class')}: {error.get('desc')}")
+        return reply.get("return")
+
+
+# --- the node ----------------------------------------------------------------------------------------
+
+
+def mac_for(name: str) -> str:
+    """A stable locally administered MAC (QEMU's 52:54:00 prefix) derived from a node name."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+class QemuNode:
+    """One lab node: a QEMU process with a NIC, a disk, a serial log, a QMP socket and a pidfile.
+
+    Files live in ``workdir``: ``<name>.qcow2``, ``<name>.console.log`` (appended across boots),
+    ``<name>.qemu.log`` (QEMU's own messages), ``<name>.qmp`` and ``<name>.pid``. A second `QemuNode` with
+    the same name and ``workdir`` (say, in ``lab down`` after a crash) finds and stops the running process
+    through the pidfile.
+
+    ``disk`` (default ``<workdir>/<name>.qcow2``) is created with ``disk_size`` (default 4G) if absent;
+    ``disk_size=None`` without ``disk`` gives a node with no disk. ``tap`` is created by QEMU if it does
+    not exist, and disappears with the process; without it the NIC sits on a hub that reaches nothing.
+    ``kernel``/``initrd``/``append`` boot a kernel directly instead of through the firmware's boot order;
+    they are attributes, read at each `start`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path | str,
+        *,
+        memory_mb: int = 1024,
+        smp: int = 1,
+        mac: str | None = None,
+        tap: str | None = None,
+        disk: Path | str | None = None,
+        disk_size: str | None = "4G",
+        boot_device: BootDevice = "none",
+        default_boot_order: str = DEFAULT_BOOT_ORDER,
+        kernel: Path | str | None = None,
+        initrd: Path | str | None = None,
+        append: str | None = None,
+        accel: Accel = "tcg",
+        nic_model: str = "virtio-net-pci",
+        extra_args: Sequence[str] = (),
+        qemu_binary: str = "qemu-system-x86_64",
+    ) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"node name {name!r} may hold only letters, digits, '.', '_' and '-'")
+        if accel not in get_args(Accel):
+            raise ValueError(f"accel must be one of {get_args(Accel)}, not {accel!r}")
+        if not 64 <= memory_mb <= 65536:
+            raise ValueError(f"memory_mb {memory_mb} is out of range")
+        self.name = name
+        self.workdir = Path(workdir).resolve()
+        self.memory_mb = memory_mb
+        self.smp = smp
+        self.mac = mac or mac_for(name)
+        self.tap = tap
+        self.disk: Path | None = None
+        if disk is not None:
+            self.disk = Path(disk).resolve()
+        elif disk_size is not None:
+            self.disk = self.workdir / f"{name}.qcow2"
+        self.disk_size = disk_size or "4G"
+        self._check_boot_device(boot_device)
+        self.boot_device: BootDevice = boot_device
+        self.default_boot_order = default_boot_order
+        self.kernel = Path(kernel) if kernel else None
+        self.initrd = Path(initrd) if initrd else None
+        self.append = append
+        self.accel: Accel = accel
+        self.nic_model = nic_model
+        self.extra_args = list(extra_args)
+        self.qemu_binary = qemu_binary
+        #: Firmware boots seen by this object: starts plus resets. A reboot the guest does by itself (a
+        #: panic with ``panic=N``, ``reboot``) is not counted; kexec is not a firmware boot.
+        self.firmware_boots = 0
+        self.console_log = self.workdir / f"{name}.console.log"
+        self.qemu_log = self.workdir / f"{name}.qemu.log"
+        self.qmp_path = self.workdir / f"{name}.qmp"
+        self.pidfile = self.workdir / f"{name}.pid"
+        if len(str(self.qmp_path)) > _MAX_SOCKET_PATH:
+            raise ValueError(f"QMP socket path {self.qmp_path} is too long for a unix socket")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._boot_offset = 0
+        #: Set when a running QEMU refused a new boot order: the next reset restarts the process instead.
+        self._restart_on_reset = False
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"QemuNode({self.name!r}, pid={self.pid()})"
+
+    def __enter__(self) -> QemuNode:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- the command line ---
+
+    def boot_order(self) -> str:
+        """The ``-boot order=`` value for the current boot device."""
+        return BOOT_ORDERS.get(self.boot_device, self.default_boot_order)
+
+    def command(self) -> list[str]:
+        """The QEMU command line `start` runs."""
+        cmd = [
+            self.qemu_binary,
+            "-name", self.name,
+            "-accel", self.accel,
+            "-m", str(self.memory_mb),
+            "-smp", str(self.smp),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-monitor", "none",
+            "-chardev", f"file,id=console,path={self.console_log},append=on",
+            "-serial", "chardev:console",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-pidfile", str(self.pidfile),
+            "-boot", f"order={self.boot_order()}",
+        ]  # fmt: skip
+        if self.tap:
+            netdev = f"tap,id=net0,ifname={self.tap},script=no,downscript=no,vnet_hdr=off"
+        else:
+            # A hub with one port: the NIC exists (and iPXE runs) but reaches nothing.
+            netdev = "hubport,id=net0,hubid=0"
+        cmd += ["-netdev", netdev, "-device", f"{self.nic_model},netdev=net0,mac={self.mac}"]
+        if self.disk is not None:
+            cmd += ["-drive", f"file={self.disk},if=virtio,format=qcow2"]
+        if self.kernel is not None:
+            cmd += ["-kernel", str(self.kernel)]
+            if self.initrd is not None:
+                cmd += ["-initrd", str(self.initrd)]
+            if self.append:
+                cmd += ["-append", self.append]
+        return cmd + self.extra_args
+
+    # --- the process ---
+
+    def pid(self) -> int | None:
+        """The PID of this node's running QEMU, from the child handle or the pidfile, else None."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return self._proc.pid
+            self._proc = None
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._is_our_qemu(pid) else None
+
+    def _is_our_qemu(self, pid: int) -> bool:
+        """Whether ``pid`` is alive and is the QEMU that wrote our pidfile (PIDs get reused)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and str(self.pidfile).encode() in cmdline
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start QEMU and wait until its QMP socket answers. Counts one firmware boot."""
+        with self._lock:
+            if self.is_running():
+                raise QemuError(f"{self.name} is already running")
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._create_disk()
+            for stale in (self.qmp_path, self.pidfile):
+                stale.unlink(missing_ok=True)
+            self._boot_offset = self.console_offset()
+            self._restart_on_reset = False
+            with open(self.qemu_log, "ab") as log:
+                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(self.command())}\n".encode())
+                log.flush()
+                # A new session: a Ctrl-C meant for the lab's controller does not pull the node's plug.
+                self._proc = subprocess.Popen(
+                    self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            deadline = time.monotonic() + timeout
+            while True:
+                if self._proc.poll() is not None:
+                    code = self._proc.returncode
+                    self._proc = None
+                    raise QemuError(f"QEMU of {self.name} exited with {code}: {self._tail(self.qemu_log)}")
+                try:
+                    qmp_command(self.qmp_path, "query-status", timeout=2.0)
+                    break
+                except (OSError, EOFError):
+                    if time.monotonic() >= deadline:
+                        self._kill(self._proc.pid, time.monotonic() + 5.0)
+                        msg = f"QEMU of {self.name} did not answer on QMP within {timeout} s"
+                        raise QemuError(msg) from None
+                    time.sleep(_POLL)
+            self.firmware_boots += 1
+
+    def _create_disk(self) -> None:
+        if self.disk is None or self.disk.exists():
+            return
+        self.disk.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), self.disk_size],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise QemuError(f"qemu-img create {self.disk} failed: {done.stderr.strip()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop QEMU: QMP ``quit``, then SIGTERM, then SIGKILL, each within ``timeout``. Idempotent."""
+        with self._lock:
+            deadline = time.monotonic() + timeout
+            pid = self.pid()
+            if pid is not None:
+                with contextlib.suppress(OSError, EOFError, QemuError, ValueError):
+                    qmp_command(self.qmp_path, "quit", timeout=min(2.0, timeout / 3))
+                if not self._wait_exit(pid, time.monotonic() + timeout / 3):
+                    self._kill(pid, deadline)
+            self._proc = None
+            self.qmp_path.unlink(missing_ok=True)
+            if self.pid() is None:
+                self.pidfile.unlink(missing_ok=True)
+
+    def _kill(self, pid: int, deadline: float) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            step = time.monotonic() + max(0.5, (deadline - time.monotonic()) / 2)
+            if self._wait_exit(pid, step if sig == signal.SIGTERM else step + 5.0):
+                return
+        raise QemuError(f"QEMU of {self.name} (pid {pid}) survived SIGKILL")
+
+    def _wait_exit(self, pid: int, deadline: float) -> bool:
+        """Wait until ``pid`` has exited (reaping it if it is our child); False at the deadline."""
+        while True:
+            if self._proc is not None and self._proc.pid == pid:
+                if self._proc.poll() is not None:
+                    return True
+            elif not self._is_our_qemu(pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+
+    # --- QMP ---
+
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
+        """Run a QMP command on the running node. Raises `QemuError` if it is off or QEMU refuses."""
+        if not self.is_running():
+            raise QemuError(f"{self.name} is off")
+        try:
+            return qmp_command(self.qmp_path, command, arguments, timeout=timeout)
+        except (OSError, EOFError, ValueError) as exc:
+            raise QemuError(f"QMP {command} to {self.name} failed: {exc}") from exc
+
+    def reset(self) -> None:
+        """Hard reset (QMP ``system_reset``): the firmware runs again. Counts one firmware boot.
+
+        If QEMU refused a boot-order change while running, the process is restarted instead, so that the
+        new order applies. The console offset used by `wait_for_console` moves to this reset.
+        """
+        with self._lock:
+            if not self.is_running():
+                raise QemuError(f"{self.name} is off: cannot reset")
+            if self._restart_on_reset:
+                self.stop()
+                self.start()
+                return
+            offset = self.console_offset()
+            self.qmp("system_reset")
+            self._boot_offset = offset
+            self.firmware_boots += 1
+
+    def nmi(self) -> None:
+        """Inject a non-maskable interrupt (QMP ``inject-nmi``), as a BMC's diagnostic interrupt does."""
+        self.qmp("inject-nmi")
+
+    def set_boot_device(self, device: BootDevice) -> None:
+        """Boot from ``device`` from the next start or reset on ('none': the node's default order).
+
+        A running QEMU takes the new order at once through HMP ``boot_set``; if it refuses, the next
+        `reset` restarts the process.
+        """
+        self._check_boot_device(device)
+        with self._lock:
+            self.boot_device = device
+            if self.is_running():
+                try:
+                    self.qmp("human-monitor-command", {"command-line": f"boot_set {self.boot_order()}"})
+                except QemuError:
+                    self._restart_on_reset = True
+
+    def get_boot_device(self) -> BootDevice:
+        return self.boot_device
+
+    @staticmethod
+    def _check_boot_device(device: str) -> None:
+        if device not in get_args(BootDevice):
+            raise ValueError(f"boot device must be one of {get_args(BootDevice)}, not {device!r}")
+
+    # --- the Machine protocol of the virtual BMC ---
+
+    def power_on(self) -> None:
+        """Start the node unless it is on."""
+        with self._lock:
+            if not self.is_running():
+                self.start()
+
+    def power_off(self) -> None:
+        """Pull the plug (no guest shutdown). Idempotent."""
+        self.stop()
+
+    def is_on(self) -> bool:
+        return self.is_running()
+
+    # --- the serial console ---
+
+    def console_offset(self) -> int:
+        """The console log's current size: pass it to `wait_for_console` to see only what comes next."""
+        try:
+            return self.console_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def console_text(self, offset: int = 0) -> str:
+        """The console log from ``offset`` (bytes), carriage returns removed."""
+        try:
+            with open(self.console_log, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("latin-1").replace("\r", "")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_console(
+        self, regex: str | re.Pattern[str], timeout: float = 60.0, offset: int | None = None
+    ) -> re.Match[str]:
+        """Wait until ``regex`` (multiline) matches the console after ``offset`` and return the match.
+
+        ``offset`` defaults to where the console stood at the last `start` or `reset`. Raises
+        `TimeoutError`, with the last lines of the console, if nothing matches within ``timeout``.
+        """
+        pattern = re.compile(regex, re.MULTILINE) if isinstance(regex, str) else regex
+        start = self._boot_offset if offset is None else offset
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console_text(start)
+            found = pattern.search(text)
+            if found:
+                return found
+            if time.monotonic() >= deadline:
+                state = "running" if self.is_running() else "not running"
+                tail = "\n".join(text.splitlines()[-20:])
+                raise TimeoutError(
+                    f"{self.name} ({state}): no {pattern.pattern!r} on the console within {timeout} s; "
+                    f"last lines:\n{tail}"
+                )
+            time.sleep(_POLL)
+
+    @staticmethod
+    def _tail(path: Path, lines: int = 20) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

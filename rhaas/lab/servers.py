@@ -1,0 +1,91 @@
+"""Real rhaas servers as subprocesses on loopback: for the lab, the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from rhaas.core.users import bootstrap_admin
+from rhaas.db.session import make_engine, make_sessionmaker, upgrade
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``rhaas-admin serve`` in a subprocess; ``stop()`` ends it by PID (also on test failure)."""
+
+    def __init__(
+        self,
+        db_url: str,
+        log: Path,
+        *args: str,
+        admin: tuple[str, str] = ("admin", "adminpw"),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.db_url, self.log_path, self.args, self.admin = db_url, log, args, admin
+        self.env = {**os.environ, **(env or {})}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Server:
+        """Start (or restart, on the same port and database) and wait until it answers."""
+        upgrade(self.db_url)
+        engine = make_engine(self.db_url)
+        with make_sessionmaker(engine)() as db:
+            bootstrap_admin(db, *self.admin)
+            db.commit()
+        engine.dispose()
+        cmd = [
+            sys.executable,
+            "-m",
+            "rhaas.admin",
+            "serve",
+            "--port",
+            str(self.port),
+            "--database",
+            self.db_url,
+        ]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*cmd, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}"
+                )
+            try:
+                httpx.get(self.url + "/openapi.json", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"server on port {self.port} did not answer within {timeout} s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+    def client(self, user: str | None = None, password: str | None = None) -> httpx.Client:
+        auth = (user, password or "") if user else None
+        return httpx.Client(base_url=self.url + "/v0", auth=auth, timeout=30)

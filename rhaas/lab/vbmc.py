@@ -1,0 +1,570 @@
+"""A virtual BMC for a lab node: real IPMI-over-LAN (RMCP+, what ``ipmitool -I lanplus`` speaks) on UDP.
+
+`VirtualBMC` is a `pyghmi.ipmi.bmc.Bmc` that serves one node on ``127.0.0.1:<port>`` and drives a
+`Machine`: power on/off/cycle/reset/status, the boot device, the diagnostic interrupt (NMI), and
+Serial over LAN from the node's console log (output only, from activation on). It counts firmware
+boots (every power-on from off, every reset and power cycle) and NMIs, and publishes them with the
+power state in a JSON state file (`BMCState`) that tests, benchmarks and ``rhaas lab status`` read.
+`FakeMachine` is an in-memory machine for tests; the lab's QEMU machine implements the same protocol
+(power_on starts the QEMU process, power_off kills it, reset is QMP ``system_reset``, nmi is QMP
+``inject-nmi``).
+
+Run one from the command line (it stops cleanly on SIGTERM or SIGINT)::
+
+    python -m rhaas.lab.vbmc --port 6230 --user admin --password secret --state-file n1.json \
+        --machine fake --console-log n1.console
+
+This module is lab equipment: nothing in the service imports it, and it knows nothing of rhaas's
+database or API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import pyghmi.ipmi.bmc as pyghmi_bmc
+import pyghmi.ipmi.private.constants as ipmi_constants
+import pyghmi.ipmi.private.serversession as serversession
+import pyghmi.ipmi.private.session as ipmisession
+
+log = logging.getLogger(__name__)
+
+#: Boot devices a `Machine` is told about (the OBM drivers' names).
+BOOT_DEVICES = ("pxe", "disk", "none")
+# IPMI "boot device selector" names, as pyghmi decodes them, and back.
+_FROM_IPMI = {"network": "pxe", "hd": "disk", "default": "none"}
+_TO_IPMI = {ours: theirs for theirs, ours in _FROM_IPMI.items()}
+
+# IPMI completion codes (IPMI 2.0 table 5-2).
+CC_OK = 0x00
+CC_NOT_IN_PRESENT_STATE = 0xD5  # e.g. reset or NMI while the node is off
+CC_UNSPECIFIED = 0xFF
+
+# RMCP+ status codes (IPMI 2.0 table 13-15) and the only algorithms pyghmi's server implements
+# (cipher suite 3): RAKP-HMAC-SHA1 authentication, HMAC-SHA1-96 integrity, AES-CBC-128 privacy.
+_RMCP_BAD_AUTH_ALGORITHM = 0x04
+_RMCP_BAD_INTEGRITY_ALGORITHM = 0x05
+_RMCP_UNAUTHORIZED_NAME = 0x0D
+_RMCP_BAD_CONFIDENTIALITY_ALGORITHM = 0x10
+# (offset of the algorithm in an Open Session Request, the one we take, the status if another)
+_SUITE3 = (
+    (12, 1, _RMCP_BAD_AUTH_ALGORITHM),
+    (20, 1, _RMCP_BAD_INTEGRITY_ALGORITHM),
+    (28, 1, _RMCP_BAD_CONFIDENTIALITY_ALGORITHM),
+)
+
+# How often the BMC looks for new console output while an SOL client listens, and how much it reads.
+_CONSOLE_POLL = 0.05
+_CONSOLE_CHUNK = 4096
+
+
+class Machine(Protocol):
+    """What a virtual BMC drives. Calls come one at a time; each should return promptly (start a
+    boot, do not wait for it). Raising makes the BMC answer the IPMI command with an error."""
+
+    def power_on(self) -> None:
+        """Power on (only called while off): firmware boots from the boot device."""
+
+    def power_off(self) -> None:
+        """Cut the power at once (only called while on)."""
+
+    def reset(self) -> None:
+        """Hard reset (only called while on): firmware boots again."""
+
+    def is_on(self) -> bool: ...
+
+    def nmi(self) -> None:
+        """Deliver a non-maskable interrupt to the running OS (only called while on)."""
+
+    def set_boot_device(self, device: str) -> None:
+        """Set the boot device for the next firmware boot: one of `BOOT_DEVICES`."""
+
+    def get_boot_device(self) -> str: ...
+
+
+@dataclass
+class FakeMachine:
+    """A machine in memory, for tests. ``events`` records every call; ``fail`` makes every action
+    raise (as a machine that cannot start would), so the BMC answers with an error. With a
+    ``console_log`` it appends a line per event there, as a real node's serial console would."""
+
+    on: bool = False
+    boot_device: str = "none"
+    events: list[str] = field(default_factory=list)
+    fail: bool = False
+    console_log: Path | None = None
+
+    def _act(self, event: str, console: str | None = None) -> None:
+        if self.fail:
+            raise RuntimeError(f"fake machine: {event} failed (injected)")
+        self.events.append(event)
+        if console and self.console_log is not None:
+            with open(self.console_log, "ab") as serial:
+                serial.write(f"fake machine: {console}\r\n".encode())
+
+    def power_on(self) -> None:
+        self._act("power_on", f"power on, booting from {self.boot_device}")
+        self.on = True
+
+    def power_off(self) -> None:
+        self._act("power_off", "power off")
+        self.on = False
+
+    def reset(self) -> None:
+        self._act("reset", f"reset, booting from {self.boot_device}")
+
+    def is_on(self) -> bool:
+        return self.on
+
+    def nmi(self) -> None:
+        self._act("nmi", "NMI received")
+
+    def set_boot_device(self, device: str) -> None:
+        self._act(f"boot_device {device}")
+        self.boot_device = device
+
+    def get_boot_device(self) -> str:
+        return self.boot_device
+
+
+@dataclass(frozen=True)
+class BMCState:
+    """What a virtual BMC publishes in its state file."""
+
+    port: int
+    pid: int
+    serving: bool
+    power: str  # "on" | "off"
+    boot_device: str
+    boots: int  # firmware boots: power-ons from off, resets, power cycles
+    nmis: int
+    updated: float  # time.time() of the last write
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> BMCState:
+        """The state last written to ``path`` (raises OSError or ValueError if there is none)."""
+        data = json.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:  # a field is missing
+            raise ValueError(f"{path}: not a virtual BMC state file: {exc}") from exc
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _ServerSession(serversession.ServerSession):
+    """pyghmi's server session, made to refuse what it cannot do instead of pretending.
+
+    pyghmi's server always answers an RMCP+ open-session request with cipher suite 3, whatever the
+    client proposed. pyghmi's own client proposes SHA-256 first and falls back to SHA-1 only if the
+    BMC refuses, so against an unmodified pyghmi server it computes RAKP2 with the wrong hash and
+    crashes. Refusing any other proposal (as real BMCs do) makes every client fall back to suite 3.
+    Unknown user names get an RAKP2 error at once rather than silence (and a client timeout). A
+    request sent again (same sequence number and bytes: the client missed our answer) is answered
+    again, not executed again: a retried reset must not boot the node twice.
+    """
+
+    _last_request: tuple[int, int, int, bytes] | None = None
+    _last_answer: tuple[list[int], int] | None = None
+
+    def handle_client_request(self, request: dict[str, Any]) -> None:
+        key = (self.seqlun, request["netfn"], request["command"], bytes(request["data"]))
+        if key == self._last_request and self._last_answer is not None:
+            log.debug("answering a retried request again: %s", key)
+            super().send_ipmi_response(*self._last_answer)
+            return
+        self._last_request, self._last_answer = key, None
+        super().handle_client_request(request)
+
+    def send_ipmi_response(self, data: Sequence[int] = (), code: int = 0) -> None:
+        self._last_answer = (list(data), code)
+        super().send_ipmi_response(data=data, code=code)
+
+    def create_open_session_response(self, request: bytearray) -> bytearray:
+        # Open Session Request (IPMI 2.0 table 13-16): tag, privilege, 2 reserved, console session id,
+        # then three 8-byte algorithm payloads whose algorithm sits at offsets 12, 20 and 28. A
+        # shorter request, or a zero payload length, leaves the choice to the BMC: suite 3.
+        for offset, wanted, refusal in _SUITE3:
+            if len(request) > offset and request[offset - 1] == 8 and request[offset] & 0x3F != wanted:
+                log.debug("refusing RMCP+ algorithm %d at offset %d", request[offset], offset)
+                return bytearray([request[0], refusal, 0, 0]) + bytes(request[4:8])
+        response: bytearray = super().create_open_session_response(request)
+        return response
+
+    def _got_rakp1(self, data: bytearray) -> None:
+        name_length = data[27] if len(data) > 27 else 0
+        name = bytes(data[28 : 28 + name_length]).decode("utf-8", "replace")
+        if name_length and self.authdata.get(name) is None:
+            self.send_payload(
+                bytearray([data[0], _RMCP_UNAUTHORIZED_NAME, 0, 0]) + bytes(self.clientsessionid),
+                ipmi_constants.payload_types["rakp2"],
+                retry=False,
+            )
+            return
+        super()._got_rakp1(data)
+
+    def close_server_session(self) -> None:
+        # pyghmi keeps every server session forever; forget a closed one.
+        handlers = ipmisession.Session.bmc_handlers.get(self.sockaddr, {})
+        if handlers.get(self.bmc.port) is self:
+            del handlers[self.bmc.port]
+            if not handlers:
+                ipmisession.Session.bmc_handlers.pop(self.sockaddr, None)
+
+
+class VirtualBMC(pyghmi_bmc.Bmc):
+    """A BMC serving IPMI on UDP ``address:port`` for one `Machine`.
+
+    Construction binds the socket (OSError if the port is taken). `serve_forever` answers requests
+    until `request_stop`; `serve_in_thread` and `stop` do the same from a test. pyghmi's I/O machinery
+    is process-global: run one BMC per process in the lab (the command line does), and do not run a
+    pyghmi IPMI client in the same process as a BMC.
+    """
+
+    activated: bool  # pyghmi's: SOL is active
+    sol: Any  # pyghmi's ServerConsole while SOL is active
+
+    def __init__(
+        self,
+        machine: Machine,
+        *,
+        port: int,
+        user: str,
+        password: str,
+        state_file: str | os.PathLike[str],
+        address: str = "127.0.0.1",
+        console_log: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.state_file = Path(state_file)
+        self.console_log = Path(console_log) if console_log is not None else None
+        if self.console_log is not None:
+            self.iohandler = self._console_input  # pyghmi offers SOL only with an input handler
+        self._console_position = 0
+        self._sol_session: Any = None
+        # A restarted BMC carries on counting: benchmarks and tests compare counts across its life.
+        try:
+            previous = BMCState.read(self.state_file)
+            self.boots, self.nmis = previous.boots, previous.nmis
+        except (OSError, ValueError):
+            self.boots = self.nmis = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._serving = False
+        # pyghmi wakes its I/O thread through its first socket; see that this is pyghmi's own, so
+        # that stop() can take ours out of the loop and close it.
+        if not ipmisession.iosockets:
+            ipmisession.Session._assignsocket()
+        super().__init__({user: password}, port=port, address=address)
+        self.port = self.serversocket.getsockname()[1]  # the real one when port=0
+        self._write_state()
+
+    # -- pyghmi's hooks: return an IPMI completion code ---------------------------------------------
+
+    def get_power_state(self) -> str:
+        return "on" if self.machine.is_on() else "off"
+
+    def power_on(self) -> int:
+        return self._act("power on", self._power_on)
+
+    def power_off(self) -> int:
+        return self._act("power off", self._power_off)
+
+    def power_cycle(self) -> int:
+        return self._act("power cycle", self._power_cycle)
+
+    def power_reset(self) -> int:
+        return self._act("reset", self._reset)
+
+    def pulse_diag(self) -> int:
+        return self._act("NMI", self._nmi)
+
+    def get_boot_device(self) -> str:
+        return _TO_IPMI.get(self.machine.get_boot_device(), "default")
+
+    def set_boot_device(self, bootdevice: str) -> None:
+        device = _FROM_IPMI.get(bootdevice)
+        if device is None:  # cdrom, bios, floppy...: pyghmi answers "invalid command"
+            raise NotImplementedError(f"boot device {bootdevice!r}")
+        self._act(f"boot device {device}", lambda: self.machine.set_boot_device(device))
+
+    def is_active(self) -> bool:
+        return True  # the serial console can be watched whether the node is on or off
+
+    def activate_payload(self, request: dict[str, Any], session: Any) -> None:
+        # SOL shows console output from now on.
+        self._console_position = self._console_size()
+        self._sol_session = session
+        super().activate_payload(request, session)
+        if not self.activated and self.sol is not None:  # deactivated while pyghmi set it up
+            self.sol.close()
+            self.sol = None
+
+    def deactivate_payload(self, request: dict[str, Any], session: Any) -> None:
+        if self.activated and self.sol is None:
+            # pyghmi answers an activation before it builds its console, and builds it while
+            # handling more packets: a quick client can deactivate in between.
+            self.activated = False
+            session.send_ipmi_response()
+            return
+        super().deactivate_payload(request, session)
+
+    def handle_raw_request(self, request: dict[str, Any], session: Any) -> None:
+        if request["netfn"] == 6 and request["command"] == 0x4B:  # get payload instance info
+            # Which session owns SOL: pyghmi's console client asks this as its keepalive, and
+            # drops the console if the answer is an error.
+            # (pyghmi builds self.sol after it answers the activation: the session is known before.)
+            owner = bytes(self._sol_session.managedsessionid) if self.activated else bytes(4)
+            session.send_ipmi_response(data=list(owner) + [0] * 8)
+            return
+        super().handle_raw_request(request, session)
+
+    def sessionless_data(self, data: bytes, sockaddr: Any) -> None:
+        packet = bytearray(data)
+        # An RMCP+ Open Session Request (payload type 0x10) starts a session: use ours.
+        if len(packet) >= 22 and packet[0] == 6 and packet[2:4] == b"\xff\x07" and packet[4:6] == b"\x06\x10":
+            _ServerSession(
+                self.authdata, self.kg, sockaddr, self.serversocket, packet[16:], self.uuid, bmc=self
+            )
+            return
+        super().sessionless_data(data, sockaddr)
+
+    # -- the node -----------------------------------------------------------------------------------
+
+    def _act(self, what: str, action: Callable[[], int | None]) -> int:
+        with self._lock:
+            try:
+                code = action() or CC_OK
+            except Exception:
+                log.exception("virtual BMC on port %d: %s failed", self.port, what)
+                code = CC_UNSPECIFIED
+            self._write_state()
+        if code == CC_OK:
+            log.info("virtual BMC on port %d: %s", self.port, what)
+        return code
+
+    def _power_on(self) -> None:
+        if not self.machine.is_on():
+            self.machine.power_on()
+            self.boots += 1
+
+    def _power_off(self) -> None:
+        if self.machine.is_on():
+            self.machine.power_off()
+
+    def _power_cycle(self) -> int | None:
+        if not self.machine.is_on():
+            return CC_NOT_IN_PRESENT_STATE
+        self.machine.power_off()
+        self.machine.power_on()
+        self.boots += 1
+        return None
+
+    def _reset(self) -> int | None:
+        if not self.machine.is_on():
+            return CC_NOT_IN_PRESENT_STATE
+        self.machine.reset()
+        self.boots += 1
+        return None
+
+    def _nmi(self) -> int | None:
+        if not self.machine.is_on():
+            return CC_NOT_IN_PRESENT_STATE
+        self.machine.nmi()
+        self.nmis += 1
+        return None
+
+    def state(self) -> BMCState:
+        return BMCState(
+            port=self.port,
+            pid=os.getpid(),
+            serving=self._serving,
+            power=self.get_power_state(),
+            boot_device=self.machine.get_boot_device(),
+            boots=self.boots,
+            nmis=self.nmis,
+            updated=time.time(),
+        )
+
+    def _write_state(self) -> None:
+        _write_atomically(self.state_file, dataclasses.asdict(self.state()))
+
+    # -- serial over LAN ----------------------------------------------------------------------------
+
+    def _console_size(self) -> int:
+        try:
+            return self.console_log.stat().st_size if self.console_log is not None else 0
+        except FileNotFoundError:
+            return 0
+
+    def _console_input(self, data: bytes | dict[str, Any]) -> None:
+        if isinstance(data, dict):  # pyghmi reports a lost SOL client this way: free the console
+            log.info("virtual BMC on port %d: SOL client gone (%s)", self.port, data)
+            self.activated = False
+            self.sol = None
+        # Keystrokes are dropped: the lab's consoles are read-only.
+
+    def _feed_console(self) -> None:
+        """Tail the console log into the active SOL session, if any, until the BMC stops."""
+        assert self.console_log is not None
+        while not self._stopping.wait(_CONSOLE_POLL):
+            sol = self.sol
+            if sol is None or sol.broken:
+                continue
+            size = self._console_size()
+            if size < self._console_position:  # the log was truncated or replaced
+                self._console_position = 0
+            if size == self._console_position:
+                continue
+            with open(self.console_log, "rb") as console:
+                console.seek(self._console_position)
+                chunk = console.read(_CONSOLE_CHUNK)
+            self._console_position += len(chunk)
+            sol.send_data(chunk)  # returns once the client acknowledged it (or gave up)
+
+    # -- serving ------------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Answer IPMI requests until `request_stop`, then release the socket."""
+        self._serving = True
+        self._write_state()
+        log.info("virtual BMC serving on %s", self.serversocket.getsockname())
+        feeder = None
+        if self.console_log is not None:
+            feeder = threading.Thread(target=self._feed_console, name=f"vbmc-sol-{self.port}", daemon=True)
+            feeder.start()
+        try:
+            while not self._stopping.is_set():
+                # Returns as soon as a packet arrives (request_stop sends one); the timeout only
+                # bounds how long a lost wake-up could delay stopping.
+                ipmisession.Session.wait_for_rsp(timeout=1.0)
+        finally:
+            self._stopping.set()
+            if feeder is not None:
+                feeder.join()
+            self._release_socket()
+            with self._lock:
+                self._serving = False
+                self._write_state()
+            log.info("virtual BMC on port %d stopped", self.port)
+
+    def request_stop(self) -> None:
+        """Make `serve_forever` return soon. Safe from a signal handler and from any thread."""
+        self._stopping.set()
+        # Wake the serving loop with a packet to ourselves. pyghmi wakes its waiters only for
+        # packets of 4 bytes or more; the BMC drops this one as not RMCP.
+        with contextlib.suppress(OSError):  # already closed
+            self.serversocket.sendto(bytes(4), self.serversocket.getsockname())
+
+    def serve_in_thread(self) -> threading.Thread:
+        """Start `serve_forever` in a daemon thread; `stop` ends it."""
+        if self._thread is not None:
+            raise RuntimeError("virtual BMC already serving")
+        self._thread = threading.Thread(target=self.serve_forever, name=f"vbmc-{self.port}", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and release the socket; waits for the serving thread up to ``timeout``."""
+        self.request_stop()
+        if self._thread is None:
+            self._release_socket()
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"virtual BMC on port {self.port} did not stop within {timeout} s")
+
+    def _release_socket(self) -> None:
+        sock = self.serversocket
+        if sock.fileno() < 0:
+            return
+        handlers = ipmisession.Session.bmc_handlers
+        handlers.pop(sock, None)
+        for peer, sessions in list(handlers.items()):
+            if isinstance(sessions, dict) and getattr(sessions.get(self.port), "bmc", None) is self:
+                del sessions[self.port]
+                if not sessions:
+                    handlers.pop(peer, None)
+        if sock in ipmisession.iosockets:
+            ipmisession.iosockets.remove(sock)
+            # pyghmi's I/O thread may be inside select() on this socket. Wait for one more turn of
+            # its loop (it wakes on our queued wait), after which it only selects on the others.
+            ipmisession._io_wait(0.01)
+        sock.close()
+
+
+#: Machine kinds the command line can drive, made from the parsed arguments.
+MACHINES: dict[str, Callable[[argparse.Namespace], Machine]] = {
+    "fake": lambda args: FakeMachine(console_log=args.console_log),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rhaas.lab.vbmc", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True, help="UDP port (0: any free one)")
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--state-file", required=True, type=Path)
+    parser.add_argument("--machine", choices=sorted(MACHINES), default="fake")
+    parser.add_argument("--console-log", type=Path, help="serial console output to serve over SOL")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s vbmc %(message)s"
+    )
+    bmc = VirtualBMC(
+        MACHINES[args.machine](args),
+        port=args.port,
+        user=args.user,
+        password=args.password,
+        state_file=args.state_file,
+        address=args.address,
+        console_log=args.console_log,
+    )
+    serve_until_signalled(bmc)
+    return 0
+
+
+def serve_until_signalled(bmc: VirtualBMC) -> None:
+    """Serve in this thread until SIGTERM or SIGINT asks the BMC to stop."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        bmc.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    bmc.serve_forever()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["BMCState", "FakeMachine", "Machine", "VirtualBMC", "main", "serve_until_signalled"]

@@ -1,0 +1,242 @@
+"""The networking worker: drains PENDING networking actions and programs the switches.
+
+Each action is claimed with a lease (``claimed_by``/``claimed_until``; on PostgreSQL the candidate rows
+are read with ``FOR UPDATE SKIP LOCKED``), applied outside any transaction, and finished with a
+conditional UPDATE that only the lease holder can make. The driver is always handed the port's whole
+desired state, so a worker killed between the switch change and the commit leaves nothing half-done:
+the lease runs out, another worker (or the restarted one) applies the same state again and commits.
+Independent NICs are applied concurrently on a thread pool.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from rhaas.config import WorkerSettings
+from rhaas.core.networks import port_state
+from rhaas.core.switches import REVERT_PORT, driver_for
+from rhaas.db.models import DONE, ERROR, PENDING, NetworkAttachment, NetworkingAction, Switch, utcnow
+from rhaas.drivers.switch.base import PortState, SwitchDriver
+from rhaas.errors import DriverError
+
+log = logging.getLogger(__name__)
+
+#: How often a failed switch change is tried before the action ends in ERROR (changes are idempotent).
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What applying one action means: the port, its desired state, and the resulting attachments."""
+
+    action_id: int
+    switch: Switch
+    port: str
+    state: PortState
+    attachments: dict[str, int]  # channel → network row id, after the action
+
+
+def plan(db: Session, action: NetworkingAction) -> Plan | str:
+    """The port state an action leads to, or an error message if it cannot be applied."""
+    nic = action.nic
+    if nic.port is None:
+        return f"Nic {nic.label} on node {nic.node.label} is no longer connected to a switch port."
+    channels = {a.channel: a.network for a in nic.attachments}
+    if action.type == REVERT_PORT:
+        channels = {}
+    elif action.new_network is not None:
+        channels[action.channel] = action.new_network
+    else:
+        channels.pop(action.channel, None)
+    state = port_state(channels)
+    return Plan(action.id, nic.port.switch, nic.port.label, state, {ch: n.id for ch, n in channels.items()})
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NetworkWorker:
+    """Applies networking actions; run it in a thread of the API server or as its own process."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: WorkerSettings | None = None) -> None:
+        self.sessions = sessions
+        self.settings = settings or WorkerSettings()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = threading.Event()
+        #: Notified whenever this worker finishes an action (long-polling readers wait on it).
+        self.finished = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="rhaas-net")
+        self._drivers: dict[str, SwitchDriver] = {}
+        self._drivers_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.release_dead_claims()
+        self._thread = threading.Thread(target=self.run_forever, name="rhaas-network-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._pool.shutdown(wait=True)
+        for driver in self._drivers.values():
+            driver.close()
+
+    def wake(self) -> None:
+        """Tell the worker there is new work (saves waiting for the next poll)."""
+        self._wake.set()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                done = self.run_once()
+            except Exception:  # the loop must survive a database outage; it logs and retries
+                log.exception("networking worker: batch failed")
+                done = 0
+            if not done:
+                self._wake.wait(self.settings.poll_interval)
+                self._wake.clear()
+
+    def run_once(self) -> int:
+        """Claim a batch of actions and apply them concurrently; returns how many were finished."""
+        ids = self.claim(self.settings.threads * 4)
+        return sum(1 for finished in self._pool.map(self.apply, ids) if finished)
+
+    # -- claiming -------------------------------------------------------------------------------------
+    def release_dead_claims(self) -> int:
+        """Free the claims of workers on this host whose process is gone (a crashed or killed server),
+        so a restart resumes their actions at once instead of after the lease."""
+        host = socket.gethostname()
+        released = 0
+        with self.sessions() as db, db.begin():
+            rows = db.execute(
+                select(NetworkingAction.id, NetworkingAction.claimed_by).where(
+                    NetworkingAction.status == PENDING, NetworkingAction.claimed_by.like(f"{host}:%")
+                )
+            ).all()
+            for action_id, claimed_by in rows:
+                if _process_alive(int(claimed_by.split(":")[1])):
+                    continue
+                result = db.execute(
+                    update(NetworkingAction)
+                    .where(NetworkingAction.id == action_id, NetworkingAction.claimed_by == claimed_by)
+                    .values(claimed_by=None, claimed_until=None)
+                )
+                released += result.rowcount  # type: ignore[attr-defined]
+        if released:
+            log.info("networking worker: resumed %d actions of a dead worker", released)
+        return released
+
+    def claim(self, limit: int) -> list[int]:
+        now = utcnow()
+        lease_end = now + dt.timedelta(seconds=self.settings.lease_seconds)
+        claimable = (
+            NetworkingAction.status == PENDING,
+            or_(NetworkingAction.claimed_until.is_(None), NetworkingAction.claimed_until < now),
+        )
+        with self.sessions() as db, db.begin():
+            query = select(NetworkingAction.id).where(*claimable).order_by(NetworkingAction.id).limit(limit)
+            if db.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            claimed = []
+            for action_id in db.scalars(query).all():
+                result = db.execute(
+                    update(NetworkingAction)
+                    .where(NetworkingAction.id == action_id, *claimable)
+                    .values(claimed_by=self.worker_id, claimed_until=lease_end)
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(action_id)
+        return claimed
+
+    # -- applying -------------------------------------------------------------------------------------
+    def _driver(self, switch: Switch) -> SwitchDriver:
+        key = json.dumps([switch.label, switch.type, switch.settings], sort_keys=True)
+        with self._drivers_lock:
+            if key not in self._drivers:
+                self._drivers[key] = driver_for(switch)
+            return self._drivers[key]
+
+    def apply(self, action_id: int) -> bool:
+        with self.sessions() as db:
+            action = db.get(NetworkingAction, action_id)
+            if action is None or action.status != PENDING or action.claimed_by != self.worker_id:
+                return False
+            the_plan = plan(db, action)
+        t0 = time.perf_counter()
+        error = the_plan if isinstance(the_plan, str) else self._program(the_plan)
+        t1 = time.perf_counter()
+        finished = self._finish(action_id, the_plan, error)
+        log.debug(
+            "action %d: switch %.1f ms, commit %.1f ms",
+            action_id,
+            (t1 - t0) * 1e3,
+            (time.perf_counter() - t1) * 1e3,
+        )
+        return finished
+
+    def _program(self, the_plan: Plan) -> str | None:
+        driver = self._driver(the_plan.switch)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                driver.set_port(the_plan.port, the_plan.state)
+                return None
+            except DriverError as exc:
+                message = str(exc)
+            except Exception as exc:
+                log.exception("switch %s: unexpected driver failure", the_plan.switch.label)
+                message = f"switch {the_plan.switch.label}: unexpected failure: {exc}"
+            log.warning("switch change failed (attempt %d/%d): %s", attempt, ATTEMPTS, message)
+            if attempt < ATTEMPTS:
+                time.sleep(0.2 * attempt)
+        return message
+
+    def _finish(self, action_id: int, the_plan: Plan | str, error: str | None) -> bool:
+        with self.sessions() as db, db.begin():
+            result = db.execute(
+                update(NetworkingAction)
+                .where(
+                    NetworkingAction.id == action_id,
+                    NetworkingAction.status == PENDING,
+                    NetworkingAction.claimed_by == self.worker_id,
+                )
+                .values(
+                    status=ERROR if error else DONE, error=error, finished_at=utcnow(), claimed_until=None
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False  # our lease was taken over; the new holder finishes it
+            if error is None:
+                assert isinstance(the_plan, Plan)
+                nic_id = db.get(NetworkingAction, action_id).nic_id  # type: ignore[union-attr]
+                db.execute(delete(NetworkAttachment).where(NetworkAttachment.nic_id == nic_id))
+                db.add_all(
+                    NetworkAttachment(nic_id=nic_id, network_id=net, channel=ch)
+                    for ch, net in the_plan.attachments.items()
+                )
+        return True

@@ -1,0 +1,103 @@
+"""Helpers for the lab's end-to-end tests: the ``rhaas`` CLI as a subprocess, skip marks, a lab fixture
+that always ends with ``rhaas lab down``, and console polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rhaas.lab import procs
+from rhaas.lab.ovs import find_binary
+
+RHAAS = [sys.executable, "-m", "rhaas.cli.main"]
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (namespaces, taps, Open vSwitch)"
+    for tool in ("ovs-vswitchd", "ovsdb-server", "qemu-system-x86_64", "dnsmasq", "ipmitool", "ip"):
+        if find_binary(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+MISSING = _missing()
+if MISSING:
+    print(f"lab tests will be skipped: {MISSING}")
+
+LAB_MARKS = [
+    pytest.mark.qemu,
+    pytest.mark.root,
+    pytest.mark.ovs,
+    pytest.mark.slow,
+    pytest.mark.skipif(MISSING is not None, reason=MISSING or ""),
+]
+
+
+def rhaas(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> str:
+    """Run the ``rhaas`` CLI; its stdout, or an assertion error with everything it printed."""
+    done = subprocess.run(
+        [*RHAAS, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"rhaas {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def parse_exports(output: str) -> dict[str, str]:
+    """The variables of the ``export A=1 B=2`` line that ``rhaas lab up`` prints."""
+    line = next(x for x in output.splitlines() if x.startswith("export "))
+    return dict(item.split("=", 1) for item in line.split()[1:])
+
+
+@pytest.fixture(name="lab_dir")
+def lab_dir_fixture() -> Iterator[Path]:
+    """A fresh lab directory (short: sockets live in it); ``rhaas lab down`` runs however the test ends,
+    and then nothing of the lab may be left running."""
+    workdir = Path(tempfile.mkdtemp(prefix="rl-"))
+    try:
+        yield workdir
+    finally:
+        try:
+            subprocess.run([*RHAAS, "lab", "down", "--workdir", str(workdir)], timeout=120, check=False)
+            leftover = procs.ours_in(workdir)
+            for pid in leftover:  # down failed: end them here, by PID, and fail
+                procs.stop(pid, workdir)
+            assert not leftover, f"lab down left processes {leftover}"
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def lab_status(workdir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(rhaas("lab", "status", "--json", "--workdir", str(workdir)))
+    return data
+
+
+def wait_console(path: Path, regex: str, timeout: float, offset: int = 0) -> re.Match[str]:
+    """Poll a console log from byte ``offset`` until ``regex`` matches; TimeoutError with its tail."""
+    pattern = re.compile(regex, re.MULTILINE)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode("latin-1").replace("\r", "")
+        except FileNotFoundError:
+            text = ""
+        found = pattern.search(text)
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            tail = "\n".join(text.splitlines()[-15:])
+            raise TimeoutError(f"no {regex!r} in {path} within {timeout} s; last lines:\n{tail}")
+        time.sleep(0.2)

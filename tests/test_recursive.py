@@ -1,0 +1,346 @@
+"""Three levels as real servers on loopback: base (mock switch) → recursive → recursive.
+
+A level-3 customer claims nodes (the pools of levels 3 and 2 grow on demand), puts them on a network,
+and the base's switch shows the VLAN on the right ports; release walks back down to the base. Projects
+at every level cannot see or touch the customer's nodes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from dbdump import dump
+from servers import Server
+
+from rhaas.db.session import make_engine, make_sessionmaker
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Level:
+    server: Server
+    admin: httpx.Client
+    users: dict[str, httpx.Client] = field(default_factory=dict)
+
+    def user(self, name: str, password: str, project: str) -> httpx.Client:
+        ok(self.admin.put(f"/auth/basic/user/{name}", json={"password": password}))
+        ok(self.admin.post(f"/auth/basic/user/{name}/add_project", json={"project": project}))
+        self.users[name] = self.server.client(name, password)
+        return self.users[name]
+
+    def close(self) -> None:
+        for c in (self.admin, *self.users.values()):
+            c.close()
+
+
+def ok(response: httpx.Response, *codes: int) -> object:
+    assert response.status_code in (codes or (200,)), (
+        response.request.url,
+        response.status_code,
+        response.text,
+    )
+    return response.json() if response.content else None
+
+
+def wait_done(client: httpx.Client, status_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        action = client.get(f"/networking_action/{status_id}").json()
+        if action["status"] != "PENDING":
+            return action
+        assert time.monotonic() < deadline, f"action {status_id} still pending"
+        time.sleep(0.05)
+
+
+def start_level(db_url: str, log: Path, upstream: Level | None, project: str, bot: str) -> Level:
+    args: list[str] = ["--vlans", "100-199"]
+    env = {}
+    if upstream is not None:
+        args += ["--upstream", upstream.server.url, "--upstream-project", project, "--upstream-user", bot]
+        env["RHAAS_UPSTREAM_PASSWORD"] = f"{bot}-pw"
+    server = Server(db_url, log, *args, env=env).start()
+    return Level(server, server.client("admin", "adminpw"))
+
+
+@pytest.fixture
+def levels(tmp_path: Path, db_url: str) -> Iterator[list[Level]]:
+    """Level 1 on the test's database (SQLite or PostgreSQL); levels 2 and 3 on SQLite files."""
+    started: list[Level] = []
+    try:
+        base = start_level(db_url, tmp_path / "l1.log", None, "", "")
+        started.append(base)
+        ok(base.admin.put("/switch/sw0", json={"type": "mock"}))
+        for i in range(1, 5):
+            ok(
+                base.admin.put(
+                    f"/node/n{i}",
+                    json={"obm": {"type": "mock", "host": f"b{i}", "user": "u", "password": "p"}},
+                )
+            )
+            ok(base.admin.put(f"/node/n{i}/nic/eth0", json={"macaddr": f"52:54:00:00:00:0{i}"}))
+            ok(base.admin.put(f"/switch/sw0/port/p{i}"))
+            ok(base.admin.post(f"/switch/sw0/port/p{i}/connect_nic", json={"node": f"n{i}", "nic": "eth0"}))
+        # Each level gets the project (and bot) of the level above, and an unrelated project with a user.
+        plan = [
+            ("reseller2", "l2bot", "other1", "o1"),
+            ("reseller3", "l3bot", "other2", "o2"),
+            ("cust", "carol", "other3", "o3"),
+        ]
+        upstream: Level | None = None
+        for depth, (project, member, other, outsider) in enumerate(plan, 1):
+            if upstream is None:
+                level = base
+            else:
+                db = f"sqlite:///{tmp_path / f'l{depth}.sqlite3'}"
+                above = plan[depth - 2]
+                level = start_level(db, tmp_path / f"l{depth}.log", upstream, above[0], above[1])
+                started.append(level)
+            for name in (project, other):
+                ok(level.admin.put(f"/project/{name}"))
+            level.user(member, f"{member}-pw", project)  # a bot password is what start_level expects
+            level.user(outsider, f"{outsider}pw", other)
+            upstream = level
+        yield started
+    finally:
+        for level in reversed(started):
+            level.close()
+            level.server.stop()
+
+
+def node_routes(node: str, project: str, network: str) -> list[tuple[str, str, object]]:
+    """Every route that reads or changes a node held by ``project`` (or the project itself)."""
+    return [
+        ("GET", f"/node/{node}", None),
+        ("GET", f"/project/{project}/nodes", None),
+        ("GET", f"/project/{project}/networks", None),
+        ("POST", f"/project/{project}/detach_node", {"node": node}),
+        ("POST", f"/project/{project}/connect_nodes", {"count": 1}),
+        ("POST", f"/node/{node}/nic/eth0/connect_network", {"network": network}),
+        ("POST", f"/node/{node}/nic/eth0/detach_network", {"network": network}),
+        ("GET", f"/network/{network}", None),
+        ("GET", f"/network/{network}/attachments", None),
+        ("DELETE", f"/network/{network}", None),
+        ("PUT", f"/node/{node}/obm", {"enabled": True}),
+        ("POST", f"/node/{node}/power_on", None),
+        ("POST", f"/node/{node}/power_off", None),
+        ("POST", f"/node/{node}/power_cycle", {"force": True}),
+        ("POST", f"/node/{node}/power_nmi", None),
+        ("GET", f"/node/{node}/power_status", None),
+        ("PUT", f"/node/{node}/boot_device", {"bootdev": "pxe"}),
+        ("GET", f"/node/{node}/console", None),
+        ("PUT", f"/node/{node}/metadata/x", {"value": 1}),
+        ("POST", "/pool/shrink", {"count": 1}),
+        ("POST", "/pool/reconcile", {"fix": True}),
+    ]
+
+
+def port_state(base: Level, port: str) -> dict:
+    return ok(base.admin.get(f"/switch/sw0/port/{port}/state"))  # type: ignore[return-value]
+
+
+def test_three_levels_claim_connect_release(levels):
+    base, mid, top = levels
+    carol = top.users["carol"]
+
+    # The level-3 customer asks for two nodes; the pools of levels 3 and 2 grow on demand.
+    nodes = ok(carol.post("/project/cust/connect_nodes", json={"count": 2}))
+    assert len(nodes) == 2
+    assert sorted(ok(carol.get("/project/cust/nodes"))) == sorted(nodes)
+    assert sorted(ok(mid.admin.get("/project/reseller3/nodes"))) == sorted(nodes)
+    assert sorted(ok(base.admin.get("/project/reseller2/nodes"))) == sorted(nodes)
+    shown = ok(carol.get(f"/node/{nodes[0]}"))
+    assert shown["project"] == "cust" and shown["nics"][0]["label"] == "eth0"
+
+    # A network at level 3 is a network at every level below, with the same VLAN.
+    ok(carol.put("/network/cnet", json={"owner": "cust", "access": "cust", "net_id": ""}))
+    vlan = ok(carol.get("/network/cnet"))["channels"][1].split("/")[1]
+    for node in nodes:
+        sid = ok(carol.post(f"/node/{node}/nic/eth0/connect_network", json={"network": "cnet"}), 202)[
+            "status_id"
+        ]
+        assert wait_done(carol, sid)["status"] == "DONE"
+    ports = {f"n{i}": f"p{i}" for i in range(1, 5)}
+    for node, port in ports.items():
+        expected = {"native": vlan, "tagged": []} if node in nodes else {"native": None, "tagged": []}
+        assert port_state(base, port) == expected, node
+    assert ok(carol.get(f"/node/{nodes[0]}"))["nics"][0]["networks"] == {"vlan/native": "cnet"}
+
+    # Power is forwarded all the way down to the base's BMC.
+    ok(carol.put(f"/node/{nodes[0]}/obm", json={"enabled": True}))
+    ok(carol.post(f"/node/{nodes[0]}/power_on"))
+    assert ok(carol.get(f"/node/{nodes[0]}/power_status")) == {"power_status": "on"}
+    ok(base.admin.put(f"/node/{nodes[0]}/obm", json={"enabled": True}))
+    assert ok(base.admin.get(f"/node/{nodes[0]}/power_status")) == {"power_status": "on"}
+    ok(carol.put(f"/node/{nodes[0]}/obm", json={"enabled": False}))
+
+    # The authorization matrix at every level: another project's member and an anonymous caller are
+    # refused every route that touches the customer's nodes, and change nothing.
+    for level, other, project in ((base, "o1", "reseller2"), (mid, "o2", "reseller3"), (top, "o3", "cust")):
+        client = level.users[other]
+        anon = httpx.Client(base_url=level.server.url + "/v0", timeout=30)
+        (network,) = ok(level.admin.get(f"/project/{project}/networks"))  # its name at this level
+        before = dump(make_sessionmaker(make_engine(level.server.db_url)))
+        for caller in (client, anon):
+            for method, path, body in node_routes(nodes[0], project, network):
+                r = caller.request(method, path, json=body)
+                assert r.status_code == 401, (level.server.url, caller is anon, method, path, r.text)
+                assert r.json()["type"] == "AuthorizationError"
+        assert dump(make_sessionmaker(make_engine(level.server.db_url))) == before
+        anon.close()
+        assert not set(nodes) & set(ok(client.get("/nodes/free")))
+    # The instance at level 2 is itself only a project member at level 1.
+    l2bot = base.users["l2bot"]
+    assert l2bot.get("/switches").status_code == 401
+    assert l2bot.get("/node/n1").status_code in (200, 401)
+
+    # Release walks back down.
+    for node in nodes:
+        sid = ok(carol.post(f"/node/{node}/nic/eth0/detach_network", json={"network": "cnet"}), 202)[
+            "status_id"
+        ]
+        assert wait_done(carol, sid)["status"] == "DONE"
+        ok(carol.post("/project/cust/detach_node", json={"node": node}))
+    for port in ports.values():
+        assert port_state(base, port) == {"native": None, "tagged": []}
+    assert sorted(ok(top.admin.get("/nodes/free"))) == sorted(nodes)
+    ok(carol.delete("/network/cnet"))
+    assert ok(mid.admin.get("/networks")) == {}
+    assert sorted(ok(top.admin.post("/pool/shrink", json={"count": 2}))) == sorted(nodes)
+    assert ok(top.admin.get("/nodes/all")) == []
+    assert sorted(ok(mid.admin.post("/pool/shrink", json={"count": 2}))) == sorted(nodes)
+    assert ok(base.admin.get("/nodes/free")) == ["n1", "n2", "n3", "n4"]
+    assert ok(base.admin.get("/project/reseller2/nodes")) == []
+
+
+def test_upstream_down_is_a_clear_error_and_changes_nothing(levels, tmp_path):
+    base, mid, _top = levels
+    ok(mid.admin.post("/pool/grow", json={"count": 1}))
+    sessions = make_sessionmaker(make_engine(mid.server.db_url))
+    before = dump(sessions)
+    base.server.stop()
+    try:
+        r = mid.admin.post("/pool/grow", json={"count": 1})
+        assert r.status_code == 503, r.text
+        assert r.json()["type"] == "UpstreamUnavailableError" and base.server.url in r.json()["msg"]
+        r = mid.admin.put("/network/x", json={"owner": "admin", "access": "", "net_id": ""})
+        assert r.status_code == 503 and r.json()["type"] == "UpstreamUnavailableError"
+        assert dump(sessions) == before
+    finally:
+        base.server.start()
+    drift = ok(mid.admin.post("/pool/reconcile", json={"fix": False}))
+    assert drift == {
+        "untracked_upstream_nodes": [],
+        "nodes_gone_upstream": [],
+        "networks_gone_upstream": [],
+        "nics_out_of_sync": [],
+        "fixed": False,
+    }
+
+
+def test_reconcile_finds_and_fixes_a_node_taken_away_upstream(levels):
+    base, mid, _top = levels
+    (node,) = ok(mid.admin.post("/pool/grow", json={"count": 1}))
+    # The base's operator takes the node back behind level 2's back.
+    ok(base.admin.post("/project/reseller2/detach_node", json={"node": node}))
+    drift = ok(mid.admin.post("/pool/reconcile", json={"fix": False}))
+    assert drift["nodes_gone_upstream"] == [node]
+    assert node in ok(mid.admin.get("/nodes/all"))
+    drift = ok(mid.admin.post("/pool/reconcile", json={"fix": True}))
+    assert drift["fixed"] is True
+    assert node not in ok(mid.admin.get("/nodes/all"))
+    assert ok(mid.admin.post("/pool/reconcile", json={"fix": False}))["nodes_gone_upstream"] == []
+
+
+@pytest.fixture
+def slow_two_levels(tmp_path: Path, db_url: str) -> Iterator[tuple[Level, Level, httpx.Client, str]]:
+    """A base whose switch takes 2 s per change, a recursive instance on it holding one node of a
+    customer that has a network. Both servers are stopped however the test ends."""
+    started: list[Level] = []
+    try:
+        base = start_level(db_url, tmp_path / "l1.log", None, "", "")
+        started.append(base)
+        ok(base.admin.put("/switch/slow", json={"type": "mock", "delay": 2.0}))
+        obm = {"type": "mock", "host": "b1", "user": "u", "password": "p"}
+        ok(base.admin.put("/node/n1", json={"obm": obm}))
+        ok(base.admin.put("/node/n1/nic/eth0", json={"macaddr": "52:54:00:00:00:01"}))
+        ok(base.admin.put("/switch/slow/port/p1"))
+        ok(base.admin.post("/switch/slow/port/p1/connect_nic", json={"node": "n1", "nic": "eth0"}))
+        ok(base.admin.put("/project/reseller2"))
+        base.user("l2bot", "l2bot-pw", "reseller2")
+        db = f"sqlite:///{tmp_path / 'l2.sqlite3'}"
+        mid = start_level(db, tmp_path / "l2.log", base, "reseller2", "l2bot")
+        started.append(mid)
+        ok(mid.admin.put("/project/cust"))
+        carol = mid.user("carol", "carolpw", "cust")
+        ok(carol.post("/project/cust/connect_nodes", json={"count": 1}))
+        ok(carol.put("/network/cnet", json={"owner": "cust", "access": "cust", "net_id": ""}))
+        vlan = ok(carol.get("/network/cnet"))["channels"][1].split("/")[1]
+        yield base, mid, carol, vlan
+    finally:
+        for level in reversed(started):
+            level.close()
+            level.server.stop()
+
+
+def connect_and_wait_for_the_base(base: Level, carol: httpx.Client) -> str:
+    """Ask level 2 to connect n1 and return once its change is in flight at the base."""
+    sid = ok(carol.post("/node/n1/nic/eth0/connect_network", json={"network": "cnet"}), 202)["status_id"]
+    deadline = time.monotonic() + 10
+    while not _base_has_pending(base):
+        assert time.monotonic() < deadline, "level 2 never reached the base"
+        time.sleep(0.02)
+    return sid
+
+
+def test_recursive_instance_killed_mid_action_completes_it_after_restart(slow_two_levels):
+    base, mid, carol, vlan = slow_two_levels
+    sid = connect_and_wait_for_the_base(base, carol)
+    mid.server.stop(signal.SIGKILL)
+    mid.server.start()
+    assert wait_done(carol, sid)["status"] == "DONE"
+    assert port_state_of(base, "slow", "p1") == {"native": vlan, "tagged": []}
+    assert ok(carol.get("/node/n1"))["nics"][0]["networks"] == {"vlan/native": "cnet"}
+    drift = ok(mid.admin.post("/pool/reconcile", json={"fix": False}))
+    assert not any(v for k, v in drift.items() if k != "fixed"), drift
+
+
+def test_upstream_killed_mid_action_ends_in_error_and_reconcile_repairs(slow_two_levels):
+    base, mid, carol, _vlan = slow_two_levels
+    sid = connect_and_wait_for_the_base(base, carol)
+    base.server.stop(signal.SIGKILL)
+    action = wait_done(carol, sid, timeout=90)
+    assert action["status"] == "ERROR"
+    assert base.server.url in action["error"]
+    assert ok(carol.get("/node/n1"))["nics"][0]["networks"] == {}
+    base.server.start()  # its own worker finishes what it had accepted: the base now differs
+    deadline = time.monotonic() + 30
+    while _base_has_pending(base):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    drift = ok(mid.admin.post("/pool/reconcile", json={"fix": True}))
+    assert drift["nics_out_of_sync"] == ["n1/eth0"]
+    assert port_state_of(base, "slow", "p1") == {"native": None, "tagged": []}
+    drift = ok(mid.admin.post("/pool/reconcile", json={"fix": False}))
+    assert not any(v for k, v in drift.items() if k != "fixed"), drift
+
+
+def port_state_of(base: Level, switch: str, port: str) -> dict:
+    return ok(base.admin.get(f"/switch/{switch}/port/{port}/state"))  # type: ignore[return-value]
+
+
+def _base_has_pending(base: Level) -> bool:
+    from rhaas.db.models import PENDING, NetworkingAction
+
+    sessions = make_sessionmaker(make_engine(base.server.db_url))
+    try:
+        with sessions() as db:
+            return db.query(NetworkingAction).filter(NetworkingAction.status == PENDING).count() > 0
+    finally:
+        sessions.kw["bind"].dispose()

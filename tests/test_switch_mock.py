@@ -1,0 +1,78 @@
+"""The mock switch passes the conformance suite in memory and with a shared state file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from switch_conformance import ACCESS, NATIVE_TRUNK, TRUNK, SwitchConformance
+
+from rhaas.drivers.switch.base import PortState
+from rhaas.drivers.switch.mock import MockSwitch, MockSwitchSettings
+from rhaas.errors import SwitchError
+
+PORTS = ["gi1/0/1", "gi1/0/2"]
+FAILING = "gi1/0/9"
+
+
+def make(name: str = "sw0", **settings: object) -> MockSwitch:
+    return MockSwitch(name, MockSwitchSettings.model_validate({"fail_ports": [FAILING], **settings}))
+
+
+@pytest.fixture
+def ports() -> list[str]:
+    return PORTS
+
+
+@pytest.fixture
+def failing_port() -> str:
+    return FAILING
+
+
+class TestMockInMemory(SwitchConformance):
+    # The mock checks names only in validate_port_name (when the API registers a port).
+    checks_port_names_on_call = False
+
+    @pytest.fixture
+    def driver(self) -> MockSwitch:
+        return make()
+
+
+class TestMockStateFile(SwitchConformance):
+    checks_port_names_on_call = False
+
+    @pytest.fixture
+    def driver(self, tmp_path: Path) -> MockSwitch:
+        return make(state_file=str(tmp_path / "switches.json"))
+
+
+def test_state_file_is_shared_between_instances(tmp_path: Path) -> None:
+    state_file = str(tmp_path / "switches.json")
+    make(state_file=state_file).set_port(PORTS[0], NATIVE_TRUNK)
+    make("sw1", state_file=state_file).set_port(PORTS[0], TRUNK)
+    assert make(state_file=state_file).get_port(PORTS[0]) == NATIVE_TRUNK
+    assert make("sw1", state_file=state_file).get_port(PORTS[0]) == TRUNK
+
+
+def test_in_memory_switches_are_separate() -> None:
+    make("sw0").set_port(PORTS[0], ACCESS)
+    assert make("sw1").get_port(PORTS[0]) == PortState()
+    assert make("sw0").get_port(PORTS[0]) == ACCESS
+
+
+def test_failing_port_keeps_its_state() -> None:
+    driver = make()
+    with pytest.raises(SwitchError, match="injected"):
+        driver.set_port(FAILING, ACCESS)
+    assert driver.get_port(FAILING) == PortState()
+    with pytest.raises(SwitchError):
+        driver.reset_port(FAILING)
+
+
+def test_delay_is_injected() -> None:
+    driver = make(delay=0.05)
+    started = time.monotonic()
+    driver.set_port(PORTS[0], ACCESS)
+    assert time.monotonic() - started >= 0.05
+    assert driver.get_port(PORTS[0]) == ACCESS
