@@ -44,6 +44,15 @@ _MAX_SOCKET_PATH = 107
 _POLL = 0.05
 
 
+def _start_time(pid: int) -> int | None:
+    """The start time (in clock ticks since boot) of the live process ``pid``; None if gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
 class QemuError(RuntimeError):
     """QEMU failed to start, refused a QMP command, or the node is in the wrong power state for the call."""
 
@@ -339,12 +348,18 @@ class QemuNode:
         raise QemuError(f"QEMU of {self.name} (pid {pid}) survived SIGKILL")
 
     def _wait_exit(self, pid: int, deadline: float) -> bool:
-        """Wait until ``pid`` has exited (reaping it if it is our child); False at the deadline."""
+        """Wait until ``pid`` has exited (reaping it if it is our child); False at the deadline.
+
+        A process that is not our child is gone once it is a zombie or its PID holds another process.
+        Its command line alone does not tell: an exiting process reads as an empty ``cmdline`` before
+        it has released its resources, and its parent would still see it running.
+        """
+        started = _start_time(pid)
         while True:
             if self._proc is not None and self._proc.pid == pid:
                 if self._proc.poll() is not None:
                     return True
-            elif not self._is_our_qemu(pid):
+            elif started is None or _start_time(pid) != started:
                 return True
             if time.monotonic() >= deadline:
                 return False
