@@ -94,6 +94,9 @@ def create_admin_user(user: str, password: str, config: str | None, database: st
 @click.option(
     "--node-filter", default=None, help="Pool policy: claim only upstream nodes matching this regex."
 )
+@click.option(
+    "--image-store", default=None, help="Directory of the image store (default: rhaas-images, here)."
+)
 @config_option
 @database_option
 def serve(
@@ -108,6 +111,7 @@ def serve(
     upstream_password: str | None,
     max_nodes: int | None,
     node_filter: str | None,
+    image_store: str | None,
     config: str | None,
     database: str | None,
 ) -> None:
@@ -128,6 +132,7 @@ def serve(
         "upstream__password": upstream_password,
         "pool__max_nodes": max_nodes,
         "pool__node_filter": node_filter,
+        "images__store": image_store,
     }
     if no_worker:
         overrides["worker__in_process"] = False

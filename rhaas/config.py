@@ -21,6 +21,9 @@ Example ``rhaas.toml``::
     user = "reseller-bot"
     password = "…"
 
+    [images]
+    store = "/var/lib/rhaas/images"   # kernels, initrds and disk images, one file per sha256
+
     [pool]
     min_free = 0
     max_nodes = 20
@@ -86,6 +89,14 @@ class PoolSettings(Section):
     auto_grow: bool = True
 
 
+class ImageSettings(Section):
+    """The content-addressed image store: one file per sha256 under ``store``."""
+
+    store: str = "rhaas-images"
+    #: The largest kernel, initrd or disk image accepted, in bytes.
+    max_blob_bytes: int = Field(default=8 * 2**30, gt=0)
+
+
 class Settings(Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
@@ -93,6 +104,7 @@ class Settings(Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     networks: NetworkSettings = Field(default_factory=NetworkSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

@@ -7,6 +7,7 @@ format (HIL's names), so renaming one is an API change.
 
     RhaasError
     ├── ValidationError          400  the request's shape is wrong (unknown key, wrong type, bad JSON)
+    │   └── RangeNotSatisfiableError 416  a download's Range lies outside the content
     ├── BadArgumentError         400  well-formed but illegal value (channel, net_id, port name, type)
     ├── AuthorizationError       401  not authenticated, or not allowed
     ├── NotFoundError            404  the named object does not exist
@@ -39,6 +40,10 @@ class RhaasError(Exception):
 
 class ValidationError(RhaasError):
     """The request's arguments do not match what the call accepts."""
+
+
+class RangeNotSatisfiableError(ValidationError):
+    """A download asked for a byte range the content does not have."""
 
 
 class BadArgumentError(RhaasError):
@@ -106,6 +111,7 @@ ERRORS_BY_NAME: dict[str, type[RhaasError]] = {
     for cls in (
         RhaasError,
         ValidationError,
+        RangeNotSatisfiableError,
         BadArgumentError,
         AuthorizationError,
         NotFoundError,

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -174,6 +175,8 @@ class Api:
 
 
 def make_settings(db_url: str, **overrides: Any) -> Settings:
+    """Test settings; the image store is a fresh temporary directory unless ``images__store`` is given."""
+    overrides.setdefault("images__store", tempfile.mkdtemp(prefix="rhaas-test-images-"))
     settings = load_settings(None, database__url=db_url, networks__vlans="100-109", **overrides)
     settings.worker.poll_interval = 0.05
     return settings
@@ -192,6 +195,7 @@ def api(db_url: str) -> Iterator[Api]:
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, settings)
     sessions.kw["bind"].dispose()
+    shutil.rmtree(settings.images.store, ignore_errors=True)
 
 
 @pytest.fixture
@@ -208,6 +212,11 @@ def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
 def site(api: Api) -> Api:
     """A small site: projects p1/p2, users alice (p1) and bob (p2), mock switch sw0 with four ports,
     nodes n1..n4 with eth0 wired to sw0 ports, mock BMCs with OBM enabled."""
+    return populate_site(api)
+
+
+def populate_site(api: Api) -> Api:
+    """The ``site`` fixture's content, for tests that build their own ``Api``."""
     admin = api.admin
     for project in ("p1", "p2"):
         admin.ok("PUT", f"/project/{project}")
@@ -223,4 +232,4 @@ def site(api: Api) -> Api:
     return api
 
 
-__all__ = ["ADMIN", "Api", "Caller", "basic", "make_settings"]
+__all__ = ["ADMIN", "Api", "Caller", "basic", "make_settings", "populate_site"]

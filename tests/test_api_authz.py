@@ -4,11 +4,15 @@ For each route, the callers who may not call it get 401 and change nothing; the 
 who may call it succeeds.
 """
 
+import hashlib
+
 import pytest
 from dbdump import dump
 
 ROLES = ("member", "other", "anon", "admin")  # from least to most privileged; member is in p1
 OBM = {"type": "mock", "host": "bmc9", "user": "u", "password": "p"}
+EMPTY = hashlib.sha256(b"").hexdigest()  # the blob a body-less PUT uploads
+BLOB_A, BLOB_B = hashlib.sha256(b"kernel").hexdigest(), hashlib.sha256(b"spare").hexdigest()
 
 # (method, path, body, least privileged allowed role, success status)
 CASES = [
@@ -67,6 +71,13 @@ CASES = [
     ("POST", "/auth/basic/user/carol/remove_project", {"project": "p2"}, "admin", 200),
     ("GET", "/active_extensions", None, "admin", 200),
     ("POST", "/project/p1/connect_nodes", {"count": 1}, "member", 200),
+    ("GET", "/images", None, "other", 200),
+    ("PUT", "/image/new", {"project": "p1", "kernel": BLOB_A, "initrd": BLOB_A}, "member", 200),
+    ("GET", "/image/img1", None, "member", 200),
+    ("DELETE", "/image/img1", None, "member", 200),
+    ("PUT", f"/blob/{EMPTY}", None, "other", 200),
+    ("GET", f"/blob/{BLOB_A}", None, "member", 200),
+    ("DELETE", f"/blob/{BLOB_B}", None, "admin", 200),
     ("GET", "/pool", None, "admin", 200),
     # On a base instance the pool routes answer 400 ("no upstream") to admins; others are refused first.
     ("POST", "/pool/grow", {"count": 1}, "admin", 400),
@@ -97,6 +108,10 @@ def matrix(site):
     sid = alice.ok("POST", "/node/n1/nic/eth0/connect_network", {"network": "net1"}, status=202)["status_id"]
     assert alice.wait_action(sid)["status"] == "DONE"
     site.sid = sid
+    for data in (b"kernel", b"spare"):
+        digest = hashlib.sha256(data).hexdigest()
+        site.client.put(f"/v0/blob/{digest}", content=data, headers=alice.headers).raise_for_status()
+    alice.ok("PUT", "/image/img1", {"project": "p1", "kernel": BLOB_A, "initrd": BLOB_A})
     site.callers = {"admin": admin, "member": alice, "other": site.bob, "anon": site.anon}
     return site
 

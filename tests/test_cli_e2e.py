@@ -107,3 +107,25 @@ def test_recursive_instance_through_the_cli(base, tmp_path):
         assert json.loads(run(base, "node", "list", "free", "--json").stdout) == ["n1"]
     finally:
         recursive.stop()
+
+
+def test_image_register_list_show_delete(base, tmp_path: Path):
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    kernel.write_bytes(b"kernel bytes")
+    initrd.write_bytes(b"initrd bytes")
+    run(base, "project", "create", "lab")
+    args = ["--kernel", str(kernel), "--initrd", str(initrd), "--cmdline", "console=ttyS0"]
+    run(base, "image", "register", "lab-os", "--project", "lab", *args)
+    assert json.loads(run(base, "image", "list", "--json").stdout) == ["lab-os"]
+    shown = json.loads(run(base, "image", "show", "lab-os", "--json").stdout)
+    assert shown["project"] == "lab" and shown["kernel"]["size"] == len(b"kernel bytes")
+    # Blobs already in the store are named by digest: nothing is uploaded again.
+    digest = "sha256:" + shown["kernel"]["sha256"]
+    again = run(base, "image", "register", "pub-os", "--kernel", digest, "--initrd", digest)
+    assert "uploading" not in again.stderr
+    assert "sha256:" + shown["kernel"]["sha256"] in run(base, "image", "show", "pub-os").stdout
+    missing = run(base, "image", "register", "x", "--kernel", str(tmp_path / "nope"), "--initrd", digest,
+                  check=False)  # fmt: skip
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    run(base, "image", "delete", "lab-os")
+    assert json.loads(run(base, "image", "list", "--json").stdout) == ["pub-os"]

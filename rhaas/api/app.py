@@ -14,10 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rhaas import __version__
 from rhaas.api import errors
 from rhaas.api.deps import Authenticator, check_input
-from rhaas.api.routes import networks, nodes, pool, projects, switches, users
+from rhaas.api.routes import images, networks, nodes, pool, projects, switches, users
 from rhaas.backends.upstream import Upstream
 from rhaas.config import Settings, parse_vlan_ranges
 from rhaas.core import vlans
+from rhaas.core.images import BlobStore
 from rhaas.core.pool import ensure_switch
 from rhaas.db.session import make_engine, make_sessionmaker
 from rhaas.worker.networking import NetworkWorker
@@ -74,12 +75,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.state.sessions = sessions
     app.state.authenticator = Authenticator(settings.auth)
     app.state.worker = worker
+    app.state.blobs = BlobStore(settings.images.store, settings.images.max_blob_bytes)
     app.state.wake_worker = worker.wake if worker is not None else None
     # Long-polls of networking actions wait on this; the in-process worker notifies it (other workers'
     # results are seen by the waiters' own short re-reads).
     app.state.actions_finished = worker.finished if worker is not None else threading.Condition()
     errors.install(app)
     app.add_middleware(JSONBodies)
-    for module in (projects, nodes, networks, switches, users, pool):
+    for module in (projects, nodes, networks, switches, users, pool, images):
         app.include_router(module.router, prefix="/v0", dependencies=[Depends(check_input)])
+    app.include_router(images.blob_router, prefix="/v0")  # raw bodies, streamed: no JSON input checks
     return app

@@ -21,6 +21,7 @@ log = logging.getLogger("rhaas.api")
 
 STATUS: dict[type[e.RhaasError], int] = {
     e.ValidationError: 400,
+    e.RangeNotSatisfiableError: 416,
     e.BadArgumentError: 400,
     e.AuthorizationError: 401,
     e.NotFoundError: 404,

@@ -91,3 +91,13 @@ class UserPatchBody(Body):
 
 class ProjectBody(Body):
     project: str
+
+
+class ImageRegisterBody(Body):
+    """Blobs by sha256 (upload them first); ``project`` null makes a public image (admins only)."""
+
+    project: str | None
+    kernel: str
+    initrd: str
+    disk: str | None = None
+    cmdline: str = ""

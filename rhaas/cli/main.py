@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from rhaas import __version__
-from rhaas.cli import lab, networks, nodes, pool, ports, projects, switches, users
+from rhaas.cli import images, lab, networks, nodes, pool, ports, projects, switches, users
 from rhaas.cli.common import CliState
 from rhaas.demo import demo
 from rhaas.errors import RhaasError
@@ -98,6 +98,7 @@ cli.add_command(switches.switch)
 cli.add_command(ports.port)
 cli.add_command(users.user)
 cli.add_command(pool.pool)
+cli.add_command(images.image)
 cli.add_command(lab.lab)
 cli.add_command(demo)
 

@@ -8,10 +8,10 @@
         c.wait_networking_action(status["status_id"])
 
 Resource groups mirror HIL's client: ``c.project``, ``c.node``, ``c.network``, ``c.switch``, ``c.port``,
-``c.user``, ``c.extensions`` (plus the rhaas extension ``c.pool``). Calls return the parsed JSON answer
-(None when the server answers with an empty body) and raise the `rhaas.errors` class the server names;
-see `rhaas.client.base` for the error rules. The command-line interface (`rhaas.cli`) and a recursive
-instance's upstream backend both use this library and nothing else to talk to a server.
+``c.user``, ``c.extensions`` (plus the rhaas extensions ``c.pool`` and ``c.image``). Calls return the
+parsed JSON answer (None when the server answers with an empty body) and raise the `rhaas.errors` class
+the server names; see `rhaas.client.base` for the error rules. The command-line interface (`rhaas.cli`)
+and a recursive instance's upstream backend both use this library and nothing else to talk to a server.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from rhaas.client.base import Connection
+from rhaas.client.images import Images
 from rhaas.client.networks import Networks
 from rhaas.client.nodes import Nodes
 from rhaas.client.projects import Extensions, Pool, Projects
@@ -65,6 +66,7 @@ class Client:
         self.user = Users(self._conn)
         self.extensions = Extensions(self._conn)
         self.pool = Pool(self._conn)
+        self.image = Images(self._conn)
 
     @classmethod
     def from_env(

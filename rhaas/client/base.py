@@ -16,7 +16,7 @@ It must not know any route: the resource modules (`projects`, `nodes`, ...) do.
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -146,6 +146,38 @@ class Connection:
                 f"{self.endpoint} answered {method} /v0/{path} with a body that is not JSON: "
                 f"{_snippet(response)!r}"
             ) from None
+
+    def put_bytes(self, path: str, content: Iterable[bytes]) -> Any:
+        """PUT raw bytes (streamed, no read timeout while they go); return the parsed JSON answer."""
+        request = self.http.build_request(
+            "PUT", self.url(path), content=content, headers={"Content-Type": "application/octet-stream"}
+        )
+        request.extensions["timeout"] = httpx.Timeout(self.timeout, write=None).as_dict()
+        response = self._send(request, stream=False)
+        if not response.is_success:
+            self._raise(response)
+        return response.json()
+
+    def get_bytes(self, path: str, headers: Mapping[str, str] | None = None) -> Iterator[bytes]:
+        """GET a raw body, yielding it in chunks as it arrives; errors are raised before the first one."""
+        request = self.http.build_request("GET", self.url(path), headers=headers)
+        request.extensions["timeout"] = httpx.Timeout(self.timeout, read=None).as_dict()
+        response = self._send(request, stream=True)
+        if not response.is_success:
+            try:
+                response.read()
+            finally:
+                response.close()
+            self._raise(response)
+        return self._byte_chunks(response, path)
+
+    def _byte_chunks(self, response: httpx.Response, path: str) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes()
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc, "GET", path) from exc
+        finally:
+            response.close()
 
     def stream(self, method: str, path: str) -> Generator[str, None, None]:
         """Send one request and return its body as text chunks, as they arrive (no read timeout).

@@ -16,6 +16,7 @@ from rhaas.core.access import (
 )
 from rhaas.db.models import (
     PENDING,
+    Image,
     Network,
     NetworkAttachment,
     NetworkingAction,
@@ -49,6 +50,8 @@ def delete_project(db: Session, caller: Caller, name: str) -> None:
         raise BlockedError(f"Project {name} still owns networks.")
     if db.scalar(select(exists().where(network_projects.c.project_id == project.id))):
         raise BlockedError(f"Project {name} still has access to networks.")
+    if db.scalar(select(exists().where(Image.owner_id == project.id))):
+        raise BlockedError(f"Project {name} still owns images.")
     db.delete(project)
 
 

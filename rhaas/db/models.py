@@ -218,3 +218,34 @@ class Vlan(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     vlan_no: Mapped[int] = mapped_column(Integer, unique=True)
     available: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Blob(Base):
+    """Content in the image store, named by its sha256 (the bytes live in the store's directory)."""
+
+    __tablename__ = "blob"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Image(Base):
+    """An OS image a node can be provisioned with: kernel, initrd, optional disk image, command line.
+
+    ``owner`` is the project that registered it (private to that project), or NULL for a public image
+    registered by an administrator.
+    """
+
+    __tablename__ = "image"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), unique=True)
+    owner_id: Mapped[int | None] = mapped_column(Id, ForeignKey("project.id"), index=True)
+    kernel_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    initrd_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    disk_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    cmdline: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    owner: Mapped[Project | None] = relationship()
+    kernel: Mapped[Blob] = relationship(foreign_keys=[kernel_sha256])
+    initrd: Mapped[Blob] = relationship(foreign_keys=[initrd_sha256])
+    disk: Mapped[Blob | None] = relationship(foreign_keys=[disk_sha256])

@@ -57,6 +57,8 @@ class Server:
             "--database",
             self.db_url,
         ]
+        if "--image-store" not in self.args:  # not the default, which is the current directory
+            cmd += ["--image-store", str(self.log_path.with_name(self.log_path.stem + "-images"))]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*cmd, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env

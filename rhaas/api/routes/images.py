@@ -1,0 +1,108 @@
+"""Routes: /images, /image/<image> (an rhaas extension in HIL's style) and the blob store, /blob/<sha256>.
+
+Blobs are uploaded as raw bytes (``PUT /v0/blob/<sha256>``, any Content-Type) and streamed to disk, so
+``blob_router`` is mounted without the JSON input checks of the other routers.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from rhaas.api.deps import get_caller, get_db
+from rhaas.api.routes.common import ok, reply
+from rhaas.api.schemas import ImageRegisterBody
+from rhaas.core import images
+from rhaas.core.access import Caller
+from rhaas.errors import ValidationError
+
+router = APIRouter(tags=["images"])
+blob_router = APIRouter(tags=["images"])
+
+
+def store(request: Request) -> images.BlobStore:
+    return request.app.state.blobs
+
+
+@router.get("/images")
+def list_images(db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+    return reply(images.list_images(db, caller))
+
+
+@router.put("/image/{image}")
+def register_image(
+    image: str, body: ImageRegisterBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    images.register_image(
+        db,
+        caller,
+        image,
+        project=body.project,
+        kernel=body.kernel,
+        initrd=body.initrd,
+        disk=body.disk,
+        cmdline=body.cmdline,
+    )
+    db.commit()
+    return ok()
+
+
+@router.get("/image/{image}")
+def show_image(image: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+    return reply(images.show_image(db, caller, image))
+
+
+@router.delete("/image/{image}")
+def delete_image(image: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+    images.delete_image(db, caller, image)
+    db.commit()
+    return ok()
+
+
+def _no_query(request: Request) -> None:
+    if request.query_params:
+        raise ValidationError("Request arguments are not valid for this request: it takes no parameters.")
+
+
+@blob_router.put("/blob/{sha256}")
+async def upload_blob(
+    sha256: str, request: Request, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    """Store the request's bytes under their sha256; refused unless they hash to ``sha256``."""
+    _no_query(request)
+    digest = images.check_sha256(sha256)
+    images.may_upload(caller)
+    blobs = store(request)
+    if blobs.has(digest):
+        size = blobs.path(digest).stat().st_size
+        async for _ in request.stream():  # already stored: read and drop the body
+            pass
+    else:
+        size = await blobs.put(digest, request.stream())
+    images.record_blob(db, digest, size)
+    db.commit()
+    return reply({"sha256": digest, "size": size})
+
+
+@blob_router.get("/blob/{sha256}")
+def download_blob(
+    sha256: str, request: Request, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    """The blob's bytes; a single ``Range: bytes=a-b`` is answered with 206."""
+    _no_query(request)
+    digest = images.check_sha256(sha256)
+    images.may_read_blob(db, caller, digest)
+    path = store(request).path(digest)
+    images.parse_range(request.headers.get("range"), path.stat().st_size)
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+@blob_router.delete("/blob/{sha256}")
+def delete_blob(
+    sha256: str, request: Request, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+) -> Response:
+    _no_query(request)
+    images.delete_blob(db, store(request), caller, sha256)
+    db.commit()
+    return ok()
