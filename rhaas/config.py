@@ -24,6 +24,11 @@ Example ``rhaas.toml``::
     [images]
     store = "/var/lib/rhaas/images"   # kernels, initrds and disk images, one file per sha256
 
+    [provisioning]           # fast provisioning: FPBL agents, kexec deploys, NMI returns
+    enabled = true
+    agent_url = "http://10.20.0.1:5000"
+    return_timeout = 60      # seconds before a return falls back to power cycle → network boot
+
     [pool]
     min_free = 0
     max_nodes = 20
@@ -97,6 +102,21 @@ class ImageSettings(Section):
     max_blob_bytes: int = Field(default=8 * 2**30, gt=0)
 
 
+class ProvisioningSettings(Section):
+    """Fast provisioning (kexec deploys, NMI returns) of nodes enrolled with an FPBL agent."""
+
+    enabled: bool = False
+    #: The URL at which FPBL agents reach this instance (written into their kernel command line).
+    agent_url: str | None = None
+    deploy_timeout: float = Field(default=600.0, gt=0, le=86400)
+    #: How long the return FPBL may take to check in after the NMI before the reboot path is taken.
+    return_timeout: float = Field(default=60.0, gt=0, le=86400)
+    reboot_timeout: float = Field(default=600.0, gt=0, le=86400)
+    wipe_policy: Literal["metadata", "full"] = "metadata"
+    agent_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    tick_seconds: float = Field(default=0.5, gt=0, le=60)
+
+
 class Settings(Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
@@ -105,6 +125,7 @@ class Settings(Section):
     networks: NetworkSettings = Field(default_factory=NetworkSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

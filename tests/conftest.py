@@ -8,6 +8,7 @@ SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL), so no test ever wipes a
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -182,20 +183,29 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
     return settings
 
 
-@pytest.fixture
-def api(db_url: str) -> Iterator[Api]:
+@contextlib.contextmanager
+def make_api(db_url: str, **overrides: Any) -> Iterator[Api]:
+    """The API in-process on ``db_url`` with an admin (admin/adminpw); ``overrides`` as for settings."""
     from rhaas.core.users import bootstrap_admin
 
-    settings = make_settings(db_url)
+    settings = make_settings(db_url, **overrides)
     sessions = make_sessionmaker(make_engine(db_url))
     with sessions() as db:
         bootstrap_admin(db, "admin", "adminpw")
         db.commit()
     app = create_app(settings, sessions)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield Api(client, settings)
-    sessions.kw["bind"].dispose()
-    shutil.rmtree(settings.images.store, ignore_errors=True)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield Api(client, settings)
+    finally:
+        sessions.kw["bind"].dispose()
+        shutil.rmtree(settings.images.store, ignore_errors=True)
+
+
+@pytest.fixture
+def api(db_url: str) -> Iterator[Api]:
+    with make_api(db_url) as api:
+        yield api
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rhaas import __version__
 from rhaas.api import errors
 from rhaas.api.deps import Authenticator, check_input
-from rhaas.api.routes import images, networks, nodes, pool, projects, switches, users
+from rhaas.api.routes import images, networks, nodes, pool, projects, provisioning, switches, users
 from rhaas.backends.upstream import Upstream
 from rhaas.config import Settings, parse_vlan_ranges
 from rhaas.core import vlans
@@ -22,6 +22,7 @@ from rhaas.core.images import BlobStore
 from rhaas.core.pool import ensure_switch
 from rhaas.db.session import make_engine, make_sessionmaker
 from rhaas.worker.networking import NetworkWorker
+from rhaas.worker.provisioning import ProvisioningTicker
 
 log = logging.getLogger("rhaas")
 
@@ -46,7 +47,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         sessions = make_sessionmaker(make_engine(settings.database.url))
     up = Upstream(settings.upstream).register() if settings.upstream.url else None
     # Core functions find the upstream (if any) and the pool policy in their session's info.
-    sessions.configure(info={"upstream": up, "pool": settings.pool})
+    sessions.configure(info={"upstream": up, "pool": settings.pool, "provisioning": settings.provisioning})
     with sessions() as db:
         vlans.populate(db, parse_vlan_ranges(settings.networks.vlans))
         if up is not None:
@@ -54,16 +55,19 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         db.commit()
 
     worker = NetworkWorker(sessions, settings.worker) if settings.worker.in_process else None
+    ticker = ProvisioningTicker(sessions, settings.provisioning) if settings.provisioning.enabled else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if worker is not None:
-            worker.start()
+        for background in (worker, ticker):
+            if background is not None:
+                background.start()
         try:
             yield
         finally:
-            if worker is not None:
-                worker.stop()
+            for background in (worker, ticker):
+                if background is not None:
+                    background.stop()
 
     app = FastAPI(
         title="rhaas",
@@ -75,6 +79,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.state.sessions = sessions
     app.state.authenticator = Authenticator(settings.auth)
     app.state.worker = worker
+    app.state.provisioning_ticker = ticker
     app.state.blobs = BlobStore(settings.images.store, settings.images.max_blob_bytes)
     app.state.wake_worker = worker.wake if worker is not None else None
     # Long-polls of networking actions wait on this; the in-process worker notifies it (other workers'
@@ -82,7 +87,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.state.actions_finished = worker.finished if worker is not None else threading.Condition()
     errors.install(app)
     app.add_middleware(JSONBodies)
-    for module in (projects, nodes, networks, switches, users, pool, images):
+    for module in (projects, nodes, networks, switches, users, pool, images, provisioning):
         app.include_router(module.router, prefix="/v0", dependencies=[Depends(check_input)])
     app.include_router(images.blob_router, prefix="/v0")  # raw bodies, streamed: no JSON input checks
+    app.include_router(provisioning.agent_router)  # FPBL agents, authenticated by their node's secret
     return app

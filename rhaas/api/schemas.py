@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,3 +101,29 @@ class ImageRegisterBody(Body):
     initrd: str
     disk: str | None = None
     cmdline: str = ""
+
+
+class ProvisionBody(Body):
+    image: str
+
+
+class EnrollBody(Body):
+    #: Where the node's FPBL agent reaches this instance; default: ``[provisioning] agent_url``.
+    agent_url: str | None = None
+
+
+class AgentCheckinBody(Body):
+    mode: Literal["ready", "return"]
+    boot_id: str = Field(max_length=64)
+    kernel: str = Field(default="", max_length=200)
+    memory_kb: int = Field(default=0, ge=0)
+    disks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
+class AgentReportBody(Body):
+    job: str = Field(max_length=64)
+    phase: str = Field(max_length=64)
+    state: Literal["start", "done", "error"]
+    at: float
+    detail: str = ""
+    progress: dict[str, int] | None = None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
-from rhaas.db.models import Base, Network, Nic, Node, Port, Project, Switch, User
+from rhaas.db.models import Base, Network, Nic, Node, NodeProvisioning, Port, Project, Switch, User
 from rhaas.errors import AuthorizationError, BadArgumentError, NotFoundError
 
 
@@ -95,3 +95,10 @@ def get_port(db: Session, switch: Switch, label: str) -> Port:
 
 def node_project(node: Node) -> str | None:
     return node.project.label if node.project else None
+
+
+def free_node() -> ColumnElement[bool]:
+    """SQL: the node is free to claim: in no project, and not being deployed, returned or wiped by fast
+    provisioning (a returned node is free again only once its wipe is verified)."""
+    busy = exists().where(NodeProvisioning.node_id == Node.id, NodeProvisioning.state != "ready")
+    return Node.project_id.is_(None) & ~busy

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 from rhaas.core.access import (
     Caller,
     check_label,
+    free_node,
     get_nic,
     get_node,
     node_project,
@@ -48,7 +49,7 @@ def list_nodes(db: Session, caller: Caller, is_free: str) -> list[str]:
         return cached[1]
     query = select(Node.label).order_by(Node.label)
     if free:
-        query = query.where(Node.project_id.is_(None))
+        query = query.where(free_node())
     names = list(db.scalars(query))
     if generation is not None:
         _list_cache[key] = (generation, names)
@@ -202,6 +203,11 @@ def node_obm(db: Session, caller: Caller, node_name: str) -> OBMDriver:
         raise BlockedError(
             f"Node {node_name} has its OBM disabled; enable it first (PUT /node/{{node}}/obm)."
         )
+    return obm_of(node)
+
+
+def obm_of(node: Node) -> OBMDriver:
+    """A node's OBM driver, with no access check: for rhaas's own work on the node (returns, wipes)."""
     cls = obm_driver(node.obm_type)
     return cls(cls.settings_model.model_validate(node.obm_settings))
 

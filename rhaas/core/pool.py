@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rhaas.backends.upstream import Upstream
-from rhaas.config import PoolSettings
-from rhaas.core.access import Caller, require_admin
+from rhaas.config import PoolSettings, ProvisioningSettings
+from rhaas.core.access import Caller, free_node, require_admin
 from rhaas.db.models import PENDING, Network, NetworkingAction, Nic, Node, Port, Switch
 from rhaas.drivers.switch.base import PortState
 from rhaas.errors import AllocationError, BadArgumentError, BlockedError
@@ -36,6 +36,11 @@ def upstream_of(db: Session) -> Upstream | None:
 
 def policy_of(db: Session) -> PoolSettings:
     return db.info.get("pool") or PoolSettings()
+
+
+def provisioning_of(db: Session) -> ProvisioningSettings:
+    """The fast-provisioning settings of this instance (set in the sessionmaker's info)."""
+    return db.info.get("provisioning") or ProvisioningSettings()
 
 
 def ensure_switch(db: Session, up: Upstream) -> Switch:
@@ -67,7 +72,7 @@ def import_node(db: Session, up: Upstream, name: str) -> Node:
 def node_counts(db: Session) -> tuple[int, int]:
     """(all nodes, free nodes) of this instance."""
     total = db.scalar(select(func.count(Node.id))) or 0
-    free = db.scalar(select(func.count(Node.id)).where(Node.project_id.is_(None))) or 0
+    free = db.scalar(select(func.count(Node.id)).where(free_node())) or 0
     return total, free
 
 
@@ -105,7 +110,7 @@ def shrink(db: Session, caller: Caller, count: int) -> list[str]:
         raise BadArgumentError("This is a base instance: it has no upstream to give nodes back to.")
     if count < 1:
         raise BadArgumentError("count must be at least 1.")
-    free = db.scalars(select(Node).where(Node.project_id.is_(None)).order_by(Node.label).limit(count)).all()
+    free = db.scalars(select(Node).where(free_node()).order_by(Node.label).limit(count)).all()
     released = []
     for node in free:
         release_node(db, up, node)

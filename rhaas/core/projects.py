@@ -5,10 +5,11 @@ from __future__ import annotations
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from rhaas.core import pool
+from rhaas.core import pool, provisioning
 from rhaas.core.access import (
     Caller,
     check_label,
+    free_node,
     get_node,
     get_project,
     require_admin,
@@ -69,7 +70,7 @@ def connect_node(db: Session, caller: Caller, project_name: str, node_name: str)
         node = imported
     claimed = db.execute(
         update(Node)
-        .where(Node.id == node.id, Node.project_id.is_(None))
+        .where(Node.id == node.id, free_node())
         .values(project_id=project.id)
         .execution_options(synchronize_session=False)
     )
@@ -87,10 +88,10 @@ def connect_nodes(db: Session, caller: Caller, project_name: str, count: int) ->
     pool.ensure_free(db, count)
     db.commit()  # nodes claimed upstream are recorded even if this claim loses a race
     claimed: list[str] = []
-    for node in db.scalars(select(Node).where(Node.project_id.is_(None)).order_by(Node.label)):
+    for node in db.scalars(select(Node).where(free_node()).order_by(Node.label)):
         won = db.execute(
             update(Node)
-            .where(Node.id == node.id, Node.project_id.is_(None))
+            .where(Node.id == node.id, free_node())
             .values(project_id=project.id)
             .execution_options(synchronize_session=False)
         )
@@ -115,6 +116,9 @@ def detach_node(db: Session, caller: Caller, project_name: str, node_name: str) 
     pending = exists().where(NetworkingAction.nic_id.in_(nic_ids), NetworkingAction.status == PENDING)
     if db.scalar(select(pending)):
         raise BlockedError(f"Node {node_name} has pending networking actions.")
+    settings = pool.provisioning_of(db)
+    if settings.enabled:
+        provisioning.start_return(db, node, settings)  # the node is free again only once it is wiped
     released = db.execute(
         update(Node)
         .where(Node.id == node.id, Node.project_id == project.id)

@@ -249,3 +249,48 @@ class Image(Base):
     kernel: Mapped[Blob] = relationship(foreign_keys=[kernel_sha256])
     initrd: Mapped[Blob] = relationship(foreign_keys=[initrd_sha256])
     disk: Mapped[Blob | None] = relationship(foreign_keys=[disk_sha256])
+
+
+class NodeProvisioning(Base):
+    """A node under fast provisioning: its FPBL agent's secret, what the agent last said, its state.
+
+    ``state`` is one of `rhaas.core.provisioning.STATES`; a node is free to claim only when it has no
+    row here or its state is ``ready``.
+    """
+
+    __tablename__ = "node_provisioning"
+    node_id: Mapped[int] = mapped_column(Id, ForeignKey("node.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32))
+    #: sha256 of the agent's bearer secret (a random token: no slow KDF needed).
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    checked_in_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    node: Mapped[Node] = relationship()
+
+
+class ProvisionJob(Base):
+    """One deploy (image onto a node) or return (node back to ready, wiped), with its phases as reported.
+
+    ``phases`` is a list of ``{"phase", "state", "at", "detail"}``; ``path`` says whether the job went
+    the fast way (kexec / NMI) or fell back to a firmware reboot.
+    """
+
+    __tablename__ = "provision_job"
+    __table_args__ = (Index("ix_provision_job_node_status", "node_id", "status"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    node_id: Mapped[int] = mapped_column(Id, ForeignKey("node.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    image_id: Mapped[int | None] = mapped_column(Id, ForeignKey("image.id", ondelete="SET NULL"))
+    project_id: Mapped[int | None] = mapped_column(Id, ForeignKey("project.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    path: Mapped[str] = mapped_column(String(16), default="fast")
+    phases: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    deadline: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    node: Mapped[Node] = relationship()
+    image: Mapped[Image | None] = relationship()
+    project: Mapped[Project | None] = relationship()

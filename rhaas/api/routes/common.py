@@ -21,3 +21,9 @@ def wake_worker(request: Request) -> None:
     wake = getattr(request.app.state, "wake_worker", None)
     if wake is not None:
         wake()
+
+
+def wake_provisioning(request: Request) -> None:
+    ticker = getattr(request.app.state, "provisioning_ticker", None)
+    if ticker is not None:
+        ticker.wake()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 
 from rhaas.api.deps import get_caller, get_db
-from rhaas.api.routes.common import ok, reply
+from rhaas.api.routes.common import ok, reply, wake_provisioning
 from rhaas.api.schemas import NodeBody
 from rhaas.core import projects
 from rhaas.core.access import Caller
@@ -48,10 +48,15 @@ def connect_node(
 
 @router.post("/project/{project}/detach_node")
 def detach_node(
-    project: str, body: NodeBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+    project: str,
+    body: NodeBody,
+    request: Request,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
 ) -> Response:
     projects.detach_node(db, caller, project, body.node)
     db.commit()
+    wake_provisioning(request)  # a node under fast provisioning is returned now: its NMI goes at once
     return ok()
 
 

@@ -1,0 +1,475 @@
+"""Fast provisioning: the node lifecycle between the FPBL agent, the provisioning API and the BMC.
+
+::
+
+    enroll ──► booting ──(agent checks in)──► ready ──(provision)──► deploying ──(agent: kexec)──► deployed
+                                                ▲                        │ agent error / deadline      │
+                                                │                        ▼                             │
+                                                └──(wipe verified,   error ◄───────────────────────────┤
+                                                    full FPBL ready)      (detach_node: return job)    │
+                                                          ▲                                            ▼
+                                                          └───────────── returning ◄───── NMI (or, past the
+                                                                                           deadline, power
+                                                                                           cycle → PXE)
+
+Every transition is a committed row: a node's state in ``node_provisioning`` and its jobs in
+``provision_job`` (with each phase the agent reported). A node is free to claim only while it is ``ready``
+(or not under fast provisioning at all), so a returned node goes back to the pool only once its wipe has
+been verified. `tick` moves jobs on that need no agent: it sends the NMI of a new return (a BMC call made
+outside any transaction, after the job was claimed with a conditional UPDATE, so several API servers can
+share the work), falls back to the reboot path when the return FPBL does not check in by its deadline,
+and ends timed-out deploys in ERROR. A restarted server resumes from the rows.
+
+This module knows nothing of HTTP; `rhaas.api.routes.provisioning` and `rhaas.api.routes.agent` call it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from rhaas.config import ProvisioningSettings
+from rhaas.core.access import (
+    Caller,
+    get_node,
+    node_project,
+    require_admin,
+    require_project_access,
+)
+from rhaas.core.images import get_image
+from rhaas.core.nodes import obm_of
+from rhaas.db.models import (
+    DONE,
+    ERROR,
+    PENDING,
+    Blob,
+    Generation,
+    Node,
+    NodeProvisioning,
+    ProvisionJob,
+    utcnow,
+)
+from rhaas.errors import (
+    AuthorizationError,
+    BadArgumentError,
+    BlockedError,
+    DriverError,
+    IllegalStateError,
+    NotFoundError,
+    ProjectMismatchError,
+)
+
+log = logging.getLogger(__name__)
+
+BOOTING, READY, DEPLOYING, DEPLOYED, RETURNING, FAILED = (
+    "booting",
+    "ready",
+    "deploying",
+    "deployed",
+    "returning",
+    "error",
+)
+STATES = (BOOTING, READY, DEPLOYING, DEPLOYED, RETURNING, FAILED)
+RUNNING = "RUNNING"
+DEPLOY, RETURN = "deploy", "return"
+FAST, REBOOT = "fast", "reboot"
+#: The phase whose ``done`` report proves a return's wipe was read back clean.
+WIPE_VERIFIED = "verify-wipe"
+#: The deploy phase after which the customer's kernel runs: the agent reports its start, then kexecs.
+KEXEC = "kexec"
+_AUTH_FAILED = "Agent authentication failed."
+
+
+# --- enrolment and agent authentication ------------------------------------------------------------
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _bump_node_generation(db: Session) -> None:
+    """Free-node lists are cached per node generation; a state change here changes what is free."""
+    db.execute(update(Generation).where(Generation.name == "node").values(value=Generation.value + 1))
+
+
+def enroll(db: Session, caller: Caller, node_name: str, agent_url: str) -> dict[str, str]:
+    """Put a node under fast provisioning (admin): a new agent secret, state ``booting``.
+
+    Returns the kernel command-line words that tell the FPBL agent where to check in and as whom; the
+    secret is shown only here (it is stored hashed). Enrolling again rotates the secret.
+    """
+    require_admin(caller)
+    node = get_node(db, node_name)
+    if node.project_id is not None:
+        raise BlockedError(f"Node {node_name} is in a project; only a free node can be enrolled.")
+    if not agent_url.startswith(("http://", "https://")) or any(c.isspace() for c in agent_url):
+        raise BadArgumentError(f"agent_url {agent_url[:100]!r} is not an http(s) URL.")
+    secret = secrets.token_urlsafe(32)
+    row = db.get(NodeProvisioning, node.id)
+    if row is None:
+        row = NodeProvisioning(node_id=node.id, state=BOOTING, secret_sha256="")
+        db.add(row)
+    elif row.state not in (BOOTING, READY, FAILED):
+        raise BlockedError(f"Node {node_name} is {row.state}; enrol it again once it is ready.")
+    row.state, row.secret_sha256, row.boot_id = BOOTING, _secret_hash(secret), None
+    _bump_node_generation(db)
+    return {"cmdline": f"rhaas.agent={agent_url} rhaas.node={node.label} rhaas.secret={secret}"}
+
+
+def agent_row(db: Session, node_name: str, authorization: str | None) -> NodeProvisioning:
+    """The provisioning row of the agent calling as ``node_name``; AuthorizationError for anything else.
+
+    Unknown nodes, nodes not enrolled and wrong secrets all get the same answer.
+    """
+    scheme, _, secret = (authorization or "").partition(" ")
+    node = db.scalar(select(Node).where(Node.label == node_name))
+    row = db.get(NodeProvisioning, node.id) if node is not None else None
+    if scheme.lower() != "bearer" or row is None:
+        raise AuthorizationError(_AUTH_FAILED)
+    if not hmac.compare_digest(row.secret_sha256, _secret_hash(secret.strip())):
+        raise AuthorizationError(_AUTH_FAILED)
+    return row
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return utcnow()
+
+
+def _stamp(job: ProvisionJob, phase: str, state: str, detail: str = "", at: float | None = None) -> None:
+    job.phases = [*job.phases, {"phase": phase, "state": state, "at": at or time.time(), "detail": detail}]
+
+
+def _open_job(db: Session, node: Node, kind: str | None = None) -> ProvisionJob | None:
+    query = select(ProvisionJob).where(
+        ProvisionJob.node_id == node.id, ProvisionJob.status.in_((PENDING, RUNNING))
+    )
+    if kind is not None:
+        query = query.where(ProvisionJob.kind == kind)
+    return db.scalars(query.order_by(ProvisionJob.id.desc())).first()
+
+
+def _finish(job: ProvisionJob, status: str, error: str | None = None) -> None:
+    job.status, job.error, job.finished_at = status, error, _now()
+
+
+def provision(
+    db: Session, caller: Caller, node_name: str, image_name: str, settings: ProvisioningSettings
+) -> str:
+    """Queue a deploy of ``image_name`` on a ready node of the caller's project; returns the job id."""
+    node = get_node(db, node_name)
+    project = node_project(node)
+    if project is None:
+        raise ProjectMismatchError(f"Node {node_name} is not in a project.")
+    require_project_access(caller, project)
+    image = get_image(db, caller, image_name)
+    if image.owner is not None and image.owner.label != project:
+        raise ProjectMismatchError(f"Image {image_name} belongs to another project than node {node_name}.")
+    row = db.get(NodeProvisioning, node.id)
+    if row is None:
+        raise IllegalStateError(f"Node {node_name} is not under fast provisioning.")
+    if row.state != READY:
+        raise BlockedError(f"Node {node_name} is {row.state}, not ready: it cannot be provisioned now.")
+    job = ProvisionJob(
+        uuid=str(uuid.uuid4()),
+        node=node,
+        kind=DEPLOY,
+        image=image,
+        project=node.project,
+        status=PENDING,
+        path=FAST,
+        phases=[],
+        deadline=_now() + dt.timedelta(seconds=settings.deploy_timeout),
+    )
+    db.add(job)
+    row.state = DEPLOYING
+    _bump_node_generation(db)
+    return job.uuid
+
+
+def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> ProvisionJob | None:
+    """Called when a node leaves its project: queue its return (NMI, wipe) unless it is idle already.
+
+    The NMI itself is sent by `tick`, after this transaction commits.
+    """
+    row = db.get(NodeProvisioning, node.id)
+    if row is None or row.state in (READY, BOOTING, RETURNING):
+        return None
+    for job in db.scalars(select(ProvisionJob).where(ProvisionJob.node_id == node.id)):
+        if job.status in (PENDING, RUNNING):
+            _finish(job, ERROR, "Cancelled: the node left its project.")
+    job = ProvisionJob(
+        uuid=str(uuid.uuid4()),
+        node=node,
+        kind=RETURN,
+        project=node.project,
+        status=PENDING,
+        path=FAST,
+        phases=[],
+        deadline=_now() + dt.timedelta(seconds=settings.return_timeout),
+    )
+    db.add(job)
+    row.state = RETURNING
+    _bump_node_generation(db)
+    return job
+
+
+def _blob_ref(blob: Blob | None, base_url: str, node: str) -> dict[str, Any] | None:
+    if blob is None:
+        return None
+    return {
+        "url": f"{base_url}/agent/v1/nodes/{node}/blobs/{blob.sha256}",
+        "sha256": blob.sha256,
+        "size": blob.size,
+    }
+
+
+# --- the agent's calls -----------------------------------------------------------------------------
+
+
+def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
+    """The agent says it runs: ``mode`` ready (the full FPBL) or return (the crash kernel after an NMI)."""
+    row.checked_in_at = _now()
+    row.boot_id = str(facts.get("boot_id") or "")[:64] or None
+    row.facts = {k: facts[k] for k in ("mode", "kernel", "memory_kb", "disks") if k in facts}
+    node = row.node
+    job = _open_job(db, node)
+    mode = facts.get("mode")
+    if job is not None and job.kind == RETURN:
+        if mode == "return" or job.status == PENDING:
+            job.status = RUNNING
+        _stamp(job, "checkin", "done", f"{mode} FPBL checked in")
+        if mode == "ready" and _wiped(job):
+            _finish(job, DONE)
+            row.state = READY
+            _bump_node_generation(db)
+        return
+    if job is not None and job.kind == DEPLOY and job.status == RUNNING and mode == "ready":
+        # The FPBL booted again in the middle of a deploy: the kexec did not happen.
+        _finish(job, ERROR, "The FPBL checked in again during the deploy: the customer OS did not start.")
+        row.state = FAILED
+        return
+    if row.state == BOOTING and mode == "ready":
+        row.state = READY
+        _bump_node_generation(db)
+
+
+def _wiped(job: ProvisionJob) -> bool:
+    return any(p["phase"] == WIPE_VERIFIED and p["state"] == "done" for p in job.phases)
+
+
+def work(db: Session, row: NodeProvisioning, base_url: str, settings: ProvisioningSettings) -> dict[str, Any]:
+    """What the agent should do next: ``deploy``, ``wipe`` or ``wait``."""
+    node = row.node
+    job = _open_job(db, node)
+    wait = {"action": "wait", "poll_after": settings.agent_poll_seconds}
+    if job is None:
+        return wait
+    if job.kind == RETURN:
+        if _wiped(job):
+            return wait  # the agent restores memory and boots the full FPBL, which checks in
+        job.status = RUNNING
+        return {"action": "wipe", "job": job.uuid, "policy": settings.wipe_policy}
+    image = job.image
+    if image is None:
+        _finish(job, ERROR, "The image was deleted before the deploy started.")
+        row.state = FAILED
+        return wait
+    if job.status == PENDING:
+        job.status = RUNNING
+        _stamp(job, "handed-out", "done", f"image {image.label}")
+    return {
+        "action": "deploy",
+        "job": job.uuid,
+        "kernel": _blob_ref(image.kernel, base_url, node.label),
+        "initrd": _blob_ref(image.initrd, base_url, node.label),
+        "disk": _blob_ref(image.disk, base_url, node.label),
+        "cmdline": image.cmdline,
+    }
+
+
+def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
+    """Record a phase the agent reports; a deploy's kexec start makes the node ``deployed``."""
+    job = db.scalar(select(ProvisionJob).where(ProvisionJob.uuid == str(body["job"])))
+    if job is None or job.node_id != row.node_id:
+        raise NotFoundError(f"Job {str(body['job'])[:40]} does not exist for node {row.node.label}.")
+    if job.status not in (PENDING, RUNNING):
+        raise IllegalStateError(f"Job {job.uuid} has ended ({job.status}).")
+    phase, state = str(body["phase"]), str(body["state"])
+    _stamp(job, phase, state, str(body.get("detail", ""))[:2000], float(body["at"]))
+    if "progress" in body:
+        job.phases[-1]["progress"] = body["progress"]
+    if state == "error":
+        _finish(job, ERROR, f"{phase}: {str(body.get('detail', ''))[:500]}")
+        if job.kind == DEPLOY:
+            row.state = FAILED
+        return
+    if job.kind == DEPLOY and phase == KEXEC and state == "start":
+        _finish(job, DONE)
+        row.state = DEPLOYED
+
+
+# --- what needs no agent: NMIs, deadlines, fallbacks -----------------------------------------------
+
+
+def tick(sessions: Any, settings: ProvisioningSettings) -> int:
+    """One pass over the open jobs; returns how many it moved. Safe to run in several processes."""
+    moved = 0
+    with sessions() as db:
+        pending = db.scalars(
+            select(ProvisionJob.id).where(ProvisionJob.kind == RETURN, ProvisionJob.status == PENDING)
+        ).all()
+        expired = db.scalars(
+            select(ProvisionJob.id).where(
+                ProvisionJob.status.in_((PENDING, RUNNING)), ProvisionJob.deadline < _now()
+            )
+        ).all()
+        db.rollback()
+    for job_id in pending:
+        moved += _send_nmi(sessions, job_id, settings)
+    for job_id in expired:
+        moved += _expire(sessions, job_id, settings)
+    return moved
+
+
+def _claim(db: Session, job_id: int, was_status: str, was_path: str, **values: Any) -> bool:
+    """Move a job on only if it is still as read (another server may have moved it meanwhile)."""
+    claimed = db.execute(
+        update(ProvisionJob)
+        .where(ProvisionJob.id == job_id, ProvisionJob.status == was_status, ProvisionJob.path == was_path)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return claimed.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _send_nmi(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
+    with sessions() as db:
+        if not _claim(db, job_id, PENDING, FAST, status=RUNNING):
+            return 0
+        job = db.get(ProvisionJob, job_id)
+        assert job is not None
+        driver = obm_of(job.node)
+        db.commit()
+    try:
+        driver.send_nmi()
+        outcome, detail = "done", f"NMI sent through {driver.name} at {driver.address}"
+    except DriverError as exc:
+        outcome, detail = "error", f"NMI failed: {exc}"
+    with sessions() as db:
+        job = db.get(ProvisionJob, job_id)
+        assert job is not None
+        _stamp(job, "nmi", outcome, detail)
+        db.commit()
+    return 1
+
+
+def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
+    with sessions() as db:
+        job = db.get(ProvisionJob, job_id)
+        if job is None or job.status not in (PENDING, RUNNING) or job.deadline is None:
+            return 0
+        if job.deadline >= _now():
+            return 0
+        row = db.get(NodeProvisioning, job.node_id)
+        if job.kind == DEPLOY or job.path == REBOOT:
+            what = "deploy" if job.kind == DEPLOY else "return by reboot"
+            _finish(job, ERROR, f"The {what} did not finish within its deadline.")
+            if row is not None:
+                row.state = FAILED
+            db.commit()
+            return 1
+        # The return FPBL did not check in after the NMI: the customer may have unloaded the crash kernel.
+        deadline = _now() + dt.timedelta(seconds=settings.reboot_timeout)
+        if not _claim(db, job_id, job.status, FAST, path=REBOOT, deadline=deadline):
+            return 0
+        db.refresh(job)
+        _stamp(job, "fallback", "start", "no return FPBL by the deadline: power cycle, network boot")
+        driver = obm_of(job.node)
+        db.commit()
+    try:
+        driver.set_bootdev("pxe")
+        driver.power_cycle(force=True)
+        outcome, detail = "done", f"power cycled through {driver.name} at {driver.address}"
+    except DriverError as exc:
+        outcome, detail = "error", f"power cycle failed: {exc}"
+    with sessions() as db:
+        job = db.get(ProvisionJob, job_id)
+        assert job is not None
+        _stamp(job, "power-cycle", outcome, detail)
+        db.commit()
+    return 1
+
+
+# --- views -----------------------------------------------------------------------------------------
+
+
+def job_view(job: ProvisionJob) -> dict[str, Any]:
+    def iso(t: dt.datetime | None) -> str | None:
+        return t.isoformat() + "Z" if t is not None else None
+
+    return {
+        "id": job.uuid,
+        "node": job.node.label,
+        "kind": job.kind,
+        "image": job.image.label if job.image else None,
+        "status": job.status,
+        "path": job.path,
+        "phases": job.phases,
+        "error": job.error,
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+def show_job(db: Session, caller: Caller, job_id: str) -> dict[str, Any]:
+    job = db.scalar(select(ProvisionJob).where(ProvisionJob.uuid == job_id))
+    if job is None:
+        raise NotFoundError(f"Provision job {job_id[:40]} does not exist.")
+    project = job.project.label if job.project else None
+    if not caller.is_admin and (project is None or project not in caller.projects):
+        raise AuthorizationError("You do not have access to the project of this job.")
+    return job_view(job)
+
+
+def show_node_provisioning(db: Session, caller: Caller, node_name: str) -> dict[str, Any]:
+    """The node's provisioning state and history. Members see the jobs of their own project only."""
+    node = get_node(db, node_name)
+    project = node_project(node)
+    require_project_access(caller, project)
+    row = db.get(NodeProvisioning, node.id)
+    if row is None:
+        raise IllegalStateError(f"Node {node_name} is not under fast provisioning.")
+    query = select(ProvisionJob).where(ProvisionJob.node_id == node.id).order_by(ProvisionJob.id)
+    jobs = [
+        job_view(j)
+        for j in db.scalars(query)
+        if caller.is_admin or (j.project and j.project.label == project)
+    ]
+    return {
+        "node": node.label,
+        "state": row.state,
+        "checked_in_at": row.checked_in_at.isoformat() + "Z" if row.checked_in_at else None,
+        "facts": row.facts,
+        "jobs": jobs,
+    }
+
+
+def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
+    """The digests the node's agent may download: those of its open deploy's image, and no others."""
+    job = _open_job(db, row.node, DEPLOY)
+    if job is None or job.image is None:
+        return set()
+    image = job.image
+    return {b.sha256 for b in (image.kernel, image.initrd, image.disk) if b is not None}

@@ -1,0 +1,48 @@
+"""The provisioning ticker: a thread that moves provisioning jobs on that need no agent.
+
+It sends the NMI of each new return and takes the reboot path when a return FPBL misses its deadline
+(`rhaas.core.provisioning.tick`). Jobs are claimed with conditional UPDATEs, so a ticker in every API
+server is safe; a restarted server picks up where the rows say.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from rhaas.config import ProvisioningSettings
+from rhaas.core import provisioning
+
+log = logging.getLogger(__name__)
+
+
+class ProvisioningTicker:
+    def __init__(self, sessions: Any, settings: ProvisioningSettings) -> None:
+        self.sessions, self.settings = sessions, settings
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="provisioning-ticker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run a pass now (a return was just queued)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                provisioning.tick(self.sessions, self.settings)
+            except Exception:  # a bug or the database away: log, and try again at the next tick
+                log.exception("provisioning tick failed")
+            self._wake.wait(self.settings.tick_seconds)
+            self._wake.clear()

@@ -1,0 +1,276 @@
+"""The fast-provisioning lifecycle through the API and the agent API, with the test speaking the agent's
+protocol over HTTP (the FPBL agent itself, in a real QEMU node, is proven in test_fpbl.py and the lab
+tests). Mock BMCs record the NMIs and power cycles the server sends."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import Api, make_api, populate_site
+from dbdump import dump
+
+from rhaas.drivers.obm.mock import MockMachine, MockOBM
+
+KERNEL, INITRD, DISK = b"kernel" * 100, b"initrd" * 100, b"RHAAS-DISK A-data\n" + bytes(5000)
+
+
+def machine(host: str) -> MockMachine:
+    """The machine behind the site's mock BMC ``host`` (bmc1..bmc4, on IPMI's default port)."""
+    with MockOBM._lock:
+        return MockOBM.machines.setdefault(f"{host}:623", MockMachine())
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def prov(db_url: str) -> Iterator[Api]:
+    overrides = {
+        "provisioning__enabled": True,
+        "provisioning__agent_url": "http://10.0.2.2:5000",
+        "provisioning__return_timeout": 3.0,
+        "provisioning__reboot_timeout": 3.0,
+        "provisioning__tick_seconds": 0.05,
+    }
+    with make_api(db_url, **overrides) as api:
+        populate_site(api)
+        for blob in (KERNEL, INITRD, DISK):
+            headers = {**api.alice.headers, "Content-Type": "application/octet-stream"}
+            api.client.put(f"/v0/blob/{sha(blob)}", content=blob, headers=headers).raise_for_status()
+        body = {"project": "p1", "kernel": sha(KERNEL), "initrd": sha(INITRD), "disk": sha(DISK)}
+        api.alice.ok("PUT", "/image/a-os", {**body, "cmdline": "console=ttyS0"})
+        yield api
+
+
+class Agent:
+    """Speaks the FPBL agent's protocol for one node."""
+
+    def __init__(self, api: Api, node: str, secret: str) -> None:
+        self.client, self.node = api.client, node
+        self.headers = {"Authorization": f"Bearer {secret}"}
+
+    def call(self, method: str, what: str, body: dict | None = None, status: int = 200) -> dict:
+        response = self.client.request(
+            method, f"/agent/v1/nodes/{self.node}/{what}", json=body, headers=self.headers
+        )
+        assert response.status_code == status, (what, response.status_code, response.text)
+        return response.json()
+
+    def checkin(self, mode: str = "ready") -> None:
+        facts = {
+            "mode": mode,
+            "boot_id": f"{mode}-{time.monotonic()}",
+            "kernel": "6.1",
+            "memory_kb": 1_000_000,
+        }
+        self.call("POST", "checkin", {**facts, "disks": [{"name": "vda", "size": 4 << 30}]})
+
+    def report(self, job: str, phase: str, state: str = "done", status: int = 200, **extra) -> dict:
+        body = {"job": job, "phase": phase, "state": state, "at": time.time(), **extra}
+        return self.call("POST", "report", body, status=status)
+
+    def work(self) -> dict:
+        return self.call("GET", "work")
+
+
+def enroll(api: Api, node: str) -> Agent:
+    answer = api.admin.ok("PUT", f"/node/{node}/fpbl", {})
+    words = dict(w.split("=", 1) for w in answer["cmdline"].split())
+    assert words["rhaas.agent"] == "http://10.0.2.2:5000" and words["rhaas.node"] == node
+    return Agent(api, node, words["rhaas.secret"])
+
+
+def state(api: Api, node: str) -> str:
+    return str(api.admin.ok("GET", f"/node/{node}/provisioning")["state"])
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
+
+
+def deploy(api: Api, agent: Agent, node: str) -> str:
+    job = api.alice.ok("POST", f"/node/{node}/provision", {"image": "a-os"}, status=202)["job_id"]
+    item = agent.work()
+    assert item["action"] == "deploy" and item["job"] == job
+    assert item["cmdline"] == "console=ttyS0" and item["disk"]["sha256"] == sha(DISK)
+    for phase in ("download-kernel", "download-initrd", "download-disk", "verify", "write-disk"):
+        agent.report(job, phase, "start")
+        agent.report(job, phase, "done")
+    agent.report(job, "kexec", "start")
+    return job
+
+
+def test_enrolled_node_is_not_free_until_its_agent_checks_in(prov):
+    agent = enroll(prov, "n1")
+    assert state(prov, "n1") == "booting"
+    assert "n1" not in prov.admin.ok("GET", "/nodes/free")
+    msg = prov.alice.error("POST", "/project/p1/connect_node", {"node": "n1"}, 409, "BlockedError")
+    assert "n1" in msg
+    agent.checkin()
+    assert state(prov, "n1") == "ready"
+    assert "n1" in prov.admin.ok("GET", "/nodes/free")
+    assert agent.work()["action"] == "wait"
+
+
+def test_agent_authentication(prov):
+    agent = enroll(prov, "n1")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YWRtaW46YWRtaW5wdw=="}):
+        response = prov.client.get("/agent/v1/nodes/n1/work", headers=headers)
+        assert response.status_code == 401 and response.json()["type"] == "AuthorizationError"
+    # Another node's secret, and nodes not enrolled, get the same answer.
+    assert prov.client.get("/agent/v1/nodes/n2/work", headers=agent.headers).status_code == 401
+    assert prov.client.get("/agent/v1/nodes/nope/work", headers=agent.headers).status_code == 401
+    # Enrolling again rotates the secret.
+    new = enroll(prov, "n1")
+    assert prov.client.get("/agent/v1/nodes/n1/work", headers=agent.headers).status_code == 401
+    new.checkin()
+
+
+def test_deploy_then_return_by_nmi_then_reassign(prov):
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    job = deploy(prov, agent, "n1")
+    shown = prov.alice.ok("GET", f"/provision_job/{job}")
+    assert shown["status"] == "DONE" and shown["path"] == "fast" and shown["image"] == "a-os"
+    assert [p["phase"] for p in shown["phases"]][-1] == "kexec"
+    assert state(prov, "n1") == "deployed"
+    prov.bob.error("GET", f"/provision_job/{job}", None, 401, "AuthorizationError")
+
+    # The customer gives the node back: NMI through the BMC, then the return FPBL wipes it.
+    bmc = machine("bmc1")
+    bmc.power = "on"
+    nmis, boots = bmc.nmis, bmc.boots
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    assert state(prov, "n1") == "returning"
+    assert "n1" not in prov.admin.ok("GET", "/nodes/free")
+    prov.bob.error("POST", "/project/p2/connect_node", {"node": "n1"}, 409, "BlockedError")
+    wait_for(lambda: bmc.nmis == nmis + 1, what="the NMI")
+    agent.checkin("return")
+    item = agent.work()
+    assert item == {"action": "wipe", "job": item["job"], "policy": "metadata"}
+    agent.report(item["job"], "wipe", "start")
+    agent.report(item["job"], "wipe", "done")
+    agent.checkin("ready")  # not wiped-and-verified yet: still returning
+    assert state(prov, "n1") == "returning"
+    assert agent.work()["action"] == "wipe"
+    agent.report(item["job"], "verify-wipe", "done", detail="first and last MiB read back as zeros")
+    agent.report(item["job"], "restore-memory", "done")
+    agent.checkin("ready")
+    assert state(prov, "n1") == "ready"
+    assert "n1" in prov.admin.ok("GET", "/nodes/free")
+    history = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"]
+    assert [(j["kind"], j["status"], j["path"]) for j in history] == [
+        ("deploy", "DONE", "fast"),
+        ("return", "DONE", "fast"),
+    ]
+    assert {"nmi", "checkin", "wipe", "verify-wipe"} <= {p["phase"] for p in history[1]["phases"]}
+    assert bmc.boots == boots  # no firmware boot on the fast path
+
+    # Reassign: another project gets it and provisions again.
+    prov.bob.ok("POST", "/project/p2/connect_node", {"node": "n1"})
+    prov.bob.error("POST", "/node/n1/provision", {"image": "a-os"}, 401, "AuthorizationError")
+
+
+def test_return_falls_back_to_reboot_when_no_fpbl_checks_in(prov):
+    agent = enroll(prov, "n2")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n2"})
+    deploy(prov, agent, "n2")
+    bmc = machine("bmc2")
+    bmc.power = "on"
+    boots = bmc.boots
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n2"})
+
+    # The customer unloaded the crash kernel: the NMI brings no return FPBL; past the deadline the node
+    # is power cycled into a network boot.
+    def fell_back():
+        jobs = prov.admin.ok("GET", "/node/n2/provisioning")["jobs"]
+        return jobs[-1]["path"] == "reboot" and bmc.boots == boots + 1
+
+    wait_for(fell_back, timeout=15, what="the reboot fallback")
+    assert bmc.bootdev == "pxe"
+    agent.checkin("ready")  # the FPBL, booted by firmware this time
+    item = agent.work()
+    assert item["action"] == "wipe"
+    agent.report(item["job"], "verify-wipe", "done")
+    agent.checkin("ready")
+    jobs = prov.admin.ok("GET", "/node/n2/provisioning")["jobs"]
+    assert (jobs[-1]["status"], jobs[-1]["path"]) == ("DONE", "reboot")
+    assert {"fallback", "power-cycle"} <= {p["phase"] for p in jobs[-1]["phases"]}
+    assert state(prov, "n2") == "ready"
+
+
+def test_a_failed_deploy_is_recoverable_by_return(prov):
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    job = prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
+    agent.work()
+    agent.report(job, "verify", "error", detail="sha256 mismatch: got 00ff…, want 12ab…")
+    shown = prov.alice.ok("GET", f"/provision_job/{job}")
+    assert shown["status"] == "ERROR" and "sha256 mismatch" in shown["error"]
+    assert state(prov, "n1") == "error"
+    agent.report(job, "kexec", "start", status=409)  # an ended job takes no more reports
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    item = agent.work()  # the FPBL never left: it wipes straight away
+    assert item["action"] == "wipe"
+    agent.report(item["job"], "verify-wipe", "done")
+    agent.checkin("ready")
+    assert state(prov, "n1") == "ready"
+
+
+def test_agent_sees_only_its_own_deploy_blobs(prov):
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    url = f"/agent/v1/nodes/n1/blobs/{sha(DISK)}"
+    assert prov.client.get(url, headers=agent.headers).status_code == 404  # no deploy yet
+    prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)
+    item = agent.work()
+    assert item["disk"]["url"] == f"http://testserver{url}"
+    whole = prov.client.get(url, headers=agent.headers)
+    assert whole.status_code == 200 and whole.content == DISK
+    part = prov.client.get(url, headers={**agent.headers, "Range": "bytes=100-"})
+    assert part.status_code == 206 and part.content == DISK[100:]
+    other = enroll(prov, "n2")
+    assert prov.client.get(f"/agent/v1/nodes/n2/blobs/{sha(DISK)}", headers=other.headers).status_code == 404
+    assert prov.client.get(url, headers=other.headers).status_code == 401
+
+
+def test_provision_refusals_change_nothing(prov):
+    agent = enroll(prov, "n1")
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n2"})
+    before = dump(prov.sessions)
+    prov.alice.error(
+        "POST", "/node/n2/provision", {"image": "a-os"}, 409, "IllegalStateError"
+    )  # not enrolled
+    prov.alice.error("POST", "/node/n1/provision", {"image": "a-os"}, 409, "ProjectMismatchError")  # free
+    prov.alice.error("POST", "/node/n2/provision", {"image": "nope"}, 404, "NotFoundError")
+    prov.alice.error("POST", "/node/n2/provision", {"image": 1}, 400, "ValidationError")
+    prov.bob.error("POST", "/node/n2/provision", {"image": "a-os"}, 401, "AuthorizationError")
+    prov.alice.error("PUT", "/node/n1/fpbl", {}, 401, "AuthorizationError")
+    prov.admin.error("PUT", "/node/n2/fpbl", {}, 409, "BlockedError")  # in a project
+    prov.admin.error("PUT", "/node/n1/fpbl", {"agent_url": "ftp://x"}, 400, "BadArgumentError")
+    bad = [{"mode": "sideways", "boot_id": "x"}, {"boot_id": "x"}, {"mode": "ready", "boot_id": "x", "z": 1}]
+    for body in bad:
+        agent.call("POST", "checkin", body, status=400)
+    agent.call("POST", "report", {"job": "nope", "phase": "x", "state": "done", "at": 1.0}, status=404)
+    assert dump(prov.sessions) == before
+
+
+def test_provisioning_is_off_by_default(site):
+    site.admin.error("PUT", "/node/n1/fpbl", {}, 409, "IllegalStateError")
+    response = site.client.get("/agent/v1/nodes/n1/work", headers={"Authorization": "Bearer x"})
+    assert response.status_code == 409
