@@ -130,7 +130,9 @@ class QemuNode:
 
     ``disk`` (default ``<workdir>/<name>.qcow2``) is created with ``disk_size`` (default 4G) if absent;
     ``disk_size=None`` without ``disk`` gives a node with no disk. ``tap`` is created by QEMU if it does
-    not exist, and disappears with the process; without it the NIC sits on a hub that reaches nothing.
+    not exist, and disappears with the process; ``user_net`` (without ``tap``) puts the NIC on QEMU's
+    user-mode network instead, where 10.0.2.2 is the host's loopback; with neither the NIC sits on a hub
+    that reaches nothing.
     ``kernel``/``initrd``/``append`` boot a kernel directly instead of through the firmware's boot order;
     they are attributes, read at each `start`.
     """
@@ -144,6 +146,7 @@ class QemuNode:
         smp: int = 1,
         mac: str | None = None,
         tap: str | None = None,
+        user_net: bool = False,
         disk: Path | str | None = None,
         disk_size: str | None = "4G",
         boot_device: BootDevice = "none",
@@ -168,6 +171,7 @@ class QemuNode:
         self.smp = smp
         self.mac = mac or mac_for(name)
         self.tap = tap
+        self.user_net = user_net
         self.disk: Path | None = None
         if disk is not None:
             self.disk = Path(disk).resolve()
@@ -236,6 +240,9 @@ class QemuNode:
         ]  # fmt: skip
         if self.tap:
             netdev = f"tap,id=net0,ifname={self.tap},script=no,downscript=no,vnet_hdr=off"
+        elif self.user_net:
+            # QEMU's user-mode network: the guest (10.0.2.15) reaches the host's loopback at 10.0.2.2.
+            netdev = "user,id=net0"
         else:
             # A hub with one port: the NIC exists (and iPXE runs) but reaches nothing.
             netdev = "hubport,id=net0,hubid=0"

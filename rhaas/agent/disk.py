@@ -1,0 +1,209 @@
+"""The node's disks: find them, write an image to one, wipe them and prove the wipe (standard library only).
+
+Writing is streamed in 1 MiB chunks and sparse-aware in the one safe way: an all-zero chunk of the image
+is skipped only where the disk already reads as zero there (read back first), otherwise written. The agent
+cannot know that a disk is zeroed (the previous tenant's wipe may have been metadata-only, the disk may be
+new or not), and a skipped chunk over old data would leave that data inside the customer's file systems.
+Reading is much cheaper than writing on thin-provisioned or fresh disks, and skipping keeps them thin.
+
+Wipe policies: ``metadata`` zeroes the first and last MiB of each disk and of each partition (partition
+tables, GPT backups, file system, LVM and RAID signatures live there); ``full`` zeroes every block
+(BLKZEROOUT if the device supports it, else writes). Either is verified by reading the zeroed ranges back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CHUNK = 1 << 20
+MIB = 1 << 20
+_ZERO = bytes(CHUNK)
+BLKZEROOUT = 0x127F
+BLKRRPART = 0x125F
+BLKFLSBUF = 0x1261
+_SKIP_PREFIXES = ("loop", "ram", "zram", "sr", "fd", "nbd", "dm-", "md")
+
+Progress = Callable[[int, int], None]
+
+
+class DiskError(RuntimeError):
+    """An image does not fit, a write failed, or a wiped range did not read back as zero."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    name: str
+    path: str
+    size: int
+    #: (start, size) in bytes of each partition the kernel knows of.
+    partitions: tuple[tuple[int, int], ...] = ()
+
+
+def list_disks(sys_dir: str = "/sys", dev_dir: str = "/dev") -> list[Disk]:
+    """The node's physical disks (not loop, ram, optical, ...), by name."""
+    base = os.path.join(sys_dir, "block")
+    disks = []
+    for name in sorted(os.listdir(base)):
+        here = os.path.join(base, name)
+        if name.startswith(_SKIP_PREFIXES) or not os.path.exists(os.path.join(here, "device")):
+            continue
+        parts = []
+        for sub in sorted(os.listdir(here)):
+            if sub.startswith(name) and os.path.exists(os.path.join(here, sub, "partition")):
+                parts.append((_sectors(here, sub, "start"), _sectors(here, sub, "size")))
+        disks.append(Disk(name, os.path.join(dev_dir, name), _sectors(here, "", "size"), tuple(parts)))
+    return disks
+
+
+def _sectors(here: str, sub: str, field: str) -> int:
+    with open(os.path.join(here, sub, field)) as f:
+        return int(f.read().strip()) * 512
+
+
+def _is_zero(data: bytes | memoryview) -> bool:
+    return data == _ZERO[: len(data)]
+
+
+# --- writing an image ---------------------------------------------------------------------------------
+
+
+class ImageWriter:
+    """Streams an image of ``image_size`` bytes onto ``path`` (a disk of ``disk_size`` bytes)."""
+
+    def __init__(self, path: str, disk_size: int, image_size: int) -> None:
+        if image_size > disk_size:
+            raise DiskError(f"the image ({image_size} bytes) does not fit {path} ({disk_size} bytes)")
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR)
+        self.offset = 0
+        self.buffer = bytearray()
+        self.written = 0
+        self.skipped = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= CHUNK:
+            self._flush(memoryview(self.buffer)[:CHUNK])
+            del self.buffer[:CHUNK]
+
+    def _flush(self, chunk: memoryview) -> None:
+        n = len(chunk)
+        if _is_zero(chunk) and _is_zero(os.pread(self.fd, n, self.offset)):
+            self.skipped += n
+        else:
+            done = os.pwrite(self.fd, chunk, self.offset)
+            if done != n:
+                raise DiskError(f"short write to {self.path} at {self.offset}: {done} of {n} bytes")
+            self.written += n
+        self.offset += n
+
+    def finish(self) -> None:
+        """Write what is buffered and make it durable."""
+        if self.buffer:
+            self._flush(memoryview(self.buffer))
+            self.buffer.clear()
+        os.fsync(self.fd)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# --- wiping ------------------------------------------------------------------------------------------
+
+
+def metadata_regions(size: int, partitions: tuple[tuple[int, int], ...] = ()) -> list[tuple[int, int]]:
+    """The (offset, length) ranges a metadata wipe zeroes, merged and sorted."""
+    spans = []
+    for start, length in ((0, size), *partitions):
+        head = min(MIB, length)
+        spans.append((start, start + head))
+        spans.append((start + max(0, length - MIB), start + length))
+    spans = sorted((max(0, a), min(size, b)) for a, b in spans if b > a)
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b - a) for a, b in merged]
+
+
+def wipe(disk: Disk, policy: str, progress: Progress | None = None) -> list[tuple[int, int]]:
+    """Zero ``disk`` per ``policy`` ('metadata' | 'full'); the ranges zeroed."""
+    if policy == "full":
+        regions = [(0, disk.size)]
+    elif policy == "metadata":
+        regions = metadata_regions(disk.size, disk.partitions)
+    else:
+        raise DiskError(f"unknown wipe policy {policy!r}")
+    total = sum(length for _, length in regions)
+    done = 0
+    fd = os.open(disk.path, os.O_RDWR)
+    try:
+        block = stat.S_ISBLK(os.fstat(fd).st_mode)
+        for offset, length in regions:
+            if block and _zeroout(fd, offset, length):
+                done += length
+                continue
+            end = offset + length
+            while offset < end:
+                n = min(CHUNK, end - offset)
+                if os.pwrite(fd, _ZERO[:n], offset) != n:
+                    raise DiskError(f"short write to {disk.path} at {offset}")
+                offset += n
+                done += n
+                if progress and done % (64 * MIB) == 0:
+                    progress(done, total)
+        os.fsync(fd)
+        if block:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, BLKFLSBUF)  # read back from the device, not from our page cache
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, BLKRRPART)  # forget the partitions just erased
+    finally:
+        os.close(fd)
+    if progress:
+        progress(done, total)
+    return regions
+
+
+def _zeroout(fd: int, offset: int, length: int) -> bool:
+    """BLKZEROOUT (the device zeroes, no data crosses the bus); False if the device cannot."""
+    try:
+        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
+    except OSError:
+        return False
+    return True
+
+
+def verify_zero(path: str, regions: list[tuple[int, int]], progress: Progress | None = None) -> int:
+    """Read ``regions`` of ``path`` back; raise `DiskError` at the first non-zero byte. Bytes read."""
+    total = sum(length for _, length in regions)
+    done = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset, length in regions:
+            end = offset + length
+            while offset < end:
+                data = os.pread(fd, min(CHUNK, end - offset), offset)
+                if not data:
+                    raise DiskError(f"{path} ended at {offset}, inside a wiped range")
+                if not _is_zero(data):
+                    first = next(i for i, b in enumerate(data) if b)
+                    raise DiskError(f"{path} is not zero at byte {offset + first} after the wipe")
+                offset += len(data)
+                done += len(data)
+                if progress and done % (64 * MIB) == 0:
+                    progress(done, total)
+    finally:
+        os.close(fd)
+    return done

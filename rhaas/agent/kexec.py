@@ -1,0 +1,322 @@
+"""Handing a node over with kexec, and arming its way back (standard library only).
+
+Deploy: the FPBL kexecs the customer's kernel. Before it does, it appends a **return payload** (an
+uncompressed newc cpio) to the customer's initrd; Linux unpacks concatenated archives, so the customer's
+initramfs gains::
+
+    /rhaas/init            busybox sh wrapper, made the first program by rdinit=/rhaas/init
+    /rhaas/next            the customer's own init (/init, or what its rdinit= named)
+    /rhaas/crash.cmdline   the crash kernel's command line (agent settings, rhaas.mode=return, memmap)
+    /rhaas/bin/busybox     static busybox, for the wrapper
+    /rhaas/bin/kexec       Debian's kexec, run through /rhaas/lib/ld-linux-x86-64.so.2 with its libraries
+    /rhaas/lib/...
+    /rhaas/fpbl/vmlinuz    the FPBL kernel
+    /rhaas/fpbl/initrd     the FPBL initrd (recomposed, see `compose_fpbl_initrd`)
+
+The wrapper loads the FPBL as the crash kernel (``kexec -p``), removes /rhaas and ``exec``s the customer's
+init. ``crashkernel=384M unknown_nmi_panic=1`` on the customer's command line reserve the memory and turn
+an NMI into a panic, and so into the FPBL: no firmware, no cooperation from the customer OS.
+
+The crash kernel sees only the reserved region. To give the node its memory back the return FPBL kexecs
+the full FPBL with ``memmap=exactmap`` and the ranges the first FPBL read from ``/sys/firmware/memmap``;
+they travel as ``rhaas.memmap=`` on each command line, because a kexec'd kernel's /sys/firmware/memmap
+shows only what its loader passed (the crash region, after a return).
+
+The FPBL initrd is ``core.cpio.gz`` (everything) followed by an uncompressed cpio holding
+``/rhaas/fpbl/core.cpio.gz`` and ``/rhaas/fpbl/vmlinuz``: an initramfs cannot hold a copy of itself, but it
+can hold the parts to make one, and `compose_fpbl_initrd` makes exactly the bytes the builder made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+from dataclasses import dataclass
+from typing import BinaryIO
+
+#: Where the FPBL keeps the files it needs to hand over and to come back (written by the builder).
+FPBL_DIR = "/rhaas/fpbl"
+CRASH_ARGS = ("irqpoll", "nr_cpus=1", "reset_devices")
+CUSTOMER_ARGS = ("rdinit=/rhaas/init", "crashkernel=384M", "unknown_nmi_panic=1")
+#: Parameters of one boot that must not be passed on to the next kernel.
+_NOT_INHERITED = {
+    "irqpoll", "nr_cpus", "reset_devices", "elfcorehdr", "memmap", "crashkernel", "initrd", "BOOT_IMAGE",
+    "rdinit", "unknown_nmi_panic", "maxcpus", "disable_cpu_apicid",
+}  # fmt: skip
+_COPY_CHUNK = 1 << 20
+
+#: /sys/firmware/memmap type -> the letter this module uses; anything else is kept as reserved ("r").
+_MEMMAP_KINDS = {"System RAM": "u", "ACPI Tables": "a", "ACPI Non-volatile Storage": "n"}
+#: memmap= separator per kind: @ usable, # ACPI data, $ reserved.
+_MEMMAP_SEP = {"u": "@", "a": "#", "n": "$", "r": "$"}
+
+WRAPPER = r"""#!/rhaas/bin/busybox sh
+# rhaas return wrapper: arm the FPBL as crash kernel, then start the customer's init. Written by the agent.
+B=/rhaas/bin/busybox
+$B mkdir -p /proc /sys
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+if /rhaas/lib/ld-linux-x86-64.so.2 --library-path /rhaas/lib /rhaas/bin/kexec -p /rhaas/fpbl/vmlinuz \
+        --initrd=/rhaas/fpbl/initrd --append="$($B cat /rhaas/crash.cmdline)"; then
+    echo "RHAAS-RETURN armed crash_loaded=$($B cat /sys/kernel/kexec_crash_loaded)"
+else
+    echo "RHAAS-RETURN unarmed: kexec -p failed"
+fi
+$B umount /sys
+$B umount /proc
+NEXT=$($B cat /rhaas/next)
+# The payload holds the node's one-time secret and ~30 MB the customer does not need.
+$B rm -rf /rhaas
+exec "$NEXT"
+"""
+
+
+# --- the memory map ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemRange:
+    """A physical address range ``[start, end)`` of one kind: u(sable), a(cpi), n(vs), r(eserved)."""
+
+    start: int
+    end: int
+    kind: str
+
+    def memmap_param(self) -> str:
+        return f"memmap={self.end - self.start:#x}{_MEMMAP_SEP[self.kind]}{self.start:#x}"
+
+
+def read_firmware_memmap(sys_dir: str = "/sys") -> list[MemRange]:
+    """The firmware's memory map as this kernel was given it, sorted by start."""
+    base = os.path.join(sys_dir, "firmware", "memmap")
+    ranges = []
+    for entry in os.listdir(base):
+        path = os.path.join(base, entry)
+
+        def field(name: str, path: str = path) -> str:
+            with open(os.path.join(path, name)) as f:
+                return f.read().strip()
+
+        start, last = int(field("start"), 16), int(field("end"), 16)
+        ranges.append(MemRange(start, last + 1, _MEMMAP_KINDS.get(field("type"), "r")))
+    return sorted(ranges, key=lambda r: r.start)
+
+
+def write_memmap_dir(path: str, ranges: list[MemRange]) -> None:
+    """Write ``ranges`` as the kernel lays out /sys/firmware/memmap: ``<n>/{start,end,type}``."""
+    names = {v: k for k, v in _MEMMAP_KINDS.items()} | {"r": "Reserved"}
+    for n, r in enumerate(ranges):
+        entry = os.path.join(path, str(n))
+        os.makedirs(entry, exist_ok=True)
+        for name, value in (("start", f"{r.start:#x}"), ("end", f"{r.end - 1:#x}"), ("type", names[r.kind])):
+            with open(os.path.join(entry, name), "w") as f:
+                f.write(value + "\n")
+
+
+def format_memmap(ranges: list[MemRange]) -> str:
+    """``rhaas.memmap=`` text: ``<start hex>-<end hex><kind>`` joined by commas."""
+    return ",".join(f"{r.start:x}-{r.end:x}{r.kind}" for r in ranges)
+
+
+def parse_memmap(text: str) -> list[MemRange]:
+    """The inverse of `format_memmap`. Raises ValueError on malformed text."""
+    ranges = []
+    for item in text.split(","):
+        kind = item[-1:]
+        if kind not in _MEMMAP_SEP:
+            raise ValueError(f"bad memmap range {item!r}")
+        start, _, end = item[:-1].partition("-")
+        r = MemRange(int(start, 16), int(end, 16), kind)
+        if r.end <= r.start:
+            raise ValueError(f"empty memmap range {item!r}")
+        ranges.append(r)
+    return ranges
+
+
+def usable_bytes(ranges: list[MemRange]) -> int:
+    return sum(r.end - r.start for r in ranges if r.kind == "u")
+
+
+def exactmap_params(ranges: list[MemRange]) -> list[str]:
+    """Kernel parameters that replace a kernel's memory map with ``ranges``."""
+    return ["memmap=exactmap", *(r.memmap_param() for r in ranges)]
+
+
+# --- command lines -----------------------------------------------------------------------------------
+
+
+def inherited_args(cmdline: str) -> list[str]:
+    """This boot's parameters that the next FPBL should get too (console, quiet, ...): not rhaas.*, not
+    the ones that describe this boot only."""
+    out = []
+    for arg in shlex.split(cmdline):
+        key = arg.split("=", 1)[0]
+        if arg == "--":
+            break
+        if not key.startswith("rhaas.") and key not in _NOT_INHERITED:
+            out.append(arg)
+    return out
+
+
+def customer_cmdline(cmdline: str) -> tuple[str, str]:
+    """The customer's command line with the return path armed, and the init the wrapper must start."""
+    args = cmdline.split()
+    next_init = "/init"
+    kept = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "rdinit":
+            next_init = value or "/init"
+        elif key not in ("crashkernel", "unknown_nmi_panic"):
+            kept.append(arg)
+    if "--" in kept:  # parameters after -- are the init's, not the kernel's
+        cut = kept.index("--")
+        kept[cut:cut] = list(CUSTOMER_ARGS)
+    else:
+        kept += CUSTOMER_ARGS
+    return " ".join(kept), next_init
+
+
+# --- cpio (newc), streamed ---------------------------------------------------------------------------
+
+
+class CpioWriter:
+    """A newc cpio archive written to ``out`` as it goes, byte for byte as `rhaas.lab.images.write_cpio`
+    writes one (mtime 0, uid/gid 0, inodes numbered from 1)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.ino = 1
+        self.written = 0
+
+    def _emit(self, data: bytes) -> None:
+        self.out.write(data)
+        self.written += len(data)
+
+    def _header(self, name: str, mode: int, size: int, rdev: tuple[int, int] = (0, 0)) -> None:
+        raw = name.lstrip("/").encode() + b"\0"
+        nlink = 2 if stat.S_ISDIR(mode) else 1
+        fields = (self.ino, mode, 0, 0, nlink, 0, size, 0, 0, *rdev, len(raw), 0)
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self._emit(header + raw + b"\0" * (-(len(header) + len(raw)) % 4))
+        self.ino += 1
+
+    def directory(self, name: str) -> None:
+        self._header(name, stat.S_IFDIR | 0o755, 0)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self._header(name, stat.S_IFREG | perm, len(data))
+        self._emit(data + b"\0" * (-len(data) % 4))
+
+    def copy(self, name: str, path: str, perm: int | None = None) -> None:
+        """Add the file at ``path`` as ``name``, streamed; ``perm`` defaults to the file's own."""
+        info = os.stat(path)
+        mode = stat.S_IMODE(info.st_mode) if perm is None else perm
+        self._header(name, stat.S_IFREG | mode, info.st_size)
+        with open(path, "rb") as f:
+            copied = 0
+            while chunk := f.read(_COPY_CHUNK):
+                self._emit(chunk)
+                copied += len(chunk)
+        if copied != info.st_size:
+            raise OSError(f"{path} changed size while being archived")
+        self._emit(b"\0" * (-copied % 4))
+
+    def close(self) -> None:
+        self._header("TRAILER!!!", 0, 0)
+
+
+def pad4(out: BinaryIO, length: int) -> int:
+    """Zero-pad ``out`` (``length`` bytes so far) so that the next archive starts 4-byte aligned, as the
+    kernel requires of an uncompressed cpio in a concatenated initrd."""
+    pad = -length % 4
+    out.write(b"\0" * pad)
+    return length + pad
+
+
+def write_selfcopy(out: BinaryIO, core: str, vmlinuz: str) -> int:
+    """The uncompressed cpio that gives an FPBL the files to recompose itself; returns its length."""
+    cpio = CpioWriter(out)
+    cpio.directory("rhaas")
+    cpio.directory("rhaas/fpbl")
+    cpio.copy("rhaas/fpbl/core.cpio.gz", core, 0o644)
+    cpio.copy("rhaas/fpbl/vmlinuz", vmlinuz, 0o644)
+    cpio.close()
+    return cpio.written
+
+
+def compose_fpbl_initrd(out_path: str, fpbl_dir: str = FPBL_DIR) -> int:
+    """Write the FPBL initrd (core + self-copy) to ``out_path`` from the FPBL's own files; its size."""
+    core = os.path.join(fpbl_dir, "core.cpio.gz")
+    with open(out_path, "wb") as out, open(core, "rb") as f:
+        length = 0
+        while chunk := f.read(_COPY_CHUNK):
+            out.write(chunk)
+            length += len(chunk)
+        length = pad4(out, length)
+        length += write_selfcopy(out, core, os.path.join(fpbl_dir, "vmlinuz"))
+    return length
+
+
+# --- the return payload ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FpblFiles:
+    """What the FPBL's manifest (``/rhaas/fpbl/manifest.json``, written by the builder) says is where."""
+
+    vmlinuz: str
+    core: str
+    busybox: str
+    kexec: str
+    #: kexec's shared libraries, the dynamic loader (ld-linux-x86-64.so.2) among them.
+    libs: tuple[str, ...]
+
+    @classmethod
+    def load(cls, fpbl_dir: str = FPBL_DIR) -> FpblFiles:
+        with open(os.path.join(fpbl_dir, "manifest.json")) as f:
+            data = json.load(f)
+        return cls(
+            vmlinuz=os.path.join(fpbl_dir, "vmlinuz"),
+            core=os.path.join(fpbl_dir, "core.cpio.gz"),
+            busybox=str(data["busybox"]),
+            kexec=str(data["kexec"]),
+            libs=tuple(str(p) for p in data["kexec_libs"]),
+        )
+
+
+def write_return_payload(
+    out: BinaryIO, files: FpblFiles, fpbl_initrd: str, crash_cmdline: str, next_init: str
+) -> int:
+    """The return payload cpio (see the module docstring); returns its length."""
+    cpio = CpioWriter(out)
+    for d in ("rhaas", "rhaas/bin", "rhaas/lib", "rhaas/fpbl"):
+        cpio.directory(d)
+    cpio.file("rhaas/init", WRAPPER.encode(), 0o755)
+    cpio.file("rhaas/next", next_init.encode() + b"\n")
+    cpio.file("rhaas/crash.cmdline", crash_cmdline.encode() + b"\n", 0o600)
+    cpio.copy("rhaas/bin/busybox", files.busybox, 0o755)
+    cpio.copy("rhaas/bin/kexec", files.kexec, 0o755)
+    for lib in files.libs:
+        cpio.copy(f"rhaas/lib/{os.path.basename(lib)}", os.path.realpath(lib), 0o755)
+    cpio.copy("rhaas/fpbl/vmlinuz", files.vmlinuz, 0o644)
+    cpio.copy("rhaas/fpbl/initrd", fpbl_initrd, 0o644)
+    cpio.close()
+    return cpio.written
+
+
+def append_payload(
+    customer_initrd: str, out_path: str, files: FpblFiles, fpbl_initrd: str, crash_cmdline: str,
+    next_init: str,
+) -> int:  # fmt: skip
+    """Write the customer's initrd followed by the return payload to ``out_path``; the total size."""
+    with open(out_path, "wb") as out, open(customer_initrd, "rb") as f:
+        length = 0
+        while chunk := f.read(_COPY_CHUNK):
+            out.write(chunk)
+            length += len(chunk)
+        length = pad4(out, length)
+        length += write_return_payload(out, files, fpbl_initrd, crash_cmdline, next_init)
+    return length

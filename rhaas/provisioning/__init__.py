@@ -1,0 +1,1 @@
+"""Provisioning: the FPBL builder (`rhaas.provisioning.fpbl`), images, boot service and jobs."""

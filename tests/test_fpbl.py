@@ -1,0 +1,645 @@
+"""The FPBL and its agent: unit tests (no image built), and the kexec deploy + NMI return on a QEMU node."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rhaas.agent import agent as ag
+from rhaas.agent import disk as dk
+from rhaas.agent import kexec as kx
+from rhaas.lab import images
+from rhaas.lab.qemu import QemuNode
+
+BOOT_TIMEOUT = 180  # TCG on a busy 2-core machine
+SECRET = "s3cret-one-time"
+
+
+# --- a fake (but real HTTP) agent API ------------------------------------------------------------------
+
+
+class FakeAgentApi:
+    """The agent API of the protocol, in a thread: records check-ins, polls and reports, hands out queued
+    work, serves files under /files/. Tests wait on it with `wait_for` (a condition, not a sleep)."""
+
+    def __init__(self, secret: str = SECRET, poll_after: float = 0.5) -> None:
+        self.secret = secret
+        self.poll_after = poll_after
+        self.files: dict[str, bytes] = {}
+        self.work: list[dict[str, Any]] = []
+        self.checkins: list[tuple[float, dict[str, Any]]] = []
+        self.reports: list[dict[str, Any]] = []
+        self.polls: list[float] = []
+        self.denied = 0
+        self.cond = threading.Condition()
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") == f"Bearer {api.secret}":
+                    return True
+                with api.cond:
+                    api.denied += 1
+                self._send(401, b'{"type": "AuthorizationError"}')
+                return False
+
+            def do_GET(self) -> None:
+                if not self._authorized():
+                    return
+                if self.path.startswith("/files/"):
+                    data = api.files.get(self.path[len("/files/") :])
+                    if data is None:
+                        self._send(404, b"{}")
+                    else:
+                        self._send(200, data, "application/octet-stream")
+                    return
+                if re.fullmatch(r"/agent/v1/nodes/[^/]+/work", self.path):
+                    with api.cond:
+                        api.polls.append(time.monotonic())
+                        item = (
+                            api.work.pop(0) if api.work else {"action": "wait", "poll_after": api.poll_after}
+                        )
+                        api.cond.notify_all()
+                    self._send(200, json.dumps(item).encode())
+                    return
+                self._send(404, b"{}")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not self._authorized():
+                    return
+                name = self.path.rsplit("/", 1)[-1]
+                with api.cond:
+                    if name == "checkin":
+                        api.checkins.append((time.monotonic(), body))
+                    elif name == "report":
+                        api.reports.append(body)
+                    api.cond.notify_all()
+                self._send(200, b"{}")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def push(self, item: dict[str, Any]) -> None:
+        with self.cond:
+            self.work.append(item)
+
+    def artifact(self, name: str, data: bytes, sha256: str | None = None) -> dict[str, Any]:
+        self.files[name] = data
+        return {
+            "url": f"files/{name}",
+            "sha256": sha256 or hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+
+    def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = predicate()
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {what} within {timeout} s; reports: {self.reports[-8:]}")
+                self.cond.wait(left)
+
+    def report_of(self, job: str, phase: str, state: str) -> dict[str, Any] | None:
+        return next(
+            (r for r in self.reports if (r["job"], r["phase"], r["state"]) == (job, phase, state)), None
+        )
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAgentApi]:
+    api = FakeAgentApi()
+    yield api
+    api.close()
+
+
+def _settings(api: FakeAgentApi, **extra: str) -> ag.Settings:
+    words = " ".join(f"rhaas.{k}={v}" for k, v in extra.items())
+    return ag.parse_cmdline(
+        f"console=ttyS0 rhaas.agent={api.url} rhaas.node=n1 rhaas.secret={SECRET} {words}"
+    )
+
+
+# --- unit tests: command line, protocol ---------------------------------------------------------------
+
+
+def test_cmdline_parsing():
+    s = ag.parse_cmdline(
+        "console=ttyS0 quiet rhaas.agent=http://10.0.2.2:8080/ rhaas.node=n1 rhaas.secret=abc "
+        "rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2 rhaas.mode=return elfcorehdr=123K"
+    )
+    assert (s.agent, s.node, s.secret, s.mode, s.ip, s.gw) == (
+        "http://10.0.2.2:8080", "n1", "abc", "return", "10.0.2.15/24", "10.0.2.2",
+    )  # fmt: skip
+    assert s.crashed and s.memmap is None
+    assert s.passed_on() == [
+        "rhaas.agent=http://10.0.2.2:8080", "rhaas.node=n1", "rhaas.secret=abc", "rhaas.ip=10.0.2.15/24",
+        "rhaas.gw=10.0.2.2",
+    ]  # fmt: skip
+    assert ag.parse_cmdline("rhaas.agent=http://h rhaas.node=n rhaas.secret=x").mode == "ready"
+    for bad in (
+        "rhaas.node=n rhaas.secret=x",
+        "rhaas.agent=https://h rhaas.node=n rhaas.secret=x",
+        "rhaas.agent=http://h rhaas.node=n rhaas.secret=x rhaas.mode=other",
+        "rhaas.agent=http://h rhaas.node=n rhaas.secret=x rhaas.memmap=zz",
+    ):
+        with pytest.raises(ValueError):
+            ag.parse_cmdline(bad)
+
+
+SHA = "ab" * 32
+
+
+def test_work_parsing():
+    assert ag.parse_work({"action": "wait", "poll_after": 2}) == ag.Wait(2.0)
+    assert ag.parse_work({"action": "wait", "poll_after": 0}) == ag.Wait(ag.MIN_POLL)  # never a spin
+    assert ag.parse_work({"action": "wait", "poll_after": 10**6}) == ag.Wait(ag.MAX_POLL)
+    art = {"url": "files/k", "sha256": SHA.upper(), "size": 5}
+    work = ag.parse_work(
+        {
+            "action": "deploy",
+            "job": "7",
+            "kernel": art,
+            "initrd": art,
+            "disk": None,
+            "cmdline": "console=ttyS0",
+        }
+    )
+    assert isinstance(work, ag.Deploy) and work.disk is None and work.kernel == ag.Artifact("files/k", SHA, 5)
+    assert ag.parse_work({"action": "wipe", "job": "8", "policy": "full"}) == ag.Wipe("8", "full")
+    for bad in (
+        [],
+        {"action": "dance"},
+        {"action": "wipe", "job": "8", "policy": "some"},
+        {"action": "wipe", "policy": "full"},
+        {"action": "deploy", "job": "7", "kernel": art, "initrd": dict(art, sha256="xyz"), "cmdline": ""},
+        {"action": "deploy", "job": "7", "kernel": art, "initrd": dict(art, size=-1), "cmdline": ""},
+        {"action": "wait", "poll_after": "soon"},
+    ):
+        with pytest.raises(ag.ProtocolError):
+            ag.parse_work(bad)
+
+
+def test_relative_and_absolute_urls(fake_api):
+    api = ag.Api(_settings(fake_api))
+    assert api.resolve("files/k") == f"{fake_api.url}/files/k"
+    assert api.resolve("/files/k") == f"{fake_api.url}/files/k"
+    assert api.resolve("http://other:81/x") == "http://other:81/x"
+
+
+def test_customer_cmdline_arms_the_return():
+    line, nxt = kx.customer_cmdline("console=ttyS0 crashkernel=64M quiet")
+    assert line == "console=ttyS0 quiet rdinit=/rhaas/init crashkernel=384M unknown_nmi_panic=1"
+    assert nxt == "/init"
+    line, nxt = kx.customer_cmdline("rdinit=/sbin/myinit console=ttyS0 -- single")
+    assert nxt == "/sbin/myinit"
+    assert line.endswith("unknown_nmi_panic=1 -- single") and "rdinit=/sbin/myinit" not in line
+    line = "console=ttyS0,115200 quiet rhaas.node=x elfcorehdr=1K nr_cpus=1 memmap=1@2"
+    assert kx.inherited_args(line) == ["console=ttyS0,115200", "quiet"]
+
+
+def test_memmap_round_trip(tmp_path):
+    ranges = [
+        kx.MemRange(0, 0x9FC00, "u"),
+        kx.MemRange(0xF0000, 0x100000, "r"),
+        kx.MemRange(0x100000, 1 << 30, "u"),
+    ]
+    kx.write_memmap_dir(str(tmp_path / "firmware" / "memmap"), ranges)
+    assert kx.read_firmware_memmap(str(tmp_path)) == ranges
+    assert (tmp_path / "firmware/memmap/2/type").read_text() == "System RAM\n"
+    assert kx.parse_memmap(kx.format_memmap(ranges)) == ranges
+    assert kx.usable_bytes(ranges) == 0x9FC00 + (1 << 30) - 0x100000
+    assert kx.exactmap_params(ranges) == [
+        "memmap=exactmap", "memmap=0x9fc00@0x0", "memmap=0x10000$0xf0000", "memmap=0x3ff00000@0x100000",
+    ]  # fmt: skip
+
+
+# --- unit tests: archives ----------------------------------------------------------------------------
+
+
+def test_the_agents_cpio_writer_matches_the_builders(tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3 * 1024 * 1024 + 3))
+    out = io.BytesIO()
+    cpio = kx.CpioWriter(out)
+    cpio.directory("rhaas")
+    cpio.file("rhaas/init", b"#!/bin/sh\n", 0o755)
+    cpio.copy("rhaas/big", str(big), 0o644)
+    cpio.close()
+    expected = images.write_cpio(
+        [
+            images.dir_entry("rhaas"),
+            images.file_entry("rhaas/init", b"#!/bin/sh\n", 0o755),
+            images.file_entry("rhaas/big", big.read_bytes()),
+        ]
+    )
+    assert out.getvalue() == expected and cpio.written == len(expected)
+
+
+def _fake_fpbl(root: Path) -> kx.FpblFiles:
+    fpbl = root / "rhaas/fpbl"
+    fpbl.mkdir(parents=True)
+    core = images.write_cpio([images.file_entry("init", b"#!/bin/sh\n", 0o755)])
+    (fpbl / "core.cpio.gz").write_bytes(gzip.compress(core, mtime=0) + b"x")  # odd length: needs padding
+    (fpbl / "vmlinuz").write_bytes(b"KERNEL" * 1000)
+    for name in ("busybox", "kexec", "libc.so.6", "ld-linux-x86-64.so.2"):
+        (root / name).write_bytes(name.encode())
+    manifest = {"busybox": str(root / "busybox"), "kexec": str(root / "kexec")}
+    manifest["kexec_libs"] = [str(root / "ld-linux-x86-64.so.2"), str(root / "libc.so.6")]
+    (fpbl / "manifest.json").write_text(json.dumps(manifest))
+    return kx.FpblFiles.load(str(fpbl))
+
+
+def test_return_payload_contents(tmp_path):
+    files = _fake_fpbl(tmp_path)
+    fpbl_initrd = tmp_path / "fpbl.initrd"
+    kx.compose_fpbl_initrd(str(fpbl_initrd), str(tmp_path / "rhaas/fpbl"))
+    data = fpbl_initrd.read_bytes()
+    core = (tmp_path / "rhaas/fpbl/core.cpio.gz").read_bytes()
+    assert data.startswith(core)
+    selfcopy = images.read_cpio(data[len(core) + (-len(core) % 4) :])
+    assert selfcopy["rhaas/fpbl/core.cpio.gz"].data == core
+    assert selfcopy["rhaas/fpbl/vmlinuz"].data == b"KERNEL" * 1000
+
+    customer = tmp_path / "customer.initrd"
+    customer.write_bytes(gzip.compress(images.write_cpio([images.file_entry("init", b"x")]), mtime=0))
+    out = tmp_path / "combined"
+    total = kx.append_payload(str(customer), str(out), files, str(fpbl_initrd), "crash line", "/init")
+    combined = out.read_bytes()
+    assert len(combined) == total and combined.startswith(customer.read_bytes())
+    offset = len(customer.read_bytes())
+    offset += -offset % 4
+    assert combined[offset : offset + 6] == b"070701", "the payload starts 4-byte aligned"
+    payload = images.read_cpio(combined[offset:])
+    assert payload["rhaas/init"].data.decode() == kx.WRAPPER and payload["rhaas/init"].mode & 0o111
+    assert "kexec -p /rhaas/fpbl/vmlinuz" in kx.WRAPPER and 'exec "$NEXT"' in kx.WRAPPER
+    assert payload["rhaas/crash.cmdline"].data == b"crash line\n"
+    assert payload["rhaas/next"].data == b"/init\n"
+    assert payload["rhaas/fpbl/initrd"].data == data
+    assert payload["rhaas/lib/ld-linux-x86-64.so.2"].data == b"ld-linux-x86-64.so.2"
+    assert {"rhaas/bin/busybox", "rhaas/bin/kexec", "rhaas/lib/libc.so.6"} <= set(payload)
+
+
+# --- unit tests: disks -------------------------------------------------------------------------------
+
+
+def test_image_writer_skips_zero_chunks_only_where_the_disk_is_zero(tmp_path):
+    target = tmp_path / "disk"
+    old = bytearray(8 * dk.MIB)
+    old[3 * dk.MIB + 5] = 0xAA  # old data under what will be a zero chunk of the image
+    target.write_bytes(bytes(old))
+    image = bytearray(5 * dk.MIB + 100)
+    image[:11] = b"RHAAS-DISK\n"
+    writer = dk.ImageWriter(str(target), 8 * dk.MIB, len(image))
+    for i in range(0, len(image), 77777):  # arbitrary network chunks
+        writer.write(bytes(image[i : i + 77777]))
+    writer.finish()
+    disk = target.read_bytes()
+    assert disk[: len(image)] == bytes(image), "the old byte under a zero chunk was overwritten"
+    assert writer.written == 2 * dk.MIB and writer.skipped == 3 * dk.MIB + 100  # chunks 0 and 3 written
+    with pytest.raises(dk.DiskError, match="does not fit"):
+        dk.ImageWriter(str(target), 8 * dk.MIB, 8 * dk.MIB + 1)
+
+
+def test_metadata_and_full_wipe_with_verification(tmp_path):
+    size = 16 * dk.MIB
+    path = tmp_path / "disk"
+    path.write_bytes(b"\xff" * size)
+    part = (4 * dk.MIB, 6 * dk.MIB)  # start, size
+    disk = dk.Disk("vda", str(path), size, (part,))
+    regions = dk.wipe(disk, "metadata")
+    assert regions == [(0, dk.MIB), (4 * dk.MIB, dk.MIB), (9 * dk.MIB, dk.MIB), (15 * dk.MIB, dk.MIB)]
+    assert dk.verify_zero(str(path), regions) == 4 * dk.MIB
+    data = path.read_bytes()
+    assert data[dk.MIB] == 0xFF and data[12 * dk.MIB] == 0xFF  # metadata only
+    with pytest.raises(dk.DiskError, match=f"at byte {dk.MIB}"):
+        dk.verify_zero(str(path), [(0, 2 * dk.MIB)])
+    dk.verify_zero(str(path), dk.wipe(disk, "full"))
+    assert path.read_bytes() == bytes(size)
+    with pytest.raises(dk.DiskError):
+        dk.wipe(disk, "some")
+
+
+def test_list_disks_from_sysfs(tmp_path):
+    vda = tmp_path / "block/vda"
+    (vda / "device").mkdir(parents=True)
+    (vda / "size").write_text("131072\n")
+    (vda / "vda1").mkdir()
+    (vda / "vda1/partition").write_text("1\n")
+    (vda / "vda1/start").write_text("2048\n")
+    (vda / "vda1/size").write_text("4096\n")
+    (tmp_path / "block/loop0").mkdir()
+    found = dk.list_disks(str(tmp_path), "/dev")
+    assert found == [dk.Disk("vda", "/dev/vda", 64 * dk.MIB, ((dk.MIB, 2 * dk.MIB),))]
+
+
+# --- unit tests: the agent against the fake API -------------------------------------------------------
+
+
+class FakeSystem(ag.System):
+    """The node, in a directory: a regular file as vda; kexec only recorded."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(str(root), str(root / "tmp"))
+        self.kexecs: list[tuple[str, str, str]] = []
+        self.jumps = 0
+        (root / "proc").mkdir()
+        (root / "proc/meminfo").write_text("MemTotal:        1500000 kB\n")
+        (root / "sys/block/vda/device").mkdir(parents=True)
+        (root / "sys/block/vda/size").write_text(f"{32 * 2048}\n")
+        (root / "dev").mkdir()
+        (root / "dev/vda").write_bytes(b"\xee" * 32 * dk.MIB)
+        kx.write_memmap_dir(str(root / "sys/firmware/memmap"), [kx.MemRange(0x100000, 1 << 30, "u")])
+
+    def kexec_load(self, kernel: str, initrd: str, cmdline: str) -> None:
+        self.kexecs.append((kernel, initrd, cmdline))
+
+    def kexec_exec(self) -> None:
+        self.jumps += 1
+        raise OSError("a fake node cannot jump")
+
+
+def _agent(api: FakeAgentApi, system: FakeSystem, **extra: str) -> ag.Agent:
+    settings = _settings(api, **extra)
+    return ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=lambda s: None)
+
+
+def test_deploy_refuses_a_sha_mismatch_and_keeps_polling(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    bad = fake_api.artifact("k", b"kernel", sha256="00" * 32)
+    fake_api.push(
+        {"action": "deploy", "job": "j1", "kernel": bad, "initrd": bad, "disk": None, "cmdline": ""}
+    )
+    _agent(fake_api, system).run(rounds=3)
+    error = fake_api.report_of("j1", "verify", "error")
+    assert error and "sha256" in error["detail"] and "refused" in error["detail"]
+    assert not (tmp_path / "tmp/kernel").exists(), "a file that does not match is not kept"
+    assert system.kexecs == [] and system.jumps == 0
+    assert len(fake_api.polls) == 3, "the agent went on polling after the error"
+    assert fake_api.checkins[0][1]["mode"] == "ready"
+    assert fake_api.checkins[0][1]["disks"] == [{"name": "vda", "size": 32 * dk.MIB}]
+    assert fake_api.checkins[0][1]["memory_kb"] == 1500000
+
+
+def test_deploy_writes_verifies_and_arms_the_return(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    image = b"RHAAS-DISK hello\n" + bytes(3 * dk.MIB)
+    customer = gzip.compress(images.write_cpio([images.file_entry("init", b"x")]), mtime=0)
+    fake_api.push(
+        {
+            "action": "deploy",
+            "job": "j2",
+            "kernel": fake_api.artifact("k", b"KERNEL"),
+            "initrd": fake_api.artifact("i", customer),
+            "disk": fake_api.artifact("d", image),
+            "cmdline": "console=ttyS0",
+        }  # fmt: skip
+    )
+    _agent(fake_api, system, ip="10.0.2.15/24").run(rounds=2)
+    phases = [(r["phase"], r["state"]) for r in fake_api.reports if r["job"] == "j2" and "progress" not in r]
+    assert phases == [
+        ("download-kernel", "start"), ("download-kernel", "done"), ("download-initrd", "start"),
+        ("download-initrd", "done"), ("download-disk", "start"), ("download-disk", "done"),
+        ("verify", "done"), ("write-disk", "done"), ("kexec", "start"), ("kexec", "done"), ("kexec", "error"),
+    ]  # fmt: skip
+    assert (tmp_path / "dev/vda").read_bytes()[: len(image)] == image  # zero chunks over 0xee: written
+    [(kernel, initrd, cmdline)] = system.kexecs
+    assert Path(kernel).read_bytes() == b"KERNEL"
+    assert cmdline == "console=ttyS0 rdinit=/rhaas/init crashkernel=384M unknown_nmi_panic=1"
+    data = Path(initrd).read_bytes()
+    payload = images.read_cpio(data[len(customer) + (-len(customer) % 4) :])
+    crash = payload["rhaas/crash.cmdline"].data.decode()
+    words = ["console=ttyS0", "irqpoll", "nr_cpus=1", "reset_devices", "rhaas.mode=return"]
+    words += [f"rhaas.secret={SECRET}", "rhaas.ip=10.0.2.15/24", "rhaas.memmap=100000-40000000u"]
+    for word in words:
+        assert word in crash.split(), word
+    assert all(r["at"] > 1e9 for r in fake_api.reports)
+
+
+def test_a_bad_disk_image_is_scrubbed(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    image = b"EVIL" * (dk.MIB // 2)
+    fake_api.push(
+        {
+            "action": "deploy",
+            "job": "j3",
+            "kernel": fake_api.artifact("k", b"K"),
+            "initrd": fake_api.artifact("i", b"I"),
+            "disk": fake_api.artifact("d", image, sha256="11" * 32),
+            "cmdline": "",
+        }  # fmt: skip
+    )
+    _agent(fake_api, system).run(rounds=1)
+    assert fake_api.report_of("j3", "verify", "error")
+    assert (tmp_path / "dev/vda").read_bytes()[: dk.MIB] == bytes(dk.MIB)
+    assert system.kexecs == []
+
+
+def test_wipe_in_a_full_kernel_needs_no_memory_restore(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    fake_api.push({"action": "wipe", "job": "w1", "policy": "full"})
+    _agent(fake_api, system).run(rounds=1)
+    assert (tmp_path / "dev/vda").read_bytes() == bytes(32 * dk.MIB)
+    for phase in ("wipe", "verify-wipe", "restore-memory", "ready"):
+        assert fake_api.report_of("w1", phase, "done"), phase
+
+
+def test_wipe_in_the_crash_kernel_restores_the_memory(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    memmap = "0-9fc00u,100000-60000000u,feffc000-ff000000r"
+    fake_api.push({"action": "wipe", "job": "w2", "policy": "metadata"})
+    agent = _agent(fake_api, system, mode="return", memmap=memmap)
+    agent.settings = ag.parse_cmdline(agent.settings.cmdline + " elfcorehdr=884K")
+    agent.run(rounds=1)
+    assert fake_api.checkins[0][1]["mode"] == "return"
+    assert fake_api.report_of("w2", "verify-wipe", "done")
+    assert fake_api.report_of("w2", "restore-memory", "done")
+    [(kernel, _, cmdline)] = system.kexecs
+    assert kernel.endswith("rhaas/fpbl/vmlinuz")
+    words = cmdline.split()
+    assert words[:2] == ["console=ttyS0", "memmap=exactmap"]
+    assert "memmap=0x5ff00000@0x100000" in words and "memmap=0x4000$0xfeffc000" in words
+    assert {"rhaas.mode=ready", "rhaas.job=w2", f"rhaas.memmap={memmap}"} <= set(words)
+    assert not any(w.startswith(("elfcorehdr", "irqpoll", "nr_cpus")) for w in words)
+
+
+def test_the_agent_reports_unexpected_errors_and_backs_off(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    os.unlink(tmp_path / "dev/vda")  # the wipe will fail to open it
+    fake_api.push({"action": "wipe", "job": "w3", "policy": "full"})
+    slept: list[float] = []
+    settings = _settings(fake_api)
+    agent = ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=slept.append)
+    agent.run(rounds=2)
+    error = fake_api.report_of("w3", "wipe", "error")
+    assert error and "FileNotFoundError" in error["detail"]
+    assert slept == [fake_api.poll_after], "a wait answer is honoured, never a spin"
+
+
+# --- on a real QEMU node: deploy with kexec, return with an NMI ---------------------------------------
+
+
+def _disk_bytes(disk: Path, workdir: Path) -> bytes:
+    raw = workdir / "readback.raw"
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(disk), str(raw)], check=True)
+    try:
+        return raw.read_bytes()
+    finally:
+        raw.unlink()
+
+
+@pytest.fixture(scope="module")
+def fpbl():
+    from rhaas.provisioning.fpbl import build_fpbl
+
+    return build_fpbl()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[QemuNode]]:
+    """Every node a test makes goes in here and is stopped, by PID, however the test ends."""
+    made: list[QemuNode] = []
+    yield made
+    for node in made:
+        node.stop()
+    for node in made:
+        assert not node.is_running()
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs qemu-system-x86_64")
+def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nodes):
+    workdir = tmp_path_factory.mktemp("fp")  # short: the QMP socket path must fit in a unix socket
+    testos = images.build_test_os("fpos", "RHAAS-TESTOS fpos")
+    print(f"\nFPBL: kernel {fpbl.sizes['kernel']} B, core initramfs {fpbl.sizes['core']} B "
+          f"({fpbl.sizes['core_uncompressed']} B unpacked, {fpbl.sizes['python_modules']} stdlib modules), "
+          f"initrd with self-copy {fpbl.sizes['initrd']} B")  # fmt: skip
+    memory_mb = 1536
+    node = QemuNode(
+        "fp", workdir, memory_mb=memory_mb, user_net=True, disk_size="64M", kernel=fpbl.kernel,
+        initrd=fpbl.initrd,
+        append=fpbl.cmdline_for(
+            f"http://10.0.2.2:{fake_api.port}", "fp", SECRET, ip="10.0.2.15/24", gw="10.0.2.2"
+        ),
+    )  # fmt: skip
+    nodes.append(node)
+    timings: dict[str, float] = {}
+
+    # (1) the FPBL boots and the agent checks in, ready, with (nearly) all the memory
+    started = time.monotonic()
+    node.start()
+    ready = fake_api.wait_for("ready check-in", lambda: fake_api.checkins, BOOT_TIMEOUT)[0]
+    timings["QEMU start -> FPBL check-in"] = ready[0] - started
+    first = ready[1]
+    assert first["mode"] == "ready" and first["disks"] == [{"name": "vda", "size": 64 * 1024 * 1024}]
+    assert first["memory_kb"] > 0.9 * memory_mb * 1024
+
+    # (4) a kernel whose sha256 does not match is refused, and the agent goes on polling
+    bad = fake_api.artifact("bad-kernel", testos.kernel.read_bytes(), sha256="00" * 32)
+    good_initrd = fake_api.artifact("initrd", testos.initrd.read_bytes())
+    fake_api.push({"action": "deploy", "job": "bad", "kernel": bad, "initrd": good_initrd, "disk": None,
+                   "cmdline": testos.cmdline})  # fmt: skip
+    error = fake_api.wait_for("refusal", lambda: fake_api.report_of("bad", "verify", "error"), BOOT_TIMEOUT)
+    assert "sha256" in error["detail"]
+    polls = len(fake_api.polls)
+    fake_api.wait_for("a poll after the refusal", lambda: len(fake_api.polls) > polls + 1, 60)
+    assert not fake_api.report_of("bad", "kexec", "start")
+
+    # (2) deploy: download, verify, write the disk, kexec; the customer OS comes up without firmware
+    nonce = os.urandom(6).hex()
+    image = bytearray(8 * 1024 * 1024)
+    line = f"RHAAS-DISK customer-data {nonce}\n".encode()
+    image[: len(line)] = line
+    image[5 * 1024 * 1024 : 5 * 1024 * 1024 + 4096] = os.urandom(4096)
+    kernel = fake_api.artifact("kernel", testos.kernel.read_bytes())
+    kernel["url"] = f"http://10.0.2.2:{fake_api.port}/files/kernel"  # an absolute URL too
+    offset = node.console_offset()
+    deployed = time.monotonic()
+    fake_api.push({"action": "deploy", "job": "dep", "kernel": kernel, "initrd": good_initrd,
+                   "disk": fake_api.artifact("disk", bytes(image)), "cmdline": testos.cmdline})  # fmt: skip
+    fake_api.wait_for("kexec", lambda: fake_api.report_of("dep", "kexec", "done"), BOOT_TIMEOUT)
+    timings["deploy: work -> kexec"] = time.monotonic() - deployed
+    node.wait_for_console(r"RHAAS-RETURN armed crash_loaded=1", BOOT_TIMEOUT, offset=offset)
+    node.wait_for_console(testos.up_regex, BOOT_TIMEOUT, offset=offset)
+    timings["deploy: work -> customer OS up"] = time.monotonic() - deployed
+    assert f"RHAAS-DISK customer-data {nonce}" in node.console_text(offset)
+    assert node.firmware_boots == 1
+    write = fake_api.report_of("dep", "write-disk", "done")
+    assert write and "zero bytes skipped" in write["detail"]
+
+    # (3) return: NMI -> the crash FPBL checks in, wipes, restores the memory -> the full FPBL is ready
+    fake_api.push({"action": "wipe", "job": "ret", "policy": "full"})
+    checkins = len(fake_api.checkins)
+    nmi = time.monotonic()
+    node.nmi()
+    back = fake_api.wait_for(
+        "return check-in", lambda: [c for c in fake_api.checkins[checkins:] if c[1]["mode"] == "return"], 120
+    )[0]
+    timings["return: NMI -> return check-in"] = back[0] - nmi
+    assert back[1]["memory_kb"] < 400 * 1024, "the crash kernel sees only the reserved region"
+    fake_api.wait_for("verified wipe", lambda: fake_api.report_of("ret", "verify-wipe", "done"), BOOT_TIMEOUT)
+    again = fake_api.wait_for(
+        "ready check-in", lambda: [c for c in fake_api.checkins[checkins + 1 :] if c[1]["mode"] == "ready"],
+        BOOT_TIMEOUT,
+    )[0]  # fmt: skip
+    timings["return: NMI -> full FPBL ready"] = again[0] - nmi
+    fake_api.wait_for("ready report", lambda: fake_api.report_of("ret", "ready", "done"), 60)
+    assert again[1]["memory_kb"] > 0.9 * first["memory_kb"], (again[1]["memory_kb"], first["memory_kb"])
+    assert again[1]["boot_id"] not in (first["boot_id"], back[1]["boot_id"])
+    assert node.firmware_boots == 1, "no firmware ran on the fast path"
+    # The full FPBL shows the full map to kexec-tools, so the next customer kernel gets all the memory too.
+    assert "cannot publish" not in node.console_text(offset)
+
+    for name, seconds in timings.items():
+        print(f"{name}: {seconds:.1f} s")
+    print(
+        f"memory_kb: ready {first['memory_kb']}, return {back[1]['memory_kb']}, after {again[1]['memory_kb']}"
+    )
+    node.stop()
+    data = _disk_bytes(node.disk, workdir)
+    assert nonce.encode() not in data and data.count(0) == len(data), "the customer's data is gone"
