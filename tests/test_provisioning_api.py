@@ -108,6 +108,9 @@ def deploy(api: Api, agent: Agent, node: str) -> str:
         agent.report(job, phase, "start")
         agent.report(job, phase, "done")
     agent.report(job, "kexec", "start")
+    assert state(api, node) == "deploying"
+    agent.report(job, "kexec", "done")
+    agent.report(job, "kexec", "done")  # said twice (a retry): changes nothing
     return job
 
 
@@ -169,6 +172,7 @@ def test_deploy_then_return_by_nmi_then_reassign(prov):
     agent.report(item["job"], "restore-memory", "done")
     agent.checkin("ready")
     assert state(prov, "n1") == "ready"
+    agent.report(item["job"], "ready", "done")  # the full FPBL's last word, after its check-in
     assert "n1" in prov.admin.ok("GET", "/nodes/free")
     history = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"]
     assert [(j["kind"], j["status"], j["path"]) for j in history] == [
@@ -224,10 +228,12 @@ def test_a_failed_deploy_is_recoverable_by_return(prov):
     assert state(prov, "n1") == "error"
     agent.report(job, "kexec", "start", status=409)  # an ended job takes no more reports
     prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
-    item = agent.work()  # the FPBL never left: it wipes straight away
+    item = agent.work()  # the FPBL never left: it wipes straight away, then says it is ready
     assert item["action"] == "wipe"
+    agent.report(item["job"], "ready", "done")
+    assert state(prov, "n1") == "returning"  # not before the wipe is verified
     agent.report(item["job"], "verify-wipe", "done")
-    agent.checkin("ready")
+    agent.report(item["job"], "ready", "done")
     assert state(prov, "n1") == "ready"
 
 

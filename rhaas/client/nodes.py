@@ -131,6 +131,28 @@ class Nodes(Resource):
         """Next boot device: ``"pxe"``, ``"disk"`` or ``"none"`` (IPMI)."""
         self._conn.call("PUT", f"{_node(node)}/boot_device", json={"bootdev": bootdev})
 
+    # -- fast provisioning (rhaas extension) -----------------------------------------------------------
+
+    def enroll_fpbl(self, node: str, agent_url: str | None = None) -> dict[str, Any]:
+        """Enrol a free node for fast provisioning (admin); returns the FPBL's ``cmdline`` words."""
+        body = {"agent_url": agent_url} if agent_url else {}
+        result: dict[str, Any] = self._conn.call("PUT", f"{_node(node)}/fpbl", json=body)
+        return result
+
+    def provision(self, node: str, image: str) -> str:
+        """Deploy ``image`` on a ready node of the caller's project; returns the job id."""
+        result: dict[str, Any] = self._conn.call("POST", f"{_node(node)}/provision", json={"image": image})
+        return str(result["job_id"])
+
+    def provisioning(self, node: str) -> dict[str, Any]:
+        """The node's provisioning state, agent facts and job history."""
+        result: dict[str, Any] = self._conn.call("GET", f"{_node(node)}/provisioning")
+        return result
+
+    def show_provision_job(self, job: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._conn.call("GET", f"provision_job/{check_name('job', job)}")
+        return result
+
     def show_console(self, node: str) -> Generator[str, None, None]:
         """The serial console as text chunks as they arrive; close the generator to hang up."""
         return self._conn.stream("GET", f"{_node(node)}/console")

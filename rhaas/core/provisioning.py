@@ -84,8 +84,10 @@ DEPLOY, RETURN = "deploy", "return"
 FAST, REBOOT = "fast", "reboot"
 #: The phase whose ``done`` report proves a return's wipe was read back clean.
 WIPE_VERIFIED = "verify-wipe"
-#: The deploy phase after which the customer's kernel runs: the agent reports its start, then kexecs.
+#: The deploy phase after which the customer's kernel runs: the agent reports it done, then jumps.
 KEXEC = "kexec"
+#: The last phase of a return: the FPBL with all its memory is up again.
+READY_PHASE = "ready"
 _AUTH_FAILED = "Agent authentication failed."
 
 
@@ -300,13 +302,20 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
 
 
 def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
-    """Record a phase the agent reports; a deploy's kexec start makes the node ``deployed``."""
+    """Record a phase the agent reports.
+
+    A deploy ends with ``kexec`` done (the agent's last words before it jumps into the customer's
+    kernel): the node is ``deployed``. A return ends with ``ready`` done after a verified wipe (or with
+    the full FPBL's check-in). Those final reports may arrive again for an ended job; they change nothing.
+    """
     job = db.scalar(select(ProvisionJob).where(ProvisionJob.uuid == str(body["job"])))
     if job is None or job.node_id != row.node_id:
         raise NotFoundError(f"Job {str(body['job'])[:40]} does not exist for node {row.node.label}.")
+    phase, state = str(body["phase"]), str(body["state"])
+    if job.status == DONE and phase in (KEXEC, READY_PHASE) and state == "done":
+        return
     if job.status not in (PENDING, RUNNING):
         raise IllegalStateError(f"Job {job.uuid} has ended ({job.status}).")
-    phase, state = str(body["phase"]), str(body["state"])
     _stamp(job, phase, state, str(body.get("detail", ""))[:2000], float(body["at"]))
     if "progress" in body:
         job.phases[-1]["progress"] = body["progress"]
@@ -315,9 +324,13 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
         if job.kind == DEPLOY:
             row.state = FAILED
         return
-    if job.kind == DEPLOY and phase == KEXEC and state == "start":
+    if job.kind == DEPLOY and phase == KEXEC and state == "done":
         _finish(job, DONE)
         row.state = DEPLOYED
+    elif job.kind == RETURN and phase == READY_PHASE and state == "done" and _wiped(job):
+        _finish(job, DONE)
+        row.state = READY
+        _bump_node_generation(db)
 
 
 # --- what needs no agent: NMIs, deadlines, fallbacks -----------------------------------------------

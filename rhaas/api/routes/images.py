@@ -95,6 +95,7 @@ def download_blob(
     images.may_read_blob(db, caller, digest)
     path = store(request).path(digest)
     images.parse_range(request.headers.get("range"), path.stat().st_size)
+    db.rollback()  # no transaction (on SQLite: the write lock) stays open while the bytes go out
     return FileResponse(path, media_type="application/octet-stream")
 
 

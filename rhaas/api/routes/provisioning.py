@@ -120,4 +120,5 @@ def agent_blob(node: str, sha256: str, request: Request, db: Session = Depends(g
         raise NotFoundError(f"Blob {digest} is not part of this node's deploy.")
     path = request.app.state.blobs.path(digest)
     images.parse_range(request.headers.get("range"), path.stat().st_size)
+    db.rollback()  # no transaction (on SQLite: the write lock) stays open while the bytes go out
     return FileResponse(path, media_type="application/octet-stream")

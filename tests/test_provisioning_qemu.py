@@ -1,0 +1,197 @@
+"""Fast provisioning end to end on a real QEMU node: the FPBL agent against a real rhaas server.
+
+One node (QEMU under TCG, 1.5 GB) boots the FPBL and checks in with the server; the node's BMC is a
+virtual BMC speaking real IPMI. Everything the customers do goes through the rhaas client library:
+customer A uploads an OS image (kernel, initrd, a disk image holding A's data) and provisions the node,
+which comes up in A's OS by kexec; A gives the node back (detach_node), the server sends the NMI through
+the IPMI driver, the return FPBL wipes the disk and takes back all the memory, and the node is ready again;
+customer B provisions it with B's OS, whose console shows that A's data is gone from the disk. The firmware
+boot count does not change from the first "ready" to the end.
+
+The QEMU node uses user-mode networking: it reaches the server on the host's loopback as 10.0.2.2. The
+lab tests run the same lifecycle over the lab's switch (see docs/fast-provisioning.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import Server
+
+from rhaas.client import Client
+from rhaas.lab import images
+from rhaas.lab.qemu import QemuNode
+from rhaas.lab.vbmc import VirtualBMC
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.slow,
+    pytest.mark.root,
+    pytest.mark.ipmi,
+    pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs qemu-system-x86_64"),
+]
+
+BOOT_TIMEOUT = 240  # TCG on a busy 2-core machine; the FPBL moves ~40 MB through each kexec
+BMC_USER, BMC_PASSWORD = "admin", "bmc-s3cret"
+MEMORY_MB = 1536
+
+
+def wait_for(what: str, condition, timeout: float, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def fpbl():
+    from rhaas.provisioning.fpbl import build_fpbl
+
+    return build_fpbl()
+
+
+@pytest.fixture
+def site(tmp_path_factory) -> Iterator[dict]:
+    """A real server with fast provisioning on, one QEMU node with a virtual BMC; all stopped at the end."""
+    workdir = tmp_path_factory.mktemp("pq")  # short: QMP socket paths must fit in a unix socket
+    server = Server(f"sqlite:///{workdir / 'rhaas.sqlite3'}", workdir / "server.log", "--config",
+                    str(workdir / "rhaas.toml"))  # fmt: skip
+    (workdir / "rhaas.toml").write_text(
+        "[provisioning]\nenabled = true\n"
+        f'agent_url = "http://10.0.2.2:{server.port}"\n'
+        "return_timeout = 300\ndeploy_timeout = 600\ntick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
+    )
+    node = QemuNode("pq", workdir, memory_mb=MEMORY_MB, user_net=True, disk_size="64M")
+    bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD, state_file=workdir / "bmc.json")
+    bmc.serve_in_thread()
+    try:
+        server.start()
+        yield {"server": server, "node": node, "bmc": bmc, "workdir": workdir}
+    finally:
+        node.stop()
+        bmc.stop()
+        server.stop()
+        assert not node.is_running()
+
+
+def disk_bytes(node: QemuNode, workdir: Path) -> bytes:
+    raw = workdir / "readback.raw"
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(node.disk), str(raw)], check=True)
+    try:
+        return raw.read_bytes()
+    finally:
+        raw.unlink()
+
+
+def upload_image(c: Client, name: str, project: str, os_: images.TestOS, disk: Path | None) -> None:
+    digests = {role: c.image.upload(path)["sha256"] for role, path in (("kernel", os_.kernel),
+               ("initrd", os_.initrd), *((("disk", disk),) if disk else ()))}  # fmt: skip
+    c.image.register(name, project=project, cmdline=os_.cmdline, **digests)
+
+
+def wait_job(c: Client, job: str, timeout: float) -> dict:
+    def ended():
+        shown = c.node.show_provision_job(job)
+        return shown if shown["status"] in ("DONE", "ERROR") else None
+
+    shown = wait_for(f"job {job}", ended, timeout)
+    assert shown["status"] == "DONE", shown
+    return shown
+
+
+def state(admin: Client, node: str) -> str:
+    return str(admin.node.provisioning(node)["state"])
+
+
+def test_deploy_return_and_reassign_without_firmware(site, fpbl):
+    server, node, bmc, workdir = site["server"], site["node"], site["bmc"], site["workdir"]
+    a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
+    b_os = images.build_test_os("b-os", "RHAAS-TESTOS b-os")
+    nonce = os.urandom(6).hex()
+    disk = workdir / "a-disk.img"
+    data = f"RHAAS-DISK customer-data {nonce}\n".encode()
+    disk.write_bytes(data + bytes(4 * 1024 * 1024 - len(data)))
+    timings: dict[str, float] = {}
+
+    with Client(server.url, "admin", "adminpw") as admin:
+        for project, user in (("a", "alice"), ("b", "bob")):
+            admin.project.create(project)
+            admin.user.create(user, f"{user}-pw", is_admin=False)
+            admin.user.add_project(user, project)
+        admin.node.register("pq", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
+        admin.node.add_nic("pq", "eth0", node.mac)
+        enrolled = admin.node.enroll_fpbl("pq")["cmdline"]
+        assert state(admin, "pq") == "booting"
+
+        # The FPBL boots (here straight from the kernel; the lab boots it through PXE) and checks in.
+        node.kernel, node.initrd = fpbl.kernel, fpbl.initrd
+        node.append = f"{fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
+        started = time.monotonic()
+        node.power_on()
+        wait_for("ready", lambda: state(admin, "pq") == "ready", BOOT_TIMEOUT)
+        timings["power on -> FPBL ready"] = time.monotonic() - started
+        boots = node.firmware_boots
+        facts = admin.node.provisioning("pq")["facts"]
+        assert facts["memory_kb"] > 0.9 * MEMORY_MB * 1024
+
+        with Client(server.url, "alice", "alice-pw") as alice, Client(server.url, "bob", "bob-pw") as bob:
+            upload_image(alice, "a-os", "a", a_os, disk)
+            upload_image(bob, "b-os", "b", b_os, None)
+
+            # Customer A: provision, and the node runs A's OS with A's data on its disk.
+            alice.project.connect("a", "pq")
+            offset = node.console_offset()
+            started = time.monotonic()
+            job = alice.node.provision("pq", "a-os")
+            shown = wait_job(alice, job, BOOT_TIMEOUT)
+            node.wait_for_console(a_os.up_regex, BOOT_TIMEOUT, offset=offset)
+            timings["A: provision -> OS up"] = time.monotonic() - started
+            assert shown["path"] == "fast"
+            assert f"RHAAS-DISK customer-data {nonce}" in node.console_text(offset)
+            assert state(admin, "pq") == "deployed"
+
+            # A gives it back: NMI over IPMI, wipe, all the memory back, ready.
+            started = time.monotonic()
+            alice.project.detach("a", "pq")
+            assert "pq" not in bob.node.list("free")
+            wait_for("ready again", lambda: state(admin, "pq") == "ready", BOOT_TIMEOUT)
+            timings["A: detach -> wiped and ready"] = time.monotonic() - started
+            history = admin.node.provisioning("pq")
+            ret = history["jobs"][-1]
+            assert (ret["kind"], ret["status"], ret["path"]) == ("return", "DONE", "fast"), ret
+            phases = {(p["phase"], p["state"]) for p in ret["phases"]}
+            assert {
+                ("nmi", "done"),
+                ("wipe", "done"),
+                ("verify-wipe", "done"),
+                ("restore-memory", "done"),
+            } <= phases
+            assert history["facts"]["memory_kb"] > 0.9 * MEMORY_MB * 1024, "the full FPBL has all the memory"
+            assert bmc.nmis >= 1
+
+            # Customer B: the same node, B's OS; A's data is not on the disk any more.
+            assert "pq" in bob.node.list("free")
+            bob.project.connect("b", "pq")
+            offset = node.console_offset()
+            started = time.monotonic()
+            job = bob.node.provision("pq", "b-os")
+            wait_job(bob, job, BOOT_TIMEOUT)
+            node.wait_for_console(b_os.up_regex, BOOT_TIMEOUT, offset=offset)
+            timings["B: provision -> OS up"] = time.monotonic() - started
+            assert "RHAAS-DISK" not in node.console_text(offset), "B's OS must not find A's data"
+            assert node.firmware_boots == boots, "no firmware boot from the first ready to the end"
+
+    for what, seconds in timings.items():
+        print(f"{what}: {seconds:.1f} s")
+    node.stop()
+    assert nonce.encode() not in disk_bytes(node, workdir)
