@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,12 @@ def fpbl():
 
 
 @pytest.fixture
-def site(tmp_path_factory) -> Iterator[dict]:
+def return_timeout() -> int:
+    return 300
+
+
+@pytest.fixture
+def site(tmp_path_factory, return_timeout) -> Iterator[dict]:
     """A real server with fast provisioning on, one QEMU node with a virtual BMC; all stopped at the end."""
     workdir = tmp_path_factory.mktemp("pq")  # short: QMP socket paths must fit in a unix socket
     server = Server(f"sqlite:///{workdir / 'rhaas.sqlite3'}", workdir / "server.log", "--config",
@@ -69,7 +75,8 @@ def site(tmp_path_factory) -> Iterator[dict]:
     (workdir / "rhaas.toml").write_text(
         "[provisioning]\nenabled = true\n"
         f'agent_url = "http://10.0.2.2:{server.port}"\n'
-        "return_timeout = 300\ndeploy_timeout = 600\ntick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
+        f"return_timeout = {return_timeout}\ndeploy_timeout = 600\n"
+        "tick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
     )
     node = QemuNode("pq", workdir, memory_mb=MEMORY_MB, user_net=True, disk_size="64M")
     bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD, state_file=workdir / "bmc.json")
@@ -113,6 +120,22 @@ def state(admin: Client, node: str) -> str:
     return str(admin.node.provisioning(node)["state"])
 
 
+def boot_fpbl(admin: Client, node: QemuNode, bmc: VirtualBMC, fpbl, timings: dict[str, float]) -> int:
+    """Register and enrol the node, boot its FPBL, wait until it is ready; the firmware boot count then."""
+    admin.node.register("pq", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
+    admin.node.add_nic("pq", "eth0", node.mac)
+    enrolled = admin.node.enroll_fpbl("pq")["cmdline"]
+    assert state(admin, "pq") == "booting"
+    # The FPBL boots (here straight from the kernel; the lab boots it through PXE) and checks in.
+    node.kernel, node.initrd = fpbl.kernel, fpbl.initrd
+    node.append = f"{fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
+    started = time.monotonic()
+    node.power_on()
+    wait_for("ready", lambda: state(admin, "pq") == "ready", BOOT_TIMEOUT)
+    timings["power on -> FPBL ready"] = time.monotonic() - started
+    return node.firmware_boots
+
+
 def test_deploy_return_and_reassign_without_firmware(site, fpbl):
     server, node, bmc, workdir = site["server"], site["node"], site["bmc"], site["workdir"]
     a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
@@ -128,19 +151,7 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
             admin.project.create(project)
             admin.user.create(user, f"{user}-pw", is_admin=False)
             admin.user.add_project(user, project)
-        admin.node.register("pq", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
-        admin.node.add_nic("pq", "eth0", node.mac)
-        enrolled = admin.node.enroll_fpbl("pq")["cmdline"]
-        assert state(admin, "pq") == "booting"
-
-        # The FPBL boots (here straight from the kernel; the lab boots it through PXE) and checks in.
-        node.kernel, node.initrd = fpbl.kernel, fpbl.initrd
-        node.append = f"{fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
-        started = time.monotonic()
-        node.power_on()
-        wait_for("ready", lambda: state(admin, "pq") == "ready", BOOT_TIMEOUT)
-        timings["power on -> FPBL ready"] = time.monotonic() - started
-        boots = node.firmware_boots
+        boots = boot_fpbl(admin, node, bmc, fpbl, timings)
         facts = admin.node.provisioning("pq")["facts"]
         assert facts["memory_kb"] > 0.9 * MEMORY_MB * 1024
 
@@ -184,8 +195,26 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
             bob.project.connect("b", "pq")
             offset = node.console_offset()
             started = time.monotonic()
-            job = bob.node.provision("pq", "b-os")
-            wait_job(bob, job, BOOT_TIMEOUT)
+            env = {
+                **os.environ,
+                "RHAAS_ENDPOINT": server.url,
+                "RHAAS_USERNAME": "bob",
+                "RHAAS_PASSWORD": "bob-pw",
+            }
+            cli = [
+                sys.executable,
+                "-m",
+                "rhaas.cli.main",
+                "node",
+                "provision",
+                "pq",
+                "--image",
+                "b-os",
+                "--wait",
+            ]
+            done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+            assert done.returncode == 0, done.stderr
+            assert "pq: DONE (fast path" in done.stderr and "kexec" in done.stderr, done.stderr
             node.wait_for_console(b_os.up_regex, BOOT_TIMEOUT, offset=offset)
             timings["B: provision -> OS up"] = time.monotonic() - started
             assert "RHAAS-DISK" not in node.console_text(offset), "B's OS must not find A's data"
@@ -195,3 +224,40 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
         print(f"{what}: {seconds:.1f} s")
     node.stop()
     assert nonce.encode() not in disk_bytes(node, workdir)
+
+
+@pytest.mark.parametrize("return_timeout", [20])
+def test_a_customer_who_defuses_the_nmi_return_still_gets_the_node_back(site, fpbl, return_timeout):
+    server, node, bmc = site["server"], site["node"], site["bmc"]
+    evil = images.build_test_os("evil-os", "RHAAS-TESTOS evil-os")
+    timings: dict[str, float] = {}
+    with Client(server.url, "admin", "adminpw") as admin:
+        admin.project.create("e")
+        boots = boot_fpbl(admin, node, bmc, fpbl, timings)
+        digests = {role: admin.image.upload(path)["sha256"] for role, path in (("kernel", evil.kernel),
+                   ("initrd", evil.initrd))}  # fmt: skip
+        admin.image.register("evil-os", project="e", cmdline=f"{evil.cmdline} rhaas.disarm=1", **digests)
+        admin.project.connect("e", "pq")
+        offset = node.console_offset()
+        wait_job(admin, admin.node.provision("pq", "evil-os"), BOOT_TIMEOUT)
+        node.wait_for_console(evil.up_regex, BOOT_TIMEOUT, offset=offset)
+        assert "DISARMED unknown_nmi_panic=0" in node.console_text(offset)
+
+        started = time.monotonic()
+        admin.project.detach("e", "pq")
+        wait_for(
+            "ready by the reboot path", lambda: state(admin, "pq") == "ready", return_timeout + BOOT_TIMEOUT
+        )
+        timings["detach -> ready (NMI ignored, then power cycle)"] = time.monotonic() - started
+        ret = admin.node.provisioning("pq")["jobs"][-1]
+        assert (ret["kind"], ret["status"], ret["path"]) == ("return", "DONE", "reboot"), ret
+        phases = [(p["phase"], p["state"]) for p in ret["phases"]]
+        assert (
+            ("nmi", "done") in phases
+            and ("fallback", "start") in phases
+            and ("power-cycle", "done") in phases
+        )
+        assert ("verify-wipe", "done") in phases
+        assert node.firmware_boots == boots + 1, "the fallback boots the firmware once"
+    for what, seconds in timings.items():
+        print(f"{what}: {seconds:.1f} s")

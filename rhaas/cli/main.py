@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from rhaas import __version__
-from rhaas.cli import images, lab, networks, nodes, pool, ports, projects, switches, users
+from rhaas.cli import images, lab, networks, nodes, pool, ports, projects, provisioning, switches, users
 from rhaas.cli.common import CliState
 from rhaas.demo import demo
 from rhaas.errors import RhaasError
@@ -92,6 +92,9 @@ def cli(ctx: click.Context) -> None:
 
 cli.add_command(projects.project)
 cli.add_command(nodes.node)
+for command in (provisioning.provision, provisioning.provisioning, provisioning.fpbl):
+    nodes.node.add_command(command)
+cli.add_command(provisioning.provision_job)
 cli.add_command(networks.network)
 cli.add_command(networks.networking_action)
 cli.add_command(switches.switch)

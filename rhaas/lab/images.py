@@ -22,6 +22,8 @@ What the test OS reads from the kernel command line and prints on the console (`
     rhaas.gw=10.0.0.1             default route
     rhaas.ping=10.0.0.6,10.0.0.7  every ~1 s: RHAAS-PING 10.0.0.6 OK|FAIL seq=N
     rhaas.tcp=10.0.0.6            every ~1 s: RHAAS-TCP 10.0.0.6 OK|FAIL seq=N (HTTP to port 80)
+    rhaas.disarm=1                defuse fast provisioning's return path as a root customer may: an NMI
+                                  no longer panics into the crash kernel (RHAAS-TESTOS <name> DISARMED ...)
 
     RHAAS-DISK ...                       the first line of /dev/vda, if it starts so (before the UP line)
     <marker> UP ip=<cidr|none> kernel=<uname -r>   once, when up (<marker>: RHAAS-TESTOS <name>)
@@ -423,9 +425,10 @@ mask2prefix() {
     echo "$p"
 }
 
-IP=""; GW=""; PINGS=""; TCPS=""
+IP=""; GW=""; PINGS=""; TCPS=""; DISARM=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
+        rhaas.disarm=1) DISARM=1 ;;
         rhaas.ip=*) IP="${arg#rhaas.ip=}" ;;
         rhaas.gw=*) GW="${arg#rhaas.gw=}" ;;
         rhaas.ping=*) PINGS="$PINGS $(echo "${arg#rhaas.ping=}" | tr ',' ' ')" ;;
@@ -465,6 +468,13 @@ fi
 if [ -b /dev/vda ]; then
     line=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
     case "$line" in RHAAS-DISK*) echo "$line" ;; esac
+fi
+
+if [ -n "$DISARM" ]; then
+    # What a root customer can do to the return path: make an NMI harmless, so that it no longer
+    # panics this kernel into the crash kernel (as would unloading it with kexec -p -u).
+    echo 0 > /proc/sys/kernel/unknown_nmi_panic
+    echo "RHAAS-TESTOS $NAME DISARMED unknown_nmi_panic=$(cat /proc/sys/kernel/unknown_nmi_panic)"
 fi
 
 echo "$MARKER UP ip=${IP:-none}$NET kernel=$(uname -r)"
