@@ -113,6 +113,9 @@ class ProvisioningSettings(Section):
     return_timeout: float = Field(default=60.0, gt=0, le=86400)
     reboot_timeout: float = Field(default=600.0, gt=0, le=86400)
     wipe_policy: Literal["metadata", "full"] = "metadata"
+    #: How returns start: ``fast`` (NMI into the crash FPBL, power cycle as the fallback) or ``reboot``
+    #: (power cycle into a network boot of the FPBL, for BMCs or upstreams without an NMI).
+    return_path: Literal["fast", "reboot"] = "fast"
     agent_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     tick_seconds: float = Field(default=0.5, gt=0, le=60)
 

@@ -28,13 +28,19 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture
-def prov(db_url: str) -> Iterator[Api]:
+def return_path() -> str:
+    return "fast"
+
+
+@pytest.fixture
+def prov(db_url: str, return_path: str) -> Iterator[Api]:
     overrides = {
         "provisioning__enabled": True,
         "provisioning__agent_url": "http://10.0.2.2:5000",
         "provisioning__return_timeout": 3.0,
         "provisioning__reboot_timeout": 3.0,
         "provisioning__tick_seconds": 0.05,
+        "provisioning__return_path": return_path,
     }
     with make_api(db_url, **overrides) as api:
         populate_site(api)
@@ -214,6 +220,27 @@ def test_return_falls_back_to_reboot_when_no_fpbl_checks_in(prov):
     assert (jobs[-1]["status"], jobs[-1]["path"]) == ("DONE", "reboot")
     assert {"fallback", "power-cycle"} <= {p["phase"] for p in jobs[-1]["phases"]}
     assert state(prov, "n2") == "ready"
+
+
+@pytest.mark.parametrize("return_path", ["reboot"])
+def test_an_instance_can_return_by_reboot_only(prov, return_path):
+    agent = enroll(prov, "n3")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n3"})
+    deploy(prov, agent, "n3")
+    bmc = machine("bmc3")
+    bmc.power = "on"
+    nmis, boots = bmc.nmis, bmc.boots
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n3"})
+    wait_for(lambda: bmc.boots == boots + 1, what="the power cycle")
+    assert bmc.nmis == nmis and bmc.bootdev == "pxe"
+    agent.checkin("ready")
+    item = agent.work()
+    agent.report(item["job"], "verify-wipe", "done")
+    agent.report(item["job"], "ready", "done")
+    ret = prov.admin.ok("GET", "/node/n3/provisioning")["jobs"][-1]
+    assert (ret["status"], ret["path"]) == ("DONE", "reboot")
+    assert "fallback" not in {p["phase"] for p in ret["phases"]}
 
 
 def test_a_failed_deploy_is_recoverable_by_return(prov):

@@ -211,15 +211,16 @@ def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> Pro
     for job in db.scalars(select(ProvisionJob).where(ProvisionJob.node_id == node.id)):
         if job.status in (PENDING, RUNNING):
             _finish(job, ERROR, "Cancelled: the node left its project.")
+    timeout = settings.return_timeout if settings.return_path == FAST else settings.reboot_timeout
     job = ProvisionJob(
         uuid=str(uuid.uuid4()),
         node=node,
         kind=RETURN,
         project=node.project,
         status=PENDING,
-        path=FAST,
+        path=settings.return_path,
         phases=[],
-        deadline=_now() + dt.timedelta(seconds=settings.return_timeout),
+        deadline=_now() + dt.timedelta(seconds=timeout),
     )
     db.add(job)
     row.state = RETURNING
@@ -350,7 +351,7 @@ def tick(sessions: Any, settings: ProvisioningSettings) -> int:
         ).all()
         db.rollback()
     for job_id in pending:
-        moved += _send_nmi(sessions, job_id, settings)
+        moved += _start_return(sessions, job_id, settings)
     for job_id in expired:
         moved += _expire(sessions, job_id, settings)
     return moved
@@ -367,25 +368,43 @@ def _claim(db: Session, job_id: int, was_status: str, was_path: str, **values: A
     return claimed.rowcount == 1  # type: ignore[attr-defined]
 
 
-def _send_nmi(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
+def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
+    """Claim a new return and set it going: an NMI (fast path), or a power cycle (reboot path)."""
     with sessions() as db:
-        if not _claim(db, job_id, PENDING, FAST, status=RUNNING):
-            return 0
         job = db.get(ProvisionJob, job_id)
-        assert job is not None
-        driver = obm_of(job.node)
+        if job is None or not _claim(db, job_id, PENDING, job.path, status=RUNNING):
+            return 0
+        path, driver = job.path, obm_of(job.node)
         db.commit()
+    if path == REBOOT:
+        _power_cycle(sessions, job_id, driver)
+        return 1
     try:
         driver.send_nmi()
         outcome, detail = "done", f"NMI sent through {driver.name} at {driver.address}"
     except DriverError as exc:
         outcome, detail = "error", f"NMI failed: {exc}"
+    _record(sessions, job_id, "nmi", outcome, detail)
+    return 1
+
+
+def _record(sessions: Any, job_id: int, phase: str, outcome: str, detail: str) -> None:
     with sessions() as db:
         job = db.get(ProvisionJob, job_id)
         assert job is not None
-        _stamp(job, "nmi", outcome, detail)
+        _stamp(job, phase, outcome, detail)
         db.commit()
-    return 1
+
+
+def _power_cycle(sessions: Any, job_id: int, driver: Any) -> None:
+    """The reboot path: network boot next, then power cycle (outside any transaction), and record it."""
+    try:
+        driver.set_bootdev("pxe")
+        driver.power_cycle(force=True)
+        outcome, detail = "done", f"power cycled through {driver.name} at {driver.address}"
+    except DriverError as exc:
+        outcome, detail = "error", f"power cycle failed: {exc}"
+    _record(sessions, job_id, "power-cycle", outcome, detail)
 
 
 def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
@@ -411,17 +430,7 @@ def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
         _stamp(job, "fallback", "start", "no return FPBL by the deadline: power cycle, network boot")
         driver = obm_of(job.node)
         db.commit()
-    try:
-        driver.set_bootdev("pxe")
-        driver.power_cycle(force=True)
-        outcome, detail = "done", f"power cycled through {driver.name} at {driver.address}"
-    except DriverError as exc:
-        outcome, detail = "error", f"power cycle failed: {exc}"
-    with sessions() as db:
-        job = db.get(ProvisionJob, job_id)
-        assert job is not None
-        _stamp(job, "power-cycle", outcome, detail)
-        db.commit()
+    _power_cycle(sessions, job_id, driver)
     return 1
 
 
