@@ -1,5 +1,7 @@
 """Networks: creation rules, access lists, channels, asynchronous connect/detach, the switch's state."""
 
+import pytest
+
 from rhaas.drivers.switch.base import PortState
 from rhaas.drivers.switch.mock import MockSwitch
 
@@ -249,3 +251,14 @@ def test_port_revert_removes_every_network(site):
     assert alice.ok("GET", "/node/n1")["nics"][0]["networks"] == {}
     alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
     admin.error("POST", "/switch/sw0/port/gi1/0/1/revert", {"x": 1}, 400, "ValidationError")
+
+
+@pytest.mark.parametrize(
+    "net_id", ["²", "١٠٠", "３"], ids=["superscript-two", "arabic-indic-100", "fullwidth-3"]
+)
+def test_explicit_net_id_must_be_ascii_digits(site, net_id):
+    """Found by tests/test_fuzz.py: '²' passed str.isdigit() and then made int() raise (a 500); other
+    scripts' digits were read as a VLAN number. Both are a plain 400 now, and nothing is created."""
+    body = {"owner": "admin", "access": "", "net_id": net_id}
+    site.admin.error("PUT", "/network/odd", body, 400, "BadArgumentError")
+    site.admin.error("GET", "/network/odd", None, 404, "NotFoundError")

@@ -36,7 +36,8 @@ def allocate(db: Session) -> int:
 
 def claim_explicit(db: Session, net_id: str) -> int:
     """An admin's explicit VLAN: must be 1-4094; if it is in the pool it must be free, and is claimed."""
-    if not net_id.isdigit() or not 1 <= int(net_id) <= 4094:
+    # isdigit() alone admits '²' (int() then raises) and other scripts' digits ('١٠٠' reads as 100).
+    if not (net_id.isascii() and net_id.isdigit()) or not 1 <= int(net_id) <= 4094:
         raise BadArgumentError(f"net_id {net_id[:40]!r} is not a legal VLAN id (1-4094).")
     vlan_no = int(net_id)
     in_pool = db.scalar(select(Vlan).where(Vlan.vlan_no == vlan_no))
