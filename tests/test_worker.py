@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import time
 from pathlib import Path
@@ -86,3 +87,48 @@ def test_server_killed_mid_action_completes_it_on_restart(server, tmp_path):
         assert wait(admin, sid)["status"] == "DONE"
         assert ok(admin.get("/node/n0"))["nics"][0]["networks"] == {"vlan/native": "net"}
         assert ok(admin.get("/switch/sw/port/p0/state")) == {"native": "100", "tagged": []}
+
+
+@pytest.fixture
+def idle_site(db_url):
+    """The ``site`` content with no worker running: the test drives workers by hand."""
+    from conftest import make_api, populate_site
+
+    with make_api(db_url, worker__in_process=False) as api:
+        yield populate_site(api)
+
+
+def test_lease_expired_in_the_queue_is_renewed_before_the_switch_is_touched(idle_site):
+    """Found by tests/test_scale_out.py: a worker claims a batch but applies it a few at a time, so an
+    action could wait out its lease in the queue; another worker then took it over while the first was
+    programming the switch, and the change reached the switch twice. The lease is renewed first now."""
+    from sqlalchemy import update
+
+    from rhaas.config import WorkerSettings
+    from rhaas.db.models import DONE, utcnow
+    from rhaas.worker.networking import NetworkWorker
+
+    admin = idle_site.admin
+    admin.ok("PUT", "/network/pub", {"owner": "admin", "access": "", "net_id": ""})
+    admin.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    sid = admin.ok("POST", "/node/n1/nic/eth0/connect_network", {"network": "pub"}, status=202)["status_id"]
+    first = NetworkWorker(idle_site.sessions, WorkerSettings(lease_seconds=60))
+    second = NetworkWorker(idle_site.sessions, WorkerSettings(lease_seconds=60))
+    try:
+        [action_id] = first.claim(10)
+        with idle_site.sessions() as db, db.begin():  # the lease ran out while the action was queued
+            db.execute(update(NetworkingAction).values(claimed_until=utcnow() - dt.timedelta(seconds=1)))
+        taken_over: list[int] = []
+        program = first._program
+
+        def program_while_another_worker_claims(the_plan):
+            taken_over.extend(second.claim(10))  # the other worker looks for work at the worst moment
+            return program(the_plan)
+
+        first._program = program_while_another_worker_claims  # type: ignore[method-assign]
+        assert first.apply(action_id)
+        assert taken_over == [], "another worker took over an action that was being applied"
+        assert admin.ok("GET", f"/networking_action/{sid}")["status"] == DONE
+    finally:
+        first.stop()
+        second.stop()

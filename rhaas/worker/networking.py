@@ -2,10 +2,11 @@
 
 Each action is claimed with a lease (``claimed_by``/``claimed_until``; on PostgreSQL the candidate rows
 are read with ``FOR UPDATE SKIP LOCKED``), applied outside any transaction, and finished with a
-conditional UPDATE that only the lease holder can make. The driver is always handed the port's whole
-desired state, so a worker killed between the switch change and the commit leaves nothing half-done:
-the lease runs out, another worker (or the restarted one) applies the same state again and commits.
-Independent NICs are applied concurrently on a thread pool.
+conditional UPDATE that only the lease holder can make. The lease is renewed just before the switch is
+programmed, so an action that waited in a claimed batch is never applied by two live workers. The driver
+is always handed the port's whole desired state, so a worker killed between the switch change and the
+commit leaves nothing half-done: the lease runs out, another worker (or the restarted one) applies the
+same state again and commits. Independent NICs are applied concurrently on a thread pool.
 """
 
 from __future__ import annotations
@@ -182,7 +183,29 @@ class NetworkWorker:
                 self._drivers[key] = driver_for(switch)
             return self._drivers[key]
 
+    def renew(self, action_id: int) -> bool:
+        """Start the lease afresh, if this worker still holds it.
+
+        A batch is claimed at once but applied a few at a time, so the last actions of a batch could
+        otherwise wait out their lease in this worker's queue while another worker takes them over, and
+        both would program the switch. An expired lease nobody took over is still ours; one taken over is
+        not, and the UPDATE (row-locked) makes the two outcomes exclusive."""
+        lease_end = utcnow() + dt.timedelta(seconds=self.settings.lease_seconds)
+        with self.sessions() as db, db.begin():
+            result = db.execute(
+                update(NetworkingAction)
+                .where(
+                    NetworkingAction.id == action_id,
+                    NetworkingAction.status == PENDING,
+                    NetworkingAction.claimed_by == self.worker_id,
+                )
+                .values(claimed_until=lease_end)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
     def apply(self, action_id: int) -> bool:
+        if not self.renew(action_id):
+            return False  # finished or taken over while it waited in this worker's queue
         with self.sessions() as db:
             action = db.get(NetworkingAction, action_id)
             if action is None or action.status != PENDING or action.claimed_by != self.worker_id:
