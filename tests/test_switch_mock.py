@@ -76,3 +76,18 @@ def test_delay_is_injected() -> None:
     driver.set_port(PORTS[0], ACCESS)
     assert time.monotonic() - started >= 0.05
     assert driver.get_port(PORTS[0]) == ACCESS
+
+
+def test_journal_records_each_change_made(tmp_path: Path) -> None:
+    import json
+    import os
+
+    journal = tmp_path / "journal.jsonl"
+    driver = make(state_file=str(tmp_path / "switches.json"), journal_file=str(journal))
+    driver.set_port(PORTS[0], NATIVE_TRUNK)
+    driver.set_port(PORTS[0], NATIVE_TRUNK)  # applied twice: the journal says so
+    with pytest.raises(SwitchError):
+        driver.set_port(FAILING, ACCESS)  # refused: no line
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    expected = {"switch": "sw0", "port": PORTS[0], **NATIVE_TRUNK.as_dict(), "pid": os.getpid()}
+    assert lines == [expected, expected]

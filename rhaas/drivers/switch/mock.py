@@ -1,13 +1,16 @@
 """A fake switch that keeps port state in memory, or in a JSON file shared by several processes.
 
 It is a real driver, shipped for development, tests and benchmarks, with fault injection: ``delay``
-seconds per port change and ``fail_ports`` that always fail.
+seconds per port change and ``fail_ports`` that always fail. With ``journal_file`` it also appends one
+JSON line per port change it makes (port, state, process id), so a test can count how often each change
+was really applied, across processes.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ class MockSwitchSettings(SwitchSettings):
     state_file: str | None = Field(default=None, description="JSON file shared by processes")
     delay: float = Field(default=0.0, ge=0, le=60, description="seconds each port change takes")
     fail_ports: list[str] = Field(default_factory=list, description="ports whose changes fail")
+    journal_file: str | None = Field(default=None, description="append a JSON line per port change made")
 
 
 class MockSwitch(SwitchDriver):
@@ -71,6 +75,11 @@ class MockSwitch(SwitchDriver):
             raise SwitchError(f"mock switch {self.switch_name}: port {port} refused the change (injected)")
         with self._ports() as ports:
             ports[port] = state
+        if self.settings.journal_file is not None:
+            # One short O_APPEND write per line: lines from several processes never interleave.
+            line = {"switch": self.switch_name, "port": port, **state.as_dict(), "pid": os.getpid()}
+            with open(self.settings.journal_file, "a") as journal:
+                journal.write(json.dumps(line) + "\n")
 
     def get_port(self, port: str) -> PortState:
         with self._ports() as ports:
