@@ -305,5 +305,6 @@ def test_provision_refusals_change_nothing(prov):
 
 def test_provisioning_is_off_by_default(site):
     site.admin.error("PUT", "/node/n1/fpbl", {}, 409, "IllegalStateError")
+    site.alice.error("POST", "/node/n1/provision", {"image": "x"}, 409, "IllegalStateError")
     response = site.client.get("/agent/v1/nodes/n1/work", headers={"Authorization": "Bearer x"})
-    assert response.status_code == 409
+    assert response.status_code == 401 and response.json()["type"] == "AuthorizationError"

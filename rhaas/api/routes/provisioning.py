@@ -74,10 +74,12 @@ def show_job(job_id: str, db: Session = Depends(get_db), caller: Caller = Depend
 
 
 def _agent(request: Request, node: str, db: Session) -> NodeProvisioning:
+    """The calling agent's node, authenticated first (so strangers learn nothing, not even the setting)."""
+    row = provisioning.agent_row(db, node, request.headers.get("authorization"))
     _settings(request)
     if request.query_params:
         raise ValidationError("Request arguments are not valid for this request: it takes no parameters.")
-    return provisioning.agent_row(db, node, request.headers.get("authorization"))
+    return row
 
 
 @agent_router.post("/nodes/{node}/checkin")
