@@ -261,3 +261,74 @@ def test_a_customer_who_defuses_the_nmi_return_still_gets_the_node_back(site, fp
         assert node.firmware_boots == boots + 1, "the fallback boots the firmware once"
     for what, seconds in timings.items():
         print(f"{what}: {seconds:.1f} s")
+
+
+@pytest.fixture
+def stacked(tmp_path_factory) -> Iterator[dict]:
+    """A base instance (the node's BMC is a virtual BMC on IPMI) and a recursive instance over it with fast
+    provisioning on; the node boots the recursive instance's FPBL. All stopped at the end."""
+    workdir = tmp_path_factory.mktemp("pr")
+    base = Server(f"sqlite:///{workdir / 'base.sqlite3'}", workdir / "base.log")
+    env = {"RHAAS_UPSTREAM_PASSWORD": "reseller-pw"}
+    upstream = ["--upstream", base.url, "--upstream-project", "reseller", "--upstream-user", "reseller"]
+    level2 = Server(f"sqlite:///{workdir / 'l2.sqlite3'}", workdir / "l2.log", *upstream, "--config",
+                    str(workdir / "l2.toml"), env=env)  # fmt: skip
+    (workdir / "l2.toml").write_text(
+        f'[provisioning]\nenabled = true\nagent_url = "http://10.0.2.2:{level2.port}"\n'
+        "tick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
+    )
+    node = QemuNode("pr", workdir, memory_mb=MEMORY_MB, user_net=True, disk_size="64M")
+    bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD, state_file=workdir / "bmc.json")
+    bmc.serve_in_thread()
+    try:
+        base.start()
+        with Client(base.url, "admin", "adminpw") as admin:
+            admin.project.create("reseller")
+            admin.user.create("reseller", "reseller-pw")
+            admin.user.add_project("reseller", "reseller")
+            admin.node.register("pr", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
+            admin.node.add_nic("pr", "eth0", node.mac)
+        level2.start()
+        yield {"base": base, "level2": level2, "node": node, "bmc": bmc}
+    finally:
+        node.stop()
+        bmc.stop()
+        level2.stop()
+        base.stop()
+
+
+def test_a_recursive_instance_provisions_and_returns_through_its_upstream(stacked, fpbl):
+    """Fast provisioning needs nothing from the upstream but HIL's API and the NMI route."""
+    base, level2, node, bmc = stacked["base"], stacked["level2"], stacked["node"], stacked["bmc"]
+    a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
+    timings: dict[str, float] = {}
+    with Client(level2.url, "admin", "adminpw") as admin, Client(base.url, "admin", "adminpw") as base_admin:
+        assert admin.pool.grow(1) == ["pr"]
+        assert base_admin.node.show("pr")["project"] == "reseller"
+        enrolled = admin.node.enroll_fpbl("pr")["cmdline"]
+        node.kernel, node.initrd = fpbl.kernel, fpbl.initrd
+        node.append = f"{fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
+        node.power_on()
+        wait_for("ready", lambda: state(admin, "pr") == "ready", BOOT_TIMEOUT)
+        boots = node.firmware_boots
+        admin.project.create("a")
+        upload_image(admin, "a-os", "a", a_os, None)
+        admin.project.connect("a", "pr")
+        offset = node.console_offset()
+        wait_job(admin, admin.node.provision("pr", "a-os"), BOOT_TIMEOUT)
+        node.wait_for_console(a_os.up_regex, BOOT_TIMEOUT, offset=offset)
+
+        started, nmis = time.monotonic(), bmc.nmis
+        admin.project.detach("a", "pr")
+        wait_for("ready again", lambda: state(admin, "pr") == "ready", BOOT_TIMEOUT)
+        timings["level 2: detach -> wiped and ready"] = time.monotonic() - started
+        ret = admin.node.provisioning("pr")["jobs"][-1]
+        assert (ret["status"], ret["path"]) == ("DONE", "fast"), ret
+        nmi = next(p for p in ret["phases"] if p["phase"] == "nmi")
+        assert nmi["state"] == "done" and "upstream" in nmi["detail"], nmi
+        assert bmc.nmis == nmis + 1, "the NMI went down through the base's API to the node's BMC"
+        assert node.firmware_boots == boots
+        # The node never left the reseller's project at the base.
+        assert base_admin.node.show("pr")["project"] == "reseller"
+    for what, seconds in timings.items():
+        print(f"{what}: {seconds:.1f} s")
