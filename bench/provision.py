@@ -32,10 +32,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rhaas.client import Client
 from rhaas.lab import images
+from rhaas.lab.polling import wait_for
 from rhaas.lab.qemu import QemuNode
 from rhaas.lab.servers import Server
 from rhaas.lab.vbmc import VirtualBMC
@@ -43,17 +43,6 @@ from rhaas.provisioning.fpbl import build_fpbl
 
 TIMEOUT = 600.0
 BMC_USER, BMC_PASSWORD = "admin", "bench-bmc"
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
 
 
 def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, float]:
@@ -128,7 +117,7 @@ class Bench:
         node.append = f"{self.fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
         started = time.monotonic()
         node.power_on()
-        wait_for(f"{name} ready", lambda: self.state(name) == "ready")
+        wait_for(f"{name} ready", lambda: self.state(name) == "ready", TIMEOUT)
         return time.monotonic() - started
 
     def provision(self, name: str) -> float:
@@ -143,7 +132,7 @@ class Bench:
     def give_back(self, name: str) -> float:
         started = time.monotonic()
         self.admin.project.detach("bench", name)
-        wait_for(f"{name} ready again", lambda: self.state(name) == "ready")
+        wait_for(f"{name} ready again", lambda: self.state(name) == "ready", TIMEOUT)
         return time.monotonic() - started
 
     def switch_path(self, return_path: str) -> None:

@@ -13,6 +13,7 @@ from conftest import Api, make_api, populate_site
 from dbdump import dump
 
 from rhaas.drivers.obm.mock import MockMachine, MockOBM
+from rhaas.lab.polling import wait_for
 
 KERNEL, INITRD, DISK = b"kernel" * 100, b"initrd" * 100, b"RHAAS-DISK A-data\n" + bytes(5000)
 
@@ -94,17 +95,6 @@ def state(api: Api, node: str) -> str:
     return str(api.admin.ok("GET", f"/node/{node}/provisioning")["state"])
 
 
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
-
-
 def deploy(api: Api, agent: Agent, node: str) -> str:
     job = api.alice.ok("POST", f"/node/{node}/provision", {"image": "a-os"}, status=202)["job_id"]
     item = agent.work()
@@ -165,7 +155,7 @@ def test_deploy_then_return_by_nmi_then_reassign(prov):
     assert state(prov, "n1") == "returning"
     assert "n1" not in prov.admin.ok("GET", "/nodes/free")
     prov.bob.error("POST", "/project/p2/connect_node", {"node": "n1"}, 409, "BlockedError")
-    wait_for(lambda: bmc.nmis == nmis + 1, what="the NMI")
+    wait_for("the NMI", lambda: bmc.nmis == nmis + 1, 10.0, every=0.02)
     agent.checkin("return")
     item = agent.work()
     assert item == {"action": "wipe", "job": item["job"], "policy": "metadata"}
@@ -209,7 +199,7 @@ def test_return_falls_back_to_reboot_when_no_fpbl_checks_in(prov):
         jobs = prov.admin.ok("GET", "/node/n2/provisioning")["jobs"]
         return jobs[-1]["path"] == "reboot" and bmc.boots == boots + 1
 
-    wait_for(fell_back, timeout=15, what="the reboot fallback")
+    wait_for("the reboot fallback", fell_back, 15.0, every=0.02)
     assert bmc.bootdev == "pxe"
     agent.checkin("ready")  # the FPBL, booted by firmware this time
     item = agent.work()
@@ -232,7 +222,7 @@ def test_an_instance_can_return_by_reboot_only(prov, return_path):
     bmc.power = "on"
     nmis, boots = bmc.nmis, bmc.boots
     prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n3"})
-    wait_for(lambda: bmc.boots == boots + 1, what="the power cycle")
+    wait_for("the power cycle", lambda: bmc.boots == boots + 1, 10.0, every=0.02)
     assert bmc.nmis == nmis and bmc.bootdev == "pxe"
     agent.checkin("ready")
     item = agent.work()

@@ -14,6 +14,7 @@ lab tests run the same lifecycle over the lab's switch (see docs/fast-provisioni
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from servers import Server
 
 from rhaas.client import Client
 from rhaas.lab import images
+from rhaas.lab.polling import wait_for
 from rhaas.lab.qemu import QemuNode
 from rhaas.lab.vbmc import VirtualBMC
 
@@ -43,17 +45,6 @@ BMC_USER, BMC_PASSWORD = "admin", "bmc-s3cret"
 MEMORY_MB = 1536
 
 
-def wait_for(what: str, condition, timeout: float, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(every)
-
-
 @pytest.fixture(scope="module")
 def fpbl():
     from rhaas.provisioning.fpbl import build_fpbl
@@ -66,29 +57,40 @@ def return_timeout() -> int:
     return 300
 
 
+def provisioning_config(path: Path, server: Server, **settings: object) -> None:
+    """Write a settings file turning fast provisioning on for ``server`` (its agents reach it at 10.0.2.2)."""
+    values = {"tick_seconds": 0.2, "agent_poll_seconds": 0.5, **settings}
+    lines = ["[provisioning]", "enabled = true", f'agent_url = "http://10.0.2.2:{server.port}"']
+    path.write_text("\n".join(lines + [f"{k} = {v}" for k, v in values.items()]) + "\n")
+
+
+@contextlib.contextmanager
+def node_with_bmc(workdir: Path, name: str) -> Iterator[tuple[QemuNode, VirtualBMC]]:
+    """A QEMU node on user-mode networking and its virtual BMC; both stopped however the test ends."""
+    node = QemuNode(name, workdir, memory_mb=MEMORY_MB, user_net=True, disk_size="64M")
+    bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD, state_file=workdir / "bmc.json")
+    bmc.serve_in_thread()
+    try:
+        yield node, bmc
+    finally:
+        node.stop()
+        bmc.stop()
+        assert not node.is_running()
+
+
 @pytest.fixture
 def site(tmp_path_factory, return_timeout) -> Iterator[dict]:
     """A real server with fast provisioning on, one QEMU node with a virtual BMC; all stopped at the end."""
     workdir = tmp_path_factory.mktemp("pq")  # short: QMP socket paths must fit in a unix socket
     server = Server(f"sqlite:///{workdir / 'rhaas.sqlite3'}", workdir / "server.log", "--config",
                     str(workdir / "rhaas.toml"))  # fmt: skip
-    (workdir / "rhaas.toml").write_text(
-        "[provisioning]\nenabled = true\n"
-        f'agent_url = "http://10.0.2.2:{server.port}"\n'
-        f"return_timeout = {return_timeout}\ndeploy_timeout = 600\n"
-        "tick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
-    )
-    node = QemuNode("pq", workdir, memory_mb=MEMORY_MB, user_net=True, disk_size="64M")
-    bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD, state_file=workdir / "bmc.json")
-    bmc.serve_in_thread()
-    try:
-        server.start()
-        yield {"server": server, "node": node, "bmc": bmc, "workdir": workdir}
-    finally:
-        node.stop()
-        bmc.stop()
-        server.stop()
-        assert not node.is_running()
+    provisioning_config(workdir / "rhaas.toml", server, return_timeout=return_timeout, deploy_timeout=600)
+    with node_with_bmc(workdir, "pq") as (node, bmc):
+        try:
+            server.start()
+            yield {"server": server, "node": node, "bmc": bmc, "workdir": workdir}
+        finally:
+            server.stop()
 
 
 def disk_bytes(node: QemuNode, workdir: Path) -> bytes:
@@ -273,28 +275,21 @@ def stacked(tmp_path_factory) -> Iterator[dict]:
     upstream = ["--upstream", base.url, "--upstream-project", "reseller", "--upstream-user", "reseller"]
     level2 = Server(f"sqlite:///{workdir / 'l2.sqlite3'}", workdir / "l2.log", *upstream, "--config",
                     str(workdir / "l2.toml"), env=env)  # fmt: skip
-    (workdir / "l2.toml").write_text(
-        f'[provisioning]\nenabled = true\nagent_url = "http://10.0.2.2:{level2.port}"\n'
-        "tick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
-    )
-    node = QemuNode("pr", workdir, memory_mb=MEMORY_MB, user_net=True, disk_size="64M")
-    bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD, state_file=workdir / "bmc.json")
-    bmc.serve_in_thread()
-    try:
-        base.start()
-        with Client(base.url, "admin", "adminpw") as admin:
-            admin.project.create("reseller")
-            admin.user.create("reseller", "reseller-pw")
-            admin.user.add_project("reseller", "reseller")
-            admin.node.register("pr", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
-            admin.node.add_nic("pr", "eth0", node.mac)
-        level2.start()
-        yield {"base": base, "level2": level2, "node": node, "bmc": bmc}
-    finally:
-        node.stop()
-        bmc.stop()
-        level2.stop()
-        base.stop()
+    provisioning_config(workdir / "l2.toml", level2)
+    with node_with_bmc(workdir, "pr") as (node, bmc):
+        try:
+            base.start()
+            with Client(base.url, "admin", "adminpw") as admin:
+                admin.project.create("reseller")
+                admin.user.create("reseller", "reseller-pw")
+                admin.user.add_project("reseller", "reseller")
+                admin.node.register("pr", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
+                admin.node.add_nic("pr", "eth0", node.mac)
+            level2.start()
+            yield {"base": base, "level2": level2, "node": node, "bmc": bmc}
+        finally:
+            level2.stop()
+            base.stop()
 
 
 def test_a_recursive_instance_provisions_and_returns_through_its_upstream(stacked, fpbl):

@@ -161,6 +161,10 @@ class Connection:
     def get_bytes(self, path: str, headers: Mapping[str, str] | None = None) -> Iterator[bytes]:
         """GET a raw body, yielding it in chunks as it arrives; errors are raised before the first one."""
         request = self.http.build_request("GET", self.url(path), headers=headers)
+        return self._byte_chunks(self._open_stream(request), path)
+
+    def _open_stream(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` with no read timeout and return the open response; raise on an error answer."""
         request.extensions["timeout"] = httpx.Timeout(self.timeout, read=None).as_dict()
         response = self._send(request, stream=True)
         if not response.is_success:
@@ -169,7 +173,7 @@ class Connection:
             finally:
                 response.close()
             self._raise(response)
-        return self._byte_chunks(response, path)
+        return response
 
     def _byte_chunks(self, response: httpx.Response, path: str) -> Iterator[bytes]:
         try:
@@ -183,15 +187,7 @@ class Connection:
         """Send one request and return its body as text chunks, as they arrive (no read timeout).
 
         The request is made now, so errors are raised here rather than on the first iteration."""
-        request = self._build(method, path, _NO_BODY, None)
-        request.extensions["timeout"] = httpx.Timeout(self.timeout, read=None).as_dict()
-        response = self._send(request, stream=True)
-        if not response.is_success:
-            try:
-                response.read()
-            finally:
-                response.close()
-            self._raise(response)
+        response = self._open_stream(self._build(method, path, _NO_BODY, None))
         return self._chunks(response, method, path)
 
     def _chunks(self, response: httpx.Response, method: str, path: str) -> Generator[str, None, None]:

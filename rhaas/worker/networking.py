@@ -22,7 +22,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import Update, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from rhaas.config import WorkerSettings
@@ -192,16 +192,16 @@ class NetworkWorker:
         not, and the UPDATE (row-locked) makes the two outcomes exclusive."""
         lease_end = utcnow() + dt.timedelta(seconds=self.settings.lease_seconds)
         with self.sessions() as db, db.begin():
-            result = db.execute(
-                update(NetworkingAction)
-                .where(
-                    NetworkingAction.id == action_id,
-                    NetworkingAction.status == PENDING,
-                    NetworkingAction.claimed_by == self.worker_id,
-                )
-                .values(claimed_until=lease_end)
-            )
+            result = db.execute(self._held(action_id).values(claimed_until=lease_end))
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def _held(self, action_id: int) -> Update:
+        """An UPDATE of the action that matches only while it is PENDING and leased to this worker."""
+        return update(NetworkingAction).where(
+            NetworkingAction.id == action_id,
+            NetworkingAction.status == PENDING,
+            NetworkingAction.claimed_by == self.worker_id,
+        )
 
     def apply(self, action_id: int) -> bool:
         if not self.renew(action_id):
@@ -242,13 +242,7 @@ class NetworkWorker:
     def _finish(self, action_id: int, the_plan: Plan | str, error: str | None) -> bool:
         with self.sessions() as db, db.begin():
             result = db.execute(
-                update(NetworkingAction)
-                .where(
-                    NetworkingAction.id == action_id,
-                    NetworkingAction.status == PENDING,
-                    NetworkingAction.claimed_by == self.worker_id,
-                )
-                .values(
+                self._held(action_id).values(
                     status=ERROR if error else DONE, error=error, finished_at=utcnow(), claimed_until=None
                 )
             )
