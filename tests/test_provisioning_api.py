@@ -298,3 +298,50 @@ def test_provisioning_is_off_by_default(site):
     site.alice.error("POST", "/node/n1/provision", {"image": "x"}, 409, "IllegalStateError")
     response = site.client.get("/agent/v1/nodes/n1/work", headers={"Authorization": "Bearer x"})
     assert response.status_code == 401 and response.json()["type"] == "AuthorizationError"
+
+
+def test_an_agent_restarted_mid_deploy_ends_the_deploy_in_error_and_the_node_is_recoverable(prov):
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    job = prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
+    agent.work()
+    agent.report(job, "download-disk", "start", progress={"done": 1000, "total": len(DISK)})
+    agent.checkin()  # killed mid-download, restarted by the FPBL's init: it checks in afresh
+    shown = prov.alice.ok("GET", f"/provision_job/{job}")
+    assert shown["status"] == "ERROR" and "checked in again" in shown["error"]
+    assert state(prov, "n1") == "error"
+    prov.alice.error("POST", "/node/n1/provision", {"image": "a-os"}, 409, "BlockedError")
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    item = agent.work()
+    assert item["action"] == "wipe"
+    agent.report(item["job"], "verify-wipe", "done")
+    agent.report(item["job"], "ready", "done")
+    assert state(prov, "n1") == "ready"
+
+
+def test_a_return_queued_before_a_restart_is_carried_out_after_it(db_url):
+    """The server goes down between the detach and the NMI: the next server's ticker sends it."""
+    settings = {"provisioning__enabled": True, "provisioning__agent_url": "http://10.0.2.2:5000"}
+    with make_api(db_url, **settings) as first:
+        first.client.app.state.provisioning_ticker.stop()  # as if the process died after its commits
+        populate_site(first)
+        agent = enroll(first, "n1")
+        agent.checkin()
+        first.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+        for blob in (KERNEL, INITRD):
+            headers = {**first.alice.headers, "Content-Type": "application/octet-stream"}
+            first.client.put(f"/v0/blob/{sha(blob)}", content=blob, headers=headers).raise_for_status()
+        first.alice.ok("PUT", "/image/a-os", {"project": "p1", "kernel": sha(KERNEL), "initrd": sha(INITRD)})
+        deploy_without_disk = first.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)
+        agent.work()
+        agent.report(deploy_without_disk["job_id"], "kexec", "done")
+        bmc = machine("bmc1")
+        bmc.power = "on"
+        nmis = bmc.nmis
+        first.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+        assert bmc.nmis == nmis
+    with make_api(db_url, **settings, provisioning__tick_seconds=0.05) as second:
+        wait_for("the NMI after the restart", lambda: bmc.nmis == nmis + 1, 10.0, every=0.02)
+        jobs = second.admin.ok("GET", "/node/n1/provisioning")["jobs"]
+        assert jobs[-1]["kind"] == "return" and jobs[-1]["status"] == "RUNNING"
