@@ -345,3 +345,38 @@ def test_a_return_queued_before_a_restart_is_carried_out_after_it(db_url):
         wait_for("the NMI after the restart", lambda: bmc.nmis == nmis + 1, 10.0, every=0.02)
         jobs = second.admin.ok("GET", "/node/n1/provisioning")["jobs"]
         assert jobs[-1]["kind"] == "return" and jobs[-1]["status"] == "RUNNING"
+
+
+def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov, monkeypatch):
+    """On a recursive instance the OBM is the upstream's API, whose refusals are UpstreamErrors."""
+    from rhaas.core import provisioning
+    from rhaas.errors import UpstreamError
+
+    class RefusingUpstream:
+        name, address = "upstream", "http://hil.example:5000"
+        calls: list[str] = []
+
+        def send_nmi(self) -> None:
+            self.calls.append("nmi")
+            raise UpstreamError("upstream http://hil.example:5000 refused the NMI: OBMError: no answer")
+
+        def set_bootdev(self, bootdev: str) -> None:
+            self.calls.append(f"bootdev {bootdev}")
+
+        def power_cycle(self, force: bool = False) -> None:
+            self.calls.append("cycle")
+
+    monkeypatch.setattr(provisioning, "obm_of", lambda node: RefusingUpstream())
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    deploy(prov, agent, "n1")
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+
+    def phases():
+        job = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
+        return {(p["phase"], p["state"]) for p in job["phases"]}
+
+    wait_for("the failed NMI recorded", lambda: ("nmi", "error") in phases(), 10.0, every=0.02)
+    wait_for("the fallback", lambda: ("power-cycle", "done") in phases(), 15.0, every=0.05)
+    assert RefusingUpstream.calls == ["nmi", "bootdev pxe", "cycle"]

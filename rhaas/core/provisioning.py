@@ -62,10 +62,10 @@ from rhaas.errors import (
     AuthorizationError,
     BadArgumentError,
     BlockedError,
-    DriverError,
     IllegalStateError,
     NotFoundError,
     ProjectMismatchError,
+    RhaasError,
 )
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,7 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) ->
     try:
         driver.send_nmi()
         outcome, detail = "done", f"NMI sent through {driver.name} at {driver.address}"
-    except DriverError as exc:
+    except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
         outcome, detail = "error", f"NMI failed: {exc}"
     _record(sessions, job_id, "nmi", outcome, detail)
     return 1
@@ -402,7 +402,7 @@ def _power_cycle(sessions: Any, job_id: int, driver: Any) -> None:
         driver.set_bootdev("pxe")
         driver.power_cycle(force=True)
         outcome, detail = "done", f"power cycled through {driver.name} at {driver.address}"
-    except DriverError as exc:
+    except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
         outcome, detail = "error", f"power cycle failed: {exc}"
     _record(sessions, job_id, "power-cycle", outcome, detail)
 
