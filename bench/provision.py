@@ -35,14 +35,14 @@ from pathlib import Path
 
 from rhaas.client import Client
 from rhaas.lab import images
+from rhaas.lab.fastnode import BMC_USER, FastNode, agent_url
 from rhaas.lab.polling import wait_for
 from rhaas.lab.qemu import QemuNode
 from rhaas.lab.servers import Server
-from rhaas.lab.vbmc import VirtualBMC
 from rhaas.provisioning.fpbl import build_fpbl
 
 TIMEOUT = 600.0
-BMC_USER, BMC_PASSWORD = "admin", "bench-bmc"
+BMC_PASSWORD = "bench-bmc"
 
 
 def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, float]:
@@ -73,9 +73,9 @@ class Bench:
         self.server = Server(f"sqlite:///{workdir / 'rhaas.sqlite3'}", workdir / "server.log", "--config",
                              str(self.config))  # fmt: skip
         self.names = [f"b{i}" for i in range(1, count + 1)]
-        self.nodes = {n: QemuNode(n, workdir, memory_mb=memory, user_net=True, disk_size=f"{disk_mb * 2}M")
-                      for n in self.names}  # fmt: skip
-        self.bmcs: dict[str, VirtualBMC] = {}
+        self.memory, self.disk_size = memory, f"{disk_mb * 2}M"
+        self.fast: dict[str, FastNode] = {}
+        self.nodes: dict[str, QemuNode] = {}
         self.fpbl = build_fpbl()
         self.os = images.build_test_os("bench-os", "RHAAS-TESTOS bench-os")
         self.disk = workdir / "disk.img"
@@ -86,7 +86,7 @@ class Bench:
 
     def configure(self, return_path: str) -> None:
         self.config.write_text(
-            f'[provisioning]\nenabled = true\nagent_url = "http://10.0.2.2:{self.server.port}"\n'
+            f'[provisioning]\nenabled = true\nagent_url = "{agent_url(self.server.port)}"\n'
             f'return_path = "{return_path}"\nreturn_timeout = 300\nreboot_timeout = 600\n'
             "tick_seconds = 0.1\nagent_poll_seconds = 0.2\n"
         )
@@ -94,11 +94,10 @@ class Bench:
     def start(self) -> None:
         self.configure("fast")
         self.server.start()
-        for name, node in self.nodes.items():
-            bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD,
-                             state_file=self.workdir / f"{name}.bmc.json")  # fmt: skip
-            bmc.serve_in_thread()
-            self.bmcs[name] = bmc
+        for name in self.names:
+            self.fast[name] = FastNode(name, self.workdir, BMC_PASSWORD, self.fpbl.kernel, self.fpbl.initrd,
+                                       self.memory, self.disk_size)  # fmt: skip
+            self.nodes[name] = self.fast[name].node
         self.admin = Client(self.server.url, "admin", "adminpw")
         self.admin.project.create("bench")
         files = {"kernel": self.os.kernel, "initrd": self.os.initrd, "disk": self.disk}
@@ -109,14 +108,12 @@ class Bench:
         return str(self.admin.node.provisioning(name)["state"])
 
     def boot_fpbl(self, name: str) -> float:
-        node, bmc = self.nodes[name], self.bmcs[name]
-        self.admin.node.register(name, "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
-        self.admin.node.add_nic(name, "eth0", node.mac)
+        fast = self.fast[name]
+        self.admin.node.register(name, "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=fast.port)
+        self.admin.node.add_nic(name, "eth0", fast.node.mac)
         enrolled = self.admin.node.enroll_fpbl(name)["cmdline"]
-        node.kernel, node.initrd = self.fpbl.kernel, self.fpbl.initrd
-        node.append = f"{self.fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
         started = time.monotonic()
-        node.power_on()
+        fast.boot_fpbl(f"{self.fpbl.cmdline} {enrolled}")
         wait_for(f"{name} ready", lambda: self.state(name) == "ready", TIMEOUT)
         return time.monotonic() - started
 
@@ -141,15 +138,13 @@ class Bench:
         self.server.start()
 
     def boots(self) -> dict[str, int]:
-        return {n: node.firmware_boots for n, node in self.nodes.items()}
+        return {n: fast.boots() for n, fast in self.fast.items()}
 
     def stop(self) -> None:
         if hasattr(self, "admin"):
             self.admin.close()
-        for node in self.nodes.values():
-            node.stop()
-        for bmc in self.bmcs.values():
-            bmc.stop()
+        for fast in self.fast.values():
+            fast.close()
         self.server.stop()
 
 

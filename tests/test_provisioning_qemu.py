@@ -14,7 +14,6 @@ lab tests run the same lifecycle over the lab's switch (see docs/fast-provisioni
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -28,9 +27,9 @@ from servers import Server
 
 from rhaas.client import Client
 from rhaas.lab import images
+from rhaas.lab.fastnode import BMC_USER, FastNode, agent_url
 from rhaas.lab.polling import wait_for
 from rhaas.lab.qemu import QemuNode
-from rhaas.lab.vbmc import VirtualBMC
 
 pytestmark = [
     pytest.mark.qemu,
@@ -41,7 +40,7 @@ pytestmark = [
 ]
 
 BOOT_TIMEOUT = 240  # TCG on a busy 2-core machine; the FPBL moves ~40 MB through each kexec
-BMC_USER, BMC_PASSWORD = "admin", "bmc-s3cret"
+BMC_PASSWORD = "bmc-s3cret"
 MEMORY_MB = 1536
 
 
@@ -60,35 +59,21 @@ def return_timeout() -> int:
 def provisioning_config(path: Path, server: Server, **settings: object) -> None:
     """Write a settings file turning fast provisioning on for ``server`` (its agents reach it at 10.0.2.2)."""
     values = {"tick_seconds": 0.2, "agent_poll_seconds": 0.5, **settings}
-    lines = ["[provisioning]", "enabled = true", f'agent_url = "http://10.0.2.2:{server.port}"']
+    lines = ["[provisioning]", "enabled = true", f'agent_url = "{agent_url(server.port)}"']
     path.write_text("\n".join(lines + [f"{k} = {v}" for k, v in values.items()]) + "\n")
 
 
-@contextlib.contextmanager
-def node_with_bmc(workdir: Path, name: str) -> Iterator[tuple[QemuNode, VirtualBMC]]:
-    """A QEMU node on user-mode networking and its virtual BMC; both stopped however the test ends."""
-    node = QemuNode(name, workdir, memory_mb=MEMORY_MB, user_net=True, disk_size="64M")
-    bmc = VirtualBMC(node, port=0, user=BMC_USER, password=BMC_PASSWORD, state_file=workdir / "bmc.json")
-    bmc.serve_in_thread()
-    try:
-        yield node, bmc
-    finally:
-        node.stop()
-        bmc.stop()
-        assert not node.is_running()
-
-
 @pytest.fixture
-def site(tmp_path_factory, return_timeout) -> Iterator[dict]:
+def site(tmp_path_factory, return_timeout, fpbl) -> Iterator[dict]:
     """A real server with fast provisioning on, one QEMU node with a virtual BMC; all stopped at the end."""
     workdir = tmp_path_factory.mktemp("pq")  # short: QMP socket paths must fit in a unix socket
     server = Server(f"sqlite:///{workdir / 'rhaas.sqlite3'}", workdir / "server.log", "--config",
                     str(workdir / "rhaas.toml"))  # fmt: skip
     provisioning_config(workdir / "rhaas.toml", server, return_timeout=return_timeout, deploy_timeout=600)
-    with node_with_bmc(workdir, "pq") as (node, bmc):
+    with FastNode("pq", workdir, BMC_PASSWORD, fpbl.kernel, fpbl.initrd, memory_mb=MEMORY_MB) as fast:
         try:
             server.start()
-            yield {"server": server, "node": node, "bmc": bmc, "workdir": workdir}
+            yield {"server": server, "fast": fast, "node": fast.node, "workdir": workdir}
         finally:
             server.stop()
 
@@ -122,24 +107,22 @@ def state(admin: Client, node: str) -> str:
     return str(admin.node.provisioning(node)["state"])
 
 
-def boot_fpbl(admin: Client, node: QemuNode, bmc: VirtualBMC, fpbl, timings: dict[str, float]) -> int:
+def boot_fpbl(admin: Client, fast: FastNode, fpbl, timings: dict[str, float]) -> int:
     """Register and enrol the node, boot its FPBL, wait until it is ready; the firmware boot count then."""
-    admin.node.register("pq", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
-    admin.node.add_nic("pq", "eth0", node.mac)
+    admin.node.register("pq", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=fast.port)
+    admin.node.add_nic("pq", "eth0", fast.node.mac)
     enrolled = admin.node.enroll_fpbl("pq")["cmdline"]
     assert state(admin, "pq") == "booting"
     # The FPBL boots (here straight from the kernel; the lab boots it through PXE) and checks in.
-    node.kernel, node.initrd = fpbl.kernel, fpbl.initrd
-    node.append = f"{fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
     started = time.monotonic()
-    node.power_on()
+    fast.boot_fpbl(f"{fpbl.cmdline} {enrolled}")
     wait_for("ready", lambda: state(admin, "pq") == "ready", BOOT_TIMEOUT)
     timings["power on -> FPBL ready"] = time.monotonic() - started
-    return node.firmware_boots
+    return fast.boots()
 
 
 def test_deploy_return_and_reassign_without_firmware(site, fpbl):
-    server, node, bmc, workdir = site["server"], site["node"], site["bmc"], site["workdir"]
+    server, fast, node, workdir = site["server"], site["fast"], site["node"], site["workdir"]
     a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
     b_os = images.build_test_os("b-os", "RHAAS-TESTOS b-os")
     nonce = os.urandom(6).hex()
@@ -153,7 +136,7 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
             admin.project.create(project)
             admin.user.create(user, f"{user}-pw", is_admin=False)
             admin.user.add_project(user, project)
-        boots = boot_fpbl(admin, node, bmc, fpbl, timings)
+        boots = boot_fpbl(admin, site["fast"], fpbl, timings)
         facts = admin.node.provisioning("pq")["facts"]
         assert facts["memory_kb"] > 0.9 * MEMORY_MB * 1024
 
@@ -190,7 +173,7 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
                 ("restore-memory", "done"),
             } <= phases
             assert history["facts"]["memory_kb"] > 0.9 * MEMORY_MB * 1024, "the full FPBL has all the memory"
-            assert bmc.nmis >= 1
+            assert fast.nmis() >= 1
 
             # Customer B: the same node, B's OS; A's data is not on the disk any more.
             assert "pq" in bob.node.list("free")
@@ -220,7 +203,7 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
             node.wait_for_console(b_os.up_regex, BOOT_TIMEOUT, offset=offset)
             timings["B: provision -> OS up"] = time.monotonic() - started
             assert "RHAAS-DISK" not in node.console_text(offset), "B's OS must not find A's data"
-            assert node.firmware_boots == boots, "no firmware boot from the first ready to the end"
+            assert fast.boots() == boots, "no firmware boot from the first ready to the end"
 
     for what, seconds in timings.items():
         print(f"{what}: {seconds:.1f} s")
@@ -230,12 +213,12 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
 
 @pytest.mark.parametrize("return_timeout", [20])
 def test_a_customer_who_defuses_the_nmi_return_still_gets_the_node_back(site, fpbl, return_timeout):
-    server, node, bmc = site["server"], site["node"], site["bmc"]
+    server, node = site["server"], site["node"]
     evil = images.build_test_os("evil-os", "RHAAS-TESTOS evil-os")
     timings: dict[str, float] = {}
     with Client(server.url, "admin", "adminpw") as admin:
         admin.project.create("e")
-        boots = boot_fpbl(admin, node, bmc, fpbl, timings)
+        boots = boot_fpbl(admin, site["fast"], fpbl, timings)
         digests = {role: admin.image.upload(path)["sha256"] for role, path in (("kernel", evil.kernel),
                    ("initrd", evil.initrd))}  # fmt: skip
         admin.image.register("evil-os", project="e", cmdline=f"{evil.cmdline} rhaas.disarm=1", **digests)
@@ -260,13 +243,13 @@ def test_a_customer_who_defuses_the_nmi_return_still_gets_the_node_back(site, fp
             and ("power-cycle", "done") in phases
         )
         assert ("verify-wipe", "done") in phases
-        assert node.firmware_boots == boots + 1, "the fallback boots the firmware once"
+        assert site["fast"].boots() == boots + 1, "the fallback boots the firmware once"
     for what, seconds in timings.items():
         print(f"{what}: {seconds:.1f} s")
 
 
 @pytest.fixture
-def stacked(tmp_path_factory) -> Iterator[dict]:
+def stacked(tmp_path_factory, fpbl) -> Iterator[dict]:
     """A base instance (the node's BMC is a virtual BMC on IPMI) and a recursive instance over it with fast
     provisioning on; the node boots the recursive instance's FPBL. All stopped at the end."""
     workdir = tmp_path_factory.mktemp("pr")
@@ -276,17 +259,18 @@ def stacked(tmp_path_factory) -> Iterator[dict]:
     level2 = Server(f"sqlite:///{workdir / 'l2.sqlite3'}", workdir / "l2.log", *upstream, "--config",
                     str(workdir / "l2.toml"), env=env)  # fmt: skip
     provisioning_config(workdir / "l2.toml", level2)
-    with node_with_bmc(workdir, "pr") as (node, bmc):
+    with FastNode("pr", workdir, BMC_PASSWORD, fpbl.kernel, fpbl.initrd, memory_mb=MEMORY_MB) as fast:
+        node = fast.node
         try:
             base.start()
             with Client(base.url, "admin", "adminpw") as admin:
                 admin.project.create("reseller")
                 admin.user.create("reseller", "reseller-pw")
                 admin.user.add_project("reseller", "reseller")
-                admin.node.register("pr", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=bmc.port)
+                admin.node.register("pr", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=fast.port)
                 admin.node.add_nic("pr", "eth0", node.mac)
             level2.start()
-            yield {"base": base, "level2": level2, "node": node, "bmc": bmc}
+            yield {"base": base, "level2": level2, "fast": fast, "node": node}
         finally:
             level2.stop()
             base.stop()
@@ -294,18 +278,16 @@ def stacked(tmp_path_factory) -> Iterator[dict]:
 
 def test_a_recursive_instance_provisions_and_returns_through_its_upstream(stacked, fpbl):
     """Fast provisioning needs nothing from the upstream but HIL's API and the NMI route."""
-    base, level2, node, bmc = stacked["base"], stacked["level2"], stacked["node"], stacked["bmc"]
+    base, level2, node, fast = stacked["base"], stacked["level2"], stacked["node"], stacked["fast"]
     a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
     timings: dict[str, float] = {}
     with Client(level2.url, "admin", "adminpw") as admin, Client(base.url, "admin", "adminpw") as base_admin:
         assert admin.pool.grow(1) == ["pr"]
         assert base_admin.node.show("pr")["project"] == "reseller"
         enrolled = admin.node.enroll_fpbl("pr")["cmdline"]
-        node.kernel, node.initrd = fpbl.kernel, fpbl.initrd
-        node.append = f"{fpbl.cmdline} {enrolled} rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2"
-        node.power_on()
+        fast.boot_fpbl(f"{fpbl.cmdline} {enrolled}")
         wait_for("ready", lambda: state(admin, "pr") == "ready", BOOT_TIMEOUT)
-        boots = node.firmware_boots
+        boots = fast.boots()
         admin.project.create("a")
         upload_image(admin, "a-os", "a", a_os, None)
         admin.project.connect("a", "pr")
@@ -313,7 +295,7 @@ def test_a_recursive_instance_provisions_and_returns_through_its_upstream(stacke
         wait_job(admin, admin.node.provision("pr", "a-os"), BOOT_TIMEOUT)
         node.wait_for_console(a_os.up_regex, BOOT_TIMEOUT, offset=offset)
 
-        started, nmis = time.monotonic(), bmc.nmis
+        started, nmis = time.monotonic(), fast.nmis()
         admin.project.detach("a", "pr")
         wait_for("ready again", lambda: state(admin, "pr") == "ready", BOOT_TIMEOUT)
         timings["level 2: detach -> wiped and ready"] = time.monotonic() - started
@@ -321,8 +303,8 @@ def test_a_recursive_instance_provisions_and_returns_through_its_upstream(stacke
         assert (ret["status"], ret["path"]) == ("DONE", "fast"), ret
         nmi = next(p for p in ret["phases"] if p["phase"] == "nmi")
         assert nmi["state"] == "done" and "upstream" in nmi["detail"], nmi
-        assert bmc.nmis == nmis + 1, "the NMI went down through the base's API to the node's BMC"
-        assert node.firmware_boots == boots
+        assert fast.nmis() == nmis + 1, "the NMI went down through the base's API to the node's BMC"
+        assert fast.boots() == boots
         # The node never left the reseller's project at the base.
         assert base_admin.node.show("pr")["project"] == "reseller"
     for what, seconds in timings.items():

@@ -30,12 +30,28 @@ PASSWORD_ENV = "RHAAS_LAB_BMC_PASSWORD"
 class NetnsQemuNode(QemuNode):
     """A `QemuNode` whose QEMU runs inside network namespace ``netns`` (None: where we run).
 
-    ``ip netns exec`` execs QEMU in place, so the PID, the pidfile and QMP are QEMU's own.
+    ``ip netns exec`` execs QEMU in place, so the PID, the pidfile and QMP are QEMU's own. With
+    ``append_file``, a direct kernel boot reads its command line from that file at every start, so
+    whoever boots the node can change it between boots (a fast-provisioning node's FPBL settings).
     """
 
-    def __init__(self, name: str, workdir: Path | str, *, netns: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path | str,
+        *,
+        netns: str | None = None,
+        append_file: Path | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, workdir, **kwargs)
         self.netns = netns
+        self.append_file = append_file
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.append_file is not None:
+            self.append = self.append_file.read_text().strip()
+        super().start(timeout)
 
     def command(self) -> list[str]:
         cmd = super().command()
@@ -57,17 +73,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="UDP port of the BMC on 127.0.0.1")
     parser.add_argument("--user", required=True)
     parser.add_argument("--mac", required=True)
-    parser.add_argument("--tap", required=True)
+    net = parser.add_mutually_exclusive_group(required=True)
+    net.add_argument("--tap", help="the node's NIC is this tap device (on the lab's switch)")
+    net.add_argument("--user-net", action="store_true", help="the NIC is on QEMU's user-mode network")
     parser.add_argument("--netns", help="network namespace holding the tap")
     parser.add_argument("--memory", type=int, default=1024, help="MB")
+    parser.add_argument("--disk-size", default="4G")
+    parser.add_argument(
+        "--kernel", type=Path, help="boot this kernel directly instead of the firmware's order"
+    )
+    parser.add_argument("--initrd", type=Path)
+    parser.add_argument(
+        "--append-file", type=Path, help="the direct boot's command line, read at each power on"
+    )
     args = parser.parse_args(argv)
     password = os.environ.get(PASSWORD_ENV)
     if not password:
         parser.error(f"set {PASSWORD_ENV}")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s bmc {args.node} %(message)s")
     node = NetnsQemuNode(
-        args.node, args.workdir, netns=args.netns, memory_mb=args.memory, mac=args.mac, tap=args.tap
-    )
+        args.node, args.workdir, netns=args.netns, memory_mb=args.memory, mac=args.mac, tap=args.tap,
+        user_net=args.user_net, disk_size=args.disk_size, kernel=args.kernel, initrd=args.initrd,
+        append_file=args.append_file,
+    )  # fmt: skip
     bmc = VirtualBMC(
         # QemuNode types its boot device as a Literal and checks it at run time; Machine says str.
         node,  # type: ignore[arg-type]
