@@ -228,6 +228,12 @@ class _ServerSession(serversession.ServerSession):
             return
         super()._got_rakp1(data)
 
+    def sessionless_data(self, data: bytes, sockaddr: Any) -> None:
+        # pyghmi hands a queued packet whose session has meanwhile closed to the session's own
+        # sessionless_data, which only its Bmc has (an AttributeError that stopped the whole BMC
+        # when it caught up with a backlog after a stall).
+        self.bmc.sessionless_data(data, sockaddr)
+
     def close_server_session(self) -> None:
         # pyghmi keeps every server session forever; forget a closed one.
         handlers = ipmisession.Session.bmc_handlers.get(self.sockaddr, {})
@@ -463,7 +469,10 @@ class VirtualBMC(pyghmi_bmc.Bmc):
             while not self._stopping.is_set():
                 # Returns as soon as a packet arrives (request_stop sends one); the timeout only
                 # bounds how long a lost wake-up could delay stopping.
-                ipmisession.Session.wait_for_rsp(timeout=1.0)
+                try:
+                    ipmisession.Session.wait_for_rsp(timeout=1.0)
+                except Exception:  # one bad packet or a pyghmi bug must not take the BMC down
+                    log.exception("virtual BMC on port %d: failed to handle a packet", self.port)
         finally:
             self._stopping.set()
             if feeder is not None:

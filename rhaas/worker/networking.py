@@ -7,6 +7,10 @@ programmed, so an action that waited in a claimed batch is never applied by two 
 is always handed the port's whole desired state, so a worker killed between the switch change and the
 commit leaves nothing half-done: the lease runs out, another worker (or the restarted one) applies the
 same state again and commits. Independent NICs are applied concurrently on a thread pool.
+
+A database outage strands nothing: an action whose outcome could not be committed is committed once the
+database is back (retried while the lease lasts), and an action this worker claimed but could not start
+is claimable again by this same worker in its next batch, not only after the lease.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import Update, delete, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rhaas.config import WorkerSettings
@@ -126,7 +131,16 @@ class NetworkWorker:
     def run_once(self) -> int:
         """Claim a batch of actions and apply them concurrently; returns how many were finished."""
         ids = self.claim(self.settings.threads * 4)
-        return sum(1 for finished in self._pool.map(self.apply, ids) if finished)
+        return sum(1 for finished in self._pool.map(self._apply_logged, ids) if finished)
+
+    def _apply_logged(self, action_id: int) -> bool:
+        # Every action of a batch ends here before the next claim, so an action still claimed by this
+        # worker at that point is one nobody is applying (see `claim`).
+        try:
+            return self.apply(action_id)
+        except Exception:
+            log.exception("networking worker: action %d failed; it is retried in the next batch", action_id)
+            return False
 
     # -- claiming -------------------------------------------------------------------------------------
     def release_dead_claims(self) -> int:
@@ -154,11 +168,18 @@ class NetworkWorker:
         return released
 
     def claim(self, limit: int) -> list[int]:
+        """Lease up to ``limit`` PENDING actions: unclaimed ones, expired leases, and this worker's own
+        (whose application failed, say in a database outage: `run_once` has finished every action of
+        the previous batch before it claims again)."""
         now = utcnow()
         lease_end = now + dt.timedelta(seconds=self.settings.lease_seconds)
         claimable = (
             NetworkingAction.status == PENDING,
-            or_(NetworkingAction.claimed_until.is_(None), NetworkingAction.claimed_until < now),
+            or_(
+                NetworkingAction.claimed_until.is_(None),
+                NetworkingAction.claimed_until < now,
+                NetworkingAction.claimed_by == self.worker_id,
+            ),
         )
         with self.sessions() as db, db.begin():
             query = select(NetworkingAction.id).where(*claimable).order_by(NetworkingAction.id).limit(limit)
@@ -204,6 +225,7 @@ class NetworkWorker:
         )
 
     def apply(self, action_id: int) -> bool:
+        lease_end = time.monotonic() + self.settings.lease_seconds
         if not self.renew(action_id):
             return False  # finished or taken over while it waited in this worker's queue
         with self.sessions() as db:
@@ -214,7 +236,7 @@ class NetworkWorker:
         t0 = time.perf_counter()
         error = the_plan if isinstance(the_plan, str) else self._program(the_plan)
         t1 = time.perf_counter()
-        finished = self._finish(action_id, the_plan, error)
+        finished = self._commit(action_id, the_plan, error, lease_end)
         log.debug(
             "action %d: switch %.1f ms, commit %.1f ms",
             action_id,
@@ -224,20 +246,41 @@ class NetworkWorker:
         return finished
 
     def _program(self, the_plan: Plan) -> str | None:
-        driver = self._driver(the_plan.switch)
+        """Apply the plan to the switch, trying `ATTEMPTS` times; None, or the last error's message.
+
+        The message always names the switch and the port, whatever the driver raised (drivers should
+        raise DriverError, but a bug or a library exception it failed to translate must not leave the
+        action unfinished)."""
+        where = f"switch {the_plan.switch.label}, port {the_plan.port}"
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                driver.set_port(the_plan.port, the_plan.state)
+                self._driver(the_plan.switch).set_port(the_plan.port, the_plan.state)
                 return None
             except DriverError as exc:
                 message = str(exc)
+                if the_plan.switch.label not in message or the_plan.port not in message:
+                    message = f"{where}: {message}"
             except Exception as exc:
-                log.exception("switch %s: unexpected driver failure", the_plan.switch.label)
-                message = f"switch {the_plan.switch.label}: unexpected failure: {exc}"
+                log.exception("%s: unexpected driver failure", where)
+                message = f"{where}: unexpected failure: {type(exc).__name__}: {exc}"
             log.warning("switch change failed (attempt %d/%d): %s", attempt, ATTEMPTS, message)
             if attempt < ATTEMPTS:
                 time.sleep(0.2 * attempt)
         return message
+
+    def _commit(self, action_id: int, the_plan: Plan | str, error: str | None, lease_end: float) -> bool:
+        """`_finish`, retried while the database is unreachable and the lease lasts: the switch has
+        been programmed, so the outcome is recorded as soon as the database is back."""
+        pause = 0.1
+        while True:
+            try:
+                return self._finish(action_id, the_plan, error)
+            except DBAPIError as exc:
+                if self._stop.is_set() or time.monotonic() + pause > lease_end:
+                    raise
+                log.warning("action %d: cannot record its outcome yet (%s); retrying", action_id, exc)
+            self._stop.wait(pause)
+            pause = min(pause * 2, 1.0)
 
     def _finish(self, action_id: int, the_plan: Plan | str, error: str | None) -> bool:
         with self.sessions() as db, db.begin():

@@ -19,7 +19,8 @@ reuses pyghmi's session for every call to the same (host, port, user) and lets o
 use it. Every failure (no answer, wrong password, an error completion code, garbage) raises
 `OBMError` naming ``host:port``, within ``timeout`` seconds: pyghmi's own retries can take half a
 minute when a BMC dies in mid-session, so each call runs in a helper thread the caller stops waiting
-for. A command that timed out may still reach the BMC afterwards, as with any BMC.
+for. A command that timed out may still reach the BMC afterwards, as with any BMC; one that was
+never sent (an earlier command still held the BMC) is dropped, never sent late.
 """
 
 from __future__ import annotations
@@ -168,10 +169,16 @@ class IPMIOBM(OBMDriver):
         """Run ``operation`` on this BMC's session within ``self.timeout``; failures -> OBMError."""
         lock = _bmc_lock((self.settings.host, self.settings.port, self.settings.user))
         outcome: dict[str, Any] = {}
+        # Whether the helper got the BMC or the caller gave up first is decided once, under this
+        # lock: a command the caller was told was "not sent" must never be sent later.
+        decided = threading.Lock()
 
         def run() -> None:
             with lock:
-                outcome["locked"] = True
+                with decided:
+                    if outcome.get("abandoned"):
+                        return
+                    outcome["locked"] = True
                 try:
                     outcome["value"] = operation(self._connect())
                 except Exception as exc:  # pyghmi raises anything from IpmiException to struct.error
@@ -181,6 +188,9 @@ class IPMIOBM(OBMDriver):
         worker = threading.Thread(target=run, name=f"rhaas-ipmi {self.address}", daemon=True)
         worker.start()
         worker.join(self.timeout)
+        with decided:
+            if worker.is_alive() and not outcome.get("locked"):
+                outcome["abandoned"] = True
         if worker.is_alive():
             waited = time.monotonic() - started
             if outcome.get("locked"):

@@ -4,6 +4,16 @@ It is a real driver, shipped for development, tests and benchmarks, with fault i
 seconds per port change and ``fail_ports`` that always fail. With ``journal_file`` it also appends one
 JSON line per port change it makes (port, state, process id), so a test can count how often each change
 was really applied, across processes.
+
+Faults that come and go while the switch stays registered live in ``faults_file``, a JSON object read at
+every port change (a missing or empty file injects nothing)::
+
+    {"fail_ports": ["gi1/0/1"],   # changes to these ports raise SwitchError, as a refusing switch would
+     "fail_next": 2,              # the next 2 changes (any port) raise SwitchError; counted down
+     "crash_ports": ["gi1/0/2"]}  # changes to these ports raise RuntimeError, as a driver bug would
+
+A ``state_file`` holding something other than the JSON this driver writes is a switch answering garbage:
+every call raises SwitchError naming the switch and port.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ class MockSwitchSettings(SwitchSettings):
     delay: float = Field(default=0.0, ge=0, le=60, description="seconds each port change takes")
     fail_ports: list[str] = Field(default_factory=list, description="ports whose changes fail")
     journal_file: str | None = Field(default=None, description="append a JSON line per port change made")
+    faults_file: str | None = Field(default=None, description="JSON file of faults, read at every change")
 
 
 class MockSwitch(SwitchDriver):
@@ -46,8 +57,11 @@ class MockSwitch(SwitchDriver):
 
     settings: MockSwitchSettings
 
+    def _where(self, port: str) -> str:
+        return f"mock switch {self.switch_name}: port {port}"
+
     @contextmanager
-    def _ports(self) -> Iterator[dict[str, PortState]]:
+    def _ports(self, port: str) -> Iterator[dict[str, PortState]]:
         if self.settings.state_file is None:
             with self._lock:
                 yield self._memory.setdefault(self.switch_name, {})
@@ -57,11 +71,14 @@ class MockSwitch(SwitchDriver):
         with path.open("r+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             text = f.read()
-            raw = json.loads(text) if text else {}
-            ports = {
-                port: PortState(s["native"], frozenset(s["tagged"]))
-                for port, s in raw.get(self.switch_name, {}).items()
-            }
+            try:
+                raw = json.loads(text) if text else {}
+                ports = {
+                    name: PortState(s["native"], frozenset(s["tagged"]))
+                    for name, s in raw.get(self.switch_name, {}).items()
+                }
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise SwitchError(f"{self._where(port)}: the state file answered garbage ({exc})") from exc
             yield ports
             raw[self.switch_name] = {port: s.as_dict() for port, s in ports.items()}
             f.seek(0)
@@ -73,7 +90,9 @@ class MockSwitch(SwitchDriver):
             time.sleep(self.settings.delay)
         if port in self.settings.fail_ports:
             raise SwitchError(f"mock switch {self.switch_name}: port {port} refused the change (injected)")
-        with self._ports() as ports:
+        if self.settings.faults_file is not None:
+            self._inject_faults(port)
+        with self._ports(port) as ports:
             ports[port] = state
         if self.settings.journal_file is not None:
             # One short O_APPEND write per line: lines from several processes never interleave.
@@ -82,8 +101,27 @@ class MockSwitch(SwitchDriver):
                 journal.write(json.dumps(line) + "\n")
 
     def get_port(self, port: str) -> PortState:
-        with self._ports() as ports:
+        with self._ports(port) as ports:
             return ports.get(port, PortState())
+
+    def _inject_faults(self, port: str) -> None:
+        assert self.settings.faults_file is not None
+        path = Path(self.settings.faults_file)
+        path.touch(exist_ok=True)
+        with path.open("r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            text = f.read()
+            faults = json.loads(text) if text.strip() else {}
+            if port in faults.get("crash_ports", ()):
+                raise RuntimeError("injected crash, as a driver bug would")
+            if port in faults.get("fail_ports", ()):
+                raise SwitchError(f"{self._where(port)} refused the change (injected from the faults file)")
+            if faults.get("fail_next", 0) > 0:
+                faults["fail_next"] -= 1
+                f.seek(0)
+                f.truncate()
+                json.dump(faults, f)
+                raise SwitchError(f"{self._where(port)} refused the change (injected, fail_next)")
 
     @classmethod
     def forget_all(cls) -> None:
