@@ -45,12 +45,22 @@ _POLL = 0.05
 
 
 def _start_time(pid: int) -> int | None:
-    """The start time (in clock ticks since boot) of the live process ``pid``; None if gone or a zombie."""
+    """The start time (clock ticks since boot) of process ``pid``, None if it has fully exited.
+
+    A zombie counts as exited only once all its threads have: the thread-group leader turns zombie as
+    soon as its own thread ends, while QEMU's other threads may still be finishing, and its parent cannot
+    reap it before they have.
+    """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            status = Path(f"/proc/{pid}/status").read_text()
+            threads = re.search(r"^Threads:\s*(\d+)", status, re.MULTILINE)
+            if threads is None or int(threads.group(1)) <= 1:
+                return None
     except (OSError, IndexError):
         return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    return int(fields[19])
 
 
 class QemuError(RuntimeError):
@@ -263,7 +273,8 @@ class QemuNode:
         """The PID of this node's running QEMU, from the child handle or the pidfile, else None."""
         if self._proc is not None:
             if self._proc.poll() is None:
-                return self._proc.pid
+                # Stopped through another object, it may still await its last threads: not running.
+                return self._proc.pid if _start_time(self._proc.pid) is not None else None
             self._proc = None
         try:
             pid = int(self.pidfile.read_text().strip())
@@ -340,6 +351,9 @@ class QemuNode:
                     qmp_command(self.qmp_path, "quit", timeout=min(2.0, timeout / 3))
                 if not self._wait_exit(pid, time.monotonic() + timeout / 3):
                     self._kill(pid, deadline)
+            if self._proc is not None:  # our child, already stopped: reap it
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout)
             self._proc = None
             self.qmp_path.unlink(missing_ok=True)
             if self.pid() is None:
@@ -357,9 +371,9 @@ class QemuNode:
     def _wait_exit(self, pid: int, deadline: float) -> bool:
         """Wait until ``pid`` has exited (reaping it if it is our child); False at the deadline.
 
-        A process that is not our child is gone once it is a zombie or its PID holds another process.
-        Its command line alone does not tell: an exiting process reads as an empty ``cmdline`` before
-        it has released its resources, and its parent would still see it running.
+        A process that is not our child is gone once it is a zombie with no thread left, or its PID holds
+        another process. Its command line alone does not tell: an exiting process reads as an empty
+        ``cmdline`` before it has released its resources, and its parent would still see it running.
         """
         started = _start_time(pid)
         while True:
