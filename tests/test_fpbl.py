@@ -302,14 +302,21 @@ def test_return_payload_contents(tmp_path):
 
     customer = tmp_path / "customer.initrd"
     customer.write_bytes(gzip.compress(images.write_cpio([images.file_entry("init", b"x")]), mtime=0))
+    static = tmp_path / "static.cpio"
+    kx.prepare_static_payload(str(static), files, str(tmp_path / "rhaas/fpbl"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("static")) == ["static.cpio"]
     out = tmp_path / "combined"
-    total = kx.append_payload(str(customer), str(out), files, str(fpbl_initrd), "crash line", "/init")
+    total = kx.append_payload(str(customer), str(out), str(static), "crash line", "/init")
     combined = out.read_bytes()
     assert len(combined) == total and combined.startswith(customer.read_bytes())
+    assert combined.endswith(static.read_bytes()), "the static payload goes in as prepared"
     offset = len(customer.read_bytes())
     offset += -offset % 4
     assert combined[offset : offset + 6] == b"070701", "the payload starts 4-byte aligned"
-    payload = images.read_cpio(combined[offset:])
+    deploy_part = images.read_cpio(combined[offset:])
+    second = len(combined) - static.stat().st_size
+    assert second % 4 == 0 and combined[second : second + 6] == b"070701"
+    payload = {**images.read_cpio(combined[second:]), **deploy_part}
     assert payload["rhaas/init"].data.decode() == kx.WRAPPER and payload["rhaas/init"].mode & 0o111
     assert "kexec -p /rhaas/fpbl/vmlinuz" in kx.WRAPPER and 'exec "$NEXT"' in kx.WRAPPER
     assert payload["rhaas/crash.cmdline"].data == b"crash line\n"

@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -337,6 +338,7 @@ class Agent:
     boot_id: str = field(default_factory=lambda: os.urandom(8).hex())
     #: The node's full memory map, to restore after a return (from rhaas.memmap= or the firmware).
     memmap: list[kexec.MemRange] = field(default_factory=list)
+    _payload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- reporting ---
 
@@ -394,6 +396,8 @@ class Agent:
             except OSError as exc:
                 log(f"cannot publish the full memory map ({exc}): a customer kernel may see less memory")
         self.checkin()
+        if not self.settings.crashed:
+            self.prepare()  # while idle: a deploy then only copies the return payload
         if self.settings.job and self.settings.mode == "ready":
             self.report(self.settings.job, "ready", "done", f"memory_kb={self.system.memory_kb()}")
         delay = 1.0
@@ -523,19 +527,38 @@ class Agent:
             raise AgentError("download-disk", "this node has no disk")
         return found[0]
 
+    def static_payload(self) -> str:
+        """The deploy-independent part of the return payload, made on first use (`prepare` makes it
+        while the node idles, so that a deploy finds it ready)."""
+        with self._payload_lock:
+            path = os.path.join(self.system.tmp, "return-static.cpio")
+            if not os.path.exists(path):
+                os.makedirs(self.system.tmp, exist_ok=True)
+                files = kexec.FpblFiles.load(self.system.fpbl_dir)
+                kexec.prepare_static_payload(path, files, self.system.fpbl_dir)
+            return path
+
+    def prepare(self) -> None:
+        """Make the static return payload in the background (a deploy would otherwise wait for it)."""
+
+        def make() -> None:
+            try:
+                self.static_payload()
+            except Exception as exc:  # noqa: BLE001 - a deploy will try again and report what fails
+                log(f"cannot prepare the return payload now ({exc}); a deploy will try again")
+
+        threading.Thread(target=make, name="prepare-return", daemon=True).start()
+
     def _arm_return(self, kernel: str, initrd: str, cmdline: str) -> None:
         """Load the customer kernel with the return payload appended to its initrd."""
-        files = kexec.FpblFiles.load(self.system.fpbl_dir)
-        fpbl_initrd = os.path.join(self.system.tmp, "fpbl.initrd")
-        kexec.compose_fpbl_initrd(fpbl_initrd, self.system.fpbl_dir)
+        static = self.static_payload()
         crash = [*kexec.inherited_args(self.settings.cmdline), *kexec.CRASH_ARGS, "rhaas.mode=return"]
         crash += self.settings.passed_on()
         if self.memmap:
             crash.append(f"rhaas.memmap={kexec.format_memmap(self.memmap)}")
         new_cmdline, next_init = kexec.customer_cmdline(cmdline)
         combined = os.path.join(self.system.tmp, "initrd.combined")
-        kexec.append_payload(initrd, combined, files, fpbl_initrd, " ".join(crash), next_init)
-        os.unlink(fpbl_initrd)
+        kexec.append_payload(initrd, combined, static, " ".join(crash), next_init)
         os.unlink(initrd)
         self.system.kexec_load(kernel, combined, new_cmdline)
 

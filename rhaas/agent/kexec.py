@@ -13,6 +13,10 @@ initramfs gains::
     /rhaas/fpbl/vmlinuz    the FPBL kernel
     /rhaas/fpbl/initrd     the FPBL initrd (recomposed, see `compose_fpbl_initrd`)
 
+The payload is two archives: the small one made for each deploy (wrapper, next init, crash command line)
+and a ~40 MB one that is the same for every deploy (busybox, kexec, the FPBL), which the agent prepares
+once while the node idles (`prepare_static_payload`) so that a deploy only copies it.
+
 The wrapper loads the FPBL as the crash kernel (``kexec -p``), removes /rhaas and ``exec``s the customer's
 init. ``crashkernel=384M unknown_nmi_panic=1`` on the customer's command line reserve the memory and turn
 an NMI into a panic, and so into the FPBL: no firmware, no cooperation from the customer OS.
@@ -287,16 +291,13 @@ class FpblFiles:
         )
 
 
-def write_return_payload(
-    out: BinaryIO, files: FpblFiles, fpbl_initrd: str, crash_cmdline: str, next_init: str
-) -> int:
-    """The return payload cpio (see the module docstring); returns its length."""
+def write_static_payload(out: BinaryIO, files: FpblFiles, fpbl_initrd: str) -> int:
+    """The part of the return payload that is the same for every deploy (busybox, kexec and its
+    libraries, the FPBL kernel and initrd): a cpio of its own, ~40 MB, written once while the node idles.
+    Returns its length."""
     cpio = CpioWriter(out)
     for d in ("rhaas", "rhaas/bin", "rhaas/lib", "rhaas/fpbl"):
         cpio.directory(d)
-    cpio.file("rhaas/init", WRAPPER.encode(), 0o755)
-    cpio.file("rhaas/next", next_init.encode() + b"\n")
-    cpio.file("rhaas/crash.cmdline", crash_cmdline.encode() + b"\n", 0o600)
     cpio.copy("rhaas/bin/busybox", files.busybox, 0o755)
     cpio.copy("rhaas/bin/kexec", files.kexec, 0o755)
     for lib in files.libs:
@@ -307,16 +308,53 @@ def write_return_payload(
     return cpio.written
 
 
+def prepare_static_payload(out_path: str, files: FpblFiles, fpbl_dir: str = FPBL_DIR) -> int:
+    """Write the static payload to ``out_path`` (recomposing the FPBL initrd on the way); its length."""
+    fpbl_initrd = out_path + ".fpbl-initrd"
+    try:
+        compose_fpbl_initrd(fpbl_initrd, fpbl_dir)
+        with open(out_path + ".part", "wb") as out:
+            length = write_static_payload(out, files, fpbl_initrd)
+        os.replace(out_path + ".part", out_path)
+    finally:
+        for leftover in (fpbl_initrd, out_path + ".part"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return length
+
+
+def write_deploy_payload(out: BinaryIO, crash_cmdline: str, next_init: str) -> int:
+    """The part of the return payload made for each deploy: the wrapper, the customer's init and the
+    crash kernel's command line. Returns its length."""
+    cpio = CpioWriter(out)
+    cpio.directory("rhaas")
+    cpio.file("rhaas/init", WRAPPER.encode(), 0o755)
+    cpio.file("rhaas/next", next_init.encode() + b"\n")
+    cpio.file("rhaas/crash.cmdline", crash_cmdline.encode() + b"\n", 0o600)
+    cpio.close()
+    return cpio.written
+
+
 def append_payload(
-    customer_initrd: str, out_path: str, files: FpblFiles, fpbl_initrd: str, crash_cmdline: str,
-    next_init: str,
-) -> int:  # fmt: skip
-    """Write the customer's initrd followed by the return payload to ``out_path``; the total size."""
+    customer_initrd: str, out_path: str, static_payload: str, crash_cmdline: str, next_init: str
+) -> int:
+    """Write the customer's initrd, then the deploy payload, then the static payload to ``out_path``;
+    the total size. The static payload is copied by the kernel (``sendfile``), not through Python."""
     with open(out_path, "wb") as out, open(customer_initrd, "rb") as f:
         length = 0
         while chunk := f.read(_COPY_CHUNK):
             out.write(chunk)
             length += len(chunk)
         length = pad4(out, length)
-        length += write_return_payload(out, files, fpbl_initrd, crash_cmdline, next_init)
+        length += write_deploy_payload(out, crash_cmdline, next_init)
+        out.flush()
+        with open(static_payload, "rb") as static:
+            size = os.fstat(static.fileno()).st_size
+            sent = 0
+            while sent < size:
+                n = os.sendfile(out.fileno(), static.fileno(), sent, size - sent)
+                if n == 0:
+                    raise OSError(f"{static_payload} ended after {sent} of {size} bytes")
+                sent += n
+        length += size
     return length
