@@ -205,5 +205,25 @@ def serve_networks(config: str | None, database: str | None) -> None:
     sys.exit(0)
 
 
+@main.group()
+def fpbl() -> None:
+    """The fast provisioning boot loader (FPBL) that enrolled nodes boot."""
+
+
+@fpbl.command("build")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Cache directory (default: ~/.cache/rhaas).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the paths, sizes and package versions as JSON.")
+def fpbl_build(cache: str | None, as_json: bool) -> None:
+    """Build the FPBL from Debian packages (or find it in the cache) and print where its files are."""
+    from rhaas.provisioning.fpbl import main as build_main
+
+    sys.exit(build_main(["build", *(["--cache", cache] if cache else []), *(["--json"] if as_json else [])]))
+
+
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -650,3 +651,14 @@ def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nod
     node.stop()
     data = _disk_bytes(node.disk, workdir)
     assert nonce.encode() not in data and data.count(0) == len(data), "the customer's data is gone"
+
+
+@pytest.mark.slow
+def test_rhaas_admin_fpbl_build_is_a_cache_hit_the_second_time(fpbl):
+    done = subprocess.run([sys.executable, "-m", "rhaas.admin", "fpbl", "build", "--json"],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    built = json.loads(done.stdout)
+    assert built["key"] == fpbl.key and built["built"] is False
+    assert Path(built["kernel"]).stat().st_size == fpbl.sizes["kernel"] and Path(built["initrd"]).exists()
+    assert "kexec-tools" in built["packages"] and "busybox-static" in built["packages"]
