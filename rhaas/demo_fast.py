@@ -99,17 +99,25 @@ def play(
             sorted(base_admin.project.nodes_in("reseller")) == sorted(NODES),
         )
 
-        def boot_all() -> None:
-            for name in NODES:
-                enrolled = admin.node.enroll_fpbl(name)["cmdline"]
-                fast[name].boot_fpbl(f"{fpbl.cmdline} {enrolled}")
+        def wait_ready(what: str) -> None:
             for name in NODES:
                 wait_for(
-                    f"{name} ready",
+                    f"{name} {what}",
                     lambda n=name: admin.node.provisioning(n)["state"] == "ready",
                     BOOT_TIMEOUT,
                     every=0.3,
                 )
+
+        def give_back(c: Client, project: str) -> None:
+            for name in NODES:
+                c.project.detach(project, name)
+            wait_ready("wiped and ready")
+
+        def boot_all() -> None:
+            for name in NODES:
+                enrolled = admin.node.enroll_fpbl(name)["cmdline"]
+                fast[name].boot_fpbl(f"{fpbl.cmdline} {enrolled}")
+            wait_ready("ready")
 
         started = time.monotonic()
         step("power on both nodes into the FPBL; their agents check in", boot_all)
@@ -158,19 +166,8 @@ def play(
             all(f"customer-a-data {nonce}" in text for text in consoles.values()),
         )
 
-        def give_back() -> None:
-            for name in NODES:
-                alice.project.detach("customer-a", name)
-            for name in NODES:
-                wait_for(
-                    f"{name} wiped",
-                    lambda n=name: admin.node.provisioning(n)["state"] == "ready",
-                    BOOT_TIMEOUT,
-                    every=0.3,
-                )
-
         started = time.monotonic()
-        step("customer A gives both back: NMI, wipe, verified, ready", give_back)
+        step("customer A gives both back: NMI, wipe, verified, ready", lambda: give_back(alice, "customer-a"))
         back_took = time.monotonic() - started
         returns = {n: admin.node.provisioning(n)["jobs"][-1] for n in NODES}
         verified = {
@@ -203,19 +200,9 @@ def play(
         config.write_text(config.read_text() + 'return_path = "reboot"\n')
         reseller.start()
 
-        def give_back_by_reboot() -> None:
-            for name in NODES:
-                bob.project.detach("customer-b", name)
-            for name in NODES:
-                wait_for(
-                    f"{name} ready",
-                    lambda n=name: admin.node.provisioning(n)["state"] == "ready",
-                    BOOT_TIMEOUT,
-                    every=0.3,
-                )
-
         started = time.monotonic()
-        step("customer B gives them back by the reboot path (power cycle) to compare", give_back_by_reboot)
+        step("customer B gives them back by the reboot path (power cycle) to compare",
+             lambda: give_back(bob, "customer-b"))  # fmt: skip
         reboot_took = time.monotonic() - started
         rebooted = {n: fast[n].boots() - after[n] for n in NODES}
         check(
