@@ -43,7 +43,10 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # connect_timeout: a database host that accepts and then says nothing must not hang requests.
+    return create_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+    )
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
