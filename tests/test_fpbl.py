@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_lab_qemu import nodes  # noqa: F401 - the fixture that stops every node a test made
 
 from rhaas.agent import agent as ag
 from rhaas.agent import disk as dk
@@ -544,17 +545,6 @@ def fpbl():
     from rhaas.provisioning.fpbl import build_fpbl
 
     return build_fpbl()
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[QemuNode]]:
-    """Every node a test makes goes in here and is stopped, by PID, however the test ends."""
-    made: list[QemuNode] = []
-    yield made
-    for node in made:
-        node.stop()
-    for node in made:
-        assert not node.is_running()
 
 
 @pytest.mark.qemu

@@ -251,15 +251,26 @@ def write_selfcopy(out: BinaryIO, core: str, vmlinuz: str) -> int:
     return cpio.written
 
 
+def copy_file(out: BinaryIO, path: str) -> int:
+    """Append the file at ``path`` to ``out`` (a real file), copied by the kernel; the bytes copied."""
+    out.flush()
+    with open(path, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        sent = 0
+        while sent < size:
+            n = os.sendfile(out.fileno(), src.fileno(), sent, size - sent)
+            if n == 0:
+                raise OSError(f"{path} ended after {sent} of {size} bytes")
+            sent += n
+    out.seek(0, os.SEEK_END)
+    return size
+
+
 def compose_fpbl_initrd(out_path: str, fpbl_dir: str = FPBL_DIR) -> int:
     """Write the FPBL initrd (core + self-copy) to ``out_path`` from the FPBL's own files; its size."""
     core = os.path.join(fpbl_dir, "core.cpio.gz")
-    with open(out_path, "wb") as out, open(core, "rb") as f:
-        length = 0
-        while chunk := f.read(_COPY_CHUNK):
-            out.write(chunk)
-            length += len(chunk)
-        length = pad4(out, length)
+    with open(out_path, "wb") as out:
+        length = pad4(out, copy_file(out, core))
         length += write_selfcopy(out, core, os.path.join(fpbl_dir, "vmlinuz"))
     return length
 
@@ -340,21 +351,8 @@ def append_payload(
 ) -> int:
     """Write the customer's initrd, then the deploy payload, then the static payload to ``out_path``;
     the total size. The static payload is copied by the kernel (``sendfile``), not through Python."""
-    with open(out_path, "wb") as out, open(customer_initrd, "rb") as f:
-        length = 0
-        while chunk := f.read(_COPY_CHUNK):
-            out.write(chunk)
-            length += len(chunk)
-        length = pad4(out, length)
+    with open(out_path, "wb") as out:
+        length = pad4(out, copy_file(out, customer_initrd))
         length += write_deploy_payload(out, crash_cmdline, next_init)
-        out.flush()
-        with open(static_payload, "rb") as static:
-            size = os.fstat(static.fileno()).st_size
-            sent = 0
-            while sent < size:
-                n = os.sendfile(out.fileno(), static.fileno(), sent, size - sent)
-                if n == 0:
-                    raise OSError(f"{static_payload} ended after {sent} of {size} bytes")
-                sent += n
-        length += size
+        length += copy_file(out, static_payload)
     return length

@@ -35,7 +35,6 @@ from rhaas.errors import (
 )
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
 
 
 def check_sha256(value: str) -> str:

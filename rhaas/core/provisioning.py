@@ -145,10 +145,6 @@ def agent_row(db: Session, node_name: str, authorization: str | None) -> NodePro
 # --- jobs ------------------------------------------------------------------------------------------
 
 
-def _now() -> dt.datetime:
-    return utcnow()
-
-
 def _stamp(job: ProvisionJob, phase: str, state: str, detail: str = "", at: float | None = None) -> None:
     job.phases = [*job.phases, {"phase": phase, "state": state, "at": at or time.time(), "detail": detail}]
 
@@ -163,7 +159,7 @@ def _open_job(db: Session, node: Node, kind: str | None = None) -> ProvisionJob 
 
 
 def _finish(job: ProvisionJob, status: str, error: str | None = None) -> None:
-    job.status, job.error, job.finished_at = status, error, _now()
+    job.status, job.error, job.finished_at = status, error, utcnow()
 
 
 def provision(
@@ -192,7 +188,7 @@ def provision(
         status=PENDING,
         path=FAST,
         phases=[],
-        deadline=_now() + dt.timedelta(seconds=settings.deploy_timeout),
+        deadline=utcnow() + dt.timedelta(seconds=settings.deploy_timeout),
     )
     db.add(job)
     row.state = DEPLOYING
@@ -220,7 +216,7 @@ def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> Pro
         status=PENDING,
         path=settings.return_path,
         phases=[],
-        deadline=_now() + dt.timedelta(seconds=timeout),
+        deadline=utcnow() + dt.timedelta(seconds=timeout),
     )
     db.add(job)
     row.state = RETURNING
@@ -243,7 +239,7 @@ def _blob_ref(blob: Blob | None, base_url: str, node: str) -> dict[str, Any] | N
 
 def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
     """The agent says it runs: ``mode`` ready (the full FPBL) or return (the crash kernel after an NMI)."""
-    row.checked_in_at = _now()
+    row.checked_in_at = utcnow()
     row.boot_id = str(facts.get("boot_id") or "")[:64] or None
     row.facts = {k: facts[k] for k in ("mode", "kernel", "memory_kb", "disks") if k in facts}
     node = row.node
@@ -346,7 +342,7 @@ def tick(sessions: Any, settings: ProvisioningSettings) -> int:
         ).all()
         expired = db.scalars(
             select(ProvisionJob.id).where(
-                ProvisionJob.status.in_((PENDING, RUNNING)), ProvisionJob.deadline < _now()
+                ProvisionJob.status.in_((PENDING, RUNNING)), ProvisionJob.deadline < utcnow()
             )
         ).all()
         db.rollback()
@@ -412,7 +408,7 @@ def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
         job = db.get(ProvisionJob, job_id)
         if job is None or job.status not in (PENDING, RUNNING) or job.deadline is None:
             return 0
-        if job.deadline >= _now():
+        if job.deadline >= utcnow():
             return 0
         row = db.get(NodeProvisioning, job.node_id)
         if job.kind == DEPLOY or job.path == REBOOT:
@@ -423,7 +419,7 @@ def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
             db.commit()
             return 1
         # The return FPBL did not check in after the NMI: the customer may have unloaded the crash kernel.
-        deadline = _now() + dt.timedelta(seconds=settings.reboot_timeout)
+        deadline = utcnow() + dt.timedelta(seconds=settings.reboot_timeout)
         if not _claim(db, job_id, job.status, FAST, path=REBOOT, deadline=deadline):
             return 0
         db.refresh(job)

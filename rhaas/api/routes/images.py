@@ -93,6 +93,12 @@ def download_blob(
     _no_query(request)
     digest = images.check_sha256(sha256)
     images.may_read_blob(db, caller, digest)
+    return blob_response(request, db, digest)
+
+
+def blob_response(request: Request, db: Session, digest: str) -> Response:
+    """The stored blob ``digest``, whole or the single Range asked for (checked first: 416 in HIL's
+    error shape rather than Starlette's)."""
     path = store(request).path(digest)
     images.parse_range(request.headers.get("range"), path.stat().st_size)
     db.rollback()  # no transaction (on SQLite: the write lock) stays open while the bytes go out

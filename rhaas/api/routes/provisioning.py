@@ -5,11 +5,11 @@ authenticated by each node's bearer secret rather than by users."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from rhaas.api.deps import get_caller, get_db
 from rhaas.api.routes.common import reply, wake_provisioning
+from rhaas.api.routes.images import blob_response
 from rhaas.api.schemas import AgentCheckinBody, AgentReportBody, EnrollBody, ProvisionBody
 from rhaas.config import ProvisioningSettings
 from rhaas.core import images, provisioning
@@ -120,7 +120,4 @@ def agent_blob(node: str, sha256: str, request: Request, db: Session = Depends(g
     allowed = provisioning.deploy_blobs(db, row)
     if digest not in allowed:
         raise NotFoundError(f"Blob {digest} is not part of this node's deploy.")
-    path = request.app.state.blobs.path(digest)
-    images.parse_range(request.headers.get("range"), path.stat().st_size)
-    db.rollback()  # no transaction (on SQLite: the write lock) stays open while the bytes go out
-    return FileResponse(path, media_type="application/octet-stream")
+    return blob_response(request, db, digest)
