@@ -296,7 +296,11 @@ class Client:
         while True:
             response, _ = self._request("GET", f"/networking_action/{status_id}", params={"wait": 5})
             _check(response)
-            status = str(response.json()["status"])
+            body = response.json()
+            status = str(body["status"])
+            if status == "ERROR":
+                # The next step on this NIC would fail in a way that hides why; say it here.
+                raise AssertionError(f"action {status_id} ended in ERROR: {body.get('error')}")
             if status != "PENDING":
                 return status
             if time.monotonic() > deadline:

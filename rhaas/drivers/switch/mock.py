@@ -67,10 +67,8 @@ class MockSwitch(SwitchDriver):
                 yield self._memory.setdefault(self.switch_name, {})
             return
         path = Path(self.settings.state_file)
-        path.touch(exist_ok=True)
-        with path.open("r+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            text = f.read()
+        with _exclusive(path):
+            text = path.read_text() if path.exists() else ""
             try:
                 raw = json.loads(text) if text else {}
                 ports = {
@@ -81,9 +79,7 @@ class MockSwitch(SwitchDriver):
                 raise SwitchError(f"{self._where(port)}: the state file answered garbage ({exc})") from exc
             yield ports
             raw[self.switch_name] = {port: s.as_dict() for port, s in ports.items()}
-            f.seek(0)
-            f.truncate()
-            json.dump(raw, f)
+            _replace(path, raw)
 
     def set_port(self, port: str, state: PortState) -> None:
         if self.settings.delay:
@@ -107,10 +103,8 @@ class MockSwitch(SwitchDriver):
     def _inject_faults(self, port: str) -> None:
         assert self.settings.faults_file is not None
         path = Path(self.settings.faults_file)
-        path.touch(exist_ok=True)
-        with path.open("r+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            text = f.read()
+        with _exclusive(path):
+            text = path.read_text() if path.exists() else ""
             faults = json.loads(text) if text.strip() else {}
             if port in faults.get("crash_ports", ()):
                 raise RuntimeError("injected crash, as a driver bug would")
@@ -118,9 +112,7 @@ class MockSwitch(SwitchDriver):
                 raise SwitchError(f"{self._where(port)} refused the change (injected from the faults file)")
             if faults.get("fail_next", 0) > 0:
                 faults["fail_next"] -= 1
-                f.seek(0)
-                f.truncate()
-                json.dump(faults, f)
+                _replace(path, faults)
                 raise SwitchError(f"{self._where(port)} refused the change (injected, fail_next)")
 
     @classmethod
@@ -128,3 +120,19 @@ class MockSwitch(SwitchDriver):
         """Drop the in-memory state of every mock switch (tests)."""
         with cls._lock:
             cls._memory.clear()
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold the lock beside ``path`` (``<name>.lock``), shared by every process using that file."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _replace(path: Path, data: object) -> None:
+    """Write ``data`` as JSON in one atomic rename: a process killed while writing (a worker's SIGKILL)
+    leaves the previous state, never a truncated file the next reader takes for garbage."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
