@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -205,6 +206,34 @@ def serve_networks(config: str | None, database: str | None) -> None:
     sys.exit(0)
 
 
+@main.command("boot-service")
+@click.option("--address", required=True, help="Our address on the provisioning network (10.0.0.1/24).")
+@click.option("--port", default=8080, show_default=True, type=int, help="The boot URL's (and relay's) port.")
+@click.option("--api", default=None, help="Relay to this API URL (http://127.0.0.1:5000); omit if the API "
+              "itself listens on ADDRESS:PORT.")  # fmt: skip
+@click.option("--netns", default=None, help="Serve inside this network namespace (the relay's far end "
+              "stays here).")  # fmt: skip
+@click.option("--interface", default="eth0", show_default=True, help="The provisioning network's interface.")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="dnsmasq's files.")
+def boot_service(
+    address: str, port: int, api: str | None, netns: str | None, interface: str, directory: str
+) -> None:
+    """Run the DHCP boot service of the provisioning network (dnsmasq, started and stopped here), with a
+    relay to the API. Set [provisioning] boot_url to http://ADDRESS:PORT and agent_url to the same."""
+    from rhaas.lab.ovs import find_binary
+    from rhaas.provisioning.bootservice import BootServiceError, serve
+
+    dnsmasq = find_binary("dnsmasq")
+    if dnsmasq is None:
+        raise click.ClickException("dnsmasq is not installed (Debian: dnsmasq-base)")
+    try:
+        code = serve(Path(directory), address, port, api, netns, interface, dnsmasq,
+                     ready=lambda line: click.echo(line, err=True))  # fmt: skip
+    except (BootServiceError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
 @main.group()
 def fpbl() -> None:
     """The fast provisioning boot loader (FPBL) that enrolled nodes boot."""
@@ -217,12 +246,19 @@ def fpbl() -> None:
     default=None,
     help="Cache directory (default: ~/.cache/rhaas).",
 )
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also copy vmlinuz, initrd and fpbl.json there: the directory [provisioning] fpbl_dir names.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the paths, sizes and package versions as JSON.")
-def fpbl_build(cache: str | None, as_json: bool) -> None:
+def fpbl_build(cache: str | None, out: str | None, as_json: bool) -> None:
     """Build the FPBL from Debian packages (or find it in the cache) and print where its files are."""
     from rhaas.provisioning.fpbl import main as build_main
 
-    sys.exit(build_main(["build", *(["--cache", cache] if cache else []), *(["--json"] if as_json else [])]))
+    argv = ["build", *(["--cache", cache] if cache else []), *(["--out", out] if out else [])]
+    sys.exit(build_main([*argv, *(["--json"] if as_json else [])]))
 
 
 if __name__ == "__main__":

@@ -118,6 +118,18 @@ class ProvisioningSettings(Section):
     return_path: Literal["fast", "reboot"] = "fast"
     agent_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     tick_seconds: float = Field(default=0.5, gt=0, le=60)
+    #: The provisioning network: a network of this instance (admin-owned) whose VLAN an enrolled node's
+    #: NIC ``nic`` carries whenever the FPBL owns the node (every state but ``deployed``); the project's
+    #: networks take the NIC over once the customer's OS is up, and give it back at the return.
+    #: None: the NIC carries the project's networks only, and nodes reach the agent API some other way.
+    network: str | None = None
+    nic: str = "eth0"
+    #: Where nodes' iPXE reaches this instance's boot routes (``<boot_url>/boot/v1/...``), e.g. through
+    #: ``rhaas-admin boot-service``'s relay. Set: enrolling a node also boots it from the network into
+    #: the FPBL (boot device PXE, one power cycle), once its NIC is on the provisioning network.
+    boot_url: str | None = None
+    #: The FPBL the boot routes serve: the directory ``rhaas-admin fpbl build --out`` wrote.
+    fpbl_dir: str | None = None
 
 
 class Settings(Section):

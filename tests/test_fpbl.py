@@ -178,7 +178,13 @@ def test_cmdline_parsing():
         "rhaas.gw=10.0.2.2",
     ]  # fmt: skip
     assert ag.parse_cmdline("rhaas.agent=http://h rhaas.node=n rhaas.secret=x").mode == "ready"
+    # A network boot's iPXE script gives the address and netmask apart; the next FPBL gets the prefix.
+    booted = ag.parse_cmdline("rhaas.agent=http://h rhaas.node=n rhaas.secret=x rhaas.ip=10.0.0.11 "
+                              "rhaas.netmask=255.255.255.0 rhaas.gw=")  # fmt: skip
+    assert (booted.ip, booted.gw) == ("10.0.0.11/24", None)
+    assert "rhaas.ip=10.0.0.11/24" in booted.passed_on()
     for bad in (
+        "rhaas.agent=http://h rhaas.node=n rhaas.secret=x rhaas.ip=10.0.0.11 rhaas.netmask=255.0.255.0",
         "rhaas.node=n rhaas.secret=x",
         "rhaas.agent=https://h rhaas.node=n rhaas.secret=x",
         "rhaas.agent=http://h rhaas.node=n rhaas.secret=x rhaas.mode=other",

@@ -45,12 +45,17 @@ def prov(db_url: str, return_path: str) -> Iterator[Api]:
     }
     with make_api(db_url, **overrides) as api:
         populate_site(api)
-        for blob in (KERNEL, INITRD, DISK):
-            headers = {**api.alice.headers, "Content-Type": "application/octet-stream"}
-            api.client.put(f"/v0/blob/{sha(blob)}", content=blob, headers=headers).raise_for_status()
-        body = {"project": "p1", "kernel": sha(KERNEL), "initrd": sha(INITRD), "disk": sha(DISK)}
-        api.alice.ok("PUT", "/image/a-os", {**body, "cmdline": "console=ttyS0"})
+        prov_images(api)
         yield api
+
+
+def prov_images(api: Api) -> None:
+    """Customer p1's image ``a-os`` (kernel, initrd, disk), uploaded by alice."""
+    for blob in (KERNEL, INITRD, DISK):
+        headers = {**api.alice.headers, "Content-Type": "application/octet-stream"}
+        api.client.put(f"/v0/blob/{sha(blob)}", content=blob, headers=headers).raise_for_status()
+    body = {"project": "p1", "kernel": sha(KERNEL), "initrd": sha(INITRD), "disk": sha(DISK)}
+    api.alice.ok("PUT", "/image/a-os", {**body, "cmdline": "console=ttyS0"})
 
 
 class Agent:

@@ -121,21 +121,26 @@ def boot_fpbl(admin: Client, fast: FastNode, fpbl, timings: dict[str, float]) ->
     return fast.boots()
 
 
-def test_deploy_return_and_reassign_without_firmware(site, fpbl):
-    server, fast, node, workdir = site["server"], site["fast"], site["node"], site["workdir"]
-    a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
-    b_os = images.build_test_os("b-os", "RHAAS-TESTOS b-os")
+def two_customers(admin: Client, workdir: Path) -> tuple[images.TestOS, images.TestOS, Path, str]:
+    """Projects a (user alice) and b (user bob); their OSes, and A's disk image holding a nonce."""
+    for project, user in (("a", "alice"), ("b", "bob")):
+        admin.project.create(project)
+        admin.user.create(user, f"{user}-pw", is_admin=False)
+        admin.user.add_project(user, project)
     nonce = os.urandom(6).hex()
     disk = workdir / "a-disk.img"
     data = f"RHAAS-DISK customer-data {nonce}\n".encode()
     disk.write_bytes(data + bytes(4 * 1024 * 1024 - len(data)))
+    a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
+    return a_os, images.build_test_os("b-os", "RHAAS-TESTOS b-os"), disk, nonce
+
+
+def test_deploy_return_and_reassign_without_firmware(site, fpbl):
+    server, fast, node, workdir = site["server"], site["fast"], site["node"], site["workdir"]
     timings: dict[str, float] = {}
 
     with Client(server.url, "admin", "adminpw") as admin:
-        for project, user in (("a", "alice"), ("b", "bob")):
-            admin.project.create(project)
-            admin.user.create(user, f"{user}-pw", is_admin=False)
-            admin.user.add_project(user, project)
+        a_os, b_os, disk, nonce = two_customers(admin, workdir)
         boots = boot_fpbl(admin, site["fast"], fpbl, timings)
         facts = admin.node.provisioning("pq")["facts"]
         assert facts["memory_kb"] > 0.9 * MEMORY_MB * 1024

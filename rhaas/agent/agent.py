@@ -7,6 +7,7 @@ from the kernel command line::
     rhaas.node=n1                      this node's name
     rhaas.secret=...                   per-node secret (one-time: the customer can read it, see the docs)
     rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2   static address (the init script configures eth0)
+    rhaas.ip=10.0.0.11 rhaas.netmask=255.255.255.0   the same, as a network boot's iPXE script says it
     rhaas.mode=ready|return            return: booted as the crash kernel after an NMI
     rhaas.memmap=...                   the node's full memory map (set by the agent itself, see kexec.py)
     rhaas.job=...                      a wipe job to report "ready" for (set by the return FPBL)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import subprocess
@@ -113,9 +115,15 @@ def parse_cmdline(text: str) -> Settings:
         raise ValueError(f"rhaas.mode={mode} is neither ready nor return")
     if found.get("memmap"):
         kexec.parse_memmap(found["memmap"])
+    ip = found.get("ip") or None
+    if ip and "/" not in ip and found.get("netmask"):  # iPXE's ${ip} and ${netmask} (network boot)
+        try:
+            ip = str(ipaddress.ip_interface(f"{ip}/{found['netmask']}"))
+        except ValueError as exc:
+            raise ValueError(f"rhaas.ip={ip} rhaas.netmask={found['netmask']}: {exc}") from None
     return Settings(
         agent=found["agent"].rstrip("/"), node=found["node"], secret=found["secret"], mode=mode,
-        ip=found.get("ip"), gw=found.get("gw"), memmap=found.get("memmap"), job=found.get("job"),
+        ip=ip, gw=found.get("gw") or None, memmap=found.get("memmap"), job=found.get("job"),
         cmdline=text.strip(),
     )  # fmt: skip
 

@@ -55,7 +55,10 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         db.commit()
 
     worker = NetworkWorker(sessions, settings.worker) if settings.worker.in_process else None
-    ticker = ProvisioningTicker(sessions, settings.provisioning) if settings.provisioning.enabled else None
+    ticker = None
+    if settings.provisioning.enabled:
+        wake = worker.wake if worker is not None else None
+        ticker = ProvisioningTicker(sessions, settings.provisioning, wake_worker=wake)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -91,4 +94,5 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         app.include_router(module.router, prefix="/v0", dependencies=[Depends(check_input)])
     app.include_router(images.blob_router, prefix="/v0")  # raw bodies, streamed: no JSON input checks
     app.include_router(provisioning.agent_router)  # FPBL agents, authenticated by their node's secret
+    app.include_router(provisioning.boot_router)  # firmware in a network boot: iPXE scripts, the FPBL
     return app

@@ -42,6 +42,8 @@ from rhaas.errors import (
 
 NATIVE = "vlan/native"
 MODIFY_PORT = "modify_port"
+#: Program the port as the database says (who holds the NIC changed); changes no attachment.
+SYNC_PORT = "sync_port"
 
 
 def port_state(channels: Mapping[str, Network]) -> PortState:

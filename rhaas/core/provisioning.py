@@ -29,12 +29,15 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rhaas.config import ProvisioningSettings
@@ -46,6 +49,7 @@ from rhaas.core.access import (
     require_project_access,
 )
 from rhaas.core.images import get_image
+from rhaas.core.networks import SYNC_PORT
 from rhaas.core.nodes import obm_of
 from rhaas.db.models import (
     DONE,
@@ -53,6 +57,9 @@ from rhaas.db.models import (
     PENDING,
     Blob,
     Generation,
+    Network,
+    NetworkingAction,
+    Nic,
     Node,
     NodeProvisioning,
     ProvisionJob,
@@ -89,6 +96,7 @@ KEXEC = "kexec"
 #: The last phase of a return: the FPBL with all its memory is up again.
 READY_PHASE = "ready"
 _AUTH_FAILED = "Agent authentication failed."
+MAC_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 
 
 # --- enrolment and agent authentication ------------------------------------------------------------
@@ -103,11 +111,16 @@ def _bump_node_generation(db: Session) -> None:
     db.execute(update(Generation).where(Generation.name == "node").values(value=Generation.value + 1))
 
 
-def enroll(db: Session, caller: Caller, node_name: str, agent_url: str) -> dict[str, str]:
+def enroll(
+    db: Session, caller: Caller, node_name: str, agent_url: str, settings: ProvisioningSettings | None = None
+) -> dict[str, str]:
     """Put a node under fast provisioning (admin): a new agent secret, state ``booting``.
 
     Returns the kernel command-line words that tell the FPBL agent where to check in and as whom; the
-    secret is shown only here (it is stored hashed). Enrolling again rotates the secret.
+    secret is shown only here (it is stored hashed). Enrolling again rotates the secret. With a
+    provisioning network configured, the node's NIC is put on it (by `tick`, through the networking
+    worker); with a boot URL, `tick` then boots the node from the network (boot device PXE, one power
+    cycle), and each network boot's iPXE script (`boot_script`) carries a fresh secret.
     """
     require_admin(caller)
     node = get_node(db, node_name)
@@ -115,6 +128,18 @@ def enroll(db: Session, caller: Caller, node_name: str, agent_url: str) -> dict[
         raise BlockedError(f"Node {node_name} is in a project; only a free node can be enrolled.")
     if not agent_url.startswith(("http://", "https://")) or any(c.isspace() for c in agent_url):
         raise BadArgumentError(f"agent_url {agent_url[:100]!r} is not an http(s) URL.")
+    settings = settings or ProvisioningSettings()
+    vlan = nic = None
+    if settings.network is not None:
+        network = db.scalar(select(Network).where(Network.label == settings.network))
+        if network is None:
+            raise NotFoundError(f"The provisioning network {settings.network} does not exist.")
+        found = next((n for n in node.nics if n.label == settings.nic), None)
+        if found is None or found.port is None:
+            raise BadArgumentError(
+                f"Node {node_name} has no NIC {settings.nic} on a switch port for the provisioning network."
+            )
+        vlan, nic = network.network_id, found.label
     secret = secrets.token_urlsafe(32)
     row = db.get(NodeProvisioning, node.id)
     if row is None:
@@ -123,8 +148,59 @@ def enroll(db: Session, caller: Caller, node_name: str, agent_url: str) -> dict[
     elif row.state not in (BOOTING, READY, FAILED):
         raise BlockedError(f"Node {node_name} is {row.state}; enrol it again once it is ready.")
     row.state, row.secret_sha256, row.boot_id = BOOTING, _secret_hash(secret), None
+    row.vlan, row.nic, row.port_dirty = vlan, nic, vlan is not None
+    row.boot_pending = settings.boot_url is not None
     _bump_node_generation(db)
     return {"cmdline": f"rhaas.agent={agent_url} rhaas.node={node.label} rhaas.secret={secret}"}
+
+
+def _hand_over(row: NodeProvisioning) -> None:
+    """The NIC changes hands (FPBL ↔ the project's networks): `tick` tells the switch."""
+    if row.vlan is not None:
+        row.port_dirty = True
+
+
+def holds_port(row: NodeProvisioning | None, nic_label: str) -> str | None:
+    """The provisioning VLAN NIC ``nic_label`` carries instead of its project's networks, or None.
+
+    The FPBL owns the node in every state but ``deployed``: while it boots, waits, downloads and wipes,
+    the NIC is on the provisioning network whatever the project connected (those attachments are
+    recorded, and reach the switch once the customer's OS is up)."""
+    if row is None or row.vlan is None or row.nic != nic_label or row.state == DEPLOYED:
+        return None
+    return row.vlan
+
+
+#: The script a network boot gets when the FPBL should not run: iPXE exits, the firmware boots the disk.
+EXIT_SCRIPT = "#!ipxe\necho rhaas: not booting the FPBL: {why}\nexit\n"
+
+
+def boot_script(db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdline: str) -> str:
+    """The iPXE script for the network boot of the node with NIC ``mac``: the FPBL with a fresh secret.
+
+    Each network boot gets its own secret (the previous one stops working), so the script is worth
+    something only to the FPBL it boots. A deployed node (the customer rebooting their OS) or a node not
+    under fast provisioning gets a script that exits, and its firmware boots the next device. The
+    address comes from the DHCP lease iPXE holds (``${ip}``, ``${netmask}``, ``${gateway}``).
+    """
+    if not MAC_PATTERN.fullmatch(mac):
+        raise BadArgumentError(f"{mac[:40]!r} is not a MAC address (aa:bb:cc:dd:ee:ff).")
+    nic = db.scalar(select(Nic).where(func.lower(Nic.macaddr) == mac.lower()))
+    if nic is None:
+        raise NotFoundError(f"No node has a NIC with MAC address {mac}.")
+    row = db.get(NodeProvisioning, nic.node_id)
+    if row is None:
+        return EXIT_SCRIPT.format(why=f"node {nic.node.label} is not enrolled")
+    if row.state == DEPLOYED:
+        return EXIT_SCRIPT.format(why=f"node {nic.node.label} runs its customer's OS")
+    secret = secrets.token_urlsafe(32)
+    row.secret_sha256, row.boot_id = _secret_hash(secret), None
+    words = f"rhaas.agent={agent_url} rhaas.node={nic.node.label} rhaas.secret={secret}"
+    net = "rhaas.ip=${ip} rhaas.netmask=${netmask} rhaas.gw=${gateway}"
+    return (
+        f"#!ipxe\nkernel {base_url}/boot/v1/fpbl/vmlinuz {fpbl_cmdline} {words} {net}\n"
+        f"initrd {base_url}/boot/v1/fpbl/initrd\nboot\n"
+    )
 
 
 def agent_row(db: Session, node_name: str, authorization: str | None) -> NodeProvisioning:
@@ -220,6 +296,7 @@ def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> Pro
     )
     db.add(job)
     row.state = RETURNING
+    _hand_over(row)
     _bump_node_generation(db)
     return job
 
@@ -324,6 +401,7 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
     if job.kind == DEPLOY and phase == KEXEC and state == "done":
         _finish(job, DONE)
         row.state = DEPLOYED
+        _hand_over(row)
     elif job.kind == RETURN and phase == READY_PHASE and state == "done" and _wiped(job):
         _finish(job, DONE)
         row.state = READY
@@ -333,9 +411,23 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
 # --- what needs no agent: NMIs, deadlines, fallbacks -----------------------------------------------
 
 
-def tick(sessions: Any, settings: ProvisioningSettings) -> int:
-    """One pass over the open jobs; returns how many it moved. Safe to run in several processes."""
+def tick(sessions: Any, settings: ProvisioningSettings, wake_worker: Callable[[], None] | None = None) -> int:
+    """One pass: NICs that changed hands, network boots, open jobs; returns how many it moved. Safe to
+    run in several processes."""
     moved = 0
+    with sessions() as db:
+        dirty = db.scalars(select(NodeProvisioning.node_id).where(NodeProvisioning.port_dirty)).all()
+        db.rollback()
+    synced = sum(_sync_port(sessions, node_id) for node_id in dirty)
+    if synced and wake_worker is not None:
+        wake_worker()
+    moved += synced
+    with sessions() as db:
+        due = (NodeProvisioning.boot_pending, ~NodeProvisioning.port_dirty)
+        boots = db.scalars(select(NodeProvisioning.node_id).where(*due)).all()
+        db.rollback()
+    for node_id in boots:
+        moved += _network_boot(sessions, node_id)
     with sessions() as db:
         pending = db.scalars(
             select(ProvisionJob.id).where(ProvisionJob.kind == RETURN, ProvisionJob.status == PENDING)
@@ -353,6 +445,75 @@ def tick(sessions: Any, settings: ProvisioningSettings) -> int:
     return moved
 
 
+def _held_nic(row: NodeProvisioning) -> Nic | None:
+    return next((n for n in row.node.nics if n.label == row.nic and n.port is not None), None)
+
+
+def _port_busy(db: Session, row: NodeProvisioning | None) -> bool:
+    """Whether the switch may not yet carry what the node's state says (a sync is due or under way)."""
+    if row is None or row.vlan is None:
+        return False
+    if row.port_dirty:
+        return True
+    nic = _held_nic(row)
+    if nic is None:
+        return False
+    pending = exists().where(NetworkingAction.nic_id == nic.id, NetworkingAction.status == PENDING)
+    return bool(db.scalar(select(pending)))
+
+
+def _sync_port(sessions: Any, node_id: int) -> int:
+    """Queue the networking action that programs a NIC which changed hands, once nothing else is pending
+    on it (an action queued earlier may have been planned before the change)."""
+    with sessions() as db:
+        row = db.get(NodeProvisioning, node_id)
+        if row is None or not row.port_dirty:
+            return 0
+        row.port_dirty = False
+        nic = _held_nic(row)
+        if nic is not None:
+            if _port_busy(db, row):
+                return 0  # rolled back: still dirty, tried again at the next tick
+            db.add(NetworkingAction(uuid=str(uuid.uuid4()), type=SYNC_PORT, nic=nic, channel=""))
+        try:
+            db.commit()
+        except IntegrityError:  # another server queued an action on this NIC meanwhile: next tick
+            db.rollback()
+            return 0
+    return 1
+
+
+def _network_boot(sessions: Any, node_id: int) -> int:
+    """Boot an enrolled node into the FPBL from the network: boot device PXE, one power cycle (BMC calls
+    outside any transaction, after the boot was claimed with a conditional UPDATE)."""
+    with sessions() as db:
+        row = db.get(NodeProvisioning, node_id)
+        if row is None or not row.boot_pending or _port_busy(db, row):
+            return 0
+        claimed = db.execute(
+            update(NodeProvisioning)
+            .where(NodeProvisioning.node_id == node_id, NodeProvisioning.boot_pending)
+            .values(boot_pending=False)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return 0
+        driver, label = obm_of(row.node), row.node.label
+        db.commit()
+    try:
+        driver.set_bootdev("pxe")
+        driver.power_cycle(force=True)
+        log.info("node %s: network boot into the FPBL (power cycled through %s)", label, driver.name)
+    except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
+        with sessions() as db:
+            row = db.get(NodeProvisioning, node_id)
+            if row is not None and row.state == BOOTING:
+                row.state = FAILED
+                row.facts = {**row.facts, "error": f"network boot failed: {exc}"[:500]}
+                db.commit()
+    return 1
+
+
 def _claim(db: Session, job_id: int, was_status: str, was_path: str, **values: Any) -> bool:
     """Move a job on only if it is still as read (another server may have moved it meanwhile)."""
     claimed = db.execute(
@@ -368,7 +529,9 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) ->
     """Claim a new return and set it going: an NMI (fast path), or a power cycle (reboot path)."""
     with sessions() as db:
         job = db.get(ProvisionJob, job_id)
-        if job is None or not _claim(db, job_id, PENDING, job.path, status=RUNNING):
+        if job is None or _port_busy(db, db.get(NodeProvisioning, job.node_id)):
+            return 0  # the NIC goes back to the provisioning network first: the return FPBL needs it
+        if not _claim(db, job_id, PENDING, job.path, status=RUNNING):
             return 0
         path, driver = job.path, obm_of(job.node)
         db.commit()

@@ -266,6 +266,14 @@ class NodeProvisioning(Base):
     boot_id: Mapped[str | None] = mapped_column(String(64))
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     checked_in_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: The provisioning network's VLAN and the NIC it holds while the FPBL owns the node (every state but
+    #: ``deployed``); None: the NIC carries the project's networks only (no provisioning network).
+    vlan: Mapped[str | None] = mapped_column(String(64))
+    nic: Mapped[str | None] = mapped_column(String(255))
+    #: Who holds the NIC changed (FPBL ↔ customer) and the switch has not been told yet.
+    port_dirty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    #: A network boot into the FPBL (boot device PXE, power cycle) is due once the port is synced.
+    boot_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     node: Mapped[Node] = relationship()
 
 

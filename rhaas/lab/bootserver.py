@@ -27,9 +27,7 @@ from pathlib import Path
 from rhaas.lab import procs
 from rhaas.lab.images import TestOS
 from rhaas.lab.ovs import find_binary
-
-#: A unique local IPv6 prefix for the headnode's router advertisements (only on the lab's bridge).
-RA_PREFIX = "fd00:0:0:a"
+from rhaas.provisioning.bootservice import RA_PREFIX, dnsmasq_common
 
 
 @dataclass(frozen=True)
@@ -64,24 +62,8 @@ def write_files(directory: Path, server_cidr: str, image: TestOS, clients: list[
         link.unlink(missing_ok=True)
         link.symlink_to(target)
     base = f"http://{server_ip}"
-    lines = [
-        "# Written by rhaas.lab.bootserver.",
-        "port=0",  # no DNS
-        "interface=eth0",
-        "bind-interfaces",
-        "no-resolv",
-        "no-hosts",
-        "dhcp-authoritative",
-        "log-dhcp",
-        f"dhcp-range={network.network_address},static,{network.netmask}",
-        f"dhcp-leasefile={directory / 'dnsmasq.leases'}",
-        f"log-facility={directory / 'dnsmasq.log'}",
-        # iPXE's "Configuring" waits for IPv6 router discovery as well as DHCP: ~15 s on a network
-        # without routers. A router advertisement (lifetime 0: not a default router) ends that wait.
-        "enable-ra",
-        f"dhcp-range={RA_PREFIX}::,ra-only,64",
-        "ra-param=eth0,10,0",
-    ]
+    lines = ["# Written by rhaas.lab.bootserver.", *dnsmasq_common("eth0", directory)]
+    lines.append(f"dhcp-range={network.network_address},static,{network.netmask}")
     for client in clients:
         ip = str(ipaddress.ip_interface(client.address).ip)
         peers = [str(ipaddress.ip_interface(c.address).ip) for c in clients if c is not client]

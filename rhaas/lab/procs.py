@@ -127,6 +127,18 @@ def stop(pid: int | None, workdir: Path, timeout: float = 10.0) -> bool:
     raise RuntimeError(f"process {pid} survived SIGKILL")
 
 
+def end(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """End a child started here: SIGTERM, SIGKILL after ``timeout``; its exit status, reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def read_pidfile(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])

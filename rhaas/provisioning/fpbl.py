@@ -83,14 +83,22 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo
-MODE=ready; IP=""; GW=""
+MODE=ready; IP=""; GW=""; MASK=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rhaas.mode=*) MODE="${arg#rhaas.mode=}" ;;
         rhaas.ip=*) IP="${arg#rhaas.ip=}" ;;
         rhaas.gw=*) GW="${arg#rhaas.gw=}" ;;
+        rhaas.netmask=*) MASK="${arg#rhaas.netmask=}" ;;
     esac
 done
+if [ -n "$IP" ] && [ -n "$MASK" ] && [ "${IP#*/}" = "$IP" ]; then
+    bits=0  # a network boot's iPXE script gives the netmask: make it a prefix length
+    for octet in $(echo "$MASK" | tr . ' '); do
+        while [ "$octet" -gt 0 ]; do bits=$((bits + (octet & 1))); octet=$((octet >> 1)); done
+    done
+    IP="$IP/$bits"
+fi
 echo "RHAAS-FPBL init mode=$MODE kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 # Load order derived at build time from the kernel's modinfo data (@RELEASE@).
@@ -593,6 +601,33 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.rename(path)
 
 
+# --- export: what a boot service serves ---------------------------------------------------------------
+
+
+def export(fpbl: Fpbl, out: Path) -> Fpbl:
+    """Copy the FPBL's kernel and initrd to ``out`` (``vmlinuz``, ``initrd``) with ``fpbl.json`` (its
+    command line, package versions and sizes); the copy, as an `Fpbl`. Files are replaced atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    for source, name in ((fpbl.kernel, "vmlinuz"), (fpbl.initrd, "initrd")):
+        tmp = out / f".{name}.tmp"
+        shutil.copyfile(source, tmp)
+        tmp.rename(out / name)
+    exported = dataclasses.replace(fpbl, kernel=out / "vmlinuz", initrd=out / "initrd")
+    _atomic_write(out / "fpbl.json", json.dumps(exported.as_dict(), indent=2, sort_keys=True).encode())
+    return exported
+
+
+def load_exported(directory: Path) -> Fpbl:
+    """The FPBL `export` wrote to ``directory``; OSError or ValueError if it is not there or damaged."""
+    data = json.loads((directory / "fpbl.json").read_text())
+    paths = {k: Path(data[k]) for k in ("core", "manifest")}
+    return Fpbl(
+        kernel=directory / "vmlinuz", initrd=directory / "initrd", cmdline=str(data["cmdline"]),
+        packages=dict(data["packages"]), sizes=dict(data["sizes"]), key=str(data["key"]), built=False,
+        **paths,
+    )  # fmt: skip
+
+
 # --- command line ------------------------------------------------------------------------------------
 
 
@@ -604,11 +639,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build (or find in the cache) the FPBL")
     build.add_argument("--cache", type=Path, help="cache directory (default: $RHAAS_CACHE or ~/.cache/rhaas)")
+    build.add_argument("--out", type=Path, help="also copy vmlinuz, initrd and fpbl.json into this directory")
     build.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     try:
         fpbl = build_fpbl(args.cache)
-    except ImageBuildError as exc:
+        if args.out is not None:
+            fpbl = export(fpbl, args.out)
+    except (ImageBuildError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -31,9 +31,19 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rhaas.config import WorkerSettings
-from rhaas.core.networks import port_state
+from rhaas.core.networks import SYNC_PORT, port_state
+from rhaas.core.provisioning import holds_port
 from rhaas.core.switches import REVERT_PORT, driver_for
-from rhaas.db.models import DONE, ERROR, PENDING, NetworkAttachment, NetworkingAction, Switch, utcnow
+from rhaas.db.models import (
+    DONE,
+    ERROR,
+    PENDING,
+    NetworkAttachment,
+    NetworkingAction,
+    NodeProvisioning,
+    Switch,
+    utcnow,
+)
 from rhaas.drivers.switch.base import PortState, SwitchDriver
 from rhaas.errors import DriverError
 
@@ -62,11 +72,16 @@ def plan(db: Session, action: NetworkingAction) -> Plan | str:
     channels = {a.channel: a.network for a in nic.attachments}
     if action.type == REVERT_PORT:
         channels = {}
+    elif action.type == SYNC_PORT:
+        pass
     elif action.new_network is not None:
         channels[action.channel] = action.new_network
     else:
         channels.pop(action.channel, None)
     state = port_state(channels)
+    held = holds_port(db.get(NodeProvisioning, nic.node_id), nic.label)
+    if held is not None:  # the FPBL owns the node: the NIC stays on the provisioning network
+        state = PortState(native=held)
     return Plan(action.id, nic.port.switch, nic.port.label, state, {ch: n.id for ch, n in channels.items()})
 
 

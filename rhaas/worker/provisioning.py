@@ -1,14 +1,16 @@
 """The provisioning ticker: a thread that moves provisioning jobs on that need no agent.
 
-It sends the NMI of each new return and takes the reboot path when a return FPBL misses its deadline
-(`rhaas.core.provisioning.tick`). Jobs are claimed with conditional UPDATEs, so a ticker in every API
-server is safe; a restarted server picks up where the rows say.
+It programs the NIC of a node that changed hands (FPBL ↔ customer) through a networking action, boots
+newly enrolled nodes from the network, sends the NMI of each new return and takes the reboot path when
+a return FPBL misses its deadline (`rhaas.core.provisioning.tick`). Jobs are claimed with conditional
+UPDATEs, so a ticker in every API server is safe; a restarted server picks up where the rows say.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rhaas.config import ProvisioningSettings
@@ -18,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class ProvisioningTicker:
-    def __init__(self, sessions: Any, settings: ProvisioningSettings) -> None:
-        self.sessions, self.settings = sessions, settings
+    def __init__(
+        self, sessions: Any, settings: ProvisioningSettings, wake_worker: Callable[[], None] | None = None
+    ) -> None:
+        self.sessions, self.settings, self.wake_worker = sessions, settings, wake_worker
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,7 +45,7 @@ class ProvisioningTicker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                provisioning.tick(self.sessions, self.settings)
+                provisioning.tick(self.sessions, self.settings, self.wake_worker)
             except Exception:  # a bug or the database away: log, and try again at the next tick
                 log.exception("provisioning tick failed")
             self._wake.wait(self.settings.tick_seconds)

@@ -4,7 +4,10 @@ authenticated by each node's bearer secret rather than by users."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from rhaas.api.deps import get_caller, get_db
@@ -16,9 +19,13 @@ from rhaas.core import images, provisioning
 from rhaas.core.access import Caller
 from rhaas.db.models import NodeProvisioning
 from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError, ValidationError
+from rhaas.provisioning.fpbl import load_exported
 
 router = APIRouter(tags=["provisioning"])
 agent_router = APIRouter(prefix="/agent/v1", tags=["agent"])
+#: What a node's firmware fetches in a network boot (no credentials: iPXE has none to give).
+boot_router = APIRouter(prefix="/boot/v1", tags=["boot"])
+FPBL_FILES = ("vmlinuz", "initrd")
 
 
 def _settings(request: Request) -> ProvisioningSettings:
@@ -40,8 +47,9 @@ def enroll(
     agent_url = (body.agent_url if body else None) or settings.agent_url
     if not agent_url:
         raise BadArgumentError("No agent_url given, and [provisioning] agent_url is not set.")
-    answer = provisioning.enroll(db, caller, node, agent_url.rstrip("/"))
+    answer = provisioning.enroll(db, caller, node, agent_url.rstrip("/"), settings)
     db.commit()
+    wake_provisioning(request)
     return reply(answer)
 
 
@@ -121,3 +129,51 @@ def agent_blob(node: str, sha256: str, request: Request, db: Session = Depends(g
     if digest not in allowed:
         raise NotFoundError(f"Blob {digest} is not part of this node's deploy.")
     return blob_response(request, db, digest)
+
+
+# --- network boot ------------------------------------------------------------------------------------
+
+
+def _boot_settings(request: Request) -> tuple[ProvisioningSettings, str, str]:
+    settings = _settings(request)
+    if request.query_params:
+        raise ValidationError("Request arguments are not valid for this request: it takes no parameters.")
+    if not settings.boot_url or not settings.fpbl_dir or not settings.agent_url:
+        raise IllegalStateError(
+            "Network boot is not set up here ([provisioning] boot_url, fpbl_dir and agent_url)."
+        )
+    return settings, settings.boot_url.rstrip("/"), settings.agent_url.rstrip("/")
+
+
+def _script(text: str) -> Response:
+    return Response(text, media_type="text/plain")
+
+
+@boot_router.get("/ipxe", summary="The DHCP boot file: chains to the script of the booting NIC's MAC")
+def boot_chain(request: Request) -> Response:
+    _, base, _ = _boot_settings(request)
+    return _script(f"#!ipxe\nchain {base}/boot/v1/ipxe/${{net0/mac}}\n")
+
+
+@boot_router.get("/ipxe/{mac}", summary="A node's network boot: the FPBL with a fresh agent secret")
+def boot_node(mac: str, request: Request, db: Session = Depends(get_db)) -> Response:
+    settings, base, agent_url = _boot_settings(request)
+    try:
+        cmdline = load_exported(Path(settings.fpbl_dir or "")).cmdline
+    except (OSError, ValueError, KeyError) as exc:
+        raise IllegalStateError(f"The FPBL in [provisioning] fpbl_dir cannot be read: {exc}") from None
+    text = provisioning.boot_script(db, mac, base, agent_url, cmdline)
+    db.commit()
+    return _script(text)
+
+
+@boot_router.get("/fpbl/{name}", summary="The FPBL's kernel (vmlinuz) or initrd (Range supported)")
+def boot_file(name: str, request: Request) -> Response:
+    settings, _, _ = _boot_settings(request)
+    if name not in FPBL_FILES:
+        raise NotFoundError(f"The FPBL has no file {name[:40]!r}; it has {', '.join(FPBL_FILES)}.")
+    path = Path(settings.fpbl_dir or "") / name
+    if not path.is_file():
+        raise IllegalStateError(f"The FPBL's {name} is missing from [provisioning] fpbl_dir.")
+    images.parse_range(request.headers.get("range"), path.stat().st_size)
+    return FileResponse(path, media_type="application/octet-stream")

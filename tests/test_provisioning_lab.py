@@ -1,0 +1,170 @@
+"""Fast provisioning on the lab: a recursive instance over the lab's base instance (real OVS, real IPMI).
+
+The recursive instance's boot service runs in a headnode's namespace on the provisioning network; the
+nodes network-boot the FPBL through iPXE (DHCP from dnsmasq, scripts and the FPBL from the recursive
+instance's API through the relay), their NICs move from the provisioning network to the customer's
+network when the OS is up and back at the return, and no firmware boot happens after the first ready.
+Everything goes through the API and the client; the switch's state is read back from OVS.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lab_helpers import LAB_MARKS, lab_dir_fixture, lab_status, parse_exports, rhaas  # noqa: F401
+from test_provisioning_qemu import two_customers, upload_image, wait_job
+
+from rhaas.client import Client
+from rhaas.lab import procs
+from rhaas.lab.polling import wait_for
+from rhaas.lab.servers import Server
+
+pytestmark = [*LAB_MARKS, pytest.mark.ipmi]
+
+BOOT_TIMEOUT = 300  # TCG on a busy 2-core machine: iPXE, the FPBL over HTTP, two nodes at once
+HEAD_IP = "10.0.0.1/24"
+BOOT_PORT = 8080
+
+
+def _state(c: Client, node: str) -> str:
+    return str(c.node.provisioning(node)["state"])
+
+
+def _console(path: str, offset: int = 0) -> str:
+    return Path(path).read_bytes()[offset:].decode(errors="replace")
+
+
+def test_network_boot_deploy_return_and_reassign_on_the_lab(lab_dir: Path, tmp_path: Path) -> None:
+    from rhaas.provisioning.fpbl import build_fpbl, export
+
+    export(build_fpbl(), tmp_path / "fpbl")  # what [provisioning] fpbl_dir serves
+    env = parse_exports(rhaas("lab", "up", "--nodes", "2", "--memory", "1536", "--workdir", str(lab_dir)))
+    rhaas("lab", "headnode", "boot", "--ip", HEAD_IP, "--workdir", str(lab_dir))
+    status = lab_status(lab_dir)
+    nodes = {n["node"]: n for n in status["nodes"]}
+    head = status["headnodes"][0]
+    base = Client(env["RHAAS_ENDPOINT"], env["RHAAS_USERNAME"], env["RHAAS_PASSWORD"])
+    base.project.create("reseller")
+    base.user.create("l2bot", "l2bot-pw")
+    base.user.add_project("l2bot", "reseller")
+
+    boot_url = f"http://{HEAD_IP.split('/')[0]}:{BOOT_PORT}"
+    config = tmp_path / "l2.toml"
+    config.write_text(
+        "[provisioning]\nenabled = true\ntick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
+        f'network = "prov"\nboot_url = "{boot_url}"\nagent_url = "{boot_url}"\n'
+        f'fpbl_dir = "{tmp_path / "fpbl"}"\nreturn_timeout = 240\n'
+    )
+    l2 = Server(
+        f"sqlite:///{tmp_path / 'l2.sqlite3'}", tmp_path / "l2.log",
+        "--upstream", env["RHAAS_ENDPOINT"], "--upstream-project", "reseller", "--upstream-user", "l2bot",
+        "--config", str(config), env={"RHAAS_UPSTREAM_PASSWORD": "l2bot-pw"},
+    )  # fmt: skip
+    boot = None
+    try:
+        l2.start()
+        admin = Client(l2.url, "admin", "adminpw")
+        # The provisioning network: a network of the recursive instance (so, one upstream), which the
+        # headnode's port carries too.
+        admin.project.create("infra")
+        admin.network.create("prov", "admin", "infra", "")
+        prov_vlan = admin.network.show("prov")["channels"][1].split("/")[1]
+        upstream_prov = next(
+            n
+            for n in base.project.networks_in("reseller")
+            if base.network.show(n)["channels"][1] == f"vlan/{prov_vlan}"
+        )
+        base.project.connect("reseller", head["headnode"])
+        base.wait_networking_action(
+            base.node.connect_network(head["headnode"], "eth0", upstream_prov)["status_id"]
+        )
+        log = open(tmp_path / "boot-service.log", "wb")  # noqa: SIM115 - closed below
+        boot = subprocess.Popen(
+            [sys.executable, "-m", "rhaas.admin", "boot-service", "--address", HEAD_IP,
+             "--port", str(BOOT_PORT), "--api", l2.url, "--netns", head["netns"],
+             "--dir", str(tmp_path / "boot")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(
+            "the boot service", lambda: b"boot service" in (tmp_path / "boot-service.log").read_bytes(), 30
+        )
+        assert boot.poll() is None, (tmp_path / "boot-service.log").read_text()
+
+        assert sorted(admin.pool.grow(2)) == ["n1", "n2"]
+        started = time.monotonic()
+        for name in nodes:
+            admin.node.enroll_fpbl(name)
+        for name in nodes:
+            wait_for(f"{name} ready", lambda n=name: _state(admin, n) == "ready", BOOT_TIMEOUT)
+        boot_seconds = time.monotonic() - started
+        for node in nodes.values():  # the NIC is on the provisioning network, read back from OVS
+            assert base.port.state("labsw", node["switch_port"]) == {"native": prov_vlan, "tagged": []}
+            assert "RHAAS-FPBL init" in _console(node["console"])
+        boots = {n["node"]: n["firmware_boots"] for n in lab_status(lab_dir)["nodes"]}
+        assert all(b >= 1 for b in boots.values()), boots
+
+        a_os, b_os, disk, nonce = two_customers(admin, tmp_path)
+        alice, bob = Client(l2.url, "alice", "alice-pw"), Client(l2.url, "bob", "bob-pw")
+        upload_image(alice, "a-os", "a", a_os, disk)
+        upload_image(bob, "b-os", "b", b_os, None)
+
+        # Customer A: both nodes, A's network connected before the OS is up (the switch keeps the FPBL's
+        # network until then), A's OS and data.
+        alice.network.create("anet", "a", "a", "")
+        a_vlan = alice.network.show("anet")["channels"][1].split("/")[1]
+        offsets = {n: len(Path(node["console"]).read_bytes()) for n, node in nodes.items()}
+        for name in nodes:
+            alice.project.connect("a", name)
+            alice.wait_networking_action(alice.node.connect_network(name, "eth0", "anet")["status_id"])
+            assert base.port.state("labsw", nodes[name]["switch_port"])["native"] == prov_vlan
+        started = time.monotonic()
+        jobs = {name: alice.node.provision(name, "a-os") for name in nodes}
+        for job in jobs.values():
+            assert wait_job(alice, job, BOOT_TIMEOUT)["path"] == "fast"
+        up = f"{a_os.marker} UP"
+        for name, node in nodes.items():
+            wait_for(f"A's OS on {name}", lambda n=node, o=offsets[name]: up in _console(n["console"], o),
+                     BOOT_TIMEOUT)  # fmt: skip
+            assert f"RHAAS-DISK customer-data {nonce}" in _console(node["console"], offsets[name])
+            wait_for(f"{name} on A's network", lambda n=node: base.port.state("labsw", n["switch_port"])
+                     == {"native": a_vlan, "tagged": []}, 60)  # fmt: skip
+        a_seconds = time.monotonic() - started
+
+        # A gives them back: the NIC goes back to the provisioning network, NMI, wipe, ready.
+        started = time.monotonic()
+        for name in nodes:
+            alice.wait_networking_action(alice.node.detach_network(name, "eth0", "anet")["status_id"])
+            alice.project.detach("a", name)
+        for name in nodes:
+            wait_for(f"{name} ready again", lambda n=name: _state(admin, n) == "ready", BOOT_TIMEOUT)
+            ret = admin.node.provisioning(name)["jobs"][-1]
+            assert (ret["kind"], ret["status"], ret["path"]) == ("return", "DONE", "fast"), ret
+            assert ("verify-wipe", "done") in {(p["phase"], p["state"]) for p in ret["phases"]}
+            assert base.port.state("labsw", nodes[name]["switch_port"]) == {"native": prov_vlan, "tagged": []}
+        return_seconds = time.monotonic() - started
+
+        # Customer B: the same nodes, B's OS; A's data is gone from the disk (B's OS prints its start).
+        offsets = {n: len(Path(node["console"]).read_bytes()) for n, node in nodes.items()}
+        for name in nodes:
+            bob.project.connect("b", name)
+        for job in [bob.node.provision(name, "b-os") for name in nodes]:
+            wait_job(bob, job, BOOT_TIMEOUT)
+        up = f"{b_os.marker} UP"
+        for name, node in nodes.items():
+            wait_for(f"B's OS on {name}", lambda n=node, o=offsets[name]: up in _console(n["console"], o),
+                     BOOT_TIMEOUT)  # fmt: skip
+            assert nonce not in _console(node["console"], offsets[name])
+        after = {n["node"]: n["firmware_boots"] for n in lab_status(lab_dir)["nodes"]}
+        assert after == boots, f"firmware boots changed after the first ready: {boots} -> {after}"
+        print(
+            f"\nlab fast provisioning: network boot of 2 nodes to ready {boot_seconds:.1f} s; A's OS on both "
+            f"{a_seconds:.1f} s; return of both {return_seconds:.1f} s; firmware boots {boots} -> {after}"
+        )
+    finally:
+        if boot is not None:
+            procs.end(boot)
+        l2.stop()
