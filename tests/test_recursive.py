@@ -59,8 +59,10 @@ def wait_done(client: httpx.Client, status_id: str, timeout: float = 60) -> dict
         time.sleep(0.05)
 
 
-def start_level(db_url: str, log: Path, upstream: Level | None, project: str, bot: str) -> Level:
-    args: list[str] = ["--vlans", "100-199"]
+def start_level(db_url: str, log: Path, upstream: Level | None, project: str, bot: str, *extra: str) -> Level:
+    """A level on ``db_url``: recursive on ``upstream`` as ``bot`` of ``project`` there, if given;
+    ``extra``: more ``rhaas-admin serve`` flags."""
+    args: list[str] = ["--vlans", "100-199", *extra]
     env = {}
     if upstream is not None:
         args += ["--upstream", upstream.server.url, "--upstream-project", project, "--upstream-user", bot]
@@ -212,8 +214,12 @@ def test_three_levels_claim_connect_release(levels):
     assert sorted(ok(top.admin.get("/nodes/free"))) == sorted(nodes)
     ok(carol.delete("/network/cnet"))
     assert ok(mid.admin.get("/networks")) == {}
-    assert sorted(ok(top.admin.post("/pool/shrink", json={"count": 2}))) == sorted(nodes)
-    assert ok(top.admin.get("/nodes/all")) == []
+    # A node the admin registered here (it sorts first) is not the upstream's: shrink leaves it.
+    obm = {"type": "mock", "host": "local-bmc", "user": "u", "password": "p"}
+    ok(top.admin.put("/node/a-local", json={"obm": obm}))
+    assert sorted(ok(top.admin.post("/pool/shrink", json={"count": 3}))) == sorted(nodes)
+    assert ok(top.admin.get("/nodes/all")) == ["a-local"]
+    ok(top.admin.delete("/node/a-local"))
     assert sorted(ok(mid.admin.post("/pool/shrink", json={"count": 2}))) == sorted(nodes)
     assert ok(base.admin.get("/nodes/free")) == ["n1", "n2", "n3", "n4"]
     assert ok(base.admin.get("/project/reseller2/nodes")) == []

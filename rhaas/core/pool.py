@@ -27,6 +27,8 @@ from rhaas.errors import AllocationError, BadArgumentError, BlockedError
 
 log = logging.getLogger(__name__)
 UPSTREAM_SWITCH = "upstream"
+#: The OBM type of a node imported from the upstream (powered through it).
+UPSTREAM_OBM = "upstream"
 
 
 def upstream_of(db: Session) -> Upstream | None:
@@ -59,7 +61,7 @@ def import_node(db: Session, up: Upstream, name: str) -> Node:
     shown = up.show_node(name)
     switch = ensure_switch(db, up)
     node = Node(
-        label=name, obm_type="upstream", obm_settings={"upstream": up.key, "node": name}, obm_enabled=False
+        label=name, obm_type=UPSTREAM_OBM, obm_settings={"upstream": up.key, "node": name}, obm_enabled=False
     )
     db.add(node)
     for entry in shown.get("nics", []):
@@ -110,7 +112,9 @@ def shrink(db: Session, caller: Caller, count: int) -> list[str]:
         raise BadArgumentError("This is a base instance: it has no upstream to give nodes back to.")
     if count < 1:
         raise BadArgumentError("count must be at least 1.")
-    free = db.scalars(select(Node).where(free_node()).order_by(Node.label).limit(count)).all()
+    # Only nodes held upstream can go back there (an admin may also register nodes of its own here).
+    held = select(Node).where(free_node(), Node.obm_type == UPSTREAM_OBM)
+    free = db.scalars(held.order_by(Node.label).limit(count)).all()
     released = []
     for node in free:
         release_node(db, up, node)
