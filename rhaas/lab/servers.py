@@ -12,9 +12,6 @@ from pathlib import Path
 
 import httpx
 
-from rhaas.core.users import bootstrap_admin
-from rhaas.db.session import make_engine, make_sessionmaker, upgrade
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,6 +38,11 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> Server:
         """Start (or restart, on the same port and database) and wait until it answers."""
+        # Imported here: the CLI imports this module (for `rhaas demo`), and every command would pay for
+        # SQLAlchemy at start-up.
+        from rhaas.core.users import bootstrap_admin
+        from rhaas.db.session import make_engine, make_sessionmaker, upgrade
+
         upgrade(self.db_url)
         engine = make_engine(self.db_url)
         with make_sessionmaker(engine)() as db:
