@@ -112,7 +112,7 @@ def _bump_node_generation(db: Session) -> None:
 
 
 def enroll(
-    db: Session, caller: Caller, node_name: str, agent_url: str, settings: ProvisioningSettings | None = None
+    db: Session, caller: Caller, node_name: str, agent_url: str, settings: ProvisioningSettings
 ) -> dict[str, str]:
     """Put a node under fast provisioning (admin): a new agent secret, state ``booting``.
 
@@ -128,7 +128,6 @@ def enroll(
         raise BlockedError(f"Node {node_name} is in a project; only a free node can be enrolled.")
     if not agent_url.startswith(("http://", "https://")) or any(c.isspace() for c in agent_url):
         raise BadArgumentError(f"agent_url {agent_url[:100]!r} is not an http(s) URL.")
-    settings = settings or ProvisioningSettings()
     vlan = nic = None
     if settings.network is not None:
         network = db.scalar(select(Network).where(Network.label == settings.network))
@@ -456,8 +455,10 @@ def _port_busy(db: Session, row: NodeProvisioning | None) -> bool:
     if row.port_dirty:
         return True
     nic = _held_nic(row)
-    if nic is None:
-        return False
+    return nic is not None and _action_pending(db, nic)
+
+
+def _action_pending(db: Session, nic: Nic) -> bool:
     pending = exists().where(NetworkingAction.nic_id == nic.id, NetworkingAction.status == PENDING)
     return bool(db.scalar(select(pending)))
 
@@ -469,11 +470,11 @@ def _sync_port(sessions: Any, node_id: int) -> int:
         row = db.get(NodeProvisioning, node_id)
         if row is None or not row.port_dirty:
             return 0
-        row.port_dirty = False
         nic = _held_nic(row)
+        if nic is not None and _action_pending(db, nic):
+            return 0  # still dirty: tried again at the next tick
+        row.port_dirty = False
         if nic is not None:
-            if _port_busy(db, row):
-                return 0  # rolled back: still dirty, tried again at the next tick
             db.add(NetworkingAction(uuid=str(uuid.uuid4()), type=SYNC_PORT, nic=nic, channel=""))
         try:
             db.commit()
@@ -501,8 +502,7 @@ def _network_boot(sessions: Any, node_id: int) -> int:
         driver, label = obm_of(row.node), row.node.label
         db.commit()
     try:
-        driver.set_bootdev("pxe")
-        driver.power_cycle(force=True)
+        _boot_from_network(driver)
         log.info("node %s: network boot into the FPBL (power cycled through %s)", label, driver.name)
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
         with sessions() as db:
@@ -555,11 +555,16 @@ def _record(sessions: Any, job_id: int, phase: str, outcome: str, detail: str) -
         db.commit()
 
 
+def _boot_from_network(driver: Any) -> None:
+    """Boot device PXE, then a power cycle: the node comes up in the FPBL (BMC calls: no transaction)."""
+    driver.set_bootdev("pxe")
+    driver.power_cycle(force=True)
+
+
 def _power_cycle(sessions: Any, job_id: int, driver: Any) -> None:
     """The reboot path: network boot next, then power cycle (outside any transaction), and record it."""
     try:
-        driver.set_bootdev("pxe")
-        driver.power_cycle(force=True)
+        _boot_from_network(driver)
         outcome, detail = "done", f"power cycled through {driver.name} at {driver.address}"
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
         outcome, detail = "error", f"power cycle failed: {exc}"

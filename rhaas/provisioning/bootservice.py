@@ -192,10 +192,11 @@ def serve(
             raise BootServiceError(f"cannot give {interface} an IPv6 address: {done.stderr.strip()}")
         if api is not None:
             listener = socket.create_server((ip, port), backlog=64)
-        proc = subprocess.Popen(
-            [dnsmasq, "--keep-in-foreground", f"--conf-file={conf}", "--user=root"],
-            stdout=subprocess.DEVNULL, stderr=open(directory / "dnsmasq.out", "ab"),  # noqa: SIM115
-        )  # fmt: skip
+        with open(directory / "dnsmasq.out", "ab") as err:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [dnsmasq, "--keep-in-foreground", f"--conf-file={conf}", "--user=root"],
+                stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
     stop = threading.Event()
     thread = None
     if listener is not None:

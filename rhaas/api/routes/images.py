@@ -6,6 +6,8 @@ Blobs are uploaded as raw bytes (``PUT /v0/blob/<sha256>``, any Content-Type) an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
@@ -100,8 +102,14 @@ def blob_response(request: Request, db: Session, digest: str) -> Response:
     """The stored blob ``digest``, whole or the single Range asked for (checked first: 416 in HIL's
     error shape rather than Starlette's)."""
     path = store(request).path(digest)
-    images.parse_range(request.headers.get("range"), path.stat().st_size)
     db.rollback()  # no transaction (on SQLite: the write lock) stays open while the bytes go out
+    return file_response(request, path)
+
+
+def file_response(request: Request, path: Path) -> Response:
+    """The file at ``path``, whole or the single Range asked for (checked first: 416 in HIL's error
+    shape rather than Starlette's)."""
+    images.parse_range(request.headers.get("range"), path.stat().st_size)
     return FileResponse(path, media_type="application/octet-stream")
 
 

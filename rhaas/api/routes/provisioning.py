@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from rhaas.api.deps import get_caller, get_db
 from rhaas.api.routes.common import reply, wake_provisioning
-from rhaas.api.routes.images import blob_response
+from rhaas.api.routes.images import blob_response, file_response
 from rhaas.api.schemas import AgentCheckinBody, AgentReportBody, EnrollBody, ProvisionBody
 from rhaas.config import ProvisioningSettings
 from rhaas.core import images, provisioning
@@ -175,5 +174,4 @@ def boot_file(name: str, request: Request) -> Response:
     path = Path(settings.fpbl_dir or "") / name
     if not path.is_file():
         raise IllegalStateError(f"The FPBL's {name} is missing from [provisioning] fpbl_dir.")
-    images.parse_range(request.headers.get("range"), path.stat().st_size)
-    return FileResponse(path, media_type="application/octet-stream")
+    return file_response(request, path)
