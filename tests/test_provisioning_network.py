@@ -131,6 +131,19 @@ def test_each_network_boot_gets_a_fresh_secret(netprov):
     assert state(netprov, "n1") == "ready"
 
 
+def test_a_nic_registered_in_another_mac_form_is_found_by_ipxes(netprov):
+    netprov.admin.ok("PUT", "/switch/sw0/port/gi1/0/9")
+    obm = {"type": "mock", "host": "bmc9", "user": "u", "password": "secret-bmc"}
+    netprov.admin.ok("PUT", "/node/n9", {"obm": obm})
+    netprov.admin.ok("PUT", "/node/n9/nic/eth0", {"macaddr": "52-54-00-00-00-9A"})
+    netprov.admin.ok("POST", "/switch/sw0/port/gi1/0/9/connect_nic", {"node": "n9", "nic": "eth0"})
+    netprov.admin.ok("PUT", "/node/n9/fpbl", {})
+    agent = boot(netprov, "52:54:00:00:00:9a")
+    assert agent.node == "n9"
+    agent.checkin()
+    assert state(netprov, "n9") == "ready"
+
+
 def test_boot_routes_refuse_bad_input_and_change_nothing(netprov):
     before = dump(netprov.sessions)
     for path, status in (

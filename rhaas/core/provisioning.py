@@ -184,7 +184,9 @@ def boot_script(db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdli
     """
     if not MAC_PATTERN.fullmatch(mac):
         raise BadArgumentError(f"{mac[:40]!r} is not a MAC address (aa:bb:cc:dd:ee:ff).")
-    nic = db.scalar(select(Nic).where(func.lower(Nic.macaddr) == mac.lower()))
+    # NICs are registered as HIL takes them (aa:bb:…, AA-BB-…, aabb…); iPXE says aa:bb:cc:dd:ee:ff.
+    digits = func.lower(func.replace(func.replace(Nic.macaddr, ":", ""), "-", ""))
+    nic = db.scalar(select(Nic).where(digits == mac.replace(":", "").lower()))
     if nic is None:
         raise NotFoundError(f"No node has a NIC with MAC address {mac}.")
     row = db.get(NodeProvisioning, nic.node_id)
