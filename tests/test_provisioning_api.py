@@ -352,6 +352,21 @@ def test_a_return_queued_before_a_restart_is_carried_out_after_it(db_url):
         assert jobs[-1]["kind"] == "return" and jobs[-1]["status"] == "RUNNING"
 
 
+def deploy_then_detach(prov: Api, node: str) -> Agent:
+    """Enrol ``node``, deploy it for p1, and give it back (the return starts); its agent."""
+    agent = enroll(prov, node)
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": node})
+    deploy(prov, agent, node)
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": node})
+    return agent
+
+
+def last_job_phases(prov: Api, node: str) -> list[tuple[str, str]]:
+    job = prov.admin.ok("GET", f"/node/{node}/provisioning")["jobs"][-1]
+    return [(p["phase"], p["state"]) for p in job["phases"]]
+
+
 def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov, monkeypatch):
     """On a recursive instance the OBM is the upstream's API, whose refusals are UpstreamErrors."""
     from rhaas.core import provisioning
@@ -372,16 +387,59 @@ def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov,
             self.calls.append("cycle")
 
     monkeypatch.setattr(provisioning, "obm_of", lambda node: RefusingUpstream())
-    agent = enroll(prov, "n1")
-    agent.checkin()
-    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
-    deploy(prov, agent, "n1")
-    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    deploy_then_detach(prov, "n1")
 
     def phases():
-        job = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
-        return {(p["phase"], p["state"]) for p in job["phases"]}
+        return set(last_job_phases(prov, "n1"))
 
     wait_for("the failed NMI recorded", lambda: ("nmi", "error") in phases(), 10.0, every=0.02)
     wait_for("the fallback", lambda: ("power-cycle", "done") in phases(), 15.0, every=0.05)
     assert RefusingUpstream.calls == ["nmi", "bootdev pxe", "cycle"]
+
+
+def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
+    """A BMC that misses one call (a busy machine, a lost UDP packet) must not leave the return stuck
+    until its deadline: the reboot path tries the power cycle again."""
+    from rhaas.core import provisioning
+    from rhaas.errors import OBMError
+
+    monkeypatch.setattr(provisioning, "RETRY_SECONDS", 0.2)
+
+    class FlakyBMC:
+        name, address = "ipmi", "bmc.example"
+        calls: list[str] = []
+
+        def send_nmi(self) -> None:
+            self.calls.append("nmi")
+            raise OBMError("IPMI BMC at bmc.example: no answer to NMI after 8.0 s")
+
+        def set_bootdev(self, bootdev: str) -> None:
+            self.calls.append(f"bootdev {bootdev}")
+            if self.calls.count("bootdev pxe") == 1:
+                raise OBMError("IPMI BMC at bmc.example: no answer to set boot device pxe after 8.0 s")
+
+        def power_cycle(self, force: bool = False) -> None:
+            self.calls.append("cycle")
+
+    monkeypatch.setattr(provisioning, "obm_of", lambda node: FlakyBMC())
+    agent = deploy_then_detach(prov, "n1")
+
+    def phases():
+        return last_job_phases(prov, "n1")
+
+    wait_for("the second power cycle", lambda: ("power-cycle", "done") in phases(), 15.0, every=0.05)
+    # The NMI failed, so the fallback came at once (not at the deadline); the first power cycle failed
+    # and the second went through; nothing was called twice more than that.
+    assert FlakyBMC.calls == ["nmi", "bootdev pxe", "bootdev pxe", "cycle"]
+    seen = phases()
+    assert (
+        seen.index(("nmi", "error"))
+        < seen.index(("fallback", "start"))
+        < seen.index(("power-cycle", "error"))
+    )
+    agent.checkin("ready")
+    item = agent.work()
+    agent.report(item["job"], "verify-wipe", "done")
+    agent.report(item["job"], "ready", "done")
+    ret = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
+    assert (ret["status"], ret["path"]) == ("DONE", "reboot")

@@ -89,6 +89,8 @@ STATES = (BOOTING, READY, DEPLOYING, DEPLOYED, RETURNING, FAILED)
 RUNNING = "RUNNING"
 DEPLOY, RETURN = "deploy", "return"
 FAST, REBOOT = "fast", "reboot"
+#: Seconds between two tries of a power cycle that failed (a BMC that did not answer, an upstream error).
+RETRY_SECONDS = 5.0
 #: The phase whose ``done`` report proves a return's wipe was read back clean.
 WIPE_VERIFIED = "verify-wipe"
 #: The deploy phase after which the customer's kernel runs: the agent reports it done, then jumps.
@@ -333,8 +335,15 @@ def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
             _bump_node_generation(db)
         return
     if job is not None and job.kind == DEPLOY and job.status == RUNNING and mode == "ready":
-        # The FPBL booted again in the middle of a deploy: the kexec did not happen.
-        _finish(job, ERROR, "The FPBL checked in again during the deploy: the customer OS did not start.")
+        # The FPBL booted again, or its agent was restarted, in the middle of a deploy: no kexec happened.
+        reported = [p["phase"] for p in job.phases if p["phase"] != "handed-out"]
+        where = f" during {reported[-1]}" if reported else ""
+        _finish(
+            job,
+            ERROR,
+            f"The FPBL checked in again during the deploy (its agent restarted or the node rebooted{where}):"
+            " the customer OS did not start.",
+        )
         row.state = FAILED
         return
     if row.state == BOOTING and mode == "ready":
@@ -528,11 +537,15 @@ def _claim(db: Session, job_id: int, was_status: str, was_path: str, **values: A
 
 
 def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
-    """Claim a new return and set it going: an NMI (fast path), or a power cycle (reboot path)."""
+    """Claim a new return and set it going: an NMI (fast path), or a power cycle (reboot path). A
+    power cycle that failed is tried again every `RETRY_SECONDS` until the job's deadline."""
     with sessions() as db:
         job = db.get(ProvisionJob, job_id)
         if job is None or _port_busy(db, db.get(NodeProvisioning, job.node_id)):
             return 0  # the NIC goes back to the provisioning network first: the return FPBL needs it
+        last = job.phases[-1] if job.phases else None
+        if last and last["state"] == "error" and last["at"] > time.time() - RETRY_SECONDS:
+            return 0
         if not _claim(db, job_id, PENDING, job.path, status=RUNNING):
             return 0
         path, driver = job.path, obm_of(job.node)
@@ -542,10 +555,20 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) ->
         return 1
     try:
         driver.send_nmi()
-        outcome, detail = "done", f"NMI sent through {driver.name} at {driver.address}"
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
-        outcome, detail = "error", f"NMI failed: {exc}"
-    _record(sessions, job_id, "nmi", outcome, detail)
+        # No NMI, no fast return: take the reboot path now rather than at the deadline.
+        _record(sessions, job_id, "nmi", "error", f"NMI failed: {exc}")
+        with sessions() as db:
+            deadline = utcnow() + dt.timedelta(seconds=settings.reboot_timeout)
+            if not _claim(db, job_id, RUNNING, FAST, path=REBOOT, deadline=deadline):
+                return 1
+            job = db.get(ProvisionJob, job_id)
+            assert job is not None
+            _stamp(job, "fallback", "start", "the NMI could not be sent: power cycle, network boot")
+            db.commit()
+        _power_cycle(sessions, job_id, driver)
+        return 1
+    _record(sessions, job_id, "nmi", "done", f"NMI sent through {driver.name} at {driver.address}")
     return 1
 
 
@@ -564,13 +587,23 @@ def _boot_from_network(driver: Any) -> None:
 
 
 def _power_cycle(sessions: Any, job_id: int, driver: Any) -> None:
-    """The reboot path: network boot next, then power cycle (outside any transaction), and record it."""
+    """The reboot path: network boot next, then power cycle (outside any transaction), and record it. If
+    the BMC (or the upstream) failed, the job goes back to pending: the next tick tries again."""
     try:
         _boot_from_network(driver)
-        outcome, detail = "done", f"power cycled through {driver.name} at {driver.address}"
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
-        outcome, detail = "error", f"power cycle failed: {exc}"
-    _record(sessions, job_id, "power-cycle", outcome, detail)
+        with sessions() as db:
+            job = db.get(ProvisionJob, job_id)
+            assert job is not None
+            _stamp(
+                job, "power-cycle", "error", f"power cycle failed (tried again in {RETRY_SECONDS:g} s): {exc}"
+            )
+            _claim(db, job_id, RUNNING, REBOOT, status=PENDING)
+            db.commit()
+        return
+    _record(
+        sessions, job_id, "power-cycle", "done", f"power cycled through {driver.name} at {driver.address}"
+    )
 
 
 def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
@@ -590,7 +623,7 @@ def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
             return 1
         # The return FPBL did not check in after the NMI: the customer may have unloaded the crash kernel.
         deadline = utcnow() + dt.timedelta(seconds=settings.reboot_timeout)
-        if not _claim(db, job_id, job.status, FAST, path=REBOOT, deadline=deadline):
+        if not _claim(db, job_id, job.status, FAST, path=REBOOT, status=RUNNING, deadline=deadline):
             return 0
         db.refresh(job)
         _stamp(job, "fallback", "start", "no return FPBL by the deadline: power cycle, network boot")
