@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers import Server
+from servers import Server, free_port
 
 RHAAS = [sys.executable, "-m", "rhaas.cli.main"]
 
@@ -129,3 +130,29 @@ def test_image_register_list_show_delete(base, tmp_path: Path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
     run(base, "image", "delete", "lab-os")
     assert json.loads(run(base, "image", "list", "--json").stdout) == ["pub-os"]
+
+
+def test_image_register_from_an_unreachable_url_registers_nothing(base, tmp_path: Path):
+    """A URL nobody answers on: one line naming it, exit 1, and nothing registered or stored, whichever of
+    the image's files it was (the other ones are not uploaded either)."""
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel bytes, never uploaded")
+    digest = hashlib.sha256(kernel.read_bytes()).hexdigest()
+    closed = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
+    for args, url in (
+        (["--kernel", f"{closed}/vmlinuz", "--initrd", str(kernel)], f"{closed}/vmlinuz"),
+        (["--kernel", str(kernel), "--initrd", f"{closed}/initrd.img"], f"{closed}/initrd.img"),
+        (
+            ["--kernel", str(kernel), "--initrd", str(kernel), "--disk", f"{closed}/disk.img"],
+            f"{closed}/disk.img",
+        ),
+    ):
+        result = run(base, "image", "register", "unreachable-os", *args, check=False)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.startswith(f"error: cannot download {url}: "), result.stderr
+        assert "Connection refused" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert json.loads(run(base, "image", "list", "--json").stdout) == []
+    with base.client("admin", "adminpw") as admin:
+        assert admin.get(f"/blob/{digest}").status_code == 404
+    store = tmp_path / "base-images"  # the Server helper's image store, next to its log
+    assert not [p for p in store.rglob("*") if p.is_file()]

@@ -107,16 +107,19 @@ def state(admin: Client, node: str) -> str:
     return str(admin.node.provisioning(node)["state"])
 
 
-def boot_fpbl(admin: Client, fast: FastNode, fpbl, timings: dict[str, float]) -> int:
-    """Register and enrol the node, boot its FPBL, wait until it is ready; the firmware boot count then."""
-    admin.node.register("pq", "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=fast.port)
-    admin.node.add_nic("pq", "eth0", fast.node.mac)
-    enrolled = admin.node.enroll_fpbl("pq")["cmdline"]
-    assert state(admin, "pq") == "booting"
+def boot_fpbl(admin: Client, fast: FastNode, fpbl, timings: dict[str, float], extra_cmdline: str = "") -> int:
+    """Register and enrol the node, boot its FPBL, wait until it is ready; the firmware boot count then.
+
+    ``extra_cmdline``: kernel parameters for the FPBL besides its own and its enrolment's."""
+    name = fast.name
+    admin.node.register(name, "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=fast.port)
+    admin.node.add_nic(name, "eth0", fast.node.mac)
+    enrolled = admin.node.enroll_fpbl(name)["cmdline"]
+    assert state(admin, name) == "booting"
     # The FPBL boots (here straight from the kernel; the lab boots it through PXE) and checks in.
     started = time.monotonic()
-    fast.boot_fpbl(f"{fpbl.cmdline} {enrolled}")
-    wait_for("ready", lambda: state(admin, "pq") == "ready", BOOT_TIMEOUT)
+    fast.boot_fpbl(" ".join(filter(None, (fpbl.cmdline, extra_cmdline, enrolled))))
+    wait_for("ready", lambda: state(admin, name) == "ready", BOOT_TIMEOUT)
     timings["power on -> FPBL ready"] = time.monotonic() - started
     return fast.boots()
 

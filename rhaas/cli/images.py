@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,22 @@ def _local(source: str) -> Iterator[Path]:
         yield Path(tmp.name)
 
 
-def _blob(client: Client, source: str | None, role: str) -> str | None:
-    """The sha256 of ``source`` in the server's store: ``sha256:<hex>`` as given, else uploaded."""
-    if source is None:
-        return None
-    if source.startswith("sha256:"):
-        return source
-    with _local(source) as path:
-        click.echo(f"uploading {role} {source} ({path.stat().st_size} bytes)", err=True)
-        return str(client.image.upload(path)["sha256"])
+def _blobs(client: Client, sources: dict[str, str | None]) -> dict[str, str | None]:
+    """The sha256 of each source in the server's store: ``sha256:<hex>`` as given, else uploaded.
+
+    Every file is found and every URL downloaded before anything is uploaded: a source that cannot be had
+    leaves nothing behind in the store."""
+    with ExitStack() as stack:
+        files = {
+            role: stack.enter_context(_local(source))
+            for role, source in sources.items()
+            if source is not None and not source.startswith("sha256:")
+        }
+        digests = dict(sources)
+        for role, path in files.items():
+            click.echo(f"uploading {role} {sources[role]} ({path.stat().st_size} bytes)", err=True)
+            digests[role] = str(client.image.upload(path)["sha256"])
+        return digests
 
 
 @image.command("register")
@@ -71,12 +78,13 @@ def register(
     client: Client, name: str, kernel: str, initrd: str, disk: str | None, cmdline: str, project: str | None
 ) -> None:
     """Upload an image's files and register it as NAME."""
+    digests = _blobs(client, {"kernel": kernel, "initrd": initrd, "disk": disk})
     client.image.register(
         name,
         project=project,
-        kernel=_blob(client, kernel, "kernel") or "",
-        initrd=_blob(client, initrd, "initrd") or "",
-        disk=_blob(client, disk, "disk"),
+        kernel=digests["kernel"] or "",
+        initrd=digests["initrd"] or "",
+        disk=digests["disk"],
         cmdline=cmdline,
     )
     click.echo(f"image {name} is registered")
