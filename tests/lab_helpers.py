@@ -18,21 +18,12 @@ from typing import Any
 import pytest
 
 from rhaas.lab import procs
-from rhaas.lab.ovs import find_binary
+from rhaas.lab.site import missing
 
 RHAAS = [sys.executable, "-m", "rhaas.cli.main"]
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (namespaces, taps, Open vSwitch)"
-    for tool in ("ovs-vswitchd", "ovsdb-server", "qemu-system-x86_64", "dnsmasq", "ipmitool", "ip"):
-        if find_binary(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
-MISSING = _missing()
+MISSING = missing()
 if MISSING:
     print(f"lab tests will be skipped: {MISSING}")
 

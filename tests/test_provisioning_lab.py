@@ -9,8 +9,6 @@ Everything goes through the API and the client; the switch's state is read back 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,15 +17,14 @@ from lab_helpers import LAB_MARKS, lab_dir_fixture, lab_status, parse_exports, r
 from test_provisioning_qemu import two_customers, upload_image, wait_job
 
 from rhaas.client import Client
-from rhaas.lab import procs
 from rhaas.lab.polling import wait_for
-from rhaas.lab.servers import Server
+from rhaas.lab.reseller import start_reseller
+from rhaas.lab.site import Lab
 
 pytestmark = [*LAB_MARKS, pytest.mark.ipmi]
 
 BOOT_TIMEOUT = 300  # TCG on a busy 2-core machine: iPXE, the FPBL over HTTP, two nodes at once
 HEAD_IP = "10.0.0.1/24"
-BOOT_PORT = 8080
 
 
 def _state(c: Client, node: str) -> str:
@@ -48,52 +45,14 @@ def test_network_boot_deploy_return_and_reassign_on_the_lab(lab_dir: Path, tmp_p
     nodes = {n["node"]: n for n in status["nodes"]}
     head = status["headnodes"][0]
     base = Client(env["RHAAS_ENDPOINT"], env["RHAAS_USERNAME"], env["RHAAS_PASSWORD"])
-    base.project.create("reseller")
-    base.user.create("l2bot", "l2bot-pw")
-    base.user.add_project("l2bot", "reseller")
-
-    boot_url = f"http://{HEAD_IP.split('/')[0]}:{BOOT_PORT}"
-    config = tmp_path / "l2.toml"
-    config.write_text(
-        "[provisioning]\nenabled = true\ntick_seconds = 0.2\nagent_poll_seconds = 0.5\n"
-        f'network = "prov"\nboot_url = "{boot_url}"\nagent_url = "{boot_url}"\n'
-        f'fpbl_dir = "{tmp_path / "fpbl"}"\nreturn_timeout = 240\n'
-    )
-    l2 = Server(
-        f"sqlite:///{tmp_path / 'l2.sqlite3'}", tmp_path / "l2.log",
-        "--upstream", env["RHAAS_ENDPOINT"], "--upstream-project", "reseller", "--upstream-user", "l2bot",
-        "--config", str(config), env={"RHAAS_UPSTREAM_PASSWORD": "l2bot-pw"},
-    )  # fmt: skip
-    boot = None
+    # The reseller: a recursive instance on the base's project 'reseller', its provisioning network (so
+    # one VLAN of the base) also on the headnode's port, its boot service in the headnode's namespace.
+    reseller = start_reseller(Lab(lab_dir), "boot", tmp_path / "fpbl", name="reseller")
     try:
-        l2.start()
-        admin = Client(l2.url, "admin", "adminpw")
-        # The provisioning network: a network of the recursive instance (so, one upstream), which the
-        # headnode's port carries too.
-        admin.project.create("infra")
-        admin.network.create("prov", "admin", "infra", "")
-        prov_vlan = admin.network.show("prov")["channels"][1].split("/")[1]
-        upstream_prov = next(
-            n
-            for n in base.project.networks_in("reseller")
-            if base.network.show(n)["channels"][1] == f"vlan/{prov_vlan}"
-        )
-        base.project.connect("reseller", head["headnode"])
-        base.wait_networking_action(
-            base.node.connect_network(head["headnode"], "eth0", upstream_prov)["status_id"]
-        )
-        log = open(tmp_path / "boot-service.log", "wb")  # noqa: SIM115 - closed below
-        boot = subprocess.Popen(
-            [sys.executable, "-m", "rhaas.admin", "boot-service", "--address", HEAD_IP,
-             "--port", str(BOOT_PORT), "--api", l2.url, "--netns", head["netns"],
-             "--dir", str(tmp_path / "boot")],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait_for(
-            "the boot service", lambda: b"boot service" in (tmp_path / "boot-service.log").read_bytes(), 30
-        )
-        assert boot.poll() is None, (tmp_path / "boot-service.log").read_text()
-
+        admin = reseller.admin
+        prov_vlan = reseller.provisioning_vlan
+        l2 = reseller.server
+        assert base.port.state("labsw", head["switch_port"]) == {"native": prov_vlan, "tagged": []}
         assert sorted(admin.pool.grow(2)) == ["n1", "n2"]
         started = time.monotonic()
         for name in nodes:
@@ -165,6 +124,4 @@ def test_network_boot_deploy_return_and_reassign_on_the_lab(lab_dir: Path, tmp_p
             f"{a_seconds:.1f} s; return of both {return_seconds:.1f} s; firmware boots {boots} -> {after}"
         )
     finally:
-        if boot is not None:
-            procs.end(boot)
-        l2.stop()
+        reseller.stop()

@@ -7,7 +7,7 @@ boot of the full lab), with the command line last given to `FastNode.boot_fpbl`;
 goes as on real hardware: kexec into the customer's OS, NMI through the BMC back into the FPBL, power
 cycle for the reboot path. The BMC is `rhaas.lab.daemon` in a process of its own (pyghmi's I/O is
 process-global: two BMCs in one process stall each other), which owns the QEMU process; this object
-reads the node's console and the BMC's counters from their files. Used by ``rhaas demo --fast``,
+reads the node's console and the BMC's counters from their files. Used by
 ``bench/provision.py`` and the provisioning tests.
 """
 

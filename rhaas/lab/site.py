@@ -61,6 +61,16 @@ _EMPTY_PORT = ("vlan_mode=access", "tag=4095", "protected=true")
 Say = Callable[[str], None]
 
 
+def missing() -> str | None:
+    """Why the lab cannot run here (not root, a tool not installed), or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root (namespaces, taps, Open vSwitch)"
+    for tool in ("ovs-vswitchd", "ovsdb-server", "qemu-system-x86_64", "dnsmasq", "ipmitool", "ip"):
+        if find_binary(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
 class LabError(RuntimeError):
     """The lab could not be brought up, inspected or torn down; the message says what and where."""
 
