@@ -58,7 +58,7 @@ RECURSIVE: dict[tuple[str, str], list[Case]] = {
             {"macaddr": "52:54:00:00:05:05"},
             "admin",
             200,
-            why="n1 is the upstream's: a NIC it does not have there would make pool/reconcile fail",
+            why="nl is this level's own node: a NIC on it changes nothing upstream",
         )
     ],
     ("PUT", "/node/n1/obm"): [

@@ -246,6 +246,7 @@ def test_upstream_down_is_a_clear_error_and_changes_nothing(levels, tmp_path):
         "nodes_gone_upstream": [],
         "networks_gone_upstream": [],
         "nics_out_of_sync": [],
+        "nics_missing_upstream": [],
         "fixed": False,
     }
 
@@ -262,6 +263,19 @@ def test_reconcile_finds_and_fixes_a_node_taken_away_upstream(levels):
     assert drift["fixed"] is True
     assert node not in ok(mid.admin.get("/nodes/all"))
     assert ok(mid.admin.post("/pool/reconcile", json={"fix": False}))["nodes_gone_upstream"] == []
+
+
+def test_reconcile_reports_a_nic_registered_only_here(levels):
+    """An admin of the recursive instance registers a NIC its upstream node lacks: reconcile says so (it
+    used to answer 502, asking the upstream for a NIC it does not have) and changes nothing."""
+    _base, mid, _top = levels
+    (node,) = ok(mid.admin.post("/pool/grow", json={"count": 1}))
+    ok(mid.admin.put(f"/node/{node}/nic/eth9", json={"macaddr": "52:54:00:00:09:09"}))
+    for fix in (False, True):
+        drift = ok(mid.admin.post("/pool/reconcile", json={"fix": fix}))
+        assert drift["nics_missing_upstream"] == [f"{node}/eth9"], drift
+        assert drift["nics_out_of_sync"] == [] and drift["nodes_gone_upstream"] == [], drift
+    assert "eth9" in {n["label"] for n in ok(mid.admin.get(f"/node/{node}"))["nics"]}
 
 
 @pytest.fixture

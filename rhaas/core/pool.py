@@ -173,6 +173,7 @@ class Drift:
     missing: list[str] = field(default_factory=list)  # known here, no longer held upstream
     network_missing: list[str] = field(default_factory=list)  # our upstream network is gone
     nics_out_of_sync: list[str] = field(default_factory=list)  # "node/nic" carrying other VLANs upstream
+    nics_missing_upstream: list[str] = field(default_factory=list)  # "node/nic" registered only here
     fixed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -181,6 +182,7 @@ class Drift:
             "nodes_gone_upstream": self.missing,
             "networks_gone_upstream": self.network_missing,
             "nics_out_of_sync": self.nics_out_of_sync,
+            "nics_missing_upstream": self.nics_missing_upstream,
             "fixed": self.fixed,
         }
 
@@ -189,7 +191,9 @@ def reconcile(db: Session, caller: Caller, fix: bool = False) -> Drift:
     """Compare local state with the upstream and, with ``fix``, repair the drift.
 
     A NIC is in sync when the upstream port carries exactly the networks its committed attachments say
-    (NICs with a pending action are skipped: the worker is on them). Fixing makes the upstream match.
+    (NICs with a pending action are skipped: the worker is on them). Fixing makes the upstream match. A
+    NIC registered here that the upstream node lacks is reported, not fixed: only an admin knows whether
+    the registration or the upstream is wrong.
     """
     from rhaas.core.networks import port_state  # networks uses this module: import at call time
 
@@ -207,7 +211,11 @@ def reconcile(db: Session, caller: Caller, fix: bool = False) -> Drift:
     pending = set(db.scalars(select(NetworkingAction.nic_id).where(NetworkingAction.status == PENDING)))
     desired: dict[tuple[str, str], PortState] = {}
     for name in sorted(held & set(local)):
+        upstream_nics = {entry["label"] for entry in up.show_node(name).get("nics", [])}
         for nic in local[name].nics:
+            if nic.label not in upstream_nics:
+                drift.nics_missing_upstream.append(f"{name}/{nic.label}")
+                continue
             if nic.id in pending:
                 continue
             want = port_state({a.channel: a.network for a in nic.attachments})
