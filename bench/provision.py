@@ -1,23 +1,24 @@
-"""Fast provisioning figures: provision and return by the fast path and by the reboot path (root).
+"""Fast provisioning figures on the lab: provision and return by the fast path and by the reboot path (root).
 
-    .venv/bin/python bench/provision.py [--nodes 2] [--rounds 2] [--memory 1024] [--disk-mb 64] [--json]
+    .venv/bin/python bench/provision.py [--nodes 4] [--rounds 2] [--memory 1024] [--disk-mb 64] [--json]
 
-Real QEMU nodes (TCG) boot the FPBL and check in with a real rhaas server; each node's BMC is a virtual
-BMC speaking IPMI. On the same nodes, in one run:
+The lab's QEMU nodes (TCG) sit behind Open vSwitch with virtual BMCs speaking IPMI, under the lab's base
+instance; a reseller's recursive instance with fast provisioning holds them, and its boot service in a
+headnode serves DHCP, iPXE scripts and the FPBL on its provisioning network (`rhaas.lab.reseller`), as
+in ``rhaas demo``. On the same nodes, in one run:
 
+- **network boot**: enrol → ready (boot from the network, power cycle over IPMI, iPXE, the FPBL over
+  HTTP, the agent's check-in): what a provision by the reboot path pays on top of the deploy itself;
 - **provision**: ``POST /node/<n>/provision`` → the customer OS's marker line on the node's console
-  (download kernel, initrd and a ``--disk-mb`` disk image, verify, write the disk, kexec);
-- **return, fast path**: ``detach_node`` → the node is ready again (NMI over IPMI, the crash FPBL wipes
-  the disk's metadata and reads it back, restores the full memory map, the full FPBL checks in);
-- **return, reboot path**: the same with the server's ``[provisioning] return_path = "reboot"`` (power
-  cycle over IPMI, firmware, FPBL, wipe, check-in): the server is restarted between the two, on the
-  same database and nodes;
-- **FPBL boot**: power on → the agent's first check-in (what any reboot-path provision pays on top of
-  the deploy itself: a reboot-path deploy boots the firmware into an installer, then again into the OS);
-- firmware boots per cycle, from the nodes' own counters;
+  (download kernel, initrd and a ``--disk-mb`` disk image, verify, write the disk, kexec; the NIC moves
+  to the customer's network when the OS is up);
+- **return, fast path**: ``detach_node`` → the node is ready again (the NIC back on the provisioning
+  network, NMI over IPMI through the base, the crash FPBL wipes the disk's metadata and reads it back,
+  restores the full memory map, the full FPBL checks in);
+- **return, reboot path**: the same with ``[provisioning] return_path = "reboot"`` (power cycle, network
+  boot, FPBL, wipe, check-in): the reseller is restarted between the two, on the same database and nodes;
+- firmware boots per cycle, from the BMCs' own counters;
 - every phase once with one node alone, then with all ``--nodes`` nodes at once.
-
-Nodes use QEMU's user-mode network (the server is 10.0.2.2 to them), so the bench needs no switch.
 """
 
 from __future__ import annotations
@@ -33,16 +34,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rhaas.client import Client
 from rhaas.lab import images
-from rhaas.lab.fastnode import BMC_USER, FastNode, agent_url
 from rhaas.lab.polling import wait_for
-from rhaas.lab.qemu import QemuNode
-from rhaas.lab.servers import Server
-from rhaas.provisioning.fpbl import build_fpbl
+from rhaas.lab.reseller import Reseller, start_reseller
+from rhaas.lab.site import Lab
+from rhaas.provisioning.fpbl import build_fpbl, export
 
 TIMEOUT = 600.0
-BMC_PASSWORD = "bench-bmc"
+HEADNODE, HEAD_IP = "head", "10.0.0.1/24"
 
 
 def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, float]:
@@ -67,38 +66,29 @@ def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, f
 
 
 class Bench:
+    """The lab (``nodes`` QEMU nodes behind Open vSwitch, IPMI BMCs, the base instance) and a reseller's
+    recursive instance with fast provisioning and its boot service in a headnode."""
+
     def __init__(self, workdir: Path, count: int, memory: int, disk_mb: int) -> None:
-        self.workdir = workdir
-        self.config = workdir / "rhaas.toml"
-        self.server = Server(f"sqlite:///{workdir / 'rhaas.sqlite3'}", workdir / "server.log", "--config",
-                             str(self.config))  # fmt: skip
-        self.names = [f"b{i}" for i in range(1, count + 1)]
-        self.memory, self.disk_size = memory, f"{disk_mb * 2}M"
-        self.fast: dict[str, FastNode] = {}
-        self.nodes: dict[str, QemuNode] = {}
+        self.workdir, self.count, self.memory = workdir, count, memory
+        self.lab = Lab(workdir / "lab")
         self.fpbl = build_fpbl()
+        export(self.fpbl, workdir / "fpbl")
         self.os = images.build_test_os("bench-os", "RHAAS-TESTOS bench-os")
         self.disk = workdir / "disk.img"
-        with open(self.disk, "wb") as f:  # a 64 MB image: a first line the OS shows, then data
+        with open(self.disk, "wb") as f:  # a first line the OS shows, then data that does not compress
             f.write(b"RHAAS-DISK bench\n")
             for _ in range(disk_mb):
                 f.write(os.urandom(1 << 20))
-
-    def configure(self, return_path: str) -> None:
-        self.config.write_text(
-            f'[provisioning]\nenabled = true\nagent_url = "{agent_url(self.server.port)}"\n'
-            f'return_path = "{return_path}"\nreturn_timeout = 300\nreboot_timeout = 600\n'
-            "tick_seconds = 0.1\nagent_poll_seconds = 0.2\n"
-        )
+        self.reseller: Reseller | None = None
 
     def start(self) -> None:
-        self.configure("fast")
-        self.server.start()
-        for name in self.names:
-            self.fast[name] = FastNode(name, self.workdir, BMC_PASSWORD, self.fpbl.kernel, self.fpbl.initrd,
-                                       self.memory, self.disk_size)  # fmt: skip
-            self.nodes[name] = self.fast[name].node
-        self.admin = Client(self.server.url, "admin", "adminpw")
+        self.lab.up(self.count, self.memory)
+        self.lab.headnode(HEADNODE, HEAD_IP)
+        self.consoles = {n["node"]: Path(n["console"]) for n in self.lab.status()["nodes"]}
+        self.reseller = start_reseller(self.lab, HEADNODE, self.workdir / "fpbl", reboot_timeout=600)
+        self.admin = self.reseller.admin
+        self.names = self.admin.pool.grow(self.count)
         self.admin.project.create("bench")
         files = {"kernel": self.os.kernel, "initrd": self.os.initrd, "disk": self.disk}
         digests = {role: self.admin.image.upload(path)["sha256"] for role, path in files.items()}
@@ -107,50 +97,45 @@ class Bench:
     def state(self, name: str) -> str:
         return str(self.admin.node.provisioning(name)["state"])
 
-    def boot_fpbl(self, name: str) -> float:
-        fast = self.fast[name]
-        self.admin.node.register(name, "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=fast.port)
-        self.admin.node.add_nic(name, "eth0", fast.node.mac)
-        enrolled = self.admin.node.enroll_fpbl(name)["cmdline"]
+    def network_boot(self, name: str) -> float:
+        """Enrol: boot from the network, power cycle, iPXE, the FPBL over HTTP, the agent's check-in."""
         started = time.monotonic()
-        fast.boot_fpbl(f"{self.fpbl.cmdline} {enrolled}")
+        self.admin.node.enroll_fpbl(name)
         wait_for(f"{name} ready", lambda: self.state(name) == "ready", TIMEOUT)
         return time.monotonic() - started
 
     def provision(self, name: str) -> float:
-        node = self.nodes[name]
         self.admin.project.connect("bench", name)
-        offset = node.console_offset()
+        console = self.consoles[name]
+        offset = console.stat().st_size
         started = time.monotonic()
         self.admin.node.provision(name, "bench-os")
-        node.wait_for_console(self.os.up_regex, TIMEOUT, offset=offset)
+        marker = f"{self.os.marker} UP".encode()
+        wait_for(f"the OS on {name}", lambda: marker in console.read_bytes()[offset:], TIMEOUT, every=0.1)
         return time.monotonic() - started
 
     def give_back(self, name: str) -> float:
         started = time.monotonic()
         self.admin.project.detach("bench", name)
-        wait_for(f"{name} ready again", lambda: self.state(name) == "ready", TIMEOUT)
+        wait_for(f"{name} ready again", lambda: self.state(name) == "ready", TIMEOUT, every=0.1)
         return time.monotonic() - started
 
     def switch_path(self, return_path: str) -> None:
-        self.server.stop()
-        self.configure(return_path)
-        self.server.start()
+        assert self.reseller is not None
+        self.reseller.restart(return_path=return_path)
 
     def boots(self) -> dict[str, int]:
-        return {n: fast.boots() for n, fast in self.fast.items()}
+        return {n["node"]: n["firmware_boots"] for n in self.lab.status()["nodes"]}
 
     def stop(self) -> None:
-        if hasattr(self, "admin"):
-            self.admin.close()
-        for fast in self.fast.values():
-            fast.close()
-        self.server.stop()
+        if self.reseller is not None:
+            self.reseller.stop()
+        self.lab.down()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=2, choices=range(1, 5))
+    parser.add_argument("--nodes", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", type=int, default=1024, help="MB per node")
     parser.add_argument("--disk-mb", type=int, default=64, help="size of the customer's disk image")
@@ -166,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(Path(tmp), args.nodes, args.memory, args.disk_mb)
         try:
             bench.start()
-            add("FPBL boot (power on -> ready)", in_parallel(bench.names, bench.boot_fpbl))
+            add("network boot to the FPBL (enrol -> ready)", in_parallel(bench.names, bench.network_boot))
             groups = [("1 node", bench.names[:1])]
             if args.nodes > 1:
                 groups.append((f"{args.nodes} nodes at once", bench.names))
