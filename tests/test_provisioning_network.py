@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -91,7 +91,24 @@ def test_enrolment_puts_the_nic_on_the_provisioning_network_then_boots_from_it(n
     assert netprov.admin.ok("GET", "/network/prov/attachments") == {}
 
 
-def test_customer_networks_reach_the_switch_when_the_os_is_up_and_leave_before_the_nmi(netprov):
+def no_pending_action(db_url: str) -> Callable[[], bool]:
+    """True once no networking action is pending: the worker commits an action DONE just after it has
+    changed the switch, and until then the NIC answers customers with HIL's 409 (one action per NIC)."""
+    from sqlalchemy import exists, select
+
+    from rhaas.db.models import PENDING, NetworkingAction
+    from rhaas.db.session import make_engine, make_sessionmaker
+
+    sessions = make_sessionmaker(make_engine(db_url))
+
+    def done() -> bool:
+        with sessions() as db:
+            return not db.scalar(select(exists().where(NetworkingAction.status == PENDING)))
+
+    return done
+
+
+def test_customer_networks_reach_the_switch_when_the_os_is_up_and_leave_before_the_nmi(netprov, db_url):
     netprov.admin.ok("PUT", "/node/n1/fpbl", {})
     prov_vlan = vlan(netprov, "prov")
     wait_for("the network boot", lambda: machine("bmc1").power == "on", 30.0, every=0.02)
@@ -107,6 +124,7 @@ def test_customer_networks_reach_the_switch_when_the_os_is_up_and_leave_before_t
     deploy(netprov, agent, "n1")
     a_vlan = vlan(netprov, "anet")
     wait_for("A's network on the port", lambda: port(netprov, 1) == {"native": a_vlan, "tagged": []}, 30.0)
+    wait_for("the NIC's hand-over committed", no_pending_action(db_url), 30.0, every=0.02)
 
     # A customer rebooting into the network is sent to its disk: no FPBL, no secret.
     script = netprov.client.get(f"/boot/v1/ipxe/{MAC1}").text
