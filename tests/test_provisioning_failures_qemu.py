@@ -17,12 +17,13 @@ node) that must bring it back to ``ready`` with its wipe verified:
    real hardware; nothing in the agent or the server helps. The FPBL's init restarts the agent, whose fresh
    check-in ends the deploy in ERROR, naming the phase it interrupted.
 
-After each failure the node is in ``error``, still in the FPBL, its agent polling. The return that follows
-sends the NMI all the same (the FPBL's kernel ignores it), the agent takes the wipe work, and the node is
-``ready`` again without a firmware boot. The wipe policy is the default, ``metadata``: a return zeroes and
-verifies the first and last MiB of the disk, so the middle of an image streamed before its failure (cases 1
-and 3) stays on the disk, under a scrubbed partition table, until the next deploy overwrites it. The disk
-is read back with ``qemu-img convert -U`` while the node runs, after the guest's fsync.
+After each failure the node is in ``error``, still in the FPBL, its agent polling. On the return that
+follows the agent takes the wipe work (the ticker's NMI, if it goes out first, is ignored by the FPBL's
+kernel), and the node is ``ready`` again without a firmware boot. The wipe policy is the default,
+``metadata``: a return zeroes and verifies the first and last MiB of the disk, so the middle of an image
+streamed before its failure (cases 1 and 3) stays on the disk, under a scrubbed partition table, until
+the next deploy overwrites it. The disk is read back with ``qemu-img convert -U`` while the node runs,
+after the guest's fsync.
 
 An unreachable image URL needs no node: see ``test_image_register_from_an_unreachable_url_registers_nothing``
 in tests/test_cli_e2e.py.
@@ -174,8 +175,10 @@ def give_back(site: Site, admin: Client, carol: Client, what: str) -> dict:
     ret = history["jobs"][-1]
     assert history["state"] == "ready", ret
     assert (ret["kind"], ret["status"]) == ("return", "DONE"), ret
-    assert {("nmi", "done"), ("verify-wipe", "done"), ("ready", "done")} <= set(phases(ret)), ret
-    assert site.fast.nmis() == nmis + 1 and site.fast.boots() == boots, "an NMI, no firmware boot"
+    assert {("verify-wipe", "done"), ("ready", "done")} <= set(phases(ret)), ret
+    # The node never left the FPBL, whose agent polls: it may take the wipe before the ticker sends the
+    # NMI (which the FPBL's kernel ignores), so there is at most one NMI; there is never a firmware boot.
+    assert site.fast.nmis() in (nmis, nmis + 1) and site.fast.boots() == boots, "no firmware boot"
     return ret
 
 
