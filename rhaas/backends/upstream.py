@@ -246,7 +246,19 @@ class Upstream:
         raise UpstreamError(f"upstream {self.url}: node {node} has no nic {nic}")
 
     def nic_state(self, node: str, nic: str) -> PortState:
-        networks = self.nic_networks(node, nic)
+        return self._port_state(self.nic_networks(node, nic))
+
+    def nic_states(self, node: str) -> dict[str, PortState]:
+        """NIC label → what its upstream port carries, for every NIC of the node, in one read."""
+        states = {}
+        for entry in self.show_node(node).get("nics", []):
+            networks = dict(entry.get("networks", {}))
+            with self._lock:
+                self._nic_cache[(node, entry["label"])] = dict(networks)
+            states[entry["label"]] = self._port_state(networks)
+        return states
+
+    def _port_state(self, networks: dict[str, str]) -> PortState:
         native = networks.get(NATIVE)
         tagged = frozenset(ch.split("/", 1)[1] for ch in networks if ch != NATIVE)
         return PortState(self.vlan_of(native) if native else None, tagged)

@@ -211,7 +211,7 @@ def reconcile(db: Session, caller: Caller, fix: bool = False) -> Drift:
     pending = set(db.scalars(select(NetworkingAction.nic_id).where(NetworkingAction.status == PENDING)))
     desired: dict[tuple[str, str], PortState] = {}
     for name in sorted(held & set(local)):
-        upstream_nics = {entry["label"] for entry in up.show_node(name).get("nics", [])}
+        upstream_nics = up.nic_states(name)
         for nic in local[name].nics:
             if nic.label not in upstream_nics:
                 drift.nics_missing_upstream.append(f"{name}/{nic.label}")
@@ -219,7 +219,7 @@ def reconcile(db: Session, caller: Caller, fix: bool = False) -> Drift:
             if nic.id in pending:
                 continue
             want = port_state({a.channel: a.network for a in nic.attachments})
-            if up.nic_state(name, nic.label) != want:
+            if upstream_nics[nic.label] != want:
                 drift.nics_out_of_sync.append(f"{name}/{nic.label}")
                 desired[(name, nic.label)] = want
     if fix:
