@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rhaas.client import Client
@@ -39,8 +39,8 @@ class Reseller:
     config: Path
     settings: dict[str, object]
     provisioning_vlan: str
+    workdir: Path
     boot_pid: int | None = None
-    workdir: Path = field(default_factory=Path)
 
     def restart(self, **settings: object) -> None:
         """Restart the instance on the same database and port with ``settings`` changed (e.g.
@@ -118,7 +118,7 @@ def start_reseller(
         env={"RHAAS_UPSTREAM_PASSWORD": bot_password},
     ).start()
     admin = Client(server.url, "admin", password)
-    reseller = Reseller(name, server, admin, config, values, "", workdir=workdir)
+    reseller = Reseller(name, server, admin, config, values, "", workdir)
     try:
         # The provisioning network is the reseller's own (so one VLAN of the base); the headnode's port
         # carries it too, at the base, where the headnode lives.
