@@ -326,7 +326,7 @@ def test_return_payload_contents(tmp_path):
     assert second % 4 == 0 and combined[second : second + 6] == b"070701"
     payload = {**images.read_cpio(combined[second:]), **deploy_part}
     assert payload["rhaas/init"].data.decode() == kx.WRAPPER and payload["rhaas/init"].mode & 0o111
-    assert "kexec -p /rhaas/fpbl/vmlinuz" in kx.WRAPPER and 'exec "$NEXT"' in kx.WRAPPER
+    assert "kexec -i -p /rhaas/fpbl/vmlinuz" in kx.WRAPPER and 'exec "$NEXT"' in kx.WRAPPER
     assert payload["rhaas/crash.cmdline"].data == b"crash line\n"
     assert payload["rhaas/next"].data == b"/init\n"
     assert payload["rhaas/fpbl/initrd"].data == data

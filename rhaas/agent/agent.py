@@ -25,8 +25,6 @@ Between polls it sleeps for the ``poll_after`` the server asked for.
 from __future__ import annotations
 
 import hashlib
-import http.client
-import ipaddress
 import json
 import os
 import subprocess
@@ -35,11 +33,10 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from rhaas.agent import disk as disks
-from rhaas.agent import kexec
+from rhaas.agent import kexec, wire
 
 API_PREFIX = "/agent/v1/nodes"
 HTTP_TIMEOUT = 30.0
@@ -73,8 +70,7 @@ def log(message: str) -> None:
 # --- settings ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     agent: str
     node: str
     secret: str
@@ -117,6 +113,8 @@ def parse_cmdline(text: str) -> Settings:
         kexec.parse_memmap(found["memmap"])
     ip = found.get("ip") or None
     if ip and "/" not in ip and found.get("netmask"):  # iPXE's ${ip} and ${netmask} (network boot)
+        import ipaddress  # only here: a network boot's FPBL needs it once, a return FPBL never
+
         try:
             ip = str(ipaddress.ip_interface(f"{ip}/{found['netmask']}"))
         except ValueError as exc:
@@ -131,20 +129,17 @@ def parse_cmdline(text: str) -> Settings:
 # --- work --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Artifact:
+class Artifact(NamedTuple):
     url: str
     sha256: str
     size: int
 
 
-@dataclass(frozen=True)
-class Wait:
+class Wait(NamedTuple):
     poll_after: float
 
 
-@dataclass(frozen=True)
-class Deploy:
+class Deploy(NamedTuple):
     job: str
     kernel: Artifact
     initrd: Artifact
@@ -152,8 +147,7 @@ class Deploy:
     cmdline: str
 
 
-@dataclass(frozen=True)
-class Wipe:
+class Wipe(NamedTuple):
     job: str
     policy: str
 
@@ -220,47 +214,41 @@ class Api:
         """An artifact URL: absolute, or relative to the agent base URL."""
         return urllib.parse.urljoin(self.base + "/", url)
 
-    def _connect(self, url: str) -> tuple[http.client.HTTPConnection, str]:
+    def _open(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> wire.Response:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ProtocolError(f"cannot fetch {url}: only http:// URLs are supported")
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.timeout)
-        return conn, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return wire.request(method, parts.hostname, parts.port or 80, target, headers, body, self.timeout)
 
     def call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
-        conn, path = self._connect(f"{self.base}{self.node_path}/{name}")
+        headers = dict(self.headers, Accept="application/json")
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            headers = dict(self.headers, Accept="application/json")
-            payload = None
-            if body is not None:
-                payload = json.dumps(body).encode()
-                headers["Content-Type"] = "application/json"
-            try:
-                conn.request(method, path, body=payload, headers=headers)
-                response = conn.getresponse()
+            with self._open(method, f"{self.base}{self.node_path}/{name}", headers, payload) as response:
                 data = response.read()
-            except http.client.HTTPException as exc:
-                raise ServerError(f"{method} {name}: {type(exc).__name__}: {exc}") from exc
-            if response.status != 200:
-                raise ServerError(f"{method} {name}: HTTP {response.status}: {data[:200]!r}")
-            try:
-                return json.loads(data or b"{}")
-            except ValueError as exc:
-                raise ProtocolError(f"{method} {name}: not JSON: {data[:200]!r}") from exc
-        finally:
-            conn.close()
+        except wire.HttpError as exc:
+            raise ServerError(f"{method} {name}: {exc}") from exc
+        if response.status != 200:
+            raise ServerError(f"{method} {name}: HTTP {response.status}: {data[:200]!r}")
+        try:
+            return json.loads(data or b"{}")
+        except ValueError as exc:
+            raise ProtocolError(f"{method} {name}: not JSON: {data[:200]!r}") from exc
 
     def download(
         self, artifact: Artifact, sink: Callable[[bytes], None], progress: Callable[[int, int], None]
     ) -> str:
         """Stream ``artifact`` into ``sink``; its SHA-256. Raises `AgentError` (phase 'download') if it is
         not ``artifact.size`` bytes long."""
-        conn, path = self._connect(self.resolve(artifact.url))
         digest = hashlib.sha256()
         done = 0
-        try:
-            conn.request("GET", path, headers=self.headers)
-            response = conn.getresponse()
+        with self._open("GET", self.resolve(artifact.url), self.headers) as response:
             if response.status != 200:
                 raise AgentError("download", f"GET {artifact.url}: HTTP {response.status}")
             while chunk := response.read(DOWNLOAD_CHUNK):
@@ -270,8 +258,6 @@ class Api:
                 digest.update(chunk)
                 sink(chunk)
                 progress(done, artifact.size)
-        finally:
-            conn.close()
         if done != artifact.size:
             raise AgentError("download", f"{artifact.url} is {done} bytes, not {artifact.size}")
         return digest.hexdigest()
@@ -319,7 +305,7 @@ class System:
         kexec.write_memmap_dir(target, ranges)
 
     def kexec_load(self, kernel: str, initrd: str, cmdline: str) -> None:
-        _run(["kexec", "-l", kernel, f"--initrd={initrd}", f"--append={cmdline}"])
+        _run(["kexec", "-i", "-l", kernel, f"--initrd={initrd}", f"--append={cmdline}"])
 
     def kexec_exec(self) -> None:
         os.sync()
@@ -336,17 +322,32 @@ def _run(cmd: list[str]) -> None:
 # --- the agent ---------------------------------------------------------------------------------------
 
 
-@dataclass
+def new_boot_id() -> str:
+    """An id of this boot: the kernel's own, which, unlike ``os.urandom``, does not wait for the random
+    pool to be ready (seconds after boot under TCG)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip().replace("-", "")
+    except OSError:
+        return os.urandom(8).hex()
+
+
 class Agent:
-    settings: Settings
-    api: Api
-    system: System
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], None] = time.sleep
-    boot_id: str = field(default_factory=lambda: os.urandom(8).hex())
-    #: The node's full memory map, to restore after a return (from rhaas.memmap= or the firmware).
-    memmap: list[kexec.MemRange] = field(default_factory=list)
-    _payload_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """The agent of one node: ``run`` checks in and does the work the server hands out."""
+
+    def __init__(
+        self, settings: Settings, api: Api, system: System, clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep, boot_id: str | None = None,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.api = api
+        self.system = system
+        self.clock = clock
+        self.sleep = sleep
+        self.boot_id = boot_id or new_boot_id()
+        #: The node's full memory map, to restore after a return (from rhaas.memmap= or the firmware).
+        self.memmap: list[kexec.MemRange] = []
+        self._payload_lock = threading.Lock()
 
     # --- reporting ---
 
@@ -504,7 +505,7 @@ class Agent:
             return self.api.download(artifact, sink, self._progress(job, phase))
         except AgentError as exc:
             raise AgentError(phase, str(exc)) from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise AgentError(phase, f"downloading {artifact.url} failed: {exc}") from exc
 
     def _check(

@@ -19,7 +19,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CHUNK = 1 << 20
 MIB = 1 << 20
@@ -36,8 +36,7 @@ class DiskError(RuntimeError):
     """An image does not fit, a write failed, or a wiped range did not read back as zero."""
 
 
-@dataclass(frozen=True)
-class Disk:
+class Disk(NamedTuple):
     name: str
     path: str
     size: int

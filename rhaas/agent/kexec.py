@@ -37,8 +37,7 @@ import json
 import os
 import shlex
 import stat
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 #: Where the FPBL keeps the files it needs to hand over and to come back (written by the builder).
 FPBL_DIR = "/rhaas/fpbl"
@@ -62,7 +61,7 @@ B=/rhaas/bin/busybox
 $B mkdir -p /proc /sys
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
-if /rhaas/lib/ld-linux-x86-64.so.2 --library-path /rhaas/lib /rhaas/bin/kexec -p /rhaas/fpbl/vmlinuz \
+if /rhaas/lib/ld-linux-x86-64.so.2 --library-path /rhaas/lib /rhaas/bin/kexec -i -p /rhaas/fpbl/vmlinuz \
         --initrd=/rhaas/fpbl/initrd --append="$($B cat /rhaas/crash.cmdline)"; then
     echo "RHAAS-RETURN armed crash_loaded=$($B cat /sys/kernel/kexec_crash_loaded)"
 else
@@ -80,8 +79,7 @@ exec "$NEXT"
 # --- the memory map ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MemRange:
+class MemRange(NamedTuple):
     """A physical address range ``[start, end)`` of one kind: u(sable), a(cpi), n(vs), r(eserved)."""
 
     start: int
@@ -278,8 +276,7 @@ def compose_fpbl_initrd(out_path: str, fpbl_dir: str = FPBL_DIR) -> int:
 # --- the return payload ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FpblFiles:
+class FpblFiles(NamedTuple):
     """What the FPBL's manifest (``/rhaas/fpbl/manifest.json``, written by the builder) says is where."""
 
     vmlinuz: str

@@ -64,7 +64,9 @@ TOP_PACKAGES = (images.KERNEL_META_PACKAGE, images.BUSYBOX_PACKAGE, KEXEC_PACKAG
 MODULES = ("virtio_net", "virtio_blk", "virtio_pci")
 DEFAULT_CMDLINE = "console=ttyS0 quiet"
 #: The agent's own modules, shipped under /usr/lib/rhaas-agent.
-AGENT_MODULES = ("rhaas", "rhaas.agent", "rhaas.agent.agent", "rhaas.agent.disk", "rhaas.agent.kexec")
+AGENT_MODULES = (
+    "rhaas", "rhaas.agent", "rhaas.agent.agent", "rhaas.agent.disk", "rhaas.agent.kexec", "rhaas.agent.wire",
+)  # fmt: skip
 #: Loaded by the exercise but not wanted: TLS (the agent API is plain HTTP on the provisioning network;
 #: hashlib falls back to its built-in SHA-256 without OpenSSL).
 EXCLUDED = frozenset({"ssl", "_ssl", "_hashlib"})
@@ -114,7 +116,9 @@ if [ -n "$IP" ]; then
     [ -n "$GW" ] && ip route add default via "$GW"
 fi
 
-export PYTHONHOME=/usr PYTHONPATH=/usr/lib/rhaas-agent PYTHONDONTWRITEBYTECODE=1
+# PYTHONHASHSEED: a random hash seed would make the interpreter wait for the kernel's random pool, which
+# a just-booted FPBL fills slowly (a second under TCG); the agent's dicts hold nothing an attacker chooses.
+export PYTHONHOME=/usr PYTHONPATH=/usr/lib/rhaas-agent PYTHONDONTWRITEBYTECODE=1 PYTHONHASHSEED=0
 while true; do
     /usr/bin/python3.11 -S -u -m rhaas.agent.agent
     echo "RHAAS-FPBL agent exited with $?; restarting it in 5 s"

@@ -1,0 +1,129 @@
+"""The agent's HTTP client (`rhaas.agent.wire`) against raw answers, and what importing the agent costs."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from rhaas.agent import wire
+
+
+class RawServer:
+    """Answers each connection with the next canned bytes, after reading the request's head."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answers: list[bytes] = []
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    got = conn.recv(65536)
+                    if not got:
+                        break
+                    data += got
+                head, _, rest = data.partition(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        want = int(line.split(b":")[1])
+                        while len(rest) < want:
+                            rest += conn.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + rest)
+                conn.sendall(self.answers.pop(0))
+
+    def get(self, answer: bytes, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+        self.answers.append(answer)
+        with wire.request(method, "127.0.0.1", self.port, "/x?y=1", {"Authorization": "Bearer s"}, body,
+                          timeout=5) as response:  # fmt: skip
+            return response.status, response.read()
+
+
+@pytest.fixture
+def raw() -> Iterator[RawServer]:
+    server = RawServer()
+    yield server
+    server.sock.close()
+
+
+def test_content_length_body_and_the_request_sent(raw):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    assert raw.get(answer, "POST", b'{"a":1}') == (200, b"hello")
+    request = raw.requests[0]
+    assert request.startswith(b"POST /x?y=1 HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: Bearer s\r\n" in request and b"\r\nConnection: close\r\n" in request
+    assert request.endswith(b'Content-Length: 7\r\n\r\n{"a":1}')
+
+
+def test_chunked_body_with_extensions_and_trailers(raw):
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = head + b"4;x=y\r\nwiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\n"
+    assert raw.get(answer) == (200, b"wikipedia")
+
+
+def test_body_until_close_and_no_body_on_204(raw):
+    assert raw.get(b"HTTP/1.0 404 Not Found\r\n\r\nmissing") == (404, b"missing")
+    assert raw.get(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, b"")
+
+
+def test_streamed_reads_in_pieces(raw):
+    body = bytes(range(256)) * 4096
+    raw.answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    with wire.request("GET", "127.0.0.1", raw.port, "/", {}, timeout=5) as response:
+        pieces = []
+        while piece := response.read(100_000):
+            assert len(piece) <= 100_000
+            pieces.append(piece)
+    assert b"".join(pieces) == body
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP status line"),
+        (b"", "closed the connection before answering"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "ended 5 bytes early"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed header line"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "ended inside a chunk"),
+    ],
+)
+def test_answers_that_are_not_http_raise_an_oserror(raw, answer, message):
+    with pytest.raises(wire.HttpError, match=message) as caught:
+        raw.get(answer)
+    assert isinstance(caught.value, OSError), "the agent treats it like any failed connection"
+
+
+def test_a_refused_connection_is_an_oserror():
+    port = socket.create_server(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    with pytest.raises(OSError):
+        wire.request("GET", "127.0.0.1", free, "/", {}, timeout=5)
+
+
+def test_importing_the_agent_reads_no_randomness_and_loads_nothing_heavy():
+    """In a just-booted FPBL, anything that reads os.urandom waits for the kernel's random pool (about a
+    second under TCG) and every module costs milliseconds: the agent must not import them at start."""
+    code = "import sys, rhaas.agent.agent; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": ".", "PYTHONHASHSEED": "0"})  # fmt: skip
+    loaded = set(done.stdout.split())
+    assert "rhaas.agent.agent" in loaded
+    heavy = {"random", "email", "http.client", "dataclasses", "inspect", "ast", "tempfile"}
+    assert not loaded & heavy, sorted(loaded & heavy)
