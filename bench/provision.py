@@ -18,12 +18,14 @@ in ``rhaas demo``. On the same nodes, in one run:
 - **return, reboot path**: the same with ``[provisioning] return_path = "reboot"`` (power cycle, network
   boot, FPBL, wipe, check-in): the reseller is restarted between the two, on the same database and nodes;
 - firmware boots per cycle, from the BMCs' own counters;
-- every phase once with one node alone, then with all ``--nodes`` nodes at once.
+- every phase once with one node alone, then with all ``--nodes`` nodes at once;
+- per-phase medians of the fast path, from the jobs' phase records (`phase_times`).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
@@ -33,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rhaas.lab import images
 from rhaas.lab.polling import wait_for
@@ -65,6 +68,28 @@ def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, f
     return results
 
 
+def phase_times(job: dict[str, Any], end: float | None = None, last: str = "") -> dict[str, float]:
+    """Seconds per phase of one provisioning job: from the job's creation, each phase lasts until its
+    last ``done``, in the order the server recorded them; ``last`` names the time from the final phase to
+    ``end`` (for a deploy: the kexec until the customer OS's marker). The server stamps its own phases
+    (handed-out, nmi, checkin); the agent stamps the rest with the node's clock, which a kexec'd kernel
+    reads again from the RTC (whole seconds): a phase that crosses a boot may be off by up to a second."""
+    created = dt.datetime.fromisoformat(job["created_at"].rstrip("Z")).replace(tzinfo=dt.UTC)
+    previous = created.timestamp()
+    times: dict[str, float] = {}
+    for event in job["phases"]:
+        if event["state"] != "done":
+            continue
+        name = f"{job['kind']}: {event['phase']}"
+        if event["phase"] == "checkin" and f"{job['kind']}: checkin" in times:
+            name += " (full FPBL)"
+        times[name] = times.get(name, 0.0) + max(0.0, event["at"] - previous)
+        previous = max(previous, event["at"])
+    if end is not None and last:
+        times[f"{job['kind']}: {last}"] = max(0.0, end - previous)
+    return times
+
+
 class Bench:
     """The lab (``nodes`` QEMU nodes behind Open vSwitch, IPMI BMCs, the base instance) and a reseller's
     recursive instance with fast provisioning and its boot service in a headnode."""
@@ -81,6 +106,9 @@ class Bench:
             for _ in range(disk_mb):
                 f.write(os.urandom(1 << 20))
         self.reseller: Reseller | None = None
+        #: Per-phase seconds of every fast-path job, by phase (see `phase_times`).
+        self.phases: dict[str, list[float]] = {}
+        self.record_phases = False
 
     def start(self) -> None:
         self.lab.up(self.count, self.memory)
@@ -112,13 +140,24 @@ class Bench:
         self.admin.node.provision(name, "bench-os")
         marker = f"{self.os.marker} UP".encode()
         wait_for(f"the OS on {name}", lambda: marker in console.read_bytes()[offset:], TIMEOUT, every=0.1)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        self._phases(name, "deploy", time.time(), "kexec -> customer OS up")
+        return seconds
 
     def give_back(self, name: str) -> float:
         started = time.monotonic()
         self.admin.project.detach("bench", name)
         wait_for(f"{name} ready again", lambda: self.state(name) == "ready", TIMEOUT, every=0.1)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        self._phases(name, "return")
+        return seconds
+
+    def _phases(self, name: str, kind: str, end: float | None = None, last: str = "") -> None:
+        if not self.record_phases:
+            return
+        job = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == kind][-1]
+        for phase, seconds in phase_times(job, end, last).items():
+            self.phases.setdefault(phase, []).append(seconds)
 
     def switch_path(self, return_path: str) -> None:
         assert self.reseller is not None
@@ -158,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, names in groups:
                 for path in ("fast", "reboot"):
                     bench.switch_path(path)
+                    bench.record_phases = path == "fast" and label == "1 node"
                     for _ in range(args.rounds):
                         before = bench.boots()
                         add(f"provision, {label}", in_parallel(names, bench.provision))
@@ -172,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "medians_s": medians,
         "samples_s": {k: [round(x, 2) for x in v] for k, v in samples.items()},
         "firmware_boots_per_cycle": {k: statistics.median(v) for k, v in boots.items()},
+        "phase_medians_s": {k: round(statistics.median(v), 2) for k, v in bench.phases.items()},
         "nodes": args.nodes,
         "rounds": args.rounds,
         "disk_mb": args.disk_mb,
@@ -192,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'measure':<45} {'median s':>9}   samples")
     for key, value in medians.items():
         print(f"{key:<45} {value:>9.2f}   {result['samples_s'][key]}")
+    print(f"\n{'phase (fast path, 1 node)':<45} {'median s':>9}")
+    for key, value in result["phase_medians_s"].items():
+        print(f"{key:<45} {value:>9.2f}")
+    print()
     for key, value in result["firmware_boots_per_cycle"].items():
         print(f"firmware boots per provision+return cycle, {key}: {value:g}")
     for key in ("return_fast_over_reboot", "provision_parallel_over_one"):
