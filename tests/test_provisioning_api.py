@@ -443,3 +443,47 @@ def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
     agent.report(item["job"], "ready", "done")
     ret = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
     assert (ret["status"], ret["path"]) == ("DONE", "reboot")
+
+
+def test_a_phase_stamped_by_the_ticker_while_an_agent_report_is_open_is_not_lost(prov, db_url):
+    """A job's phases are read, appended to and written back. The ticker's NMI record and an agent's
+    report at the same moment (a node still in the FPBL wipes at once) must both stay: the second writer
+    waits for the first one's lock, then appends to what it committed."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time (BEGIN IMMEDIATE): the two cannot interleave there")
+    import threading
+
+    from sqlalchemy import select, text
+
+    from rhaas.core import provisioning as core
+    from rhaas.db.models import Node
+
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    deploy(prov, agent, "n1")
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    with prov.sessions() as db:
+        node = db.scalar(select(Node).where(Node.label == "n1"))
+        job = core._open_job(db, node)
+        assert job is not None and job.kind == "return"
+        job_id, node_id = job.id, node.id
+        db.rollback()
+
+    with prov.sessions() as report_db:  # the agent's report, held open
+        job = core._open_job(report_db, report_db.get(Node, node_id), for_update=True)
+        core._stamp(job, "verify-wipe", "done")
+        recorder = threading.Thread(target=core._record, args=(prov.sessions, job_id, "nmi", "done", "sent"))
+        recorder.start()
+        with prov.sessions() as watch:  # until the ticker's transaction waits for the report's lock
+            deadline = time.monotonic() + 10
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            while not watch.scalar(text(query)):
+                assert time.monotonic() < deadline, "the ticker's stamp did not wait for the report's lock"
+                watch.rollback()
+                time.sleep(0.01)
+        report_db.commit()
+    recorder.join(10)
+    with prov.sessions() as db:
+        phases = [(p["phase"], p["state"]) for p in db.get(core.ProvisionJob, job_id).phases]
+    assert ("verify-wipe", "done") in phases and ("nmi", "done") in phases, phases

@@ -228,13 +228,18 @@ def _stamp(job: ProvisionJob, phase: str, state: str, detail: str = "", at: floa
     job.phases = [*job.phases, {"phase": phase, "state": state, "at": at or time.time(), "detail": detail}]
 
 
-def _open_job(db: Session, node: Node, kind: str | None = None) -> ProvisionJob | None:
+def _open_job(
+    db: Session, node: Node, kind: str | None = None, for_update: bool = False
+) -> ProvisionJob | None:
+    """The node's job in progress. ``for_update``: locked until commit, for a caller that stamps it (a
+    job's phases are read, appended to and written back: two writers at once would lose one's phase)."""
     query = select(ProvisionJob).where(
         ProvisionJob.node_id == node.id, ProvisionJob.status.in_((PENDING, RUNNING))
     )
     if kind is not None:
         query = query.where(ProvisionJob.kind == kind)
-    return db.scalars(query.order_by(ProvisionJob.id.desc())).first()
+    query = query.order_by(ProvisionJob.id.desc()).limit(1)
+    return db.scalars(query.with_for_update() if for_update else query).first()
 
 
 def _finish(job: ProvisionJob, status: str, error: str | None = None) -> None:
@@ -323,7 +328,7 @@ def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
     row.boot_id = str(facts.get("boot_id") or "")[:64] or None
     row.facts = {k: facts[k] for k in ("mode", "kernel", "memory_kb", "disks") if k in facts}
     node = row.node
-    job = _open_job(db, node)
+    job = _open_job(db, node, for_update=True)
     mode = facts.get("mode")
     if job is not None and job.kind == RETURN:
         if mode == "return" or job.status == PENDING:
@@ -358,7 +363,7 @@ def _wiped(job: ProvisionJob) -> bool:
 def work(db: Session, row: NodeProvisioning, base_url: str, settings: ProvisioningSettings) -> dict[str, Any]:
     """What the agent should do next: ``deploy``, ``wipe`` or ``wait``."""
     node = row.node
-    job = _open_job(db, node)
+    job = _open_job(db, node, for_update=True)
     wait = {"action": "wait", "poll_after": settings.agent_poll_seconds}
     if job is None:
         return wait
@@ -392,7 +397,8 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
     kernel): the node is ``deployed``. A return ends with ``ready`` done after a verified wipe (or with
     the full FPBL's check-in). Those final reports may arrive again for an ended job; they change nothing.
     """
-    job = db.scalar(select(ProvisionJob).where(ProvisionJob.uuid == str(body["job"])))
+    query = select(ProvisionJob).where(ProvisionJob.uuid == str(body["job"]))
+    job = db.scalar(query.with_for_update())  # see _open_job: the ticker may stamp it at the same time
     if job is None or job.node_id != row.node_id:
         raise NotFoundError(f"Job {str(body['job'])[:40]} does not exist for node {row.node.label}.")
     phase, state = str(body["phase"]), str(body["state"])
@@ -574,7 +580,7 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) ->
 
 def _record(sessions: Any, job_id: int, phase: str, outcome: str, detail: str) -> None:
     with sessions() as db:
-        job = db.get(ProvisionJob, job_id)
+        job = db.get(ProvisionJob, job_id, with_for_update=True)  # see _open_job
         assert job is not None
         _stamp(job, phase, outcome, detail)
         db.commit()
@@ -593,7 +599,7 @@ def _power_cycle(sessions: Any, job_id: int, driver: Any) -> None:
         _boot_from_network(driver)
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
         with sessions() as db:
-            job = db.get(ProvisionJob, job_id)
+            job = db.get(ProvisionJob, job_id, with_for_update=True)  # see _open_job
             assert job is not None
             _stamp(
                 job, "power-cycle", "error", f"power cycle failed (tried again in {RETRY_SECONDS:g} s): {exc}"
