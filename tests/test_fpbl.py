@@ -396,6 +396,7 @@ class FakeSystem(ag.System):
     def __init__(self, root: Path) -> None:
         super().__init__(str(root), str(root / "tmp"))
         self.kexecs: list[tuple[str, str, str]] = []
+        self.published: list[list[kx.MemRange]] = []
         self.jumps = 0
         (root / "proc").mkdir()
         (root / "proc/meminfo").write_text("MemTotal:        1500000 kB\n")
@@ -407,6 +408,12 @@ class FakeSystem(ag.System):
 
     def kexec_load(self, kernel: str, initrd: str, cmdline: str) -> None:
         self.kexecs.append((kernel, initrd, cmdline))
+
+    def publish_memmap(self, ranges: list[kx.MemRange]) -> None:
+        self.published.append(list(ranges))
+
+    def set_available(self, kb: int) -> None:
+        (Path(self.root) / "proc/meminfo").write_text(f"MemTotal: 348676 kB\nMemAvailable: {kb} kB\n")
 
     def kexec_exec(self) -> None:
         self.jumps += 1
@@ -501,24 +508,83 @@ def test_wipe_in_a_full_kernel_needs_no_memory_restore(fake_api, tmp_path):
         assert fake_api.report_of("w1", phase, "done"), phase
 
 
-def test_wipe_in_the_crash_kernel_restores_the_memory(fake_api, tmp_path):
+MEMMAP = "0-9fc00u,100000-60000000u,feffc000-ff000000r"
+
+
+def _crashed_agent(api: FakeAgentApi, system: FakeSystem) -> ag.Agent:
+    """An agent as the return FPBL runs it: the crash kernel (elfcorehdr=), the node's map passed on."""
+    agent = _agent(api, system, mode="return", memmap=MEMMAP)
+    agent.settings = ag.parse_cmdline(agent.settings.cmdline + " elfcorehdr=884K")
+    return agent
+
+
+def test_wipe_in_the_crash_kernel_is_ready_without_a_second_boot(fake_api, tmp_path):
     system = FakeSystem(tmp_path)
     _fake_fpbl(tmp_path)
-    memmap = "0-9fc00u,100000-60000000u,feffc000-ff000000r"
     fake_api.push({"action": "wipe", "job": "w2", "policy": "metadata"})
-    agent = _agent(fake_api, system, mode="return", memmap=memmap)
-    agent.settings = ag.parse_cmdline(agent.settings.cmdline + " elfcorehdr=884K")
-    agent.run(rounds=1)
+    _crashed_agent(fake_api, system).run(rounds=1)
     assert fake_api.checkins[0][1]["mode"] == "return"
     assert fake_api.report_of("w2", "verify-wipe", "done")
-    assert fake_api.report_of("w2", "restore-memory", "done")
+    restore = fake_api.report_of("w2", "restore-memory", "done")
+    assert restore and restore["detail"] == f"at the next deploy: {0x9FC00 + 0x5FF00000} bytes usable"
+    assert fake_api.report_of("w2", "ready", "done")
+    assert system.kexecs == [] and system.jumps == 0, "the node idles in the return FPBL"
+    assert system.published == [], "the map is shown to kexec-tools only for a deploy"
+
+
+def _deploy_item(api: FakeAgentApi, job: str, initrd: bytes = b"") -> dict[str, Any]:
+    customer = initrd or gzip.compress(images.write_cpio([images.file_entry("init", b"x")]), mtime=0)
+    return {"action": "deploy", "job": job, "kernel": api.artifact("k", b"KERNEL"),
+            "initrd": api.artifact("i", customer), "disk": None, "cmdline": "console=ttyS0"}  # fmt: skip
+
+
+def test_a_deploy_from_the_crash_kernel_hands_the_customer_the_full_memory_map(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    system.set_available(250_000)
+    fake_api.push(_deploy_item(fake_api, "j5"))
+    _crashed_agent(fake_api, system).run(rounds=1)
+    assert system.published == [kx.parse_memmap(MEMMAP)], "kexec-tools reads the full map, not the crash one"
     [(kernel, _, cmdline)] = system.kexecs
-    assert kernel.endswith("rhaas/fpbl/vmlinuz")
+    assert Path(kernel).read_bytes() == b"KERNEL"
+    assert cmdline == "console=ttyS0 rdinit=/rhaas/init crashkernel=384M unknown_nmi_panic=1"
+    assert fake_api.report_of("j5", "kexec", "done") and not fake_api.report_of(
+        "j5", "restore-memory", "start"
+    )
+    assert not os.path.exists(tmp_path / "tmp/return-static.cpio"), "copied into the initrd, then freed"
+
+
+def test_a_deploy_too_big_for_the_crash_kernel_restores_the_memory_first(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    system.set_available(200_000)  # 3 x (kernel + initrd + the return payload) + headroom is more than that
+    fake_api.push(_deploy_item(fake_api, "j6", b"\x00" * (20 << 20)))
+    _crashed_agent(fake_api, system).run(rounds=1)
+    start = fake_api.report_of("j6", "restore-memory", "start")
+    assert start and start["detail"] == (  # 3 x (kernel + 20 MiB initrd + 48 MiB payload) + 32 MiB
+        "the deploy needs 236 MiB, the return FPBL has 195 MiB available; booting the full FPBL"
+        f" ({0x9FC00 + 0x5FF00000} bytes usable)"
+    )
+    [(kernel, _, cmdline)] = system.kexecs
+    assert kernel.endswith("rhaas/fpbl/vmlinuz"), "the full FPBL, not the customer's kernel"
     words = cmdline.split()
     assert words[:2] == ["console=ttyS0", "memmap=exactmap"]
     assert "memmap=0x5ff00000@0x100000" in words and "memmap=0x4000$0xfeffc000" in words
-    assert {"rhaas.mode=ready", "rhaas.job=w2", f"rhaas.memmap={memmap}"} <= set(words)
-    assert not any(w.startswith(("elfcorehdr", "irqpoll", "nr_cpus")) for w in words)
+    assert {"rhaas.mode=ready", f"rhaas.memmap={MEMMAP}"} <= set(words)
+    assert not any(w.startswith(("elfcorehdr", "irqpoll", "nr_cpus", "rhaas.job")) for w in words)
+    assert not fake_api.report_of("j6", "download-kernel", "start"), "nothing downloaded before the restore"
+
+
+def test_a_crash_kernel_without_the_nodes_memory_map_refuses_to_deploy(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    fake_api.push(_deploy_item(fake_api, "j7"))
+    agent = _agent(fake_api, system, mode="return")
+    agent.settings = ag.parse_cmdline(agent.settings.cmdline + " elfcorehdr=884K")
+    agent.run(rounds=1)
+    error = fake_api.report_of("j7", "restore-memory", "error")
+    assert error and "only the crash region's memory" in error["detail"]
+    assert system.kexecs == []
 
 
 def test_the_agent_reports_unexpected_errors_and_backs_off(fake_api, tmp_path):
@@ -616,7 +682,8 @@ def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nod
     write = fake_api.report_of("dep", "write-disk", "done")
     assert write and "zero bytes skipped" in write["detail"]
 
-    # (3) return: NMI -> the crash FPBL checks in, wipes, restores the memory -> the full FPBL is ready
+    # (3) return: NMI -> the crash FPBL checks in, wipes, and is ready: no second boot
+    first_os_kb = testos.memory_kb(node.console_text(offset))
     fake_api.push({"action": "wipe", "job": "ret", "policy": "full"})
     checkins = len(fake_api.checkins)
     nmi = time.monotonic()
@@ -627,23 +694,36 @@ def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nod
     timings["return: NMI -> return check-in"] = back[0] - nmi
     assert back[1]["memory_kb"] < 400 * 1024, "the crash kernel sees only the reserved region"
     fake_api.wait_for("verified wipe", lambda: fake_api.report_of("ret", "verify-wipe", "done"), BOOT_TIMEOUT)
-    again = fake_api.wait_for(
-        "ready check-in", lambda: [c for c in fake_api.checkins[checkins + 1 :] if c[1]["mode"] == "ready"],
-        BOOT_TIMEOUT,
-    )[0]  # fmt: skip
-    timings["return: NMI -> full FPBL ready"] = again[0] - nmi
     fake_api.wait_for("ready report", lambda: fake_api.report_of("ret", "ready", "done"), 60)
-    assert again[1]["memory_kb"] > 0.9 * first["memory_kb"], (again[1]["memory_kb"], first["memory_kb"])
-    assert again[1]["boot_id"] not in (first["boot_id"], back[1]["boot_id"])
+    timings["return: NMI -> wiped and ready"] = time.monotonic() - nmi
+    restore = fake_api.report_of("ret", "restore-memory", "done")
+    assert restore and restore["detail"].startswith("at the next deploy")
+    assert back[1]["boot_id"] != first["boot_id"]
+
+    # (5) the next customer, deployed from the return FPBL, gets all the memory the first one had
+    offset = node.console_offset()
+    again = time.monotonic()
+    fake_api.push({"action": "deploy", "job": "dep2", "kernel": kernel, "initrd": good_initrd, "disk": None,
+                   "cmdline": testos.cmdline})  # fmt: skip
+    node.wait_for_console(r"RHAAS-RETURN armed crash_loaded=1", BOOT_TIMEOUT, offset=offset)
+    node.wait_for_console(testos.up_regex, BOOT_TIMEOUT, offset=offset)
+    timings["deploy from the return FPBL: work -> customer OS up"] = time.monotonic() - again
+    second_os_kb = testos.memory_kb(node.console_text(offset))
+    assert abs(second_os_kb - first_os_kb) < 0.02 * first_os_kb, (first_os_kb, second_os_kb)
+    assert len(fake_api.checkins) == checkins + 1, "no FPBL booted between the return and the deploy"
+
+    # (6) and that customer returns the same way: the cycle repeats with no full FPBL in between
+    fake_api.push({"action": "wipe", "job": "ret2", "policy": "metadata"})
+    node.nmi()
+    fake_api.wait_for("ready again", lambda: fake_api.report_of("ret2", "ready", "done"), BOOT_TIMEOUT)
+    assert [c[1]["mode"] for c in fake_api.checkins] == ["ready", "return", "return"]
     assert node.firmware_boots == 1, "no firmware ran on the fast path"
-    # The full FPBL shows the full map to kexec-tools, so the next customer kernel gets all the memory too.
-    assert "cannot publish" not in node.console_text(offset)
+    assert "cannot publish" not in node.console_text()
 
     for name, seconds in timings.items():
         print(f"{name}: {seconds:.1f} s")
-    print(
-        f"memory_kb: ready {first['memory_kb']}, return {back[1]['memory_kb']}, after {again[1]['memory_kb']}"
-    )
+    print(f"memory_kb: FPBL {first['memory_kb']}, return FPBL {back[1]['memory_kb']}; "
+          f"customer OS {first_os_kb} then {second_os_kb}")  # fmt: skip
     node.stop()
     data = _disk_bytes(node.disk, workdir)
     assert nonce.encode() not in data and data.count(0) == len(data), "the customer's data is gone"

@@ -325,6 +325,40 @@ def test_an_agent_restarted_mid_deploy_ends_the_deploy_in_error_and_the_node_is_
     assert state(prov, "n1") == "ready"
 
 
+def test_a_deploy_that_restores_memory_first_is_handed_out_again_to_the_full_fpbl(prov):
+    """The return FPBL (crash kernel) finds an image too big for its memory and boots the full FPBL: the
+    full FPBL's check-in is expected, not an agent restart, and it gets the same deploy."""
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    deploy(prov, agent, "n1")
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    agent.checkin("return")  # after the NMI: the node will idle in this crash kernel
+    wipe = agent.work()["job"]
+    for phase in ("wipe", "verify-wipe", "restore-memory", "ready"):
+        agent.report(wipe, phase, "done")
+    assert state(prov, "n1") == "ready"
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    job = prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
+    assert agent.work()["job"] == job
+    agent.report(
+        job, "restore-memory", "start", detail="the image needs more memory than the return FPBL has"
+    )
+    agent.report(job, "restore-memory", "done", detail="jumping into the full FPBL")
+    agent.checkin("ready")
+    shown = prov.alice.ok("GET", f"/provision_job/{job}")
+    assert shown["status"] == "RUNNING", shown
+    assert (shown["phases"][-1]["phase"], shown["phases"][-1]["detail"]) == (
+        "checkin", "the full FPBL checked in, with the node's memory")  # fmt: skip
+    item = agent.work()
+    assert (item["action"], item["job"]) == ("deploy", job)
+    agent.report(job, "download-kernel", "start")
+    agent.checkin("ready")  # now a restart mid-deploy: the deploy ends in error as always
+    shown = prov.alice.ok("GET", f"/provision_job/{job}")
+    assert shown["status"] == "ERROR" and "checked in again during the deploy" in shown["error"], shown
+    assert state(prov, "n1") == "error"
+
+
 def test_a_return_queued_before_a_restart_is_carried_out_after_it(db_url):
     """The server goes down between the detach and the NMI: the next server's ticker sends it."""
     settings = {"provisioning__enabled": True, "provisioning__agent_url": "http://10.0.2.2:5000"}

@@ -10,7 +10,6 @@ from the kernel command line::
     rhaas.ip=10.0.0.11 rhaas.netmask=255.255.255.0   the same, as a network boot's iPXE script says it
     rhaas.mode=ready|return            return: booted as the crash kernel after an NMI
     rhaas.memmap=...                   the node's full memory map (set by the agent itself, see kexec.py)
-    rhaas.job=...                      a wipe job to report "ready" for (set by the return FPBL)
 
 The protocol is HTTP + JSON with ``Authorization: Bearer <secret>`` (docs/fast-provisioning.md)::
 
@@ -44,6 +43,12 @@ MAX_POLL = 300.0
 MIN_POLL = 0.2
 REPORT_EVERY = 1.0  # seconds between progress reports
 DOWNLOAD_CHUNK = 1 << 20
+#: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
+#: what must stay free besides. A deploy that needs more restores the node's memory first.
+STATIC_PAYLOAD_BYTES = 48 << 20
+DEPLOY_HEADROOM_BYTES = 32 << 20
+#: The deploy-independent part of the return payload, under System.tmp (see `Agent.static_payload`).
+STATIC_PAYLOAD = "return-static.cpio"
 
 
 class AgentError(RuntimeError):
@@ -78,7 +83,6 @@ class Settings(NamedTuple):
     ip: str | None = None
     gw: str | None = None
     memmap: str | None = None
-    job: str | None = None
     cmdline: str = ""
 
     @property
@@ -121,7 +125,7 @@ def parse_cmdline(text: str) -> Settings:
             raise ValueError(f"rhaas.ip={ip} rhaas.netmask={found['netmask']}: {exc}") from None
     return Settings(
         agent=found["agent"].rstrip("/"), node=found["node"], secret=found["secret"], mode=mode,
-        ip=ip, gw=found.get("gw") or None, memmap=found.get("memmap"), job=found.get("job"),
+        ip=ip, gw=found.get("gw") or None, memmap=found.get("memmap"),
         cmdline=text.strip(),
     )  # fmt: skip
 
@@ -288,6 +292,14 @@ class System:
                     return int(line.split()[1])
         return 0
 
+    def memory_available_kb(self) -> int | None:
+        """MemAvailable: what this kernel can still give (None if it does not say)."""
+        with open(self.path("proc", "meminfo")) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1])
+        return None
+
     def kernel(self) -> str:
         return os.uname().release
 
@@ -348,6 +360,7 @@ class Agent:
         #: The node's full memory map, to restore after a return (from rhaas.memmap= or the firmware).
         self.memmap: list[kexec.MemRange] = []
         self._payload_lock = threading.Lock()
+        self._memmap_published = False
 
     # --- reporting ---
 
@@ -400,15 +413,10 @@ class Agent:
         """Check in, then poll for work and do it; forever, or ``rounds`` polls (for tests)."""
         self.memmap = self._full_memmap()
         if self.settings.memmap and not self.settings.crashed:
-            try:
-                self.system.publish_memmap(self.memmap)
-            except OSError as exc:
-                log(f"cannot publish the full memory map ({exc}): a customer kernel may see less memory")
+            self._publish_memmap()
         self.checkin()
         if not self.settings.crashed:
             self.prepare()  # while idle: a deploy then only copies the return payload
-        if self.settings.job and self.settings.mode == "ready":
-            self.report(self.settings.job, "ready", "done", f"memory_kb={self.system.memory_kb()}")
         delay = 1.0
         while rounds is None or rounds > 0:
             if rounds is not None:
@@ -425,6 +433,16 @@ class Agent:
                 self.sleep(work.poll_after)
             else:
                 self.do(work)
+
+    def _publish_memmap(self) -> None:
+        """Show kexec-tools the node's full memory map, once: it hands the next kernel the map it reads."""
+        if self._memmap_published:
+            return
+        try:
+            self.system.publish_memmap(self.memmap)
+            self._memmap_published = True
+        except OSError as exc:
+            log(f"cannot publish the full memory map ({exc}): a customer kernel may see less memory")
 
     def _full_memmap(self) -> list[kexec.MemRange]:
         if self.settings.memmap:
@@ -453,6 +471,18 @@ class Agent:
     # --- deploy ---
 
     def deploy(self, job: Deploy, phase: list[str]) -> None:
+        if self.settings.crashed:
+            phase[0] = "restore-memory"
+            if not self.memmap:
+                raise AgentError(phase[0], "no rhaas.memmap= on the command line: the customer would get "
+                                 "only the crash region's memory")  # fmt: skip
+            need, available = self._memory_for(job)
+            if available is None or need > available:
+                # The full FPBL checks in and is handed this deploy again (the server expects it).
+                have = "unknown" if available is None else f"{available >> 20} MiB"
+                why = f"the deploy needs {need >> 20} MiB, the return FPBL has {have} available"
+                self._restore_memory(job.job, why)
+            self._publish_memmap()
         os.makedirs(self.system.tmp, exist_ok=True)
         kernel = os.path.join(self.system.tmp, "kernel")
         initrd = os.path.join(self.system.tmp, "initrd")
@@ -500,6 +530,17 @@ class Agent:
         self.report(job.job, phase[0], "done", "jumping into the customer kernel")
         self.system.kexec_exec()
 
+    def _memory_for(self, job: Deploy) -> tuple[int, int | None]:
+        """Bytes a deploy needs in this (crash) kernel, and bytes available: at ``kexec -l`` the kernel
+        and the initrd with the return payload are in tmpfs, in kexec's buffers and in the kernel's
+        segment pages (three copies), less the prepared return payload, which is counted as used
+        already once made, plus room to spare."""
+        static = os.path.join(self.system.tmp, STATIC_PAYLOAD)
+        made = os.path.getsize(static) if os.path.exists(static) else 0
+        files = job.kernel.size + job.initrd.size + (made or STATIC_PAYLOAD_BYTES)
+        available = self.system.memory_available_kb()
+        return 3 * files - made + DEPLOY_HEADROOM_BYTES, None if available is None else available * 1024
+
     def _download(self, job: str, phase: str, artifact: Artifact, sink: Callable[[bytes], None]) -> str:
         try:
             return self.api.download(artifact, sink, self._progress(job, phase))
@@ -540,7 +581,7 @@ class Agent:
         """The deploy-independent part of the return payload, made on first use (`prepare` makes it
         while the node idles, so that a deploy finds it ready)."""
         with self._payload_lock:
-            path = os.path.join(self.system.tmp, "return-static.cpio")
+            path = os.path.join(self.system.tmp, STATIC_PAYLOAD)
             if not os.path.exists(path):
                 os.makedirs(self.system.tmp, exist_ok=True)
                 files = kexec.FpblFiles.load(self.system.fpbl_dir)
@@ -567,7 +608,9 @@ class Agent:
             crash.append(f"rhaas.memmap={kexec.format_memmap(self.memmap)}")
         new_cmdline, next_init = kexec.customer_cmdline(cmdline)
         combined = os.path.join(self.system.tmp, "initrd.combined")
-        kexec.append_payload(initrd, combined, static, " ".join(crash), next_init)
+        with self._payload_lock:  # copied: not needed again unless this deploy fails (then made again)
+            kexec.append_payload(initrd, combined, static, " ".join(crash), next_init)
+            os.unlink(static)
         os.unlink(initrd)
         self.system.kexec_load(kernel, combined, new_cmdline)
 
@@ -594,19 +637,29 @@ class Agent:
         phase[0] = "restore-memory"
         if not self.settings.crashed:
             self.report(job.job, phase[0], "done", "not needed: this kernel has all the memory")
-            self.report(job.job, "ready", "done", f"memory_kb={self.system.memory_kb()}")
-            return
-        if not self.memmap:
+        elif not self.memmap:
             raise AgentError(phase[0], "no rhaas.memmap= on the command line: cannot restore memory")
-        self.report(job.job, phase[0], "start", f"{kexec.usable_bytes(self.memmap)} bytes usable")
+        else:
+            # No second boot: the node idles in this kernel, and the next customer's kernel gets the full
+            # memory map from it (a deploy too large for this kernel's memory restores it first).
+            usable = kexec.usable_bytes(self.memmap)
+            self.report(job.job, phase[0], "done", f"at the next deploy: {usable} bytes usable")
+        self.report(job.job, "ready", "done", f"memory_kb={self.system.memory_kb()}")
+        if self.settings.crashed:
+            self.prepare()
+
+    def _restore_memory(self, job: str, why: str) -> None:
+        """Boot the full FPBL, with the node's whole memory map, from this crash kernel (does not return)."""
+        usable = kexec.usable_bytes(self.memmap)
+        self.report(job, "restore-memory", "start", f"{why}; booting the full FPBL ({usable} bytes usable)")
         os.makedirs(self.system.tmp, exist_ok=True)
         fpbl_initrd = os.path.join(self.system.tmp, "fpbl.initrd")
         kexec.compose_fpbl_initrd(fpbl_initrd, self.system.fpbl_dir)
         args = [*kexec.inherited_args(self.settings.cmdline), *kexec.exactmap_params(self.memmap)]
-        args += ["rhaas.mode=ready", *self.settings.passed_on(), f"rhaas.job={job.job}"]
+        args += ["rhaas.mode=ready", *self.settings.passed_on()]
         args.append(f"rhaas.memmap={kexec.format_memmap(self.memmap)}")
         self.system.kexec_load(os.path.join(self.system.fpbl_dir, "vmlinuz"), fpbl_initrd, " ".join(args))
-        self.report(job.job, phase[0], "done", "jumping into the full FPBL")
+        self.report(job, "restore-memory", "done", "jumping into the full FPBL")
         self.system.kexec_exec()
 
 

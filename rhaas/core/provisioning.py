@@ -340,6 +340,11 @@ def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
             _bump_node_generation(db)
         return
     if job is not None and job.kind == DEPLOY and job.status == RUNNING and mode == "ready":
+        if _restoring_memory(job):
+            # The return FPBL found the image too big for its memory and booted the full FPBL, which
+            # is handed the same deploy at its next poll.
+            _stamp(job, "checkin", "done", "the full FPBL checked in, with the node's memory")
+            return
         # The FPBL booted again, or its agent was restarted, in the middle of a deploy: no kexec happened.
         reported = [p["phase"] for p in job.phases if p["phase"] != "handed-out"]
         where = f" during {reported[-1]}" if reported else ""
@@ -354,6 +359,13 @@ def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
     if row.state == BOOTING and mode == "ready":
         row.state = READY
         _bump_node_generation(db)
+
+
+def _restoring_memory(job: ProvisionJob) -> bool:
+    """Whether the agent's last word on this job was that it boots the full FPBL to restore memory."""
+    said = [p for p in job.phases if "progress" not in p]
+    return bool(said) and (said[-1]["phase"], said[-1]["state"]) in (("restore-memory", "start"),
+                                                                      ("restore-memory", "done"))  # fmt: skip
 
 
 def _wiped(job: ProvisionJob) -> bool:

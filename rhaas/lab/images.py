@@ -26,7 +26,8 @@ What the test OS reads from the kernel command line and prints on the console (`
                                   no longer panics into the crash kernel (RHAAS-TESTOS <name> DISARMED ...)
 
     RHAAS-DISK ...                       the first line of /dev/vda, if it starts so (before the UP line)
-    <marker> UP ip=<cidr|none> kernel=<uname -r>   once, when up (<marker>: RHAAS-TESTOS <name>)
+    <marker> UP ip=<cidr|none> kernel=<uname -r> mem_kb=<MemTotal>
+                                         once, when up (<marker>: RHAAS-TESTOS <name>)
 
 With an address it also serves HTTP on port 80 (the page is the marker), for peers' ``rhaas.tcp`` checks.
 
@@ -477,7 +478,8 @@ if [ -n "$DISARM" ]; then
     echo "RHAAS-TESTOS $NAME DISARMED unknown_nmi_panic=$(cat /proc/sys/kernel/unknown_nmi_panic)"
 fi
 
-echo "$MARKER UP ip=${IP:-none}$NET kernel=$(uname -r)"
+MEM=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)
+echo "$MARKER UP ip=${IP:-none}$NET kernel=$(uname -r) mem_kb=$MEM"
 
 seq=0
 while true; do
@@ -534,6 +536,13 @@ class TestOS:
     def up_regex(self) -> str:
         """A regular expression for the console line printed once the OS is up (group 1: the address)."""
         return re.escape(self.marker) + r" UP ip=(\S+)"
+
+    def memory_kb(self, console: str) -> int:
+        """MemTotal as this OS said it on ``console`` (the last time it came up there)."""
+        found = re.findall(re.escape(self.marker) + r" UP ip=\S+ .*mem_kb=(\d+)", console)
+        if not found:
+            raise ValueError(f"{self.marker} did not say its memory on this console")
+        return int(found[-1])
 
     def cmdline_with(
         self,
