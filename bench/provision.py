@@ -13,8 +13,8 @@ in ``rhaas demo``. On the same nodes, in one run:
   (download kernel, initrd and a ``--disk-mb`` disk image, verify, write the disk, kexec; the NIC moves
   to the customer's network when the OS is up);
 - **return, fast path**: ``detach_node`` → the node is ready again (the NIC back on the provisioning
-  network, NMI over IPMI through the base, the crash FPBL wipes the disk's metadata and reads it back,
-  restores the full memory map, the full FPBL checks in);
+  network, NMI over IPMI through the base, the return FPBL wipes the disk's metadata, reads it back and
+  reports the node ready; the next provision starts from that return FPBL);
 - **return, reboot path**: the same with ``[provisioning] return_path = "reboot"`` (power cycle, network
   boot, FPBL, wipe, check-in): the reseller is restarted between the two, on the same database and nodes;
 - firmware boots per cycle, from the BMCs' own counters;

@@ -21,10 +21,13 @@ The wrapper loads the FPBL as the crash kernel (``kexec -p``), removes /rhaas an
 init. ``crashkernel=384M unknown_nmi_panic=1`` on the customer's command line reserve the memory and turn
 an NMI into a panic, and so into the FPBL: no firmware, no cooperation from the customer OS.
 
-The crash kernel sees only the reserved region. To give the node its memory back the return FPBL kexecs
-the full FPBL with ``memmap=exactmap`` and the ranges the first FPBL read from ``/sys/firmware/memmap``;
-they travel as ``rhaas.memmap=`` on each command line, because a kexec'd kernel's /sys/firmware/memmap
-shows only what its loader passed (the crash region, after a return).
+The crash kernel sees only the reserved region, and stays the node's FPBL after a return. The next
+customer's kernel gets the node's whole memory all the same: the agent shows kexec-tools the map the first
+FPBL read from ``/sys/firmware/memmap`` (`write_memmap_dir`, on a tmpfs over it), and kexec-tools hands the
+next kernel the map it reads there. The map travels as ``rhaas.memmap=`` on each command line, because a
+kexec'd kernel's /sys/firmware/memmap shows only what its loader passed (the crash region, after a
+return). A deploy too big for the crash region first boots the full FPBL, with ``memmap=exactmap`` and
+those ranges (`exactmap_params`).
 
 The FPBL initrd is ``core.cpio.gz`` (everything) followed by an uncompressed cpio holding
 ``/rhaas/fpbl/core.cpio.gz`` and ``/rhaas/fpbl/vmlinuz``: an initramfs cannot hold a copy of itself, but it
