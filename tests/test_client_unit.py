@@ -587,3 +587,52 @@ def test_wait_refuses_unknown_status(client: Client, rec: Recorder) -> None:
     rec.answer(200, action("EXPLODED"))
     with pytest.raises(e.UpstreamError, match="EXPLODED"):
         client.wait_networking_action("s1")
+
+
+class ClosingServer:
+    """Answers each connection's first request, keeps it alive, then closes it when the next request on it
+    arrives, unanswered: a server's keep-alive timeout firing just as the client reuses the connection."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            head = conn.recv(65536)
+            self.requests.append(head.split(b"\r\n", 1)[0])
+            body = b'["n1"]'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))  # fmt: skip
+            head = conn.recv(65536)  # the next request on this connection: closed under it
+            if head:
+                self.requests.append(head.split(b"\r\n", 1)[0])
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def test_a_get_is_sent_again_when_a_kept_alive_connection_is_closed_under_it() -> None:
+    server = ClosingServer()
+    try:
+        with Client(server.endpoint, "admin", "pw", timeout=5) as client:
+            assert client.node.list("free") == ["n1"]
+            assert client.node.list("free") == ["n1"], "sent again on a new connection"
+            assert server.requests == [b"GET /v0/nodes/free HTTP/1.1"] * 3
+            with pytest.raises(e.UpstreamUnavailableError, match="POST /v0/node/n1/power_on"):
+                client.node.power_on("n1")  # not idempotent: never sent twice
+    finally:
+        server.sock.close()
+    assert server.requests[3:] == [b"POST /v0/node/n1/power_on HTTP/1.1"]

@@ -35,6 +35,8 @@ from rhaas.errors import (
 #: printable text (the server checks them), and everything else is percent-encoded.
 _RESERVED = re.compile(r"[\x00-\x1f\x7f]")
 _NO_BODY: Any = object()
+#: Methods sent again, once, when the connection broke under them: reading twice changes nothing.
+_RETRIED = frozenset({"GET", "HEAD"})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _unknown_error_classes: dict[str, type[RhaasError]] = {}
 
@@ -118,7 +120,9 @@ class Connection:
         self.http = http or httpx.Client(
             timeout=timeout,
             follow_redirects=True,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            # Idle connections are dropped before a server's own keep-alive timeout (uvicorn: 5 s) would
+            # close them under a request about to be sent.
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=2.0),
         )
 
     def url(self, path: str) -> str:
@@ -208,7 +212,13 @@ class Connection:
         auth = self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT
         method, path = request.method, request.url.path
         try:
-            return self.http.send(request, auth=auth, follow_redirects=True, stream=stream)
+            try:
+                return self.http.send(request, auth=auth, follow_redirects=True, stream=stream)
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                if method not in _RETRIED:
+                    raise
+                # A kept-alive connection the server closed as the request left: a new one, once.
+                return self.http.send(request, auth=auth, follow_redirects=True, stream=stream)
         except httpx.TransportError as exc:
             raise self._unavailable(exc, method, path) from exc
         except httpx.RequestError as exc:  # too many redirects, undecodable body
