@@ -47,6 +47,9 @@ class FakeAgentApi:
         self.reports: list[dict[str, Any]] = []
         self.polls: list[float] = []
         self.denied = 0
+        #: False: answer a held work request (?wait=) as an older server would, 400.
+        self.long_polls = True
+        self.work_paths: list[str] = []
         self.cond = threading.Condition()
         api = self
 
@@ -81,7 +84,11 @@ class FakeAgentApi:
                     else:
                         self._send(200, data, "application/octet-stream")
                     return
-                if re.fullmatch(r"/agent/v1/nodes/[^/]+/work", self.path):
+                if re.fullmatch(r"/agent/v1/nodes/[^/]+/work(\?wait=\d+)?", self.path):
+                    api.work_paths.append(self.path.rsplit("/", 1)[-1])
+                    if "?" in self.path and not api.long_polls:
+                        self._send(400, b'{"type": "ValidationError", "msg": "unknown \'wait\'"}')
+                        return
                     with api.cond:
                         api.polls.append(time.monotonic())
                         item = (
@@ -585,6 +592,19 @@ def test_a_crash_kernel_without_the_nodes_memory_map_refuses_to_deploy(fake_api,
     error = fake_api.report_of("j7", "restore-memory", "error")
     assert error and "only the crash region's memory" in error["detail"]
     assert system.kexecs == []
+
+
+def test_the_agent_asks_for_work_with_a_long_poll_and_polls_where_the_server_refuses_it(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    slept: list[float] = []
+    settings = _settings(fake_api)
+    ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=slept.append).run(rounds=2)
+    assert fake_api.work_paths == [f"work?wait={ag.WORK_WAIT}"] * 2
+    fake_api.long_polls = False
+    fake_api.work_paths.clear()
+    ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=slept.append).run(rounds=3)
+    assert fake_api.work_paths == [f"work?wait={ag.WORK_WAIT}", "work", "work"], "asked once, then polls"
+    assert slept[2:] == [fake_api.poll_after] * 2, "no back-off for a refused long poll"
 
 
 def test_the_agent_reports_unexpected_errors_and_backs_off(fake_api, tmp_path):

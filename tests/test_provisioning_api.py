@@ -521,3 +521,54 @@ def test_a_phase_stamped_by_the_ticker_while_an_agent_report_is_open_is_not_lost
     with prov.sessions() as db:
         phases = [(p["phase"], p["state"]) for p in db.get(core.ProvisionJob, job_id).phases]
     assert ("verify-wipe", "done") in phases and ("nmi", "done") in phases, phases
+
+
+def test_a_held_work_request_answers_as_soon_as_a_provision_queues_work(prov):
+    import threading
+
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    got: dict = {}
+
+    def hold() -> None:
+        started = time.monotonic()
+        got["answer"] = agent.call("GET", "work?wait=20")
+        got["at"] = time.monotonic()
+        got["held"] = got["at"] - started
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    wait_for("the request to be held", lambda: prov.client.app.state.work_signal._waiters.get("n1"), 10)
+    provisioned = time.monotonic()
+    job = prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
+    holder.join(20)
+    assert (got["answer"]["action"], got["answer"]["job"]) == ("deploy", job)
+    assert got["at"] - provisioned < 1.5, "answered when the work was queued, not at the next recheck"
+    assert not prov.client.app.state.work_signal._waiters, "nothing left waiting"
+
+
+def test_a_held_work_request_with_nothing_to_do_answers_wait_after_its_time(prov):
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    started = time.monotonic()
+    answer = agent.call("GET", "work?wait=0.6")
+    held = time.monotonic() - started
+    assert answer == {"action": "wait", "poll_after": 0}, "it waited here: ask again at once"
+    assert 0.6 <= held < 3, held
+    assert agent.call("GET", "work") == {"action": "wait", "poll_after": 1.0}, "no wait: answered at once"
+
+
+@pytest.mark.parametrize("query", ["wait=x", "wait=-1", "wait=nan", "wait=inf", "wait=1&wait=2", "hold=1"])
+def test_a_bad_wait_is_refused_before_any_work_is_handed_out(prov, query):
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    job = prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
+    answer = agent.call("GET", f"work?{query}", status=400)
+    assert answer["type"] == "ValidationError" and (
+        "wait=" in answer["msg"] or "unknown 'hold'" in answer["msg"]
+    )
+    shown = prov.alice.ok("GET", f"/provision_job/{job}")
+    assert shown["status"] == "PENDING" and shown["phases"] == [], "nothing handed out"
+    assert agent.call("GET", "work?wait=100")["job"] == job, "a long wait is cut, not refused"

@@ -41,6 +41,9 @@ API_PREFIX = "/agent/v1/nodes"
 HTTP_TIMEOUT = 30.0
 MAX_POLL = 300.0
 MIN_POLL = 0.2
+#: Seconds the server may hold a request for work while there is none (a long poll: work queued for the
+#: node answers it at once). Below HTTP_TIMEOUT.
+WORK_WAIT = 20
 REPORT_EVERY = 1.0  # seconds between progress reports
 DOWNLOAD_CHUNK = 1 << 20
 #: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
@@ -64,7 +67,11 @@ class ProtocolError(ValueError):
 
 
 class ServerError(OSError):
-    """The agent API answered with an unexpected HTTP status."""
+    """The agent API answered with an unexpected HTTP status (``status``; 0 if it was not HTTP)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def log(message: str) -> None:
@@ -239,7 +246,7 @@ class Api:
         except wire.HttpError as exc:
             raise ServerError(f"{method} {name}: {exc}") from exc
         if response.status != 200:
-            raise ServerError(f"{method} {name}: HTTP {response.status}: {data[:200]!r}")
+            raise ServerError(f"{method} {name}: HTTP {response.status}: {data[:200]!r}", response.status)
         try:
             return json.loads(data or b"{}")
         except ValueError as exc:
@@ -361,6 +368,7 @@ class Agent:
         self.memmap: list[kexec.MemRange] = []
         self._payload_lock = threading.Lock()
         self._memmap_published = False
+        self._long_poll = True
 
     # --- reporting ---
 
@@ -422,8 +430,18 @@ class Agent:
             if rounds is not None:
                 rounds -= 1
             try:
-                work = parse_work(self.api.call("GET", "work"))
+                path = f"work?wait={WORK_WAIT}" if self._long_poll else "work"
+                work = parse_work(self.api.call("GET", path))
                 delay = 1.0
+            except ServerError as exc:
+                if self._long_poll and exc.status == 400:  # a server that does not hold requests: poll
+                    self._long_poll = False
+                    log(f"the server refuses long polls ({exc}); polling instead")
+                    continue
+                log(f"polling for work failed ({exc}); again in {delay:.0f} s")
+                self.sleep(delay)
+                delay = min(30.0, delay * 2)
+                continue
             except (OSError, ValueError) as exc:
                 log(f"polling for work failed ({exc}); again in {delay:.0f} s")
                 self.sleep(delay)

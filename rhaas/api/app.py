@@ -83,6 +83,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.state.authenticator = Authenticator(settings.auth)
     app.state.worker = worker
     app.state.provisioning_ticker = ticker
+    app.state.work_signal = provisioning.WorkSignal()
     app.state.blobs = BlobStore(settings.images.store, settings.images.max_blob_bytes)
     app.state.wake_worker = worker.wake if worker is not None else None
     # Long-polls of networking actions wait on this; the in-process worker notifies it (other workers'

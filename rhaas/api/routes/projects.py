@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from rhaas.api.deps import get_caller, get_db
 from rhaas.api.routes.common import ok, reply, wake_provisioning
+from rhaas.api.routes.provisioning import notify_work
 from rhaas.api.schemas import NodeBody
 from rhaas.core import projects
 from rhaas.core.access import Caller
@@ -57,6 +58,7 @@ def detach_node(
     projects.detach_node(db, caller, project, body.node)
     db.commit()
     wake_provisioning(request)  # a node under fast provisioning is returned now: its NMI goes at once
+    notify_work(request, body.node)  # and an FPBL waiting for work (a node never deployed) wipes it now
     return ok()
 
 

@@ -4,10 +4,18 @@ authenticated by each node's bearer secret rather than by users."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from rhaas.api.deps import get_caller, get_db
 from rhaas.api.routes.common import reply, wake_provisioning
@@ -25,6 +33,47 @@ agent_router = APIRouter(prefix="/agent/v1", tags=["agent"])
 #: What a node's firmware fetches in a network boot (no credentials: iPXE has none to give).
 boot_router = APIRouter(prefix="/boot/v1", tags=["boot"])
 FPBL_FILES = ("vmlinuz", "initrd")
+#: The longest an agent's ``GET .../work?wait=`` is held open (a longer wait is cut to this).
+MAX_WORK_WAIT = 25.0
+#: How often a held request reads the database again, for work another API server queued.
+WORK_RECHECK = 2.0
+
+
+class WorkSignal:
+    """Agents' held ``GET .../work`` requests wait here; a route of this process that queues work for a
+    node (a provision, a detach) wakes them at once. Thread-safe: routes run in worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    @contextmanager
+    def listening(self, node: str) -> Iterator[asyncio.Event]:
+        """An event set when work is queued for ``node`` while the block runs (listen, then look)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters.setdefault(node, []).append(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._lock:
+                waiting = self._waiters.get(node, [])
+                waiting.remove(entry)
+                if not waiting:
+                    del self._waiters[node]
+
+    def notify(self, node: str) -> None:
+        with self._lock:
+            waiting = list(self._waiters.get(node, ()))
+        for loop, event in waiting:
+            loop.call_soon_threadsafe(event.set)
+
+
+def notify_work(request: Request, node: str) -> None:
+    """Wake the agent of ``node`` if it is waiting for work on this server."""
+    signal: WorkSignal | None = getattr(request.app.state, "work_signal", None)
+    if signal is not None:
+        signal.notify(node)
 
 
 def _settings(request: Request) -> ProvisioningSettings:
@@ -62,6 +111,7 @@ def provision(
 ) -> Response:
     job = provisioning.provision(db, caller, node, body.image, _settings(request))
     db.commit()
+    notify_work(request, node)
     return reply({"job_id": job}, status=202)
 
 
@@ -80,13 +130,36 @@ def show_job(job_id: str, db: Session = Depends(get_db), caller: Caller = Depend
 # --- the agent's API -------------------------------------------------------------------------------
 
 
-def _agent(request: Request, node: str, db: Session) -> NodeProvisioning:
+def _agent(request: Request, node: str, db: Session, params: tuple[str, ...] = ()) -> NodeProvisioning:
     """The calling agent's node, authenticated first (so strangers learn nothing, not even the setting)."""
     row = provisioning.agent_row(db, node, request.headers.get("authorization"))
     _settings(request)
-    if request.query_params:
-        raise ValidationError("Request arguments are not valid for this request: it takes no parameters.")
+    unknown = [key for key in request.query_params if key not in params]
+    if unknown:
+        raise ValidationError(
+            f"Request arguments are not valid for this request: unknown {unknown[0][:40]!r}"
+            + (f" (it takes {', '.join(params)})." if params else " (it takes no parameters).")
+        )
     return row
+
+
+def _wait_seconds(request: Request) -> float:
+    """``?wait=`` of a work request: seconds, 0 (the default) to answer at once, cut to MAX_WORK_WAIT."""
+    values = request.query_params.getlist("wait")
+    if not values:
+        return 0.0
+    try:
+        if len(values) > 1:
+            raise ValueError
+        seconds = float(values[0])
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError
+    except ValueError:
+        raise ValidationError(
+            f"wait={values[-1][:40]!r} is not a number of seconds (0 or more; at most"
+            f" {MAX_WORK_WAIT:g} are used)."
+        ) from None
+    return min(seconds, MAX_WORK_WAIT)
 
 
 @agent_router.post("/nodes/{node}/checkin")
@@ -100,12 +173,33 @@ def agent_checkin(
 
 
 @agent_router.get("/nodes/{node}/work")
-def agent_work(node: str, request: Request, db: Session = Depends(get_db)) -> Response:
-    row = _agent(request, node, db)
-    base = str(request.base_url).rstrip("/")
-    answer = provisioning.work(db, row, base, _settings(request))
-    db.commit()
-    return reply(answer)
+async def agent_work(node: str, request: Request) -> Response:
+    """What the agent does next. ``?wait=S`` holds the request up to S seconds while there is nothing to
+    do (a long poll): work queued for the node on this server answers it at once, work queued on another
+    server within WORK_RECHECK seconds."""
+
+    def look() -> dict[str, Any]:
+        with request.app.state.sessions() as db:
+            row = _agent(request, node, db, params=("wait",))
+            wait = _wait_seconds(request)
+            answer = provisioning.work(db, row, str(request.base_url).rstrip("/"), _settings(request))
+            db.commit()
+        return {"answer": answer, "wait": wait}
+
+    signal: WorkSignal = request.app.state.work_signal
+    started = time.monotonic()
+    while True:
+        with signal.listening(node) as woken:
+            looked = await run_in_threadpool(look)
+            answer, left = looked["answer"], started + looked["wait"] - time.monotonic()
+            if answer["action"] != "wait":
+                return reply(answer)
+            if left <= 0:
+                if looked["wait"] > 0:
+                    answer["poll_after"] = 0  # waited here already: ask again at once
+                return reply(answer)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(WORK_RECHECK, left))
 
 
 @agent_router.post("/nodes/{node}/report")
