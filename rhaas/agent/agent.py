@@ -292,20 +292,20 @@ class System:
         with open(self.path("proc", "cmdline")) as f:
             return f.read().strip()
 
-    def memory_kb(self) -> int:
+    def _meminfo(self, key: str) -> int | None:
+        """A /proc/meminfo line's kB (None if this kernel does not say)."""
         with open(self.path("proc", "meminfo")) as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1])
-        return 0
+        return None
+
+    def memory_kb(self) -> int:
+        return self._meminfo("MemTotal") or 0
 
     def memory_available_kb(self) -> int | None:
         """MemAvailable: what this kernel can still give (None if it does not say)."""
-        with open(self.path("proc", "meminfo")) as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1])
-        return None
+        return self._meminfo("MemAvailable")
 
     def kernel(self) -> str:
         return os.uname().release
@@ -433,16 +433,11 @@ class Agent:
                 path = f"work?wait={WORK_WAIT}" if self._long_poll else "work"
                 work = parse_work(self.api.call("GET", path))
                 delay = 1.0
-            except ServerError as exc:
-                if self._long_poll and exc.status == 400:  # a server that does not hold requests: poll
-                    self._long_poll = False
+            except (OSError, ValueError) as exc:
+                if self._long_poll and isinstance(exc, ServerError) and exc.status == 400:
+                    self._long_poll = False  # a server that does not hold requests: poll it
                     log(f"the server refuses long polls ({exc}); polling instead")
                     continue
-                log(f"polling for work failed ({exc}); again in {delay:.0f} s")
-                self.sleep(delay)
-                delay = min(30.0, delay * 2)
-                continue
-            except (OSError, ValueError) as exc:
                 log(f"polling for work failed ({exc}); again in {delay:.0f} s")
                 self.sleep(delay)
                 delay = min(30.0, delay * 2)
