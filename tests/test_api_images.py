@@ -145,6 +145,25 @@ def test_download_whole_and_by_range(site):
     assert get(f"/v0/blob/{sha(DISK)}", headers=site.admin.headers).status_code == 200
 
 
+def test_a_blob_whose_bytes_left_the_store_is_a_clear_404_until_it_is_uploaded_again(site):
+    for blob in (KERNEL, INITRD, DISK):
+        upload(site.alice, blob)
+    register(site.alice, "a-os", "p1", disk=sha(DISK))
+    site.client.app.state.blobs.path(sha(DISK)).unlink()  # a damaged store, an operator's rm
+    before = dump(site.sessions)
+    response = site.alice.client.get(f"/v0/blob/{sha(DISK)}", headers=site.alice.headers)
+    assert response.status_code == 404, response.text
+    assert response.json() == {
+        "type": "NotFoundError",
+        "msg": f"Blob {sha(DISK)} is recorded but its bytes are missing from the image store; upload it"
+        " again (PUT /v0/blob/<sha256>).",
+    }
+    assert dump(site.sessions) == before
+    assert upload(site.alice, DISK).status_code == 200
+    whole = site.alice.client.get(f"/v0/blob/{sha(DISK)}", headers=site.alice.headers)
+    assert whole.status_code == 200 and whole.content == DISK
+
+
 def test_blob_delete_only_when_unused(site):
     for blob in (KERNEL, INITRD):
         upload(site.admin, blob)

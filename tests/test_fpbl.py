@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -80,7 +81,7 @@ class FakeAgentApi:
                 if self.path.startswith("/files/"):
                     data = api.files.get(self.path[len("/files/") :])
                     if data is None:
-                        self._send(404, b"{}")
+                        self._send(404, b'{"type": "NotFoundError", "msg": "no such file here"}')
                     else:
                         self._send(200, data, "application/octet-stream")
                     return
@@ -448,6 +449,28 @@ def test_deploy_refuses_a_sha_mismatch_and_keeps_polling(fake_api, tmp_path):
     assert fake_api.checkins[0][1]["mode"] == "ready"
     assert fake_api.checkins[0][1]["disks"] == [{"name": "vda", "size": 32 * dk.MIB}]
     assert fake_api.checkins[0][1]["memory_kb"] == 1500000
+
+
+def test_an_image_that_cannot_be_fetched_ends_the_deploy_in_a_clear_error(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    kernel = fake_api.artifact("k", b"KERNEL")
+    gone = {**fake_api.artifact("gone", b"INITRD"), "url": "files/not-stored"}
+    with socket.socket() as closed:  # a port nobody listens on: the image's host is unreachable
+        closed.bind(("127.0.0.1", 0))
+        unreachable = {**kernel, "url": f"http://127.0.0.1:{closed.getsockname()[1]}/k"}
+    fake_api.push({"action": "deploy", "job": "j1", "kernel": kernel, "initrd": gone, "disk": None,
+                   "cmdline": ""})  # fmt: skip
+    fake_api.push({"action": "deploy", "job": "j2", "kernel": unreachable, "initrd": kernel, "disk": None,
+                   "cmdline": ""})  # fmt: skip
+    _agent(fake_api, system).run(rounds=3)
+    missing = fake_api.report_of("j1", "download-initrd", "error")
+    assert missing and missing["detail"] == "GET files/not-stored: HTTP 404: no such file here", missing
+    refused = fake_api.report_of("j2", "download-kernel", "error")
+    assert refused and refused["detail"].startswith(f"downloading {unreachable['url']} failed: "), refused
+    assert "refused" in refused["detail"], refused
+    assert system.kexecs == [] and system.jumps == 0
+    assert len(fake_api.polls) == 3, "the agent went on polling after each error"
 
 
 def test_deploy_writes_verifies_and_arms_the_return(fake_api, tmp_path):

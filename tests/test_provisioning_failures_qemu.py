@@ -25,8 +25,14 @@ streamed before its failure (cases 1 and 3) stays on the disk, under a scrubbed 
 the next deploy overwrites it. The disk is read back with ``qemu-img convert -U`` while the node runs,
 after the guest's fsync.
 
-An unreachable image URL needs no node: see ``test_image_register_from_an_unreachable_url_registers_nothing``
-in tests/test_cli_e2e.py.
+4. an image that cannot be fetched: its disk image's bytes are gone from the server's store after it was
+   registered (an operator's ``rm``, a lost volume), so the agent's download gets a 404 whose message the
+   job's error repeats; nothing was written but the scrub.
+
+An image URL that is unreachable when it is registered needs no node: see
+``test_image_register_from_an_unreachable_url_registers_nothing`` in tests/test_cli_e2e.py. An agent that
+cannot reach an image's host at all is `tests/test_fpbl.py`'s
+``test_an_image_that_cannot_be_fetched_ends_the_deploy_in_a_clear_error``.
 """
 
 from __future__ import annotations
@@ -278,3 +284,26 @@ def test_an_agent_killed_mid_download_ends_the_deploy_in_error_and_the_node_retu
         disk = live_disk(site)
         assert_scrubbed(disk)
         assert marker("killed", 0) not in disk
+
+
+def test_an_image_whose_bytes_left_the_store_ends_in_a_clear_error_and_the_node_returns(site: Site):
+    image = marked_image(site.workdir / "gone.img", "gone", 4)
+    with site.client("admin", "adminpw") as admin, site.client("carol", "carol-pw") as carol:
+        upload_image(carol, "gone-os", PROJECT, site.os_, image)
+        digest = carol.image.show("gone-os")["disk"]["sha256"]
+        (site.store / "sha256" / digest[:2] / digest).unlink()
+        job, offset = provision(site, admin, carol, "gone-os")
+        shown = ended(carol, job, BOOT_TIMEOUT)
+        assert shown["status"] == "ERROR", shown
+        assert shown["error"].startswith("download-disk: GET "), shown
+        assert shown["error"].endswith(
+            f": HTTP 404: Blob {digest} is recorded but its bytes are missing from the image store; upload it"
+            " again (PUT /v0/blob/<sha256>)."
+        ), shown
+        assert ("download-disk", "error") in phases(shown)
+        assert state(admin, NODE) == "error"
+        assert_no_kexec(site, shown, offset)
+        assert b"RHAAS-FAIL gone" not in live_disk(site)
+
+        give_back(site, admin, carol, "image bytes gone")
+        assert_scrubbed(live_disk(site))

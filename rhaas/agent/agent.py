@@ -261,7 +261,7 @@ class Api:
         done = 0
         with self._open("GET", self.resolve(artifact.url), self.headers) as response:
             if response.status != 200:
-                raise AgentError("download", f"GET {artifact.url}: HTTP {response.status}")
+                raise AgentError("download", f"GET {artifact.url}: HTTP {response.status}{_why(response)}")
             while chunk := response.read(DOWNLOAD_CHUNK):
                 done += len(chunk)
                 if done > artifact.size:
@@ -272,6 +272,15 @@ class Api:
         if done != artifact.size:
             raise AgentError("download", f"{artifact.url} is {done} bytes, not {artifact.size}")
         return digest.hexdigest()
+
+
+def _why(response: wire.Response) -> str:
+    """``: <msg>`` of a refusal in HIL's error shape, or nothing."""
+    try:
+        msg = json.loads(response.read(4096))["msg"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f": {str(msg)[:300]}"
 
 
 # --- what the agent does to the machine (the seam tests replace) ---------------------------------------

@@ -17,7 +17,7 @@ from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import ImageRegisterBody
 from rhaas.core import images
 from rhaas.core.access import Caller
-from rhaas.errors import ValidationError
+from rhaas.errors import NotFoundError, ValidationError
 
 router = APIRouter(tags=["images"])
 blob_router = APIRouter(tags=["images"])
@@ -102,6 +102,11 @@ def blob_response(request: Request, db: Session, digest: str) -> Response:
     """The stored blob ``digest``, whole or the single Range asked for (checked first: 416 in HIL's
     error shape rather than Starlette's)."""
     path = store(request).path(digest)
+    if not path.is_file():
+        raise NotFoundError(
+            f"Blob {digest} is recorded but its bytes are missing from the image store; upload it again"
+            " (PUT /v0/blob/<sha256>)."
+        )
     db.rollback()  # no transaction (on SQLite: the write lock) stays open while the bytes go out
     return file_response(request, path)
 
