@@ -112,7 +112,11 @@ class ProvisioningSettings(Section):
     #: How long the return FPBL may take to check in after the NMI before the reboot path is taken.
     return_timeout: float = Field(default=60.0, gt=0, le=86400)
     reboot_timeout: float = Field(default=600.0, gt=0, le=86400)
-    wipe_policy: Literal["metadata", "full"] = "metadata"
+    #: How a return wipes the disks: ``metadata`` (first and last MiB of each disk and partition), ``full``
+    #: (every block) or ``discard`` (every block discarded, what still reads non-zero written over).
+    wipe_policy: Literal["metadata", "full", "discard"] = "metadata"
+    #: Also zero the RAM the customer's kernel had, and read it back (a return takes longer).
+    memory_scrub: bool = False
     #: How returns start: ``fast`` (NMI into the crash FPBL, power cycle as the fallback) or ``reboot``
     #: (power cycle into a network boot of the FPBL, for BMCs or upstreams without an NMI).
     return_path: Literal["fast", "reboot"] = "fast"

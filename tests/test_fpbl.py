@@ -25,6 +25,7 @@ from test_lab_qemu import nodes  # noqa: F401 - the fixture that stops every nod
 from rhaas.agent import agent as ag
 from rhaas.agent import disk as dk
 from rhaas.agent import kexec as kx
+from rhaas.agent import memory as mem
 from rhaas.lab import images
 from rhaas.lab.qemu import QemuNode
 
@@ -222,11 +223,14 @@ def test_work_parsing():
     )
     assert isinstance(work, ag.Deploy) and work.disk is None and work.kernel == ag.Artifact("files/k", SHA, 5)
     assert ag.parse_work({"action": "wipe", "job": "8", "policy": "full"}) == ag.Wipe("8", "full")
+    scrubbing = {"action": "wipe", "job": "8", "policy": "discard", "scrub_memory": True}
+    assert ag.parse_work(scrubbing) == ag.Wipe("8", "discard", True)
     for bad in (
         [],
         {"action": "dance"},
         {"action": "wipe", "job": "8", "policy": "some"},
         {"action": "wipe", "policy": "full"},
+        {"action": "wipe", "job": "8", "policy": "full", "scrub_memory": "yes"},
         {"action": "deploy", "job": "7", "kernel": art, "initrd": dict(art, sha256="xyz"), "cmdline": ""},
         {"action": "deploy", "job": "7", "kernel": art, "initrd": dict(art, size=-1), "cmdline": ""},
         {"action": "wait", "poll_after": "soon"},
@@ -369,17 +373,86 @@ def test_metadata_and_full_wipe_with_verification(tmp_path):
     path.write_bytes(b"\xff" * size)
     part = (4 * dk.MIB, 6 * dk.MIB)  # start, size
     disk = dk.Disk("vda", str(path), size, (part,))
-    regions = dk.wipe(disk, "metadata")
+    regions = dk.wipe(disk, "metadata").regions
     assert regions == [(0, dk.MIB), (4 * dk.MIB, dk.MIB), (9 * dk.MIB, dk.MIB), (15 * dk.MIB, dk.MIB)]
     assert dk.verify_zero(str(path), regions) == 4 * dk.MIB
     data = path.read_bytes()
     assert data[dk.MIB] == 0xFF and data[12 * dk.MIB] == 0xFF  # metadata only
     with pytest.raises(dk.DiskError, match=f"at byte {dk.MIB}"):
         dk.verify_zero(str(path), [(0, 2 * dk.MIB)])
-    dk.verify_zero(str(path), dk.wipe(disk, "full"))
+    dk.verify_zero(str(path), dk.wipe(disk, "full").regions)
     assert path.read_bytes() == bytes(size)
     with pytest.raises(dk.DiskError):
         dk.wipe(disk, "some")
+
+
+def test_a_discard_wipe_writes_zeros_where_the_device_cannot_discard(tmp_path):
+    path = tmp_path / "disk"
+    path.write_bytes(b"\xff" * 4 * dk.MIB)  # a regular file: BLKDISCARD is not there
+    wiped = dk.wipe(dk.Disk("vda", str(path), 4 * dk.MIB), "discard")
+    assert wiped == dk.Wiped([(0, 4 * dk.MIB)], "no discard on this device: written with zeros")
+    assert dk.verify_zero(str(path), wiped.regions) == 4 * dk.MIB
+
+
+def test_the_memory_a_crash_kernel_does_not_own_is_what_it_scrubs():
+    iomem = (
+        "00000000-00000fff : Reserved\n"
+        "00001000-0009fbff : System RAM\n"
+        "01000000-017fffff : System RAM\n"
+        "  01200000-01400000 : Kernel code\n"
+        "fec00000-fec003ff : IOAPIC 0\n"
+    )
+    own = mem.system_ram(iomem)
+    assert own == [mem.Range(0x1000, 0x9FC00), mem.Range(0x1000000, 0x1800000)]
+    usable = [mem.Range(0, 0x9FC00), mem.Range(0x100000, 0x2000000), mem.Range(0x2000800, 0x2003000)]
+    assert mem.foreign_ranges(usable, own) == [
+        mem.Range(0x100000, 0x1000000),  # above the first MiB, up to the crash kernel's own RAM
+        mem.Range(0x1800000, 0x2000000),
+        mem.Range(0x2001000, 0x2003000),  # whole pages only
+    ]
+
+
+def test_memory_scrub_zeroes_and_reads_back_only_the_ranges_given(tmp_path):
+    path = tmp_path / "mem"
+    path.write_bytes(b"\xaa" * 8 * dk.MIB)
+    seen: list[tuple[int, int]] = []
+    ranges = [mem.Range(dk.MIB, 3 * dk.MIB), mem.Range(4 * dk.MIB, 8 * dk.MIB)]
+    assert mem.scrub_physical(ranges, str(path), lambda d, t: seen.append((d, t))) == (6 * dk.MIB, [])
+    data = path.read_bytes()
+    assert data[: dk.MIB] == b"\xaa" * dk.MIB and data[3 * dk.MIB : 4 * dk.MIB] == b"\xaa" * dk.MIB
+    assert data[dk.MIB : 3 * dk.MIB] == bytes(2 * dk.MIB) and data[4 * dk.MIB :] == bytes(4 * dk.MIB)
+    assert seen[-1] == (6 * dk.MIB, 6 * dk.MIB)
+    with pytest.raises(mem.ScrubError, match="cannot open"):
+        mem.scrub_physical(ranges, str(tmp_path / "no-such-device"))
+    with pytest.raises(mem.ScrubError, match="cannot map"):
+        mem.scrub_physical([mem.Range(16 * dk.MIB, 17 * dk.MIB)], "/dev/null")
+
+
+def test_memory_scrub_skips_and_lists_the_pages_the_kernel_will_not_map(tmp_path, monkeypatch):
+    path = tmp_path / "mem"
+    path.write_bytes(b"\xaa" * 4 * dk.MIB)
+    real_mmap = mem.mmap.mmap
+    kernels = range(2 * dk.MIB, 2 * dk.MIB + 2 * mem.PAGE)  # /dev/mem's EPERM for a kernel's own pages
+
+    def mapping(fd: int, size: int, offset: int) -> Any:
+        if offset < kernels.stop and offset + size > kernels.start:
+            raise PermissionError(1, "Operation not permitted")
+        return real_mmap(fd, size, offset=offset)
+
+    monkeypatch.setattr(mem.mmap, "mmap", mapping)
+    scrubbed = mem.scrub_physical([mem.Range(dk.MIB, 4 * dk.MIB)], str(path))
+    assert scrubbed == (3 * dk.MIB - 2 * mem.PAGE, [mem.Range(kernels.start, kernels.stop)])
+    data = path.read_bytes()
+    assert set(data[kernels.start : kernels.stop]) == {0xAA}
+    assert data[dk.MIB : kernels.start] + data[kernels.stop :] == bytes(3 * dk.MIB - 2 * mem.PAGE)
+    monkeypatch.setattr(mem, "MAX_REFUSED", mem.PAGE)
+    with pytest.raises(mem.ScrubError, match="refuses too much memory: 0x200000-0x202000"):
+        mem.scrub_physical([mem.Range(kernels.start, kernels.stop)], str(path))
+
+
+def test_a_full_kernel_scrubs_by_taking_what_it_can_spare():
+    assert mem.scrub_free(mem.SPARE + 8 * dk.MIB) == 8 * dk.MIB
+    assert mem.scrub_free(mem.SPARE // 2) == 0
 
 
 def test_list_disks_from_sysfs(tmp_path):
@@ -502,7 +575,7 @@ def test_deploy_writes_verifies_and_arms_the_return(fake_api, tmp_path):
     data = Path(initrd).read_bytes()
     payload = images.read_cpio(data[len(customer) + (-len(customer) % 4) :])
     crash = payload["rhaas/crash.cmdline"].data.decode()
-    words = ["console=ttyS0", "irqpoll", "nr_cpus=1", "reset_devices", "rhaas.mode=return"]
+    words = ["console=ttyS0", "irqpoll", "nr_cpus=1", "reset_devices", "iomem=relaxed", "rhaas.mode=return"]
     words += [f"rhaas.secret={SECRET}", "rhaas.ip=10.0.2.15/24", "rhaas.memmap=100000-40000000u"]
     for word in words:
         assert word in crash.split(), word
@@ -546,6 +619,38 @@ def _crashed_agent(api: FakeAgentApi, system: FakeSystem) -> ag.Agent:
     agent = _agent(api, system, mode="return", memmap=MEMMAP)
     agent.settings = ag.parse_cmdline(agent.settings.cmdline + " elfcorehdr=884K")
     return agent
+
+
+def test_a_return_with_memory_scrub_zeroes_the_previous_kernels_memory(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    (tmp_path / "dev/mem").write_bytes(b"\xaa" * 32 * dk.MIB)  # physical memory, as /dev/mem shows it
+    (tmp_path / "proc/iomem").write_text("01000000-017fffff : System RAM\n")  # the crash kernel's own
+    fake_api.push({"action": "wipe", "job": "w9", "policy": "metadata", "scrub_memory": True})
+    agent = _agent(fake_api, system, mode="return", memmap="0-9fc00u,100000-2000000u")
+    agent.settings = ag.parse_cmdline(agent.settings.cmdline + " elfcorehdr=884K")
+    agent.run(rounds=1)
+    done = fake_api.report_of("w9", "scrub-memory", "done")
+    assert done, fake_api.reports
+    assert done["detail"].startswith(
+        f"{23 * dk.MIB} bytes in 2 ranges outside this kernel zeroed and read back;"
+    )
+    assert done["detail"].endswith("(its RAM: 0x1000000-0x1800000)")
+    data = (tmp_path / "dev/mem").read_bytes()
+    assert data[dk.MIB : 16 * dk.MIB] == bytes(15 * dk.MIB) and data[24 * dk.MIB :] == bytes(8 * dk.MIB)
+    assert set(data[16 * dk.MIB : 24 * dk.MIB]) == {0xAA}, "the crash kernel's own memory is left alone"
+    assert set(data[: dk.MIB]) == {0xAA}, "the firmware's first MiB is left alone"
+    assert fake_api.report_of("w9", "ready", "done")
+
+
+def test_a_memory_scrub_that_fails_ends_the_return_in_error(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    (tmp_path / "proc/iomem").write_text("01000000-017fffff : System RAM\n")  # and no dev/mem
+    fake_api.push({"action": "wipe", "job": "w8", "policy": "metadata", "scrub_memory": True})
+    _crashed_agent(fake_api, system).run(rounds=1)
+    error = fake_api.report_of("w8", "scrub-memory", "error")
+    assert error and error["detail"].startswith("cannot open "), error
+    assert not fake_api.report_of("w8", "ready", "done")
 
 
 def test_wipe_in_the_crash_kernel_is_ready_without_a_second_boot(fake_api, tmp_path):
@@ -601,7 +706,7 @@ def test_a_deploy_too_big_for_the_crash_kernel_restores_the_memory_first(fake_ap
     assert words[:2] == ["console=ttyS0", "memmap=exactmap"]
     assert "memmap=0x5ff00000@0x100000" in words and "memmap=0x4000$0xfeffc000" in words
     assert {"rhaas.mode=ready", f"rhaas.memmap={MEMMAP}"} <= set(words)
-    assert not any(w.startswith(("elfcorehdr", "irqpoll", "nr_cpus", "rhaas.job")) for w in words)
+    assert not any(w.startswith(("elfcorehdr", "irqpoll", "nr_cpus", "iomem", "rhaas.job")) for w in words)
     assert not fake_api.report_of("j6", "download-kernel", "start"), "nothing downloaded before the restore"
 
 
@@ -644,6 +749,26 @@ def test_the_agent_reports_unexpected_errors_and_backs_off(fake_api, tmp_path):
 
 
 # --- on a real QEMU node: deploy with kexec, return with an NMI ---------------------------------------
+
+
+def _ram_hits(node: QemuNode, workdir: Path, memory_mb: int, needle: bytes) -> list[int]:
+    """Physical addresses of ``needle`` in the node's RAM, read from the host (QMP ``pmemsave``)."""
+    dump = workdir / "ram.bin"
+    node.qmp("pmemsave", {"val": 0, "size": memory_mb << 20, "filename": str(dump)}, timeout=120)
+    try:
+        data = dump.read_bytes()
+    finally:
+        dump.unlink()
+    return [m.start() for m in re.finditer(re.escape(needle), data)]
+
+
+def _inside(address: int, ranges: str) -> bool:
+    """Whether ``address`` lies in one of ``ranges`` (``0xa-0xb, 0xc-0xd``, ends exclusive)."""
+    for span in ranges.split(", "):
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end:
+            return True
+    return False
 
 
 def _disk_bytes(disk: Path, workdir: Path) -> bytes:
@@ -742,24 +867,46 @@ def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nod
     restore = fake_api.report_of("ret", "restore-memory", "done")
     assert restore and restore["detail"].startswith("at the next deploy")
     assert back[1]["boot_id"] != first["boot_id"]
+    # Without a memory scrub (the default) the first customer's data is still in the node's RAM.
+    left_in_ram = _ram_hits(node, workdir, memory_mb, f"customer-data {nonce}".encode())
+    assert left_in_ram, "the customer's data should be in RAM: the scrub's check below would prove nothing"
 
     # (5) the next customer, deployed from the return FPBL, gets all the memory the first one had
+    nonce2 = os.urandom(6).hex()
+    image2 = f"RHAAS-DISK customer-data {nonce2}\n".encode().ljust(2 * 1024 * 1024, b"\0")
     offset = node.console_offset()
     again = time.monotonic()
-    fake_api.push({"action": "deploy", "job": "dep2", "kernel": kernel, "initrd": good_initrd, "disk": None,
-                   "cmdline": testos.cmdline})  # fmt: skip
+    fake_api.push({"action": "deploy", "job": "dep2", "kernel": kernel, "initrd": good_initrd,
+                   "disk": fake_api.artifact("disk2", image2), "cmdline": testos.cmdline})  # fmt: skip
     node.wait_for_console(r"RHAAS-RETURN armed crash_loaded=1", BOOT_TIMEOUT, offset=offset)
     node.wait_for_console(testos.up_regex, BOOT_TIMEOUT, offset=offset)
     timings["deploy from the return FPBL: work -> customer OS up"] = time.monotonic() - again
+    assert f"RHAAS-DISK customer-data {nonce2}" in node.console_text(offset)
     second_os_kb = testos.memory_kb(node.console_text(offset))
     assert abs(second_os_kb - first_os_kb) < 0.02 * first_os_kb, (first_os_kb, second_os_kb)
     assert len(fake_api.checkins) == checkins + 1, "no FPBL booted between the return and the deploy"
 
-    # (6) and that customer returns the same way: the cycle repeats with no full FPBL in between
-    fake_api.push({"action": "wipe", "job": "ret2", "policy": "metadata"})
+    # (6) and that customer returns the same way: the cycle repeats with no full FPBL in between; this
+    # time the disk is discarded and the RAM scrubbed
+    fake_api.push({"action": "wipe", "job": "ret2", "policy": "discard", "scrub_memory": True})
+    scrubbed = time.monotonic()
     node.nmi()
     fake_api.wait_for("ready again", lambda: fake_api.report_of("ret2", "ready", "done"), BOOT_TIMEOUT)
+    timings["return with discard and memory scrub: NMI -> ready"] = time.monotonic() - scrubbed
     assert [c[1]["mode"] for c in fake_api.checkins] == ["ready", "return", "return"]
+    wiped = fake_api.report_of("ret2", "wipe", "done")
+    assert wiped and "discarded;" in wiped["detail"], wiped
+    scrub = fake_api.report_of("ret2", "scrub-memory", "done")
+    assert scrub and "zeroed and read back" in scrub["detail"], fake_api.reports
+    outside = int(scrub["detail"].split()[0])
+    assert outside > (memory_mb - 400) << 20, scrub["detail"]  # all but the crash region
+    assert "not reachable" not in scrub["detail"]
+    print(scrub["detail"])
+    own = scrub["detail"].split("(its RAM: ", 1)[1].split(")", 1)[0]
+    for needle in (nonce, nonce2):
+        hits = _ram_hits(node, workdir, memory_mb, f"customer-data {needle}".encode())
+        print(f"RAM after the scrub: customer-data {needle} at {[hex(a) for a in hits]}; FPBL has {own}")
+        assert not [a for a in hits if not _inside(a, own)], "the customer's memory was scrubbed"
     assert node.firmware_boots == 1, "no firmware ran on the fast path"
     assert "cannot publish" not in node.console_text()
 

@@ -163,7 +163,7 @@ def test_deploy_then_return_by_nmi_then_reassign(prov):
     wait_for("the NMI", lambda: bmc.nmis == nmis + 1, 10.0, every=0.02)
     agent.checkin("return")
     item = agent.work()
-    assert item == {"action": "wipe", "job": item["job"], "policy": "metadata"}
+    assert item == {"action": "wipe", "job": item["job"], "policy": "metadata", "scrub_memory": False}
     agent.report(item["job"], "wipe", "start")
     agent.report(item["job"], "wipe", "done")
     agent.checkin("ready")  # not wiped-and-verified yet: still returning
@@ -186,6 +186,23 @@ def test_deploy_then_return_by_nmi_then_reassign(prov):
     # Reassign: another project gets it and provisions again.
     prov.bob.ok("POST", "/project/p2/connect_node", {"node": "n1"})
     prov.bob.error("POST", "/node/n1/provision", {"image": "a-os"}, 401, "AuthorizationError")
+
+
+def test_the_instances_wipe_policy_and_memory_scrub_reach_the_return_fpbl(db_url):
+    overrides = {"provisioning__enabled": True, "provisioning__agent_url": "http://10.0.2.2:5000"}
+    overrides |= {"provisioning__wipe_policy": "discard", "provisioning__memory_scrub": True}
+    with make_api(db_url, **overrides, provisioning__tick_seconds=0.05) as api:
+        populate_site(api)
+        prov_images(api)
+        agent = enroll(api, "n1")
+        agent.checkin()
+        api.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+        deploy(api, agent, "n1")
+        machine("bmc1").power = "on"
+        api.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+        agent.checkin("return")
+        item = agent.work()
+        assert item == {"action": "wipe", "job": item["job"], "policy": "discard", "scrub_memory": True}
 
 
 def test_return_falls_back_to_reboot_when_no_fpbl_checks_in(prov):

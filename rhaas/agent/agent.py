@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from rhaas.agent import disk as disks
-from rhaas.agent import kexec, wire
+from rhaas.agent import kexec, memory, wire
 
 API_PREFIX = "/agent/v1/nodes"
 HTTP_TIMEOUT = 30.0
@@ -44,6 +44,7 @@ MIN_POLL = 0.2
 #: Seconds the server may hold a request for work while there is none (a long poll: work queued for the
 #: node answers it at once). Below HTTP_TIMEOUT.
 WORK_WAIT = 20
+WIPE_POLICIES = ("metadata", "full", "discard")
 REPORT_EVERY = 1.0  # seconds between progress reports
 DOWNLOAD_CHUNK = 1 << 20
 #: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
@@ -161,6 +162,7 @@ class Deploy(NamedTuple):
 class Wipe(NamedTuple):
     job: str
     policy: str
+    scrub_memory: bool = False
 
 
 Work = Wait | Deploy | Wipe
@@ -203,9 +205,12 @@ def parse_work(data: Any) -> Work:
         )  # fmt: skip
     if action == "wipe":
         policy = data.get("policy")
-        if policy not in ("metadata", "full"):
+        if policy not in WIPE_POLICIES:
             raise ProtocolError(f"unknown wipe policy {policy!r}")
-        return Wipe(job, policy)
+        scrub = data.get("scrub_memory", False)
+        if not isinstance(scrub, bool):
+            raise ProtocolError("scrub_memory is not true or false")
+        return Wipe(job, policy, scrub)
     raise ProtocolError(f"unknown action {action!r}")
 
 
@@ -311,6 +316,10 @@ class System:
 
     def memory_kb(self) -> int:
         return self._meminfo("MemTotal") or 0
+
+    def iomem(self) -> str:
+        with open(self.path("proc", "iomem")) as f:
+            return f.read()
 
     def memory_available_kb(self) -> int | None:
         """MemAvailable: what this kernel can still give (None if it does not say)."""
@@ -643,18 +652,22 @@ class Agent:
         for target in found:
             phase[0] = "wipe"
             self.report(job.job, phase[0], "start", f"{target.path} {job.policy}")
-            regions = disks.wipe(target, job.policy, self._progress(job.job, phase[0]))
-            zeroed = sum(n for _, n in regions)
-            self.report(job.job, phase[0], "done", f"{target.path}: {zeroed} bytes zeroed")
+            wiped = disks.wipe(target, job.policy, self._progress(job.job, phase[0]))
+            zeroed = sum(n for _, n in wiped.regions)
+            self.report(job.job, phase[0], "done", f"{target.path}: {zeroed} bytes {wiped.how}")
             phase[0] = "verify-wipe"
             self.report(job.job, phase[0], "start", target.path)
             try:
-                read = disks.verify_zero(target.path, regions, self._progress(job.job, phase[0]))
+                read = disks.verify_zero(target.path, wiped.regions, self._progress(job.job, phase[0]))
             except disks.DiskError as exc:
                 raise AgentError(phase[0], str(exc)) from exc
             self.report(job.job, phase[0], "done", f"{target.path}: {read} bytes read back, all zero")
         if not found:
             self.report(job.job, "wipe", "done", "no disks")
+        if job.scrub_memory:
+            phase[0] = "scrub-memory"
+            self.report(job.job, phase[0], "start", "the previous kernel's memory")
+            self.report(job.job, phase[0], "done", self._scrub_memory(job.job))
 
         phase[0] = "restore-memory"
         if not self.settings.crashed:
@@ -669,6 +682,35 @@ class Agent:
         self.report(job.job, "ready", "done", f"memory_kb={self.system.memory_kb()}")
         if self.settings.crashed:
             self.prepare()
+
+    def _scrub_memory(self, job: str) -> str:
+        """Zero the memory the previous kernel had (see rhaas.agent.memory); what was done."""
+        progress = self._progress(job, "scrub-memory")
+        if not self.settings.crashed:
+            taken = memory.scrub_free((self.system.memory_available_kb() or 0) * 1024, progress)
+            return f"{taken} bytes of free memory taken and zeroed by this kernel"
+        if not self.memmap:
+            raise AgentError("scrub-memory", "no rhaas.memmap= on the command line: the RAM is unknown")
+        usable = [memory.Range(r.start, r.end) for r in self.memmap if r.kind == "u"]
+        try:
+            iomem = self.system.iomem()
+            own = memory.system_ram(iomem)
+        except OSError as exc:
+            raise AgentError("scrub-memory", f"cannot read this kernel's memory map: {exc}") from exc
+        try:
+            ranges = memory.foreign_ranges(usable, own)
+            scrubbed = memory.scrub_physical(ranges, self.system.path("dev", "mem"), progress)
+        except (OSError, memory.ScrubError) as exc:
+            mine = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in own)
+            raise AgentError("scrub-memory", f"{exc} (this kernel's RAM: {mine})") from exc
+        # The crash region itself held the FPBL that deployed the customer (their image in its caches).
+        taken = memory.scrub_free((self.system.memory_available_kb() or 0) * 1024)
+        kept = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in own)
+        outside = f"{scrubbed.zeroed} bytes in {len(ranges)} ranges outside this kernel zeroed and read back"
+        done = f"{outside}; {taken} bytes of its own free memory zeroed (its RAM: {kept})"
+        if scrubbed.refused:
+            done += f"; not reachable through /dev/mem: {memory.names_of(iomem, scrubbed.refused)}"
+        return done
 
     def _restore_memory(self, job: str, why: str) -> None:
         """Boot the full FPBL, with the node's whole memory map, from this crash kernel (does not return)."""

@@ -8,7 +8,10 @@ Reading is much cheaper than writing on thin-provisioned or fresh disks, and ski
 
 Wipe policies: ``metadata`` zeroes the first and last MiB of each disk and of each partition (partition
 tables, GPT backups, file system, LVM and RAID signatures live there); ``full`` zeroes every block
-(BLKZEROOUT if the device supports it, else writes). Either is verified by reading the zeroed ranges back.
+(BLKZEROOUT if the device supports it, else writes); ``discard`` tells the device that every block is
+unused (BLKDISCARD: an SSD or thin volume frees them, nothing is written), then zeroes whatever still
+reads non-zero (a device without discard, or one whose discarded blocks keep their data, gets the writes
+of ``full``). Each is verified by reading the wiped ranges back.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ CHUNK = 1 << 20
 MIB = 1 << 20
 _ZERO = bytes(CHUNK)
 BLKZEROOUT = 0x127F
+BLKDISCARD = 0x1277
 BLKRRPART = 0x125F
 BLKFLSBUF = 0x1261
 _SKIP_PREFIXES = ("loop", "ram", "zram", "sr", "fd", "nbd", "dm-", "md")
@@ -136,49 +140,94 @@ def metadata_regions(size: int, partitions: tuple[tuple[int, int], ...] = ()) ->
     return [(a, b - a) for a, b in merged]
 
 
-def wipe(disk: Disk, policy: str, progress: Progress | None = None) -> list[tuple[int, int]]:
-    """Zero ``disk`` per ``policy`` ('metadata' | 'full'); the ranges zeroed."""
-    if policy == "full":
+class Wiped(NamedTuple):
+    """What a wipe did: the ranges it zeroed (to be read back), and how."""
+
+    regions: list[tuple[int, int]]
+    how: str
+
+
+def wipe(disk: Disk, policy: str, progress: Progress | None = None) -> Wiped:
+    """Zero ``disk`` per ``policy`` ('metadata' | 'full' | 'discard')."""
+    if policy in ("full", "discard"):
         regions = [(0, disk.size)]
     elif policy == "metadata":
         regions = metadata_regions(disk.size, disk.partitions)
     else:
         raise DiskError(f"unknown wipe policy {policy!r}")
     total = sum(length for _, length in regions)
-    done = 0
     fd = os.open(disk.path, os.O_RDWR)
     try:
         block = stat.S_ISBLK(os.fstat(fd).st_mode)
-        for offset, length in regions:
-            if block and _zeroout(fd, offset, length):
-                done += length
-                continue
-            end = offset + length
-            while offset < end:
-                n = min(CHUNK, end - offset)
-                if os.pwrite(fd, _ZERO[:n], offset) != n:
-                    raise DiskError(f"short write to {disk.path} at {offset}")
-                offset += n
-                done += n
-                if progress and done % (64 * MIB) == 0:
-                    progress(done, total)
+        if policy == "discard" and block and _ioctl_range(fd, BLKDISCARD, 0, disk.size):
+            _drop_cache(fd)
+            rewritten = _zero_what_is_not(fd, disk, progress)
+            how = f"discarded; {rewritten} bytes still held data and were written with zeros"
+        else:
+            zeroed_by_device = _zero(fd, disk.path, regions, block, total, progress)
+            how = "zeroed by the device (BLKZEROOUT)" if zeroed_by_device else "written with zeros"
+            if policy == "discard":
+                how = "no discard on this device: " + how
         os.fsync(fd)
         if block:
-            with contextlib.suppress(OSError):
-                fcntl.ioctl(fd, BLKFLSBUF)  # read back from the device, not from our page cache
+            _drop_cache(fd)
             with contextlib.suppress(OSError):
                 fcntl.ioctl(fd, BLKRRPART)  # forget the partitions just erased
     finally:
         os.close(fd)
     if progress:
-        progress(done, total)
-    return regions
+        progress(total, total)
+    return Wiped(regions, how)
 
 
-def _zeroout(fd: int, offset: int, length: int) -> bool:
-    """BLKZEROOUT (the device zeroes, no data crosses the bus); False if the device cannot."""
+def _zero(fd: int, path: str, regions: list[tuple[int, int]], block: bool, total: int,
+          progress: Progress | None) -> bool:  # fmt: skip
+    """Zero ``regions``: True if the device did it all (BLKZEROOUT), False if any was written."""
+    done, by_device = 0, True
+    for offset, length in regions:
+        if block and _ioctl_range(fd, BLKZEROOUT, offset, length):
+            done += length
+            continue
+        by_device = False
+        end = offset + length
+        while offset < end:
+            n = min(CHUNK, end - offset)
+            if os.pwrite(fd, _ZERO[:n], offset) != n:
+                raise DiskError(f"short write to {path} at {offset}")
+            offset += n
+            done += n
+            if progress and done % (64 * MIB) == 0:
+                progress(done, total)
+    return by_device
+
+
+def _zero_what_is_not(fd: int, disk: Disk, progress: Progress | None) -> int:
+    """Read the whole disk and write zeros over each chunk that is not zero; the bytes written."""
+    written = offset = 0
+    while offset < disk.size:
+        data = os.pread(fd, min(CHUNK, disk.size - offset), offset)
+        if not data:
+            raise DiskError(f"{disk.path} ended at {offset}, before its size")
+        if not _is_zero(data):
+            if os.pwrite(fd, _ZERO[: len(data)], offset) != len(data):
+                raise DiskError(f"short write to {disk.path} at {offset}")
+            written += len(data)
+        offset += len(data)
+        if progress and offset % (64 * MIB) == 0:
+            progress(offset, disk.size)
+    return written
+
+
+def _drop_cache(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, BLKFLSBUF)  # read from the device, not from the page cache
+
+
+def _ioctl_range(fd: int, request: int, offset: int, length: int) -> bool:
+    """BLKZEROOUT or BLKDISCARD over a byte range (the device does the work, no data crosses the bus);
+    False if the device cannot."""
     try:
-        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
+        fcntl.ioctl(fd, request, struct.pack("=QQ", offset, length))
     except OSError:
         return False
     return True

@@ -44,12 +44,14 @@ from typing import BinaryIO, NamedTuple
 
 #: Where the FPBL keeps the files it needs to hand over and to come back (written by the builder).
 FPBL_DIR = "/rhaas/fpbl"
-CRASH_ARGS = ("irqpoll", "nr_cpus=1", "reset_devices")
+#: The return FPBL's own: ``iomem=relaxed`` lets a memory scrub reach, through /dev/mem, the customer's
+#: RAM that the crash kernel marks busy as "RAM buffer" (up to 64 MiB after each of its RAM ranges).
+CRASH_ARGS = ("irqpoll", "nr_cpus=1", "reset_devices", "iomem=relaxed")
 CUSTOMER_ARGS = ("rdinit=/rhaas/init", "crashkernel=384M", "unknown_nmi_panic=1")
 #: Parameters of one boot that must not be passed on to the next kernel.
 _NOT_INHERITED = {
     "irqpoll", "nr_cpus", "reset_devices", "elfcorehdr", "memmap", "crashkernel", "initrd", "BOOT_IMAGE",
-    "rdinit", "unknown_nmi_panic", "maxcpus", "disable_cpu_apicid",
+    "rdinit", "unknown_nmi_panic", "maxcpus", "disable_cpu_apicid", "iomem",
 }  # fmt: skip
 _COPY_CHUNK = 1 << 20
 

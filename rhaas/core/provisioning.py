@@ -383,7 +383,10 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
         if _wiped(job):
             return wait  # the agent restores memory and boots the full FPBL, which checks in
         job.status = RUNNING
-        return {"action": "wipe", "job": job.uuid, "policy": settings.wipe_policy}
+        return {
+            "action": "wipe", "job": job.uuid, "policy": settings.wipe_policy,
+            "scrub_memory": settings.memory_scrub,
+        }  # fmt: skip
     image = job.image
     if image is None:
         _finish(job, ERROR, "The image was deleted before the deploy started.")

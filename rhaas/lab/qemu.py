@@ -258,7 +258,7 @@ class QemuNode:
             netdev = "hubport,id=net0,hubid=0"
         cmd += ["-netdev", netdev, "-device", f"{self.nic_model},netdev=net0,mac={self.mac}"]
         if self.disk is not None:
-            cmd += ["-drive", f"file={self.disk},if=virtio,format=qcow2"]
+            cmd += ["-drive", f"file={self.disk},if=virtio,format=qcow2,discard=unmap"]
         if self.kernel is not None:
             cmd += ["-kernel", str(self.kernel)]
             if self.initrd is not None:

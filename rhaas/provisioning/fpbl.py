@@ -65,7 +65,8 @@ MODULES = ("virtio_net", "virtio_blk", "virtio_pci")
 DEFAULT_CMDLINE = "console=ttyS0 quiet"
 #: The agent's own modules, shipped under /usr/lib/rhaas-agent.
 AGENT_MODULES = (
-    "rhaas", "rhaas.agent", "rhaas.agent.agent", "rhaas.agent.disk", "rhaas.agent.kexec", "rhaas.agent.wire",
+    "rhaas", "rhaas.agent", "rhaas.agent.agent", "rhaas.agent.disk", "rhaas.agent.kexec",
+    "rhaas.agent.memory", "rhaas.agent.wire",
 )  # fmt: skip
 #: Loaded by the exercise but not wanted: TLS (the agent API is plain HTTP on the provisioning network;
 #: hashlib falls back to its built-in SHA-256 without OpenSSL).
@@ -172,7 +173,15 @@ w = disk.ImageWriter(path, 4 << 20, 2 << 20)
 w.write(b"x" * 1000 + bytes(2 << 20))
 w.finish()
 d = disk.Disk("vda", path, 4 << 20)
-disk.verify_zero(path, disk.wipe(d, "metadata"))
+disk.verify_zero(path, disk.wipe(d, "metadata").regions)
+disk.wipe(d, "discard")
+from rhaas.agent import memory
+mem = os.path.join(work, "mem")
+with open(mem, "wb") as f:
+    f.truncate(8 << 20)
+own = memory.system_ram("00100000-001fffff : System RAM")
+memory.scrub_physical(memory.foreign_ranges([memory.Range(0, 8 << 20)], own), mem)
+memory.scrub_free(memory.SPARE + (1 << 20))
 ranges = kexec.parse_memmap("0-9fc00u,100000-3ffe0000u,3ffe0000-40000000r")
 kexec.exactmap_params(ranges); kexec.customer_cmdline("console=ttyS0 -- x"); kexec.inherited_args("a b=c")
 kexec.write_memmap_dir(os.path.join(work, "sys", "firmware", "memmap"), ranges)
