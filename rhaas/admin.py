@@ -215,9 +215,12 @@ def serve_networks(config: str | None, database: str | None) -> None:
               "stays here).")  # fmt: skip
 @click.option("--interface", default="eth0", show_default=True, help="The provisioning network's interface.")
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="dnsmasq's files.")
+@click.option("--ipxe-dir", default="/usr/lib/ipxe", show_default=True, type=click.Path(file_okay=False),
+              help="iPXE for plain PXE ROMs (undionly.kpxe, snponly.efi), served over TFTP.")  # fmt: skip
 def boot_service(
-    address: str, port: int, api: str | None, netns: str | None, interface: str, directory: str
-) -> None:
+    address: str, port: int, api: str | None, netns: str | None, interface: str, directory: str,
+    ipxe_dir: str,
+) -> None:  # fmt: skip
     """Run the DHCP boot service of the provisioning network (dnsmasq, started and stopped here), with a
     relay to the API. Set [provisioning] boot_url to http://ADDRESS:PORT and agent_url to the same."""
     from rhaas.lab.ovs import find_binary
@@ -228,7 +231,7 @@ def boot_service(
         raise click.ClickException("dnsmasq is not installed (Debian: dnsmasq-base)")
     try:
         code = serve(Path(directory), address, port, api, netns, interface, dnsmasq,
-                     ready=lambda line: click.echo(line, err=True))  # fmt: skip
+                     ready=lambda line: click.echo(line, err=True), ipxe_dir=Path(ipxe_dir))  # fmt: skip
     except (BootServiceError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)

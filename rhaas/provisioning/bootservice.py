@@ -3,6 +3,8 @@
 ``rhaas-admin boot-service`` runs it in the foreground, on the machine (or in the network namespace) that
 has an interface on the provisioning network, and stops dnsmasq when it stops::
 
+    plain PXE ROM        --DHCP--> dnsmasq: "boot undionly.kpxe" (BIOS) or "snponly.efi" (UEFI)
+                         --TFTP--> dnsmasq: iPXE, which starts over as an iPXE client:
     node firmware (iPXE) --DHCP--> dnsmasq: "you are 10.0.0.100, boot http://10.0.0.1:8080/boot/v1/ipxe"
                          --HTTP--> relay --> rhaas API: /boot/v1/ipxe → chain /boot/v1/ipxe/<MAC>
                                                         → kernel /boot/v1/fpbl/vmlinuz <cmdline>; initrd …
@@ -14,9 +16,11 @@ connections from ``<address>:<port>`` to the API. With ``--netns`` the relay lis
 that network namespace while the relay's outgoing connections stay in this process's own: one process
 bridges a namespace on the provisioning network and an API on this machine's loopback.
 
-dnsmasq answers iPXE clients only (QEMU's NIC ROMs and iPXE-flashed NICs; a plain PXE ROM would need
-TFTP and an iPXE binary to chain-load, which this service does not serve) and sends IPv6 router
-advertisements, which cut iPXE's network configuration from ~16 s to ~3 s on a network without routers.
+iPXE clients (QEMU's NIC ROMs, iPXE-flashed NICs) get the boot URL straight away. Other PXE clients get
+iPXE itself over dnsmasq's TFTP server, from Debian's ``ipxe`` package (``--ipxe-dir``): ``undionly.kpxe``
+for BIOS firmware, ``snponly.efi`` for x86-64 UEFI (DHCP option 93 = 7 or 9); without those files the
+service answers iPXE clients only, and says so. dnsmasq also sends IPv6 router advertisements, which cut
+iPXE's network configuration from ~16 s to ~3 s on a network without routers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import ctypes
 import ipaddress
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +43,10 @@ from rhaas.lab import procs
 
 #: A unique local IPv6 prefix for the router advertisements (on the provisioning network only).
 RA_PREFIX = "fd00:0:0:a"
+#: Where Debian's ``ipxe`` package puts the iPXE binaries a plain PXE ROM chain-loads.
+IPXE_DIR = Path("/usr/lib/ipxe")
+#: The binaries served over TFTP: for BIOS PXE ROMs, and for x86-64 UEFI ones.
+IPXE_BIOS, IPXE_UEFI = "undionly.kpxe", "snponly.efi"
 _CLONE_NEWNET = 0x40000000
 
 
@@ -66,9 +75,12 @@ def dnsmasq_common(interface: str, directory: Path) -> list[str]:
     ]
 
 
-def dnsmasq_config(directory: Path, interface: str, address: str, boot_url: str) -> Path:
+def dnsmasq_config(
+    directory: Path, interface: str, address: str, boot_url: str, ipxe_dir: Path | None = None
+) -> Path:
     """Write the dnsmasq configuration: dynamic leases in the upper half of ``address``'s network (up to
-    200 addresses), every iPXE client told to boot ``<boot_url>/boot/v1/ipxe``."""
+    200 addresses), every iPXE client told to boot ``<boot_url>/boot/v1/ipxe``; with ``ipxe_dir`` (which
+    must hold `IPXE_BIOS` and `IPXE_UEFI`), other PXE clients told to fetch iPXE over TFTP first."""
     iface = ipaddress.ip_interface(address)
     network = iface.network
     if not isinstance(network, ipaddress.IPv4Network) or network.num_addresses < 8:
@@ -87,6 +99,19 @@ def dnsmasq_config(directory: Path, interface: str, address: str, boot_url: str)
         "dhcp-userclass=set:ipxe,iPXE",
         f"dhcp-boot=tag:ipxe,{boot_url.rstrip('/')}/boot/v1/ipxe",
     ]
+    if ipxe_dir is not None:
+        tftp = directory / "tftp"
+        tftp.mkdir(exist_ok=True)
+        for name in (IPXE_BIOS, IPXE_UEFI):
+            shutil.copyfile(ipxe_dir / name, tftp / name)
+        lines += [
+            "enable-tftp",
+            f"tftp-root={tftp}",
+            "dhcp-match=set:efi64,option:client-arch,7",
+            "dhcp-match=set:efi64,option:client-arch,9",
+            f"dhcp-boot=tag:!ipxe,tag:!efi64,{IPXE_BIOS}",
+            f"dhcp-boot=tag:!ipxe,tag:efi64,{IPXE_UEFI}",
+        ]
     conf = directory / "dnsmasq.conf"
     conf.write_text("\n".join(lines) + "\n")
     return conf
@@ -176,12 +201,15 @@ def serve(
     interface: str = "eth0",
     dnsmasq: str = "dnsmasq",
     ready: Callable[[str], None] = print,
+    ipxe_dir: Path = IPXE_DIR,
 ) -> int:
     """Run the boot service until SIGTERM/SIGINT or dnsmasq's end; dnsmasq's exit status (0 when we
-    stopped it). ``api`` is the API's own URL (None: it listens on ``address:port`` itself)."""
+    stopped it). ``api`` is the API's own URL (None: it listens on ``address:port`` itself). Plain PXE
+    clients are served iPXE from ``ipxe_dir`` if it has the binaries."""
     ip = str(ipaddress.ip_interface(address).ip)
     boot_url = f"http://{ip}:{port}"
-    conf = dnsmasq_config(directory, interface, address, boot_url)
+    have_ipxe = all((ipxe_dir / name).is_file() for name in (IPXE_BIOS, IPXE_UEFI))
+    conf = dnsmasq_config(directory, interface, address, boot_url, ipxe_dir if have_ipxe else None)
     listener = None
     with in_netns(netns):
         done = subprocess.run(
@@ -212,7 +240,11 @@ def serve(
     previous = {s: signal.signal(s, ending) for s in (signal.SIGTERM, signal.SIGINT)}
     where = f" in namespace {netns}" if netns else ""
     relayed = f", relaying {ip}:{port} to {api}" if api else ""
-    ready(f"boot service{where}: DHCP on {interface} ({address}), boot URL {boot_url}/boot/v1/ipxe{relayed}")
+    pxe = f"plain PXE ROMs chain-load iPXE over TFTP ({IPXE_BIOS}, {IPXE_UEFI})"
+    if not have_ipxe:
+        pxe = f"iPXE clients only (no {IPXE_BIOS} and {IPXE_UEFI} in {ipxe_dir}: Debian's ipxe has them)"
+    url = f"{boot_url}/boot/v1/ipxe"
+    ready(f"boot service{where}: DHCP on {interface} ({address}), boot URL {url}{relayed}; {pxe}")
     try:
         while not stop.is_set():
             if proc.poll() is not None:
