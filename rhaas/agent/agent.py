@@ -44,7 +44,6 @@ MIN_POLL = 0.2
 #: Seconds the server may hold a request for work while there is none (a long poll: work queued for the
 #: node answers it at once). Below HTTP_TIMEOUT.
 WORK_WAIT = 20
-WIPE_POLICIES = ("metadata", "full", "discard")
 REPORT_EVERY = 1.0  # seconds between progress reports
 DOWNLOAD_CHUNK = 1 << 20
 #: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
@@ -205,7 +204,7 @@ def parse_work(data: Any) -> Work:
         )  # fmt: skip
     if action == "wipe":
         policy = data.get("policy")
-        if policy not in WIPE_POLICIES:
+        if policy not in disks.WIPE_POLICIES:
             raise ProtocolError(f"unknown wipe policy {policy!r}")
         scrub = data.get("scrub_memory", False)
         if not isinstance(scrub, bool):
@@ -697,17 +696,16 @@ class Agent:
             own = memory.system_ram(iomem)
         except OSError as exc:
             raise AgentError("scrub-memory", f"cannot read this kernel's memory map: {exc}") from exc
+        mine = memory.format_ranges(own)
         try:
             ranges = memory.foreign_ranges(usable, own)
             scrubbed = memory.scrub_physical(ranges, self.system.path("dev", "mem"), progress)
         except (OSError, memory.ScrubError) as exc:
-            mine = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in own)
             raise AgentError("scrub-memory", f"{exc} (this kernel's RAM: {mine})") from exc
         # The crash region itself held the FPBL that deployed the customer (their image in its caches).
         taken = memory.scrub_free((self.system.memory_available_kb() or 0) * 1024)
-        kept = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in own)
         outside = f"{scrubbed.zeroed} bytes in {len(ranges)} ranges outside this kernel zeroed and read back"
-        done = f"{outside}; {taken} bytes of its own free memory zeroed (its RAM: {kept})"
+        done = f"{outside}; {taken} bytes of its own free memory zeroed (its RAM: {mine})"
         if scrubbed.refused:
             done += f"; not reachable through /dev/mem: {memory.names_of(iomem, scrubbed.refused)}"
         return done

@@ -27,6 +27,8 @@ from typing import NamedTuple
 CHUNK = 1 << 20
 MIB = 1 << 20
 _ZERO = bytes(CHUNK)
+#: What `wipe` can do (the agent refuses work naming anything else).
+WIPE_POLICIES = ("metadata", "full", "discard")
 BLKZEROOUT = 0x127F
 BLKDISCARD = 0x1277
 BLKRRPART = 0x125F
@@ -149,12 +151,9 @@ class Wiped(NamedTuple):
 
 def wipe(disk: Disk, policy: str, progress: Progress | None = None) -> Wiped:
     """Zero ``disk`` per ``policy`` ('metadata' | 'full' | 'discard')."""
-    if policy in ("full", "discard"):
-        regions = [(0, disk.size)]
-    elif policy == "metadata":
-        regions = metadata_regions(disk.size, disk.partitions)
-    else:
+    if policy not in WIPE_POLICIES:
         raise DiskError(f"unknown wipe policy {policy!r}")
+    regions = metadata_regions(disk.size, disk.partitions) if policy == "metadata" else [(0, disk.size)]
     total = sum(length for _, length in regions)
     fd = os.open(disk.path, os.O_RDWR)
     try:

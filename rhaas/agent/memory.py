@@ -61,12 +61,18 @@ def system_ram(iomem: str) -> list[Range]:
     return sorted(r for r, name, top in iomem_entries(iomem) if top and name == "System RAM")
 
 
+def format_ranges(ranges: list[Range]) -> str:
+    """``0x1000-0x9fc00, 0x1000000-0x1800000``: ranges as the agent reports them."""
+    return ", ".join(f"{r.start:#x}-{r.end:#x}" for r in ranges)
+
+
 def names_of(iomem: str, ranges: list[Range]) -> str:
     """``ranges`` as text, each with the /proc/iomem names that overlap it (what the kernel keeps there)."""
+    entries = iomem_entries(iomem)
     described = []
     for r in ranges:
-        names = sorted({name for e, name, _ in iomem_entries(iomem) if e.start < r.end and r.start < e.end})
-        described.append(f"{r.start:#x}-{r.end:#x}" + (f" ({', '.join(names)})" if names else ""))
+        names = sorted({name for e, name, _ in entries if e.start < r.end and r.start < e.end})
+        described.append(format_ranges([r]) + (f" ({', '.join(names)})" if names else ""))
     return ", ".join(described)
 
 
@@ -123,8 +129,7 @@ def scrub_physical(ranges: list[Range], path: str = "/dev/mem", progress: Progre
                             size -= PAGE
                 done += size
                 if sum(r.end - r.start for r in refused) > max(MAX_REFUSED, total // 4):
-                    spans = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in refused[:8])
-                    raise ScrubError(f"{path} refuses too much memory: {spans}")
+                    raise ScrubError(f"{path} refuses too much memory: {format_ranges(refused[:8])}")
                 if progress:
                     progress(done, total)
     finally:
