@@ -50,17 +50,17 @@ def test_password_change_takes_effect_at_once_despite_the_cache(api):
 def test_password_is_verified_once_then_cached(api, monkeypatch):
     """HIL paid ~120 ms of KDF on every request; rhaas verifies once and remembers for a while. Counted,
     not timed: the machine's load must not decide this test."""
-    from rhaas.api import deps
+    from rhaas.api import auth
 
     api.admin.ok("PUT", "/auth/basic/user/carol", {"password": "carol-pw"})
     verified: list[str] = []
-    real = deps.verify_password
+    real = auth.verify_password
 
     def counting(password: str, stored: str) -> bool:
         verified.append(password)
         return real(password, stored)
 
-    monkeypatch.setattr(deps, "verify_password", counting)
+    monkeypatch.setattr(auth, "verify_password", counting)
     carol = Caller(api.client, "carol", "carol-pw")
     for _ in range(20):
         carol.ok("GET", "/nodes/all")

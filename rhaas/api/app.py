@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rhaas import __version__
 from rhaas.api import errors
-from rhaas.api.deps import Authenticator, check_input
+from rhaas.api.auth import Authenticator
+from rhaas.api.deps import check_input
 from rhaas.api.routes import images, networks, nodes, pool, projects, provisioning, switches, users
 from rhaas.backends.upstream import Upstream
 from rhaas.config import Settings, parse_vlan_ranges
