@@ -25,6 +25,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from rhaas.api.app import create_app
+from rhaas.api.state import AppState
 from rhaas.config import Settings, load_settings
 from rhaas.core.access import ADMIN
 from rhaas.db.session import make_engine, make_sessionmaker, upgrade
@@ -164,7 +165,7 @@ class Api:
     def __init__(self, client: TestClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self.sessions = client.app.state.sessions  # type: ignore[attr-defined]
+        self.sessions = AppState.of(client.app).sessions
         self.anon = Caller(client)
         self.admin = Caller(client, "admin", "adminpw")
 

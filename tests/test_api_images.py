@@ -6,6 +6,8 @@ import os
 
 from dbdump import dump
 
+from rhaas.api.state import AppState
+
 KERNEL = b"\x7fKERNEL" + os.urandom(4096)
 INITRD = b"070701" + os.urandom(10_000)
 DISK = b"RHAAS-DISK customer-data\n" + bytes(70_000)
@@ -29,7 +31,7 @@ def test_upload_is_stored_under_its_sha256_and_is_idempotent(site):
     response = upload(site.alice, KERNEL)
     assert response.status_code == 200, response.text
     assert response.json() == {"sha256": sha(KERNEL), "size": len(KERNEL)}
-    stored = site.client.app.state.blobs.path(sha(KERNEL))
+    stored = AppState.of(site.client.app).blobs.path(sha(KERNEL))
     assert stored.read_bytes() == KERNEL
     again = upload(site.bob, KERNEL)
     assert again.status_code == 200 and again.json()["size"] == len(KERNEL)
@@ -42,7 +44,7 @@ def test_upload_whose_bytes_do_not_match_keeps_nothing(site):
     assert response.status_code == 400, response.text
     assert response.json()["type"] == "BadArgumentError"
     assert wrong in response.json()["msg"] and sha(KERNEL) in response.json()["msg"]
-    store = site.client.app.state.blobs
+    store = AppState.of(site.client.app).blobs
     assert not store.has(wrong)
     assert list(store.path(wrong).parent.iterdir()) == []  # no temporary file left behind
     assert dump(site.sessions) == before
@@ -59,10 +61,10 @@ def test_upload_refusals(site):
 
 
 def test_upload_over_the_size_limit_is_refused(site):
-    site.client.app.state.blobs.max_bytes = 1000
+    AppState.of(site.client.app).blobs.max_bytes = 1000
     response = upload(site.alice, KERNEL)
     assert response.status_code == 400 and "limit" in response.json()["msg"]
-    assert not site.client.app.state.blobs.has(sha(KERNEL))
+    assert not AppState.of(site.client.app).blobs.has(sha(KERNEL))
 
 
 def test_register_show_list_delete_private_image(site):
@@ -149,7 +151,7 @@ def test_a_blob_whose_bytes_left_the_store_is_a_clear_404_until_it_is_uploaded_a
     for blob in (KERNEL, INITRD, DISK):
         upload(site.alice, blob)
     register(site.alice, "a-os", "p1", disk=sha(DISK))
-    site.client.app.state.blobs.path(sha(DISK)).unlink()  # a damaged store, an operator's rm
+    AppState.of(site.client.app).blobs.path(sha(DISK)).unlink()  # a damaged store, an operator's rm
     before = dump(site.sessions)
     response = site.alice.client.get(f"/v0/blob/{sha(DISK)}", headers=site.alice.headers)
     assert response.status_code == 404, response.text
@@ -172,7 +174,7 @@ def test_blob_delete_only_when_unused(site):
     site.alice.error("DELETE", f"/blob/{sha(KERNEL)}", None, 401, "AuthorizationError")
     site.admin.ok("DELETE", "/image/pub")
     site.admin.ok("DELETE", f"/blob/{sha(KERNEL)}")
-    assert not site.client.app.state.blobs.has(sha(KERNEL))
+    assert not AppState.of(site.client.app).blobs.has(sha(KERNEL))
     site.admin.error("DELETE", f"/blob/{sha(KERNEL)}", None, 404, "NotFoundError")
 
 

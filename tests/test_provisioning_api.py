@@ -12,8 +12,10 @@ import pytest
 from conftest import Api, make_api, populate_site
 from dbdump import dump
 
+from rhaas.api.state import AppState
 from rhaas.drivers.obm.mock import MockMachine, MockOBM
 from rhaas.lab.polling import wait_for
+from rhaas.notify import work_key
 
 KERNEL, INITRD, DISK = b"kernel" * 100, b"initrd" * 100, b"RHAAS-DISK A-data\n" + bytes(5000)
 
@@ -380,7 +382,7 @@ def test_a_return_queued_before_a_restart_is_carried_out_after_it(db_url):
     """The server goes down between the detach and the NMI: the next server's ticker sends it."""
     settings = {"provisioning__enabled": True, "provisioning__agent_url": "http://10.0.2.2:5000"}
     with make_api(db_url, **settings) as first:
-        first.client.app.state.provisioning_ticker.stop()  # as if the process died after its commits
+        AppState.of(first.client.app).ticker.stop()  # as if the process died after its commits
         populate_site(first)
         agent = enroll(first, "n1")
         agent.checkin()
@@ -556,13 +558,14 @@ def test_a_held_work_request_answers_as_soon_as_a_provision_queues_work(prov):
 
     holder = threading.Thread(target=hold)
     holder.start()
-    wait_for("the request to be held", lambda: prov.client.app.state.work_signal._waiters.get("n1"), 10)
+    notifier = AppState.of(prov.client.app).notifier
+    wait_for("the request to be held", lambda: notifier.waiting(work_key("n1")), 10)
     provisioned = time.monotonic()
     job = prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
     holder.join(20)
     assert (got["answer"]["action"], got["answer"]["job"]) == ("deploy", job)
     assert got["at"] - provisioned < 1.5, "answered when the work was queued, not at the next recheck"
-    assert not prov.client.app.state.work_signal._waiters, "nothing left waiting"
+    assert not notifier.waiting(), "nothing left waiting"
 
 
 def test_a_held_work_request_with_nothing_to_do_answers_wait_after_its_time(prov):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,12 +15,14 @@ from rhaas.api import errors
 from rhaas.api.auth import Authenticator
 from rhaas.api.deps import check_input
 from rhaas.api.routes import images, networks, nodes, pool, projects, provisioning, switches, users
+from rhaas.api.state import AppState
 from rhaas.backends.upstream import Upstream
 from rhaas.config import Settings, parse_vlan_ranges
 from rhaas.core import vlans
 from rhaas.core.images import BlobStore
 from rhaas.core.pool import ensure_switch
 from rhaas.db.session import make_engine, make_sessionmaker
+from rhaas.notify import Notifier
 from rhaas.worker.networking import NetworkWorker
 from rhaas.worker.provisioning import ProvisioningTicker
 
@@ -55,7 +56,12 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
             ensure_switch(db, up)
         db.commit()
 
-    worker = NetworkWorker(sessions, settings.worker) if settings.worker.in_process else None
+    # Long polls wait on the notifier; the in-process worker notifies it when it finishes an action
+    # (other processes' changes are seen by the waiters' own periodic re-reads).
+    notifier = Notifier()
+    worker = (
+        NetworkWorker(sessions, settings.worker, notifier=notifier) if settings.worker.in_process else None
+    )
     ticker = None
     if settings.provisioning.enabled:
         wake = worker.wake if worker is not None else None
@@ -79,17 +85,15 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         description="HIL-compatible bare-metal API (base or recursive instance).",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.sessions = sessions
-    app.state.authenticator = Authenticator(settings.auth)
-    app.state.worker = worker
-    app.state.provisioning_ticker = ticker
-    app.state.work_signal = provisioning.WorkSignal()
-    app.state.blobs = BlobStore(settings.images.store, settings.images.max_blob_bytes)
-    app.state.wake_worker = worker.wake if worker is not None else None
-    # Long-polls of networking actions wait on this; the in-process worker notifies it (other workers'
-    # results are seen by the waiters' own short re-reads).
-    app.state.actions_finished = worker.finished if worker is not None else threading.Condition()
+    AppState(
+        settings=settings,
+        sessions=sessions,
+        authenticator=Authenticator(settings.auth),
+        blobs=BlobStore(settings.images.store, settings.images.max_blob_bytes),
+        notifier=notifier,
+        worker=worker,
+        ticker=ticker,
+    ).install(app)
     errors.install(app)
     app.add_middleware(JSONBodies)
     for module in (projects, nodes, networks, switches, users, pool, images, provisioning):

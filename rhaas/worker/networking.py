@@ -46,6 +46,7 @@ from rhaas.db.models import (
 )
 from rhaas.drivers.switch.base import PortState, SwitchDriver
 from rhaas.errors import DriverError
+from rhaas.notify import ACTIONS, Notifier
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,18 @@ def _process_alive(pid: int) -> bool:
 class NetworkWorker:
     """Applies networking actions; run it in a thread of the API server or as its own process."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: WorkerSettings | None = None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: WorkerSettings | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.sessions = sessions
         self.settings = settings or WorkerSettings()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
-        #: Notified whenever this worker finishes an action (long-polling readers wait on it).
-        self.finished = threading.Condition()
+        #: Notified (key `ACTIONS`) whenever this worker finishes an action: long-polling readers wait on it.
+        self.notifier = notifier if notifier is not None else Notifier()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="rhaas-net")
@@ -252,6 +258,8 @@ class NetworkWorker:
         error = the_plan if isinstance(the_plan, str) else self._program(the_plan)
         t1 = time.perf_counter()
         finished = self._commit(action_id, the_plan, error, lease_end)
+        if finished:
+            self.notifier.notify(ACTIONS)
         log.debug(
             "action %d: switch %.1f ms, commit %.1f ms",
             action_id,

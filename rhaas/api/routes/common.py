@@ -1,10 +1,11 @@
-"""Small helpers shared by the route modules."""
+"""Small helpers shared by the route modules: HIL's answers. (Sessions, callers, the application state
+and after-commit wake-ups are dependencies: rhaas.api.deps.)"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Response
 from fastapi.responses import JSONResponse
 
 
@@ -15,15 +16,3 @@ def ok() -> Response:
 
 def reply(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
-
-
-def wake_worker(request: Request) -> None:
-    wake = getattr(request.app.state, "wake_worker", None)
-    if wake is not None:
-        wake()
-
-
-def wake_provisioning(request: Request) -> None:
-    ticker = getattr(request.app.state, "provisioning_ticker", None)
-    if ticker is not None:
-        ticker.wake()

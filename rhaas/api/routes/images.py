@@ -8,34 +8,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import DB, CurrentCaller, State
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import ImageRegisterBody
 from rhaas.core import images
-from rhaas.core.access import Caller
 from rhaas.errors import NotFoundError, ValidationError
 
 router = APIRouter(tags=["images"])
 blob_router = APIRouter(tags=["images"])
 
 
-def store(request: Request) -> images.BlobStore:
-    return request.app.state.blobs
-
-
 @router.get("/images")
-def list_images(db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def list_images(db: DB, caller: CurrentCaller) -> Response:
     return reply(images.list_images(db, caller))
 
 
 @router.put("/image/{image}")
-def register_image(
-    image: str, body: ImageRegisterBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def register_image(image: str, body: ImageRegisterBody, db: DB, caller: CurrentCaller) -> Response:
     images.register_image(
         db,
         caller,
@@ -46,19 +39,17 @@ def register_image(
         disk=body.disk,
         cmdline=body.cmdline,
     )
-    db.commit()
     return ok()
 
 
 @router.get("/image/{image}")
-def show_image(image: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def show_image(image: str, db: DB, caller: CurrentCaller) -> Response:
     return reply(images.show_image(db, caller, image))
 
 
 @router.delete("/image/{image}")
-def delete_image(image: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def delete_image(image: str, db: DB, caller: CurrentCaller) -> Response:
     images.delete_image(db, caller, image)
-    db.commit()
     return ok()
 
 
@@ -68,14 +59,12 @@ def _no_query(request: Request) -> None:
 
 
 @blob_router.put("/blob/{sha256}")
-async def upload_blob(
-    sha256: str, request: Request, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+async def upload_blob(sha256: str, request: Request, db: DB, caller: CurrentCaller, state: State) -> Response:
     """Store the request's bytes under their sha256; refused unless they hash to ``sha256``."""
     _no_query(request)
     digest = images.check_sha256(sha256)
     images.may_upload(caller)
-    blobs = store(request)
+    blobs = state.blobs
     if blobs.has(digest):
         size = blobs.path(digest).stat().st_size
         async for _ in request.stream():  # already stored: read and drop the body
@@ -83,25 +72,22 @@ async def upload_blob(
     else:
         size = await blobs.put(digest, request.stream())
     images.record_blob(db, digest, size)
-    db.commit()
     return reply({"sha256": digest, "size": size})
 
 
 @blob_router.get("/blob/{sha256}")
-def download_blob(
-    sha256: str, request: Request, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def download_blob(sha256: str, request: Request, db: DB, caller: CurrentCaller, state: State) -> Response:
     """The blob's bytes; a single ``Range: bytes=a-b`` is answered with 206."""
     _no_query(request)
     digest = images.check_sha256(sha256)
     images.may_read_blob(db, caller, digest)
-    return blob_response(request, db, digest)
+    return blob_response(request, state.blobs, db, digest)
 
 
-def blob_response(request: Request, db: Session, digest: str) -> Response:
+def blob_response(request: Request, blobs: images.BlobStore, db: Session, digest: str) -> Response:
     """The stored blob ``digest``, whole or the single Range asked for (checked first: 416 in HIL's
     error shape rather than Starlette's)."""
-    path = store(request).path(digest)
+    path = blobs.path(digest)
     if not path.is_file():
         raise NotFoundError(
             f"Blob {digest} is recorded but its bytes are missing from the image store; upload it again"
@@ -119,10 +105,7 @@ def file_response(request: Request, path: Path) -> Response:
 
 
 @blob_router.delete("/blob/{sha256}")
-def delete_blob(
-    sha256: str, request: Request, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def delete_blob(sha256: str, request: Request, db: DB, caller: CurrentCaller, state: State) -> Response:
     _no_query(request)
-    images.delete_blob(db, store(request), caller, sha256)
-    db.commit()
+    images.delete_blob(db, state.blobs, caller, sha256)
     return ok()

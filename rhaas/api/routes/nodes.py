@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import DB, CurrentCaller
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import (
     BootdevBody,
@@ -28,46 +28,36 @@ router = APIRouter(tags=["nodes"])
 
 
 @router.get("/nodes/{is_free}")
-def list_nodes(is_free: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def list_nodes(is_free: str, db: DB, caller: CurrentCaller) -> Response:
     return reply(nodes.list_nodes(db, caller, is_free))
 
 
 @router.put("/node/{node}")
-def register_node(
-    node: str, body: NodeRegisterBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def register_node(node: str, body: NodeRegisterBody, db: DB, caller: CurrentCaller) -> Response:
     nodes.register_node(db, caller, node, body.obm.model_dump(), body.metadata)
-    db.commit()
     return ok()
 
 
 @router.delete("/node/{node}")
-def delete_node(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def delete_node(node: str, db: DB, caller: CurrentCaller) -> Response:
     nodes.delete_node(db, caller, node)
-    db.commit()
     return ok()
 
 
 @router.get("/node/{node}")
-def show_node(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def show_node(node: str, db: DB, caller: CurrentCaller) -> Response:
     return reply(nodes.show_node(db, caller, node))
 
 
 @router.put("/node/{node}/nic/{nic}")
-def add_nic(
-    node: str, nic: str, body: NicBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def add_nic(node: str, nic: str, body: NicBody, db: DB, caller: CurrentCaller) -> Response:
     nodes.add_nic(db, caller, node, nic, body.macaddr)
-    db.commit()
     return ok()
 
 
 @router.delete("/node/{node}/nic/{nic}")
-def remove_nic(
-    node: str, nic: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def remove_nic(node: str, nic: str, db: DB, caller: CurrentCaller) -> Response:
     nodes.remove_nic(db, caller, node, nic)
-    db.commit()
     return ok()
 
 
@@ -76,38 +66,28 @@ def set_metadata(
     node: str,
     label: str,
     body: MetadataBody,
-    db: Session = Depends(get_db),
-    caller: Caller = Depends(get_caller),
+    db: DB,
+    caller: CurrentCaller,
 ) -> Response:
     nodes.set_metadata(db, caller, node, label, body.value)
-    db.commit()
     return ok()
 
 
 @router.delete("/node/{node}/metadata/{label}")
-def delete_metadata(
-    node: str, label: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def delete_metadata(node: str, label: str, db: DB, caller: CurrentCaller) -> Response:
     nodes.delete_metadata(db, caller, node, label)
-    db.commit()
     return ok()
 
 
 @router.put("/node/{node}/obm")
-def set_obm(
-    node: str, body: ObmEnableBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def set_obm(node: str, body: ObmEnableBody, db: DB, caller: CurrentCaller) -> Response:
     nodes.set_obm_enabled(db, caller, node, body.enabled)
-    db.commit()
     return ok()
 
 
 @router.put("/node/{node}/obm_credentials", summary="rhaas extension: rotate a node's BMC credentials")
-def rotate_obm_credentials(
-    node: str, body: ObmCredentialsBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def rotate_obm_credentials(node: str, body: ObmCredentialsBody, db: DB, caller: CurrentCaller) -> Response:
     nodes.rotate_obm_credentials(db, caller, node, body.user, body.password)
-    db.commit()
     return ok()
 
 
@@ -118,51 +98,44 @@ def _with_obm(db: Session, caller: Caller, node: str, call: Callable[[OBMDriver]
 
 
 @router.post("/node/{node}/power_on")
-def power_on(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def power_on(node: str, db: DB, caller: CurrentCaller) -> Response:
     _with_obm(db, caller, node, lambda obm: obm.power_on())
     return ok()
 
 
 @router.post("/node/{node}/power_off")
-def power_off(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def power_off(node: str, db: DB, caller: CurrentCaller) -> Response:
     _with_obm(db, caller, node, lambda obm: obm.power_off())
     return ok()
 
 
 @router.post("/node/{node}/power_cycle")
-def power_cycle(
-    node: str,
-    body: PowerCycleBody | None = None,
-    db: Session = Depends(get_db),
-    caller: Caller = Depends(get_caller),
-) -> Response:
+def power_cycle(node: str, db: DB, caller: CurrentCaller, body: PowerCycleBody | None = None) -> Response:
     force = body.force if body else False
     _with_obm(db, caller, node, lambda obm: obm.power_cycle(force))
     return ok()
 
 
 @router.post("/node/{node}/power_nmi", summary="rhaas extension: send a diagnostic interrupt (NMI)")
-def power_nmi(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def power_nmi(node: str, db: DB, caller: CurrentCaller) -> Response:
     _with_obm(db, caller, node, lambda obm: obm.send_nmi())
     return ok()
 
 
 @router.get("/node/{node}/power_status")
-def power_status(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def power_status(node: str, db: DB, caller: CurrentCaller) -> Response:
     return reply({"power_status": _with_obm(db, caller, node, lambda obm: obm.power_status())})
 
 
 @router.put("/node/{node}/boot_device")
-def boot_device(
-    node: str, body: BootdevBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def boot_device(node: str, body: BootdevBody, db: DB, caller: CurrentCaller) -> Response:
     OBMDriver.check_bootdev(body.bootdev)
     _with_obm(db, caller, node, lambda obm: obm.set_bootdev(body.bootdev))
     return ok()
 
 
 @router.get("/node/{node}/console")
-def console(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def console(node: str, db: DB, caller: CurrentCaller) -> Response:
     driver = nodes.node_obm(db, caller, node)
     db.rollback()
     stream: Iterator[bytes] = driver.console()

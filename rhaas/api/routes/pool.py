@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from pydantic import Field
-from sqlalchemy.orm import Session
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import DB, CurrentCaller
 from rhaas.api.routes.common import reply
 from rhaas.api.schemas import Body
 from rhaas.core import pool, projects
-from rhaas.core.access import Caller, require_admin
+from rhaas.core.access import require_admin
 
 router = APIRouter(tags=["pool (rhaas extension)"])
 
@@ -24,16 +23,13 @@ class ReconcileBody(Body):
 
 
 @router.post("/project/{project}/connect_nodes", summary="rhaas extension: claim any N free nodes")
-def connect_nodes(
-    project: str, body: CountBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def connect_nodes(project: str, body: CountBody, db: DB, caller: CurrentCaller) -> Response:
     names = projects.connect_nodes(db, caller, project, body.count)
-    db.commit()
     return reply(names)
 
 
 @router.get("/pool", summary="rhaas extension: the free pool and its upstream")
-def show_pool(db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def show_pool(db: DB, caller: CurrentCaller) -> Response:
     require_admin(caller)
     up = pool.upstream_of(db)
     policy = pool.policy_of(db)
@@ -49,24 +45,18 @@ def show_pool(db: Session = Depends(get_db), caller: Caller = Depends(get_caller
 
 
 @router.post("/pool/grow", summary="rhaas extension: claim nodes from the upstream")
-def grow(body: CountBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def grow(body: CountBody, db: DB, caller: CurrentCaller) -> Response:
     names = pool.grow(db, caller, body.count)
-    db.commit()
     return reply(names)
 
 
 @router.post("/pool/shrink", summary="rhaas extension: give idle nodes back to the upstream")
-def shrink(body: CountBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def shrink(body: CountBody, db: DB, caller: CurrentCaller) -> Response:
     names = pool.shrink(db, caller, body.count)
-    db.commit()
     return reply(names)
 
 
 @router.post("/pool/reconcile", summary="rhaas extension: compare with the upstream; fix drift if asked")
-def reconcile(
-    body: ReconcileBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
-    drift = pool.reconcile(db, caller, body.fix)
-    if body.fix:
-        db.commit()
+def reconcile(body: ReconcileBody, db: DB, caller: CurrentCaller) -> Response:
+    drift = pool.reconcile(db, caller, body.fix)  # without fix it changes nothing: committing is a no-op
     return reply(drift.as_dict())

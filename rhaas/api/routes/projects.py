@@ -2,48 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Response
 
-from rhaas.api.deps import get_caller, get_db
-from rhaas.api.routes.common import ok, reply, wake_provisioning
-from rhaas.api.routes.provisioning import notify_work
+from rhaas.api.deps import DB, CurrentCaller, State, after_commit
+from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import NodeBody
 from rhaas.core import projects
-from rhaas.core.access import Caller
 
 router = APIRouter(tags=["projects"])
 
 
 @router.get("/projects")
-def list_projects(db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def list_projects(db: DB, caller: CurrentCaller) -> Response:
     return reply(projects.list_projects(db, caller))
 
 
 @router.put("/project/{project}")
-def create_project(
-    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def create_project(project: str, db: DB, caller: CurrentCaller) -> Response:
     projects.create_project(db, caller, project)
-    db.commit()
     return ok()
 
 
 @router.delete("/project/{project}")
-def delete_project(
-    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def delete_project(project: str, db: DB, caller: CurrentCaller) -> Response:
     projects.delete_project(db, caller, project)
-    db.commit()
     return ok()
 
 
 @router.post("/project/{project}/connect_node")
-def connect_node(
-    project: str, body: NodeBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def connect_node(project: str, body: NodeBody, db: DB, caller: CurrentCaller) -> Response:
     projects.connect_node(db, caller, project, body.node)
-    db.commit()
     return ok()
 
 
@@ -51,26 +39,25 @@ def connect_node(
 def detach_node(
     project: str,
     body: NodeBody,
-    request: Request,
-    db: Session = Depends(get_db),
-    caller: Caller = Depends(get_caller),
+    db: DB,
+    caller: CurrentCaller,
+    state: State,
 ) -> Response:
     projects.detach_node(db, caller, project, body.node)
-    db.commit()
-    wake_provisioning(request)  # a node under fast provisioning is returned now: its NMI goes at once
-    notify_work(request, body.node)  # and an FPBL waiting for work (a node never deployed) wipes it now
+    after_commit(
+        db, state.wake_ticker
+    )  # a node under fast provisioning is returned now: its NMI goes at once
+    after_commit(
+        db, state.notify_work, body.node
+    )  # and an FPBL waiting for work (never deployed) wipes it now
     return ok()
 
 
 @router.get("/project/{project}/nodes")
-def project_nodes(
-    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def project_nodes(project: str, db: DB, caller: CurrentCaller) -> Response:
     return reply(projects.list_project_nodes(db, caller, project))
 
 
 @router.get("/project/{project}/networks")
-def project_networks(
-    project: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def project_networks(project: str, db: DB, caller: CurrentCaller) -> Response:
     return reply(projects.list_project_networks(db, caller, project))

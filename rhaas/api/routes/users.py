@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Response
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import DB, CurrentCaller
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import ProjectBody, UserCreateBody, UserPatchBody
 from rhaas.core import users
-from rhaas.core.access import Caller, require_admin
+from rhaas.core.access import require_admin
 from rhaas.errors import ValidationError
 
 router = APIRouter(tags=["users"])
@@ -29,59 +28,46 @@ EXTENSIONS = [
 
 
 @router.get("/active_extensions")
-def active_extensions(caller: Caller = Depends(get_caller)) -> Response:
+def active_extensions(caller: CurrentCaller) -> Response:
     require_admin(caller)
     return reply(EXTENSIONS)
 
 
 @router.get("/auth/basic/users")
-def list_users(db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def list_users(db: DB, caller: CurrentCaller) -> Response:
     return reply(users.list_users(db, caller))
 
 
 @router.put("/auth/basic/user/{user}")
-def create_user(
-    user: str, body: UserCreateBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def create_user(user: str, body: UserCreateBody, db: DB, caller: CurrentCaller) -> Response:
     users.create_user(db, caller, user, body.password, body.is_admin)
-    db.commit()
     return ok()
 
 
 @router.delete("/auth/basic/user/{user}")
-def delete_user(user: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
+def delete_user(user: str, db: DB, caller: CurrentCaller) -> Response:
     users.delete_user(db, caller, user)
-    db.commit()
     return ok()
 
 
 @router.patch("/auth/basic/user/{user}")
-def patch_user(
-    user: str, body: UserPatchBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def patch_user(user: str, body: UserPatchBody, db: DB, caller: CurrentCaller) -> Response:
     if body.is_admin is None and body.password is None:
         raise ValidationError("Request arguments are not valid for this request: give is_admin or password.")
     if body.is_admin is not None:
         users.set_admin(db, caller, user, body.is_admin)
     if body.password is not None:
         users.set_password(db, caller, user, body.password)
-    db.commit()
     return ok()
 
 
 @router.post("/auth/basic/user/{user}/add_project")
-def add_project(
-    user: str, body: ProjectBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def add_project(user: str, body: ProjectBody, db: DB, caller: CurrentCaller) -> Response:
     users.add_project(db, caller, user, body.project)
-    db.commit()
     return ok()
 
 
 @router.post("/auth/basic/user/{user}/remove_project")
-def remove_project(
-    user: str, body: ProjectBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
-) -> Response:
+def remove_project(user: str, body: ProjectBody, db: DB, caller: CurrentCaller) -> Response:
     users.remove_project(db, caller, user, body.project)
-    db.commit()
     return ok()
