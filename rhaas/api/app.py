@@ -15,11 +15,9 @@ from rhaas import __version__
 from rhaas.api import errors
 from rhaas.api.deps import Authenticator, check_input
 from rhaas.api.routes import images, networks, nodes, pool, projects, provisioning, switches, users
-from rhaas.backends.upstream import Upstream
-from rhaas.config import Settings, parse_vlan_ranges
-from rhaas.core import vlans
+from rhaas.backends import make_backend
+from rhaas.config import Settings
 from rhaas.core.images import BlobStore
-from rhaas.core.pool import ensure_switch
 from rhaas.db.session import make_engine, make_sessionmaker
 from rhaas.worker.networking import NetworkWorker
 from rhaas.worker.provisioning import ProvisioningTicker
@@ -45,20 +43,19 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     """Build the API. The schema must exist (``rhaas-admin db upgrade``); the VLAN pool is topped up."""
     if sessions is None:
         sessions = make_sessionmaker(make_engine(settings.database.url))
-    up = Upstream(settings.upstream).register() if settings.upstream.url else None
-    # Core functions find the upstream (if any) and the pool policy in their session's info.
-    sessions.configure(info={"upstream": up, "pool": settings.pool, "provisioning": settings.provisioning})
+    # The one backend of this instance: routes, the worker and the ticker are handed it.
+    backend = make_backend(settings)
     with sessions() as db:
-        vlans.populate(db, parse_vlan_ranges(settings.networks.vlans))
-        if up is not None:
-            ensure_switch(db, up)
+        backend.prepare(db)  # the VLAN pool; a recursive instance's upstream switch
         db.commit()
 
-    worker = NetworkWorker(sessions, settings.worker) if settings.worker.in_process else None
+    worker = NetworkWorker(sessions, backend, settings.worker) if settings.worker.in_process else None
     ticker = None
     if settings.provisioning.enabled:
         wake = worker.wake if worker is not None else None
-        ticker = ProvisioningTicker(sessions, settings.provisioning, wake_worker=wake)
+        ticker = ProvisioningTicker(
+            sessions, settings.provisioning, wake_worker=wake, obm_for=backend.obm_driver
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -79,6 +76,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.backend = backend
     app.state.sessions = sessions
     app.state.authenticator = Authenticator(settings.auth)
     app.state.worker = worker

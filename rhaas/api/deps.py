@@ -1,4 +1,5 @@
-"""Per-request dependencies: a database session, the authenticated caller, and input hygiene checks."""
+"""Per-request dependencies: a database session, the authenticated caller, the backend, and input
+hygiene checks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from rhaas.backends.base import Backend
 from rhaas.config import AuthSettings
 from rhaas.core.access import ADMIN, Caller
 from rhaas.core.passwords import verify_password
@@ -79,6 +81,12 @@ def get_db(request: Request) -> Iterator[Session]:
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as db:
         yield db
+
+
+def get_backend(request: Request) -> Backend:
+    """The instance's backend (network allocator, driver factories), built once by the app."""
+    backend: Backend = request.app.state.backend
+    return backend
 
 
 def get_caller(request: Request, db: Session = Depends(get_db)) -> Caller:

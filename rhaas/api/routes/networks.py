@@ -7,9 +7,10 @@ import time
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import get_backend, get_caller, get_db
 from rhaas.api.routes.common import ok, reply, wake_worker
 from rhaas.api.schemas import ConnectNetworkBody, NetworkBody, NetworkCreateBody
+from rhaas.backends.base import Backend
 from rhaas.core import networks
 from rhaas.core.access import Caller
 
@@ -23,18 +24,25 @@ def list_networks(db: Session = Depends(get_db), caller: Caller = Depends(get_ca
 
 @router.put("/network/{network}")
 def create_network(
-    network: str, body: NetworkCreateBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+    network: str,
+    body: NetworkCreateBody,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
 ) -> Response:
-    networks.create_network(db, caller, network, body.owner, body.access, body.net_id)
+    networks.create_network(db, caller, backend, network, body.owner, body.access, body.net_id)
     db.commit()
     return ok()
 
 
 @router.delete("/network/{network}")
 def delete_network(
-    network: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+    network: str,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
 ) -> Response:
-    networks.delete_network(db, caller, network)
+    networks.delete_network(db, caller, backend, network)
     db.commit()
     return ok()
 

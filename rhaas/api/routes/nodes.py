@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import get_backend, get_caller, get_db
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import (
     BootdevBody,
@@ -20,6 +20,7 @@ from rhaas.api.schemas import (
     ObmEnableBody,
     PowerCycleBody,
 )
+from rhaas.backends.base import Backend
 from rhaas.core import nodes
 from rhaas.core.access import Caller
 from rhaas.drivers.obm.base import OBMDriver
@@ -111,21 +112,33 @@ def rotate_obm_credentials(
     return ok()
 
 
-def _with_obm(db: Session, caller: Caller, node: str, call: Callable[[OBMDriver], Any]) -> Any:
-    driver = nodes.node_obm(db, caller, node)
+def _with_obm(
+    db: Session, caller: Caller, backend: Backend, node: str, call: Callable[[OBMDriver], Any]
+) -> Any:
+    driver = nodes.node_obm(db, caller, backend, node)
     db.rollback()  # no transaction stays open while the BMC answers
     return call(driver)
 
 
 @router.post("/node/{node}/power_on")
-def power_on(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
-    _with_obm(db, caller, node, lambda obm: obm.power_on())
+def power_on(
+    node: str,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
+) -> Response:
+    _with_obm(db, caller, backend, node, lambda obm: obm.power_on())
     return ok()
 
 
 @router.post("/node/{node}/power_off")
-def power_off(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
-    _with_obm(db, caller, node, lambda obm: obm.power_off())
+def power_off(
+    node: str,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
+) -> Response:
+    _with_obm(db, caller, backend, node, lambda obm: obm.power_off())
     return ok()
 
 
@@ -135,35 +148,55 @@ def power_cycle(
     body: PowerCycleBody | None = None,
     db: Session = Depends(get_db),
     caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
 ) -> Response:
     force = body.force if body else False
-    _with_obm(db, caller, node, lambda obm: obm.power_cycle(force))
+    _with_obm(db, caller, backend, node, lambda obm: obm.power_cycle(force))
     return ok()
 
 
 @router.post("/node/{node}/power_nmi", summary="rhaas extension: send a diagnostic interrupt (NMI)")
-def power_nmi(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
-    _with_obm(db, caller, node, lambda obm: obm.send_nmi())
+def power_nmi(
+    node: str,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
+) -> Response:
+    _with_obm(db, caller, backend, node, lambda obm: obm.send_nmi())
     return ok()
 
 
 @router.get("/node/{node}/power_status")
-def power_status(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
-    return reply({"power_status": _with_obm(db, caller, node, lambda obm: obm.power_status())})
+def power_status(
+    node: str,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
+) -> Response:
+    return reply({"power_status": _with_obm(db, caller, backend, node, lambda obm: obm.power_status())})
 
 
 @router.put("/node/{node}/boot_device")
 def boot_device(
-    node: str, body: BootdevBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+    node: str,
+    body: BootdevBody,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
 ) -> Response:
     OBMDriver.check_bootdev(body.bootdev)
-    _with_obm(db, caller, node, lambda obm: obm.set_bootdev(body.bootdev))
+    _with_obm(db, caller, backend, node, lambda obm: obm.set_bootdev(body.bootdev))
     return ok()
 
 
 @router.get("/node/{node}/console")
-def console(node: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)) -> Response:
-    driver = nodes.node_obm(db, caller, node)
+def console(
+    node: str,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
+) -> Response:
+    driver = nodes.node_obm(db, caller, backend, node)
     db.rollback()
     stream: Iterator[bytes] = driver.console()
     first = next(stream, b"")  # fail before the 200 if the BMC cannot give a console

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import get_backend, get_caller, get_db
 from rhaas.api.routes.common import ok, reply, wake_provisioning
 from rhaas.api.routes.provisioning import notify_work
 from rhaas.api.schemas import NodeBody
+from rhaas.backends.base import Backend
 from rhaas.core import projects
 from rhaas.core.access import Caller
 
@@ -40,9 +41,13 @@ def delete_project(
 
 @router.post("/project/{project}/connect_node")
 def connect_node(
-    project: str, body: NodeBody, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+    project: str,
+    body: NodeBody,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
 ) -> Response:
-    projects.connect_node(db, caller, project, body.node)
+    projects.connect_node(db, caller, backend, project, body.node)
     db.commit()
     return ok()
 
@@ -55,7 +60,7 @@ def detach_node(
     db: Session = Depends(get_db),
     caller: Caller = Depends(get_caller),
 ) -> Response:
-    projects.detach_node(db, caller, project, body.node)
+    projects.detach_node(db, caller, project, body.node, request.app.state.settings.provisioning)
     db.commit()
     wake_provisioning(request)  # a node under fast provisioning is returned now: its NMI goes at once
     notify_work(request, body.node)  # and an FPBL waiting for work (a node never deployed) wipes it now

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 
-from rhaas.api.deps import get_caller, get_db
+from rhaas.api.deps import get_backend, get_caller, get_db
 from rhaas.api.routes.common import ok, reply, wake_worker
 from rhaas.api.schemas import NicRefBody, SwitchRegisterBody
+from rhaas.backends.base import Backend
 from rhaas.core import switches
 from rhaas.core.access import Caller
 
@@ -45,11 +46,13 @@ def show_switch(switch: str, db: Session = Depends(get_db), caller: Caller = Dep
 # Port names may contain "/", so the action routes must be registered before the bare port routes.
 @router.get("/switch/{switch}/port/{port:path}/state", summary="rhaas extension: read a port back")
 def port_state(
-    switch: str, port: str, db: Session = Depends(get_db), caller: Caller = Depends(get_caller)
+    switch: str,
+    port: str,
+    db: Session = Depends(get_db),
+    caller: Caller = Depends(get_caller),
+    backend: Backend = Depends(get_backend),
 ) -> Response:
-    driver, label = switches.port_state(db, caller, switch, port)
-    db.rollback()
-    return reply(switches.read_port(driver, label))
+    return reply(switches.port_state(db, caller, backend, switch, port))
 
 
 @router.post("/switch/{switch}/port/{port:path}/connect_nic")
