@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
@@ -21,9 +20,8 @@ from rhaas.api.schemas import (
     PowerCycleBody,
 )
 from rhaas.backends.base import Backend
-from rhaas.core import nodes
+from rhaas.core import nodes, power
 from rhaas.core.access import Caller
-from rhaas.drivers.obm.base import OBMDriver
 
 router = APIRouter(tags=["nodes"])
 
@@ -112,14 +110,6 @@ def rotate_obm_credentials(
     return ok()
 
 
-def _with_obm(
-    db: Session, caller: Caller, backend: Backend, node: str, call: Callable[[OBMDriver], Any]
-) -> Any:
-    driver = nodes.node_obm(db, caller, backend, node)
-    db.rollback()  # no transaction stays open while the BMC answers
-    return call(driver)
-
-
 @router.post("/node/{node}/power_on")
 def power_on(
     node: str,
@@ -127,7 +117,7 @@ def power_on(
     caller: Caller = Depends(get_caller),
     backend: Backend = Depends(get_backend),
 ) -> Response:
-    _with_obm(db, caller, backend, node, lambda obm: obm.power_on())
+    power.power_on(db, caller, backend, node)
     return ok()
 
 
@@ -138,7 +128,7 @@ def power_off(
     caller: Caller = Depends(get_caller),
     backend: Backend = Depends(get_backend),
 ) -> Response:
-    _with_obm(db, caller, backend, node, lambda obm: obm.power_off())
+    power.power_off(db, caller, backend, node)
     return ok()
 
 
@@ -151,7 +141,7 @@ def power_cycle(
     backend: Backend = Depends(get_backend),
 ) -> Response:
     force = body.force if body else False
-    _with_obm(db, caller, backend, node, lambda obm: obm.power_cycle(force))
+    power.power_cycle(db, caller, backend, node, force)
     return ok()
 
 
@@ -162,7 +152,7 @@ def power_nmi(
     caller: Caller = Depends(get_caller),
     backend: Backend = Depends(get_backend),
 ) -> Response:
-    _with_obm(db, caller, backend, node, lambda obm: obm.send_nmi())
+    power.send_nmi(db, caller, backend, node)
     return ok()
 
 
@@ -173,7 +163,7 @@ def power_status(
     caller: Caller = Depends(get_caller),
     backend: Backend = Depends(get_backend),
 ) -> Response:
-    return reply({"power_status": _with_obm(db, caller, backend, node, lambda obm: obm.power_status())})
+    return reply({"power_status": power.power_status(db, caller, backend, node)})
 
 
 @router.put("/node/{node}/boot_device")
@@ -184,8 +174,7 @@ def boot_device(
     caller: Caller = Depends(get_caller),
     backend: Backend = Depends(get_backend),
 ) -> Response:
-    OBMDriver.check_bootdev(body.bootdev)
-    _with_obm(db, caller, backend, node, lambda obm: obm.set_bootdev(body.bootdev))
+    power.set_bootdev(db, caller, backend, node, body.bootdev)
     return ok()
 
 
@@ -196,9 +185,7 @@ def console(
     caller: Caller = Depends(get_caller),
     backend: Backend = Depends(get_backend),
 ) -> Response:
-    driver = nodes.node_obm(db, caller, backend, node)
-    db.rollback()
-    stream: Iterator[bytes] = driver.console()
+    stream: Iterator[bytes] = power.console(db, caller, backend, node)
     first = next(stream, b"")  # fail before the 200 if the BMC cannot give a console
 
     def chunks() -> Iterator[bytes]:
