@@ -191,11 +191,13 @@ def reconcile(fix: bool) -> None:
 @database_option
 def serve_networks(config: str | None, database: str | None) -> None:
     """Run a networking worker on its own (several may share one PostgreSQL database)."""
+    from rhaas.backends import make_backend
     from rhaas.worker.networking import NetworkWorker
 
     settings = _settings(config, database)
     upgrade(settings.database.url)
-    worker = NetworkWorker(make_sessionmaker(make_engine(settings.database.url)), settings.worker)
+    sessions = make_sessionmaker(make_engine(settings.database.url))
+    worker = NetworkWorker(sessions, make_backend(settings), settings.worker)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

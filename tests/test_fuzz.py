@@ -25,6 +25,7 @@ from dbdump import dump
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from rhaas.backends import make_backend
 from rhaas.worker.networking import NetworkWorker
 
 #: Examples per operation and role (58 operations × 3 roles × 2 databases).
@@ -290,7 +291,7 @@ def fuzz_operation(
 @pytest.fixture
 def fuzz_site(db_url: str) -> Iterator[tuple[Api, NetworkWorker]]:
     with make_api(db_url, worker__in_process=False) as api:
-        worker = NetworkWorker(api.sessions, api.settings.worker)
+        worker = NetworkWorker(api.sessions, make_backend(api.settings), api.settings.worker)
         try:
             populate_site(api)
             admin = api.admin

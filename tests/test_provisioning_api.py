@@ -422,7 +422,6 @@ def last_job_phases(prov: Api, node: str) -> list[tuple[str, str]]:
 
 def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov, monkeypatch):
     """On a recursive instance the OBM is the upstream's API, whose refusals are UpstreamErrors."""
-    from rhaas.core import provisioning
     from rhaas.errors import UpstreamError
 
     class RefusingUpstream:
@@ -439,7 +438,7 @@ def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov,
         def power_cycle(self, force: bool = False) -> None:
             self.calls.append("cycle")
 
-    monkeypatch.setattr(provisioning, "obm_of", lambda node: RefusingUpstream())
+    monkeypatch.setattr(AppState.of(prov.client.app).ticker, "obm_for", lambda node: RefusingUpstream())
     deploy_then_detach(prov, "n1")
 
     def phases():
@@ -474,7 +473,7 @@ def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
         def power_cycle(self, force: bool = False) -> None:
             self.calls.append("cycle")
 
-    monkeypatch.setattr(provisioning, "obm_of", lambda node: FlakyBMC())
+    monkeypatch.setattr(AppState.of(prov.client.app).ticker, "obm_for", lambda node: FlakyBMC())
     agent = deploy_then_detach(prov, "n1")
 
     def phases():

@@ -104,6 +104,7 @@ def test_lease_expired_in_the_queue_is_renewed_before_the_switch_is_touched(idle
     programming the switch, and the change reached the switch twice. The lease is renewed first now."""
     from sqlalchemy import update
 
+    from rhaas.backends import make_backend
     from rhaas.config import WorkerSettings
     from rhaas.db.models import DONE, utcnow
     from rhaas.worker.networking import NetworkWorker
@@ -112,8 +113,9 @@ def test_lease_expired_in_the_queue_is_renewed_before_the_switch_is_touched(idle
     admin.ok("PUT", "/network/pub", {"owner": "admin", "access": "", "net_id": ""})
     admin.ok("POST", "/project/p1/connect_node", {"node": "n1"})
     sid = admin.ok("POST", "/node/n1/nic/eth0/connect_network", {"network": "pub"}, status=202)["status_id"]
-    first = NetworkWorker(idle_site.sessions, WorkerSettings(lease_seconds=60))
-    second = NetworkWorker(idle_site.sessions, WorkerSettings(lease_seconds=60))
+    backend = make_backend(idle_site.settings)
+    first = NetworkWorker(idle_site.sessions, backend, WorkerSettings(lease_seconds=60))
+    second = NetworkWorker(idle_site.sessions, backend, WorkerSettings(lease_seconds=60))
     try:
         [action_id] = first.claim(10)
         with idle_site.sessions() as db, db.begin():  # the lease ran out while the action was queued

@@ -16,11 +16,9 @@ from rhaas.api.auth import Authenticator
 from rhaas.api.deps import check_input
 from rhaas.api.routes import images, networks, nodes, pool, projects, provisioning, switches, users
 from rhaas.api.state import AppState
-from rhaas.backends.upstream import Upstream
-from rhaas.config import Settings, parse_vlan_ranges
-from rhaas.core import vlans
+from rhaas.backends import make_backend
+from rhaas.config import Settings
 from rhaas.core.images import BlobStore
-from rhaas.core.pool import ensure_switch
 from rhaas.db.session import make_engine, make_sessionmaker
 from rhaas.notify import Notifier
 from rhaas.worker.networking import NetworkWorker
@@ -47,25 +45,26 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     """Build the API. The schema must exist (``rhaas-admin db upgrade``); the VLAN pool is topped up."""
     if sessions is None:
         sessions = make_sessionmaker(make_engine(settings.database.url))
-    up = Upstream(settings.upstream).register() if settings.upstream.url else None
-    # Core functions find the upstream (if any) and the pool policy in their session's info.
-    sessions.configure(info={"upstream": up, "pool": settings.pool, "provisioning": settings.provisioning})
+    # The one backend of this instance: routes, the worker and the ticker are handed it.
+    backend = make_backend(settings)
     with sessions() as db:
-        vlans.populate(db, parse_vlan_ranges(settings.networks.vlans))
-        if up is not None:
-            ensure_switch(db, up)
+        backend.prepare(db)  # the VLAN pool; a recursive instance's upstream switch
         db.commit()
 
     # Long polls wait on the notifier; the in-process worker notifies it when it finishes an action
     # (other processes' changes are seen by the waiters' own periodic re-reads).
     notifier = Notifier()
     worker = (
-        NetworkWorker(sessions, settings.worker, notifier=notifier) if settings.worker.in_process else None
+        NetworkWorker(sessions, backend, settings.worker, notifier=notifier)
+        if settings.worker.in_process
+        else None
     )
     ticker = None
     if settings.provisioning.enabled:
         wake = worker.wake if worker is not None else None
-        ticker = ProvisioningTicker(sessions, settings.provisioning, wake_worker=wake)
+        ticker = ProvisioningTicker(
+            sessions, settings.provisioning, wake_worker=wake, obm_for=backend.obm_driver
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +90,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         authenticator=Authenticator(settings.auth),
         blobs=BlobStore(settings.images.store, settings.images.max_blob_bytes),
         notifier=notifier,
+        backend=backend,
         worker=worker,
         ticker=ticker,
     ).install(app)

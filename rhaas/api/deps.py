@@ -7,6 +7,7 @@
   worker, wake the provisioning ticker, notify a waiting agent): never for a change that was not kept.
 - ``CurrentCaller``: the authenticated caller (`get_caller`).
 - ``State``: the application's `AppState`.
+- ``CurrentBackend``: the instance's backend (network allocator, driver factories), built once by the app.
 
 and `check_input`, HIL's input hygiene rules, which every JSON router runs. No business rules here:
 routes call core, and core never commits a route's work for it.
@@ -23,6 +24,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from rhaas.api.state import AppState
+from rhaas.backends.base import Backend
 from rhaas.core.access import Caller
 from rhaas.errors import ValidationError
 
@@ -65,6 +67,13 @@ def get_db(state: State) -> Iterator[Session]:
 # scope="function": FastAPI runs the end of `get_db` (the commit) when the route returns, before the
 # response is sent; its default scope would commit after the client already had its 200.
 DB = Annotated[Session, Depends(get_db, scope="function")]
+
+
+def get_backend(state: State) -> Backend:
+    return state.backend
+
+
+CurrentBackend = Annotated[Backend, Depends(get_backend)]
 
 
 def get_caller(request: Request, db: DB, state: State) -> Caller:

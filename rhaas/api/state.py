@@ -9,12 +9,12 @@ must not hold per-request data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 
 from rhaas.api.auth import Authenticator
+from rhaas.backends.base import Backend
 from rhaas.config import Settings
 from rhaas.core.images import BlobStore
 from rhaas.notify import Notifier, work_key
@@ -28,14 +28,14 @@ class AppState:
     sessions: sessionmaker[Session]
     authenticator: Authenticator
     blobs: BlobStore
+    #: The instance's backend: hardware (VLAN pool, drivers) or upstream.
+    backend: Backend
     #: Long polls of this process wait here (agents' work, networking actions).
     notifier: Notifier = field(default_factory=Notifier)
     #: The in-process networking worker, if this server runs one ([worker] in_process).
     worker: NetworkWorker | None = None
     #: The provisioning ticker, if fast provisioning is enabled.
     ticker: ProvisioningTicker | None = None
-    #: The backend (hardware or upstream) once the app factory builds one; loosely typed until then.
-    backend: Any = None
 
     def install(self, app: Starlette) -> None:
         app.state.rhaas = self

@@ -1,6 +1,6 @@
-"""The upstream HIL-compatible service, as a recursive instance uses it.
+"""The upstream HIL-compatible service, as a recursive instance uses it, and the backend built on it.
 
-Everything goes through rhaas's own client library. The recursive instance is a member of one upstream
+`Upstream` wraps rhaas's own client library. The recursive instance is a member of one upstream
 project; it can touch only what that project holds. Errors are re-raised as `UpstreamError` (502) or
 `UpstreamUnavailableError` (503) naming the upstream, never as the upstream's own error classes: an
 upstream "node does not exist" is not the downstream caller's fault.
@@ -9,6 +9,11 @@ The network model maps one to one: a downstream network is an upstream network o
 upstream project, under a generated name, and its ``network_id`` is the upstream network's VLAN id, so
 channels (``vlan/native``, ``vlan/<id>``) are the same strings at every level and the tags a customer's
 OS sees are the real ones.
+
+`UpstreamBackend` is the backend of a recursive instance: networks come from the upstream, and the nodes
+held there are wired and powered through it by the upstream switch and OBM drivers, which it hands this
+`Upstream` directly (no registry, no credential in any stored settings). The free pool's rules (when to
+claim, what to release) are core's (`rhaas.core.pool`), not this module's.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rhaas.config import UpstreamSettings
-from rhaas.drivers.switch.base import PortState
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from rhaas.backends.base import NetworkAllocation
+from rhaas.backends.hardware import HardwareBackend
+from rhaas.config import PoolSettings, UpstreamSettings
+from rhaas.db.models import Network, Nic, Node, Port, Switch
+from rhaas.drivers.obm.base import OBMDriver
+from rhaas.drivers.obm.upstream import UpstreamOBM
+from rhaas.drivers.switch.base import SwitchDriver
+from rhaas.drivers.switch.upstream import UpstreamSwitch
 from rhaas.errors import (
     AllocationError,
+    BadArgumentError,
     BlockedError,
     DuplicateError,
     NotFoundError,
@@ -33,29 +48,19 @@ from rhaas.errors import (
     UpstreamUnavailableError,
     ValidationError,
 )
+from rhaas.ports import NATIVE, PortState
 
 if TYPE_CHECKING:
     from rhaas.client import Client
 
 log = logging.getLogger(__name__)
-NATIVE = "vlan/native"
 T = TypeVar("T")
-
-#: Upstreams of the recursive instances in this process, by key (drivers find theirs here, so that no
-#: credential is ever stored in a driver's settings).
-REGISTRY: dict[str, Upstream] = {}
-_registry_lock = threading.Lock()
+#: The local switch of a recursive instance: its ports are the NICs of the nodes held upstream.
+UPSTREAM_SWITCH = "upstream"
 
 
 class _Busy(Exception):
     """The upstream NIC has a pending networking action: try again shortly."""
-
-
-def get(key: str) -> Upstream:
-    with _registry_lock:
-        if key not in REGISTRY:
-            raise UpstreamUnavailableError(f"No upstream {key} is configured in this process.")
-        return REGISTRY[key]
 
 
 class Upstream:
@@ -77,11 +82,6 @@ class Upstream:
             True  # until the upstream refuses ?wait= (a HIL upstream)  # (node, nic) → channel → label
         )
         self._lock = threading.Lock()
-
-    def register(self) -> Upstream:
-        with _registry_lock:
-            REGISTRY[self.key] = self
-        return self
 
     # -- error mapping --------------------------------------------------------------------------------
     def call(
@@ -180,6 +180,11 @@ class Upstream:
             with self._lock:
                 self._obm_enabled.add(node)
         return self.client
+
+    def node_call(self, node: str, what: str, method: str, *args: object) -> object:
+        """Call the client's ``node.<method>(node, *args)`` (a power or console route), the node's OBM
+        enabled upstream first."""
+        return self.call(f"{what} {node}", getattr(self.obm(node).node, method), node, *args)
 
     # -- networks -------------------------------------------------------------------------------------
     def create_network(self) -> tuple[str, str]:
@@ -356,6 +361,73 @@ class Upstream:
         return dict(self.call(what, show, status_id))
 
 
-def iter_registered() -> Iterator[Upstream]:
-    with _registry_lock:
-        yield from list(REGISTRY.values())
+class UpstreamBackend(HardwareBackend):
+    """A recursive instance: networks are the upstream's, and the nodes held there are wired through
+    the local ``upstream`` switch (ports ``node/nic``) and powered through ``upstream`` OBMs. Switches and
+    nodes an admin registers here are hardware, driven as on a base instance."""
+
+    def __init__(
+        self, upstream: Upstream, vlan_pool: Iterable[int] = (), policy: PoolSettings | None = None
+    ) -> None:
+        super().__init__(vlan_pool, policy)
+        self.upstream = upstream
+
+    def prepare(self, db: Session) -> None:
+        super().prepare(db)
+        self.ensure_switch(db)
+
+    def allocate_network(self, db: Session, explicit_id: str) -> NetworkAllocation:
+        if explicit_id != "":
+            raise BadArgumentError("A recursive instance cannot create networks with an explicit net_id.")
+        label, network_id = self.upstream.create_network()
+        return NetworkAllocation(network_id, allocated=True, upstream_label=label)
+
+    def release_network(self, db: Session, network: Network) -> None:
+        if network.upstream_label is None:  # made while this instance was a base instance
+            super().release_network(db, network)
+        else:
+            self.upstream.delete_network(network.upstream_label)
+
+    def switch_driver(self, switch: Switch) -> SwitchDriver:
+        driver = super().switch_driver(switch)
+        if isinstance(driver, UpstreamSwitch):
+            driver.upstream = self.upstream
+        return driver
+
+    def obm_driver(self, node: Node) -> OBMDriver:
+        driver = super().obm_driver(node)
+        if isinstance(driver, UpstreamOBM):
+            driver.upstream = self.upstream
+        return driver
+
+    # -- the local rows of what is held upstream ------------------------------------------------------
+    def ensure_switch(self, db: Session) -> Switch:
+        """The local switch whose ports are the NICs of nodes held upstream (created if missing)."""
+        settings = {"upstream": self.upstream.key}
+        switch = db.scalar(select(Switch).where(Switch.label == UPSTREAM_SWITCH))
+        if switch is None:
+            switch = Switch(label=UPSTREAM_SWITCH, type=UpstreamSwitch.name, settings=settings)
+            db.add(switch)
+            db.flush()
+        elif switch.settings != settings:
+            switch.settings = settings
+        return switch
+
+    def import_node(self, db: Session, name: str) -> Node:
+        """Create the local rows of a node this instance holds upstream: same name and NICs, each NIC on
+        a port ``node/nic`` of the upstream switch, powered through the upstream."""
+        shown = self.upstream.show_node(name)
+        switch = self.ensure_switch(db)
+        obm = {"upstream": self.upstream.key, "node": name}
+        node = Node(label=name, obm_type=UpstreamOBM.name, obm_settings=obm, obm_enabled=False)
+        db.add(node)
+        for entry in shown.get("nics", []):
+            port = Port(label=f"{name}/{entry['label']}", switch=switch)
+            db.add(Nic(label=entry["label"], macaddr=entry["macaddr"], node=node, port=port))
+        db.flush()
+        return node
+
+    @staticmethod
+    def held_upstream() -> ColumnElement[bool]:
+        """SQL: the node is one held upstream (powered through it), not one an admin registered here."""
+        return Node.obm_type == UpstreamOBM.name

@@ -1,8 +1,9 @@
 """Networks: creation rules, access lists, channels, and queuing NIC connect/detach actions.
 
-A network's ``network_id`` comes from the VLAN pool (`rhaas.core.vlans`) or, for admins, is given
-explicitly. Connecting a NIC only queues a ``NetworkingAction``; the worker (`rhaas.worker`) programs the
-switch and writes the ``NetworkAttachment`` when the switch has done it.
+A network's ``network_id`` comes from the backend's network allocator (`rhaas.backends.base.Backend`: the
+VLAN pool of a base instance, the upstream of a recursive one) or, for admins, is given explicitly.
+Connecting a NIC only queues a ``NetworkingAction``; the worker (`rhaas.worker`) programs the switch and
+writes the ``NetworkAttachment`` when the switch has done it. This module never calls a driver.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from rhaas.core import vlans
+from rhaas.backends.base import Backend
 from rhaas.core.access import (
     Caller,
     check_label,
@@ -27,10 +28,8 @@ from rhaas.core.access import (
     require_admin,
     require_project_access,
 )
-from rhaas.core.pool import upstream_of
 from rhaas.db.models import PENDING, Network, NetworkingAction, Nic, Node
 from rhaas.drivers.registry import switch_driver
-from rhaas.drivers.switch.base import NATIVELESS_TRUNK, PortState
 from rhaas.errors import (
     AuthorizationError,
     BadArgumentError,
@@ -39,8 +38,8 @@ from rhaas.errors import (
     NotFoundError,
     ProjectMismatchError,
 )
+from rhaas.ports import NATIVE, NATIVELESS_TRUNK, PortState
 
-NATIVE = "vlan/native"
 MODIFY_PORT = "modify_port"
 #: Program the port as the database says (who holds the NIC changed); changes no attachment.
 SYNC_PORT = "sync_port"
@@ -84,7 +83,9 @@ def list_networks(db: Session, caller: Caller) -> dict[str, Any]:
     return result
 
 
-def create_network(db: Session, caller: Caller, name: str, owner: str, access: str, net_id: str) -> None:
+def create_network(
+    db: Session, caller: Caller, backend: Backend, name: str, owner: str, access: str, net_id: str
+) -> None:
     check_label("Network", name)
     if owner == "admin":
         require_admin(caller)
@@ -99,25 +100,13 @@ def create_network(db: Session, caller: Caller, name: str, owner: str, access: s
     access_project = get_project(db, access) if access else None
     if db.scalar(select(Network.id).where(Network.label == name)) is not None:
         raise DuplicateError(f"Network {name} already exists.")
-    up = upstream_of(db)
-    upstream_label = None
-    if up is not None:
-        if net_id != "":
-            raise BadArgumentError("A recursive instance cannot create networks with an explicit net_id.")
-        upstream_label, network_id = up.create_network()
-        allocated = True
-    elif net_id == "":
-        network_id, allocated = str(vlans.allocate(db)), True
-    else:
-        network_id, allocated = str(vlans.claim_explicit(db, net_id)), False
-        if db.scalar(select(exists().where(Network.network_id == network_id))):
-            raise BlockedError(f"VLAN {network_id} is already used by another network.")
+    allocation = backend.allocate_network(db, net_id)
     network = Network(
         label=name,
         owner=owner_project,
-        network_id=network_id,
-        allocated=allocated,
-        upstream_label=upstream_label,
+        network_id=allocation.network_id,
+        allocated=allocation.allocated,
+        upstream_label=allocation.upstream_label,
     )
     if access_project is not None:
         network.access.append(access_project)
@@ -128,7 +117,7 @@ def _require_owner(caller: Caller, network: Network) -> None:
     require_project_access(caller, _owner(network))
 
 
-def delete_network(db: Session, caller: Caller, name: str) -> None:
+def delete_network(db: Session, caller: Caller, backend: Backend, name: str) -> None:
     network = get_network(db, name)
     _require_owner(caller, network)
     if network.attachments:
@@ -139,13 +128,7 @@ def delete_network(db: Session, caller: Caller, name: str) -> None:
         )
     ):
         raise BlockedError(f"Network {name} has pending networking actions.")
-    up = upstream_of(db)
-    if network.upstream_label is not None and up is not None:
-        up.delete_network(network.upstream_label)
-    elif network.allocated:
-        vlans.release(db, int(network.network_id))
-    else:
-        vlans.release_explicit(db, network.network_id)
+    backend.release_network(db, network)
     db.delete(network)
 
 

@@ -1,4 +1,9 @@
-"""Nodes: registration, NICs, metadata, and access to their out-of-band management."""
+"""Nodes: registration, NICs, metadata, and access to their out-of-band management.
+
+A node's BMC driver comes from the backend (`node_obm`); what a type of BMC allows (registration through
+the API, credentials to rotate) is asked of its driver class. Power and console calls are in
+`rhaas.core.power`; this module changes rows and never calls a BMC.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import pydantic
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, selectinload
 
+from rhaas.backends.base import Backend
+from rhaas.backends.hardware import HardwareBackend
 from rhaas.core.access import (
     Caller,
     check_label,
@@ -42,7 +49,7 @@ def list_nodes(db: Session, caller: Caller, is_free: str) -> list[str]:
     """``free`` lists nodes in no project; any other value lists all nodes (as HIL does)."""
     free = is_free == "free"
     bind = db.get_bind()
-    key = (str(bind.url), id(bind), free)
+    key = (str(bind.engine.url), id(bind), free)
     generation = db.scalar(select(Generation.value).where(Generation.name == "node"))
     cached = _list_cache.get(key)
     if cached is not None and generation is not None and cached[0] == generation:
@@ -61,7 +68,7 @@ def validate_obm(obm: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(obm, dict) or not isinstance(obm.get("type"), str):
         raise ValidationError("obm must be an object with a string 'type'.")
     cls = obm_driver(obm["type"])
-    if cls.name == "upstream":
+    if not cls.registrable:
         raise BadArgumentError(
             "Nodes of a recursive instance come from its upstream (pool grow), not registration."
         )
@@ -195,7 +202,7 @@ def set_obm_enabled(db: Session, caller: Caller, node_name: str, enabled: bool) 
     node.obm_enabled = enabled
 
 
-def node_obm(db: Session, caller: Caller, node_name: str) -> OBMDriver:
+def node_obm(db: Session, caller: Caller, backend: Backend, node_name: str) -> OBMDriver:
     """The OBM driver of a node the caller controls and whose OBM is enabled (for power calls)."""
     node = get_node(db, node_name)
     _require_node_control(caller, node)
@@ -203,24 +210,26 @@ def node_obm(db: Session, caller: Caller, node_name: str) -> OBMDriver:
         raise BlockedError(
             f"Node {node_name} has its OBM disabled; enable it first (PUT /node/{{node}}/obm)."
         )
-    return obm_of(node)
+    return backend.obm_driver(node)
 
 
 def obm_of(node: Node) -> OBMDriver:
-    """A node's OBM driver, with no access check: for rhaas's own work on the node (returns, wipes)."""
-    cls = obm_driver(node.obm_type)
-    return cls(cls.settings_model.model_validate(node.obm_settings))
+    """A node's OBM driver as a base instance builds it, with no access check: for rhaas's own work on
+    the node (returns, wipes) where no backend is at hand. A node powered through an upstream gets a
+    driver that refuses every call: code that may run on a recursive instance uses
+    `Backend.obm_driver` instead."""
+    return HardwareBackend().obm_driver(node)
 
 
 def rotate_obm_credentials(db: Session, caller: Caller, node_name: str, user: str, password: str) -> None:
     """rhaas extension (admin): give a node's BMC new credentials, checked by its driver's settings."""
     require_admin(caller)
     node = get_node(db, node_name)
-    if node.obm_type == "upstream":
+    cls = obm_driver(node.obm_type)
+    if not cls.has_credentials:
         raise BadArgumentError(
             f"Node {node_name} is powered through the upstream: it has no BMC credentials here."
         )
-    cls = obm_driver(node.obm_type)
     try:
         settings = cls.settings_model.model_validate(
             {**node.obm_settings, "user": user, "password": password}

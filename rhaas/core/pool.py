@@ -18,57 +18,35 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from rhaas.backends.upstream import Upstream
-from rhaas.config import PoolSettings, ProvisioningSettings
+from rhaas.backends.base import Backend
+from rhaas.backends.upstream import UpstreamBackend
 from rhaas.core.access import Caller, free_node, require_admin
-from rhaas.db.models import PENDING, Network, NetworkingAction, Nic, Node, Port, Switch
-from rhaas.drivers.switch.base import PortState
+from rhaas.core.networks import port_state
+from rhaas.db.models import PENDING, Network, NetworkingAction, Node
 from rhaas.errors import AllocationError, BadArgumentError, BlockedError
+from rhaas.ports import PortState
 
 log = logging.getLogger(__name__)
-UPSTREAM_SWITCH = "upstream"
-#: The OBM type of a node imported from the upstream (powered through it).
-UPSTREAM_OBM = "upstream"
 
 
-def upstream_of(db: Session) -> Upstream | None:
-    """The upstream of this instance, or None for a base instance (set in the sessionmaker's info)."""
-    return db.info.get("upstream")
+def _upstream(backend: Backend, refusal: str) -> UpstreamBackend:
+    """The backend, if it has an upstream (a recursive instance); else BadArgumentError(refusal)."""
+    if not isinstance(backend, UpstreamBackend):
+        raise BadArgumentError(refusal)
+    return backend
 
 
-def policy_of(db: Session) -> PoolSettings:
-    return db.info.get("pool") or PoolSettings()
-
-
-def provisioning_of(db: Session) -> ProvisioningSettings:
-    """The fast-provisioning settings of this instance (set in the sessionmaker's info)."""
-    return db.info.get("provisioning") or ProvisioningSettings()
-
-
-def ensure_switch(db: Session, up: Upstream) -> Switch:
-    switch = db.scalar(select(Switch).where(Switch.label == UPSTREAM_SWITCH))
-    if switch is None:
-        switch = Switch(label=UPSTREAM_SWITCH, type="upstream", settings={"upstream": up.key})
-        db.add(switch)
-        db.flush()
-    elif switch.settings != {"upstream": up.key}:
-        switch.settings = {"upstream": up.key}
-    return switch
-
-
-def import_node(db: Session, up: Upstream, name: str) -> Node:
-    """Create the local rows of a node this instance holds upstream."""
-    shown = up.show_node(name)
-    switch = ensure_switch(db, up)
-    node = Node(
-        label=name, obm_type=UPSTREAM_OBM, obm_settings={"upstream": up.key, "node": name}, obm_enabled=False
-    )
-    db.add(node)
-    for entry in shown.get("nics", []):
-        port = Port(label=f"{name}/{entry['label']}", switch=switch)
-        db.add(Nic(label=entry["label"], macaddr=entry["macaddr"], node=node, port=port))
-    db.flush()
-    return node
+def show_pool(db: Session, caller: Caller, backend: Backend) -> dict[str, Any]:
+    """The pool's upstream (None on a base instance), its node counts and its policy (admin)."""
+    require_admin(caller)
+    up = backend.upstream if isinstance(backend, UpstreamBackend) else None
+    total, free = node_counts(db)
+    return {
+        "upstream": {"url": up.url, "project": up.project} if up else None,
+        "nodes": total,
+        "free": free,
+        "policy": backend.policy.model_dump(),
+    }
 
 
 def node_counts(db: Session) -> tuple[int, int]:
@@ -78,19 +56,17 @@ def node_counts(db: Session) -> tuple[int, int]:
     return total, free
 
 
-def grow(db: Session, caller: Caller, count: int) -> list[str]:
+def grow(db: Session, caller: Caller, backend: Backend, count: int) -> list[str]:
     """Claim up to ``count`` more nodes from upstream (admin). Returns the names imported."""
     require_admin(caller)
-    return _grow(db, count)
+    backend = _upstream(backend, "This is a base instance: it has no upstream to take nodes from.")
+    return _grow(db, backend, count)
 
 
-def _grow(db: Session, count: int) -> list[str]:
-    up = upstream_of(db)
-    if up is None:
-        raise BadArgumentError("This is a base instance: it has no upstream to take nodes from.")
+def _grow(db: Session, backend: UpstreamBackend, count: int) -> list[str]:
     if count < 1:
         raise BadArgumentError("count must be at least 1.")
-    policy = policy_of(db)
+    up, policy = backend.upstream, backend.policy
     total, _free = node_counts(db)
     if policy.max_nodes is not None:
         count = min(count, policy.max_nodes - total)
@@ -98,32 +74,30 @@ def _grow(db: Session, count: int) -> list[str]:
             raise AllocationError(f"The pool is at its limit of {policy.max_nodes} nodes.")
     claimed = up.claim(count, policy.node_filter)
     for name in claimed:
-        import_node(db, up, name)
+        backend.import_node(db, name)
     db.commit()  # the nodes are ours upstream now: record that whatever happens next
     log.info("pool: claimed %s from %s", claimed, up.url)
     return claimed
 
 
-def shrink(db: Session, caller: Caller, count: int) -> list[str]:
+def shrink(db: Session, caller: Caller, backend: Backend, count: int) -> list[str]:
     """Release up to ``count`` idle (free) nodes back upstream (admin). Returns the names released."""
     require_admin(caller)
-    up = upstream_of(db)
-    if up is None:
-        raise BadArgumentError("This is a base instance: it has no upstream to give nodes back to.")
+    backend = _upstream(backend, "This is a base instance: it has no upstream to give nodes back to.")
     if count < 1:
         raise BadArgumentError("count must be at least 1.")
     # Only nodes held upstream can go back there (an admin may also register nodes of its own here).
-    held = select(Node).where(free_node(), Node.obm_type == UPSTREAM_OBM)
+    held = select(Node).where(free_node(), backend.held_upstream())
     free = db.scalars(held.order_by(Node.label).limit(count)).all()
     released = []
     for node in free:
-        release_node(db, up, node)
+        release_node(db, backend, node)
         released.append(node.label)
     return released
 
 
-def release_node(db: Session, up: Upstream, node: Node) -> None:
-    up.release(node.label)
+def release_node(db: Session, backend: UpstreamBackend, node: Node) -> None:
+    backend.upstream.release(node.label)
     forget_node(db, node)
 
 
@@ -140,29 +114,31 @@ def forget_node(db: Session, node: Node) -> None:
     db.flush()
 
 
-def ensure_free(db: Session, wanted: int) -> None:
+def ensure_free(db: Session, backend: Backend, wanted: int) -> None:
     """Make sure ``wanted`` free nodes exist, growing the pool if allowed."""
     _total, free = node_counts(db)
     if free >= wanted:
         return
-    up = upstream_of(db)
-    if up is None or not policy_of(db).auto_grow:
+    if not isinstance(backend, UpstreamBackend) or not backend.policy.auto_grow:
         raise AllocationError(f"Only {free} free nodes; {wanted} asked for.")
-    _grow(db, wanted - free)
+    _grow(db, backend, wanted - free)
 
 
-def claim_unknown_node(db: Session, name: str) -> Node | None:
+def claim_unknown_node(db: Session, backend: Backend, name: str) -> Node | None:
     """A project asked for a node by a name this instance does not hold: claim it upstream if allowed."""
-    up = upstream_of(db)
-    policy = policy_of(db)
-    if up is None or not policy.auto_grow or not re.search(policy.node_filter, name):
+    policy = backend.policy
+    if (
+        not isinstance(backend, UpstreamBackend)
+        or not policy.auto_grow
+        or not re.search(policy.node_filter, name)
+    ):
         return None
     total, _free = node_counts(db)
     if policy.max_nodes is not None and total >= policy.max_nodes:
         raise AllocationError(f"The pool is at its limit of {policy.max_nodes} nodes.")
-    if not up.claim_node(name):
+    if not backend.upstream.claim_node(name):
         return None
-    return import_node(db, up, name)
+    return backend.import_node(db, name)
 
 
 @dataclass
@@ -187,7 +163,7 @@ class Drift:
         }
 
 
-def reconcile(db: Session, caller: Caller, fix: bool = False) -> Drift:
+def reconcile(db: Session, caller: Caller, backend: Backend, fix: bool = False) -> Drift:
     """Compare local state with the upstream and, with ``fix``, repair the drift.
 
     A NIC is in sync when the upstream port carries exactly the networks its committed attachments say
@@ -195,14 +171,11 @@ def reconcile(db: Session, caller: Caller, fix: bool = False) -> Drift:
     NIC registered here that the upstream node lacks is reported, not fixed: only an admin knows whether
     the registration or the upstream is wrong.
     """
-    from rhaas.core.networks import port_state  # networks uses this module: import at call time
-
     require_admin(caller)
-    up = upstream_of(db)
-    if up is None:
-        raise BadArgumentError("This is a base instance: there is no upstream to reconcile with.")
+    backend = _upstream(backend, "This is a base instance: there is no upstream to reconcile with.")
+    up = backend.upstream
     held = set(up.project_nodes())
-    local = {n.label: n for n in db.scalars(select(Node).where(Node.obm_type == "upstream"))}
+    local = {n.label: n for n in db.scalars(select(Node).where(backend.held_upstream()))}
     drift = Drift(untracked=sorted(held - set(local)), missing=sorted(set(local) - held))
     upstream_networks = set(up.call("listing our networks", up.client.project.networks_in, up.project))
     for net in db.scalars(select(Network).where(Network.upstream_label.is_not(None))):
@@ -224,7 +197,7 @@ def reconcile(db: Session, caller: Caller, fix: bool = False) -> Drift:
                 desired[(name, nic.label)] = want
     if fix:
         for name in drift.untracked:
-            import_node(db, up, name)
+            backend.import_node(db, name)
         for name in drift.missing:
             node = local[name]
             if node.project_id is not None:

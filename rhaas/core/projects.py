@@ -5,6 +5,8 @@ from __future__ import annotations
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
+from rhaas.backends.base import Backend
+from rhaas.config import ProvisioningSettings
 from rhaas.core import pool, provisioning
 from rhaas.core.access import (
     Caller,
@@ -56,14 +58,14 @@ def delete_project(db: Session, caller: Caller, name: str) -> None:
     db.delete(project)
 
 
-def connect_node(db: Session, caller: Caller, project_name: str, node_name: str) -> None:
+def connect_node(db: Session, caller: Caller, backend: Backend, project_name: str, node_name: str) -> None:
     """Claim a free node for a project. Atomic: of concurrent claims for one node, exactly one wins."""
     project = get_project(db, project_name)
     require_project_access(caller, project_name)
     try:
         node = get_node(db, node_name)
     except NotFoundError:
-        imported = pool.claim_unknown_node(db, node_name)
+        imported = pool.claim_unknown_node(db, backend, node_name)
         if imported is None:
             raise
         db.commit()  # the node is ours upstream now: record that whatever happens next
@@ -79,13 +81,13 @@ def connect_node(db: Session, caller: Caller, project_name: str, node_name: str)
     db.expire(node)
 
 
-def connect_nodes(db: Session, caller: Caller, project_name: str, count: int) -> list[str]:
+def connect_nodes(db: Session, caller: Caller, backend: Backend, project_name: str, count: int) -> list[str]:
     """rhaas extension: claim any ``count`` free nodes (growing a recursive instance's pool if needed)."""
     project = get_project(db, project_name)
     require_project_access(caller, project_name)
     if not 1 <= count <= 1000:
         raise BadArgumentError("count must be between 1 and 1000.")
-    pool.ensure_free(db, count)
+    pool.ensure_free(db, backend, count)
     db.commit()  # nodes claimed upstream are recorded even if this claim loses a race
     claimed: list[str] = []
     for node in db.scalars(select(Node).where(free_node()).order_by(Node.label)):
@@ -102,7 +104,10 @@ def connect_nodes(db: Session, caller: Caller, project_name: str, count: int) ->
     raise AllocationError(f"Only {len(claimed)} free nodes could be claimed; {count} asked for.")
 
 
-def detach_node(db: Session, caller: Caller, project_name: str, node_name: str) -> None:
+def detach_node(
+    db: Session, caller: Caller, project_name: str, node_name: str, settings: ProvisioningSettings
+) -> None:
+    """Give a node back to the free pool; under fast provisioning its return (wipe) starts now."""
     project = get_project(db, project_name)
     require_project_access(caller, project_name)
     node = get_node(db, node_name)
@@ -116,7 +121,6 @@ def detach_node(db: Session, caller: Caller, project_name: str, node_name: str) 
     pending = exists().where(NetworkingAction.nic_id.in_(nic_ids), NetworkingAction.status == PENDING)
     if db.scalar(select(pending)):
         raise BlockedError(f"Node {node_name} has pending networking actions.")
-    settings = pool.provisioning_of(db)
     if settings.enabled:
         provisioning.start_return(db, node, settings)  # the node is free again only once it is wiped
     released = db.execute(

@@ -442,9 +442,14 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
 # --- what needs no agent: NMIs, deadlines, fallbacks -----------------------------------------------
 
 
-def tick(sessions: Any, settings: ProvisioningSettings, wake_worker: Callable[[], None] | None = None) -> int:
+def tick(
+    sessions: Any,
+    settings: ProvisioningSettings,
+    wake_worker: Callable[[], None] | None = None,
+    obm_for: Callable[[Node], Any] = obm_of,
+) -> int:
     """One pass: NICs that changed hands, network boots, open jobs; returns how many it moved. Safe to
-    run in several processes."""
+    run in several processes. ``obm_for`` gives a node's BMC driver (the backend's ``obm_driver``)."""
     moved = 0
     with sessions() as db:
         dirty = db.scalars(select(NodeProvisioning.node_id).where(NodeProvisioning.port_dirty)).all()
@@ -458,7 +463,7 @@ def tick(sessions: Any, settings: ProvisioningSettings, wake_worker: Callable[[]
         boots = db.scalars(select(NodeProvisioning.node_id).where(*due)).all()
         db.rollback()
     for node_id in boots:
-        moved += _network_boot(sessions, node_id)
+        moved += _network_boot(sessions, node_id, obm_for)
     with sessions() as db:
         pending = db.scalars(
             select(ProvisionJob.id).where(ProvisionJob.kind == RETURN, ProvisionJob.status == PENDING)
@@ -470,9 +475,9 @@ def tick(sessions: Any, settings: ProvisioningSettings, wake_worker: Callable[[]
         ).all()
         db.rollback()
     for job_id in pending:
-        moved += _start_return(sessions, job_id, settings)
+        moved += _start_return(sessions, job_id, settings, obm_for)
     for job_id in expired:
-        moved += _expire(sessions, job_id, settings)
+        moved += _expire(sessions, job_id, settings, obm_for)
     return moved
 
 
@@ -516,7 +521,7 @@ def _sync_port(sessions: Any, node_id: int) -> int:
     return 1
 
 
-def _network_boot(sessions: Any, node_id: int) -> int:
+def _network_boot(sessions: Any, node_id: int, obm_for: Callable[[Node], Any]) -> int:
     """Boot an enrolled node into the FPBL from the network: boot device PXE, one power cycle (BMC calls
     outside any transaction, after the boot was claimed with a conditional UPDATE)."""
     with sessions() as db:
@@ -531,7 +536,7 @@ def _network_boot(sessions: Any, node_id: int) -> int:
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return 0
-        driver, label = obm_of(row.node), row.node.label
+        driver, label = obm_for(row.node), row.node.label
         db.commit()
     try:
         _boot_from_network(driver)
@@ -557,7 +562,9 @@ def _claim(db: Session, job_id: int, was_status: str, was_path: str, **values: A
     return claimed.rowcount == 1  # type: ignore[attr-defined]
 
 
-def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
+def _start_return(
+    sessions: Any, job_id: int, settings: ProvisioningSettings, obm_for: Callable[[Node], Any]
+) -> int:
     """Claim a new return and set it going: an NMI (fast path), or a power cycle (reboot path). A
     power cycle that failed is tried again every `RETRY_SECONDS` until the job's deadline."""
     with sessions() as db:
@@ -569,7 +576,7 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings) ->
             return 0
         if not _claim(db, job_id, PENDING, job.path, status=RUNNING):
             return 0
-        path, driver = job.path, obm_of(job.node)
+        path, driver = job.path, obm_for(job.node)
         db.commit()
     if path == REBOOT:
         _power_cycle(sessions, job_id, driver)
@@ -627,7 +634,9 @@ def _power_cycle(sessions: Any, job_id: int, driver: Any) -> None:
     )
 
 
-def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
+def _expire(
+    sessions: Any, job_id: int, settings: ProvisioningSettings, obm_for: Callable[[Node], Any]
+) -> int:
     with sessions() as db:
         job = db.get(ProvisionJob, job_id)
         if job is None or job.status not in (PENDING, RUNNING) or job.deadline is None:
@@ -648,7 +657,7 @@ def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
             return 0
         db.refresh(job)
         _stamp(job, "fallback", "start", "no return FPBL by the deadline: power cycle, network boot")
-        driver = obm_of(job.node)
+        driver = obm_for(job.node)
         db.commit()
     _power_cycle(sessions, job_id, driver)
     return 1

@@ -1,4 +1,8 @@
-"""Switches, their ports, and the wiring of NICs to ports (all admin-only)."""
+"""Switches, their ports, and the wiring of NICs to ports (all admin-only).
+
+What a type of switch allows (registration through the API, port names, capabilities) is asked of its
+driver class; the one device call here, reading a port back, goes through a driver from the backend.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import pydantic
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rhaas.backends.base import Backend
 from rhaas.core.access import (
     Caller,
     check_label,
@@ -18,18 +23,13 @@ from rhaas.core.access import (
     get_switch,
     require_admin,
 )
+from rhaas.core.networks import queue_action
 from rhaas.core.nodes import _brief
 from rhaas.db.models import NetworkingAction, Port, Switch
 from rhaas.drivers.registry import switch_driver
-from rhaas.drivers.switch.base import PortState, SwitchDriver
 from rhaas.errors import BadArgumentError, BlockedError, DuplicateError, NotFoundError, ValidationError
 
 REVERT_PORT = "revert_port"
-
-
-def driver_for(switch: Switch) -> SwitchDriver:
-    cls = switch_driver(switch.type)
-    return cls(switch.label, cls.settings_model.model_validate(switch.settings))
 
 
 def list_switches(db: Session, caller: Caller) -> list[str]:
@@ -44,7 +44,7 @@ def register_switch(db: Session, caller: Caller, name: str, fields: dict[str, An
     if not isinstance(type_name, str):
         raise ValidationError('A switch needs a string \'type\' (e.g. "ovs" or "mock").')
     cls = switch_driver(type_name)
-    if cls.name == "upstream":
+    if not cls.registrable:
         raise BadArgumentError("The upstream switch of a recursive instance is managed by rhaas itself.")
     try:
         settings = cls.settings_model.model_validate({k: v for k, v in fields.items() if k != "type"})
@@ -76,7 +76,7 @@ def show_switch(db: Session, caller: Caller, name: str) -> dict[str, Any]:
 def register_port(db: Session, caller: Caller, switch_name: str, port_name: str) -> None:
     require_admin(caller)
     switch = get_switch(db, switch_name)
-    driver_for(switch).validate_port_name(port_name)
+    switch_driver(switch.type).validate_port_name(port_name)
     if any(p.label == port_name for p in switch.ports):
         raise DuplicateError(f"Port {port_name} already exists on switch {switch_name}.")
     db.add(Port(label=port_name, switch=switch))
@@ -102,17 +102,19 @@ def show_port(db: Session, caller: Caller, switch_name: str, port_name: str) -> 
     }
 
 
-def port_state(db: Session, caller: Caller, switch_name: str, port_name: str) -> tuple[SwitchDriver, str]:
-    """The driver and port to read back from (the caller does the device I/O outside the transaction)."""
+def port_state(
+    db: Session, caller: Caller, backend: Backend, switch_name: str, port_name: str
+) -> dict[str, Any]:
+    """What the port carries, read back from the switch itself (outside any transaction)."""
     require_admin(caller)
     switch = get_switch(db, switch_name)
     get_port(db, switch, port_name)
-    return driver_for(switch), port_name
-
-
-def read_port(driver: SwitchDriver, port: str) -> dict[str, Any]:
-    state: PortState = driver.get_port(port)
-    return state.as_dict()
+    driver = backend.switch_driver(switch)
+    db.rollback()  # no transaction stays open while the switch answers
+    try:
+        return driver.get_port(port_name).as_dict()
+    finally:
+        driver.close()
 
 
 def connect_nic(db: Session, caller: Caller, switch_name: str, port_name: str, node: str, nic: str) -> None:
@@ -138,8 +140,6 @@ def detach_nic(db: Session, caller: Caller, switch_name: str, port_name: str) ->
 
 def revert_port(db: Session, caller: Caller, switch_name: str, port_name: str) -> str:
     """Queue the removal of every network from the port's NIC; returns the status id."""
-    from rhaas.core.networks import queue_action
-
     require_admin(caller)
     port = get_port(db, get_switch(db, switch_name), port_name)
     if port.nic is None:

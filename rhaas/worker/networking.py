@@ -30,10 +30,11 @@ from sqlalchemy import Update, delete, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from rhaas.backends.base import Backend
 from rhaas.config import WorkerSettings
 from rhaas.core.networks import SYNC_PORT, port_state
 from rhaas.core.provisioning import holds_port
-from rhaas.core.switches import REVERT_PORT, driver_for
+from rhaas.core.switches import REVERT_PORT
 from rhaas.db.models import (
     DONE,
     ERROR,
@@ -44,9 +45,10 @@ from rhaas.db.models import (
     Switch,
     utcnow,
 )
-from rhaas.drivers.switch.base import PortState, SwitchDriver
+from rhaas.drivers.switch.base import SwitchDriver
 from rhaas.errors import DriverError
 from rhaas.notify import ACTIONS, Notifier
+from rhaas.ports import PortState
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +101,20 @@ def _process_alive(pid: int) -> bool:
 
 
 class NetworkWorker:
-    """Applies networking actions; run it in a thread of the API server or as its own process."""
+    """Applies networking actions; run it in a thread of the API server or as its own process.
+
+    Switch drivers come from ``backend`` (one per switch configuration, kept for the worker's life).
+    """
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
+        backend: Backend,
         settings: WorkerSettings | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.sessions = sessions
+        self.backend = backend
         self.settings = settings or WorkerSettings()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
@@ -222,7 +229,7 @@ class NetworkWorker:
         key = json.dumps([switch.label, switch.type, switch.settings], sort_keys=True)
         with self._drivers_lock:
             if key not in self._drivers:
-                self._drivers[key] = driver_for(switch)
+                self._drivers[key] = self.backend.switch_driver(switch)
             return self._drivers[key]
 
     def renew(self, action_id: int) -> bool:

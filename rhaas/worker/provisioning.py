@@ -15,15 +15,23 @@ from typing import Any
 
 from rhaas.config import ProvisioningSettings
 from rhaas.core import provisioning
+from rhaas.core.nodes import obm_of
+from rhaas.db.models import Node
+from rhaas.drivers.obm.base import OBMDriver
 
 log = logging.getLogger(__name__)
 
 
 class ProvisioningTicker:
     def __init__(
-        self, sessions: Any, settings: ProvisioningSettings, wake_worker: Callable[[], None] | None = None
+        self,
+        sessions: Any,
+        settings: ProvisioningSettings,
+        wake_worker: Callable[[], None] | None = None,
+        obm_for: Callable[[Node], OBMDriver] = obm_of,
     ) -> None:
         self.sessions, self.settings, self.wake_worker = sessions, settings, wake_worker
+        self.obm_for = obm_for  # a node's BMC driver: the backend's obm_driver
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -45,7 +53,7 @@ class ProvisioningTicker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                provisioning.tick(self.sessions, self.settings, self.wake_worker)
+                provisioning.tick(self.sessions, self.settings, self.wake_worker, self.obm_for)
             except Exception:  # a bug or the database away: log, and try again at the next tick
                 log.exception("provisioning tick failed")
             self._wake.wait(self.settings.tick_seconds)

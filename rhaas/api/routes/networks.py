@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from rhaas.api.deps import DB, CurrentCaller, State, after_commit
+from rhaas.api.deps import DB, CurrentBackend, CurrentCaller, State, after_commit
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import ConnectNetworkBody, NetworkBody, NetworkCreateBody
 from rhaas.core import networks
@@ -26,14 +26,16 @@ def list_networks(db: DB, caller: CurrentCaller) -> Response:
 
 
 @router.put("/network/{network}")
-def create_network(network: str, body: NetworkCreateBody, db: DB, caller: CurrentCaller) -> Response:
-    networks.create_network(db, caller, network, body.owner, body.access, body.net_id)
+def create_network(
+    network: str, body: NetworkCreateBody, db: DB, caller: CurrentCaller, backend: CurrentBackend
+) -> Response:
+    networks.create_network(db, caller, backend, network, body.owner, body.access, body.net_id)
     return ok()
 
 
 @router.delete("/network/{network}")
-def delete_network(network: str, db: DB, caller: CurrentCaller) -> Response:
-    networks.delete_network(db, caller, network)
+def delete_network(network: str, db: DB, caller: CurrentCaller, backend: CurrentBackend) -> Response:
+    networks.delete_network(db, caller, backend, network)
     return ok()
 
 

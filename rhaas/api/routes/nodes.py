@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 
-from rhaas.api.deps import DB, CurrentCaller
+from rhaas.api.deps import DB, CurrentBackend, CurrentCaller
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import (
     BootdevBody,
@@ -20,9 +18,7 @@ from rhaas.api.schemas import (
     ObmEnableBody,
     PowerCycleBody,
 )
-from rhaas.core import nodes
-from rhaas.core.access import Caller
-from rhaas.drivers.obm.base import OBMDriver
+from rhaas.core import nodes, power
 
 router = APIRouter(tags=["nodes"])
 
@@ -91,54 +87,49 @@ def rotate_obm_credentials(node: str, body: ObmCredentialsBody, db: DB, caller: 
     return ok()
 
 
-def _with_obm(db: Session, caller: Caller, node: str, call: Callable[[OBMDriver], Any]) -> Any:
-    driver = nodes.node_obm(db, caller, node)
-    db.rollback()  # no transaction stays open while the BMC answers
-    return call(driver)
-
-
 @router.post("/node/{node}/power_on")
-def power_on(node: str, db: DB, caller: CurrentCaller) -> Response:
-    _with_obm(db, caller, node, lambda obm: obm.power_on())
+def power_on(node: str, db: DB, caller: CurrentCaller, backend: CurrentBackend) -> Response:
+    power.power_on(db, caller, backend, node)
     return ok()
 
 
 @router.post("/node/{node}/power_off")
-def power_off(node: str, db: DB, caller: CurrentCaller) -> Response:
-    _with_obm(db, caller, node, lambda obm: obm.power_off())
+def power_off(node: str, db: DB, caller: CurrentCaller, backend: CurrentBackend) -> Response:
+    power.power_off(db, caller, backend, node)
     return ok()
 
 
 @router.post("/node/{node}/power_cycle")
-def power_cycle(node: str, db: DB, caller: CurrentCaller, body: PowerCycleBody | None = None) -> Response:
+def power_cycle(
+    node: str, db: DB, caller: CurrentCaller, backend: CurrentBackend, body: PowerCycleBody | None = None
+) -> Response:
     force = body.force if body else False
-    _with_obm(db, caller, node, lambda obm: obm.power_cycle(force))
+    power.power_cycle(db, caller, backend, node, force)
     return ok()
 
 
 @router.post("/node/{node}/power_nmi", summary="rhaas extension: send a diagnostic interrupt (NMI)")
-def power_nmi(node: str, db: DB, caller: CurrentCaller) -> Response:
-    _with_obm(db, caller, node, lambda obm: obm.send_nmi())
+def power_nmi(node: str, db: DB, caller: CurrentCaller, backend: CurrentBackend) -> Response:
+    power.send_nmi(db, caller, backend, node)
     return ok()
 
 
 @router.get("/node/{node}/power_status")
-def power_status(node: str, db: DB, caller: CurrentCaller) -> Response:
-    return reply({"power_status": _with_obm(db, caller, node, lambda obm: obm.power_status())})
+def power_status(node: str, db: DB, caller: CurrentCaller, backend: CurrentBackend) -> Response:
+    return reply({"power_status": power.power_status(db, caller, backend, node)})
 
 
 @router.put("/node/{node}/boot_device")
-def boot_device(node: str, body: BootdevBody, db: DB, caller: CurrentCaller) -> Response:
-    OBMDriver.check_bootdev(body.bootdev)
-    _with_obm(db, caller, node, lambda obm: obm.set_bootdev(body.bootdev))
+def boot_device(
+    node: str, body: BootdevBody, db: DB, caller: CurrentCaller, backend: CurrentBackend
+) -> Response:
+    power.set_bootdev(db, caller, backend, node, body.bootdev)
     return ok()
 
 
 @router.get("/node/{node}/console")
-def console(node: str, db: DB, caller: CurrentCaller) -> Response:
-    driver = nodes.node_obm(db, caller, node)
-    db.rollback()
-    stream: Iterator[bytes] = driver.console()
+def console(node: str, db: DB, caller: CurrentCaller, backend: CurrentBackend) -> Response:
+    stream: Iterator[bytes] = power.console(db, caller, backend, node)
     first = next(stream, b"")  # fail before the 200 if the BMC cannot give a console
 
     def chunks() -> Iterator[bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from rhaas.api.deps import DB, CurrentCaller, State, after_commit
+from rhaas.api.deps import DB, CurrentBackend, CurrentCaller, State, after_commit
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import NodeBody
 from rhaas.core import projects
@@ -30,8 +30,10 @@ def delete_project(project: str, db: DB, caller: CurrentCaller) -> Response:
 
 
 @router.post("/project/{project}/connect_node")
-def connect_node(project: str, body: NodeBody, db: DB, caller: CurrentCaller) -> Response:
-    projects.connect_node(db, caller, project, body.node)
+def connect_node(
+    project: str, body: NodeBody, db: DB, caller: CurrentCaller, backend: CurrentBackend
+) -> Response:
+    projects.connect_node(db, caller, backend, project, body.node)
     return ok()
 
 
@@ -43,13 +45,11 @@ def detach_node(
     caller: CurrentCaller,
     state: State,
 ) -> Response:
-    projects.detach_node(db, caller, project, body.node)
-    after_commit(
-        db, state.wake_ticker
-    )  # a node under fast provisioning is returned now: its NMI goes at once
-    after_commit(
-        db, state.notify_work, body.node
-    )  # and an FPBL waiting for work (never deployed) wipes it now
+    projects.detach_node(db, caller, project, body.node, state.settings.provisioning)
+    # A node under fast provisioning is returned now: its NMI goes at once; and an FPBL waiting for
+    # work (a node never deployed) wipes it now.
+    after_commit(db, state.wake_ticker)
+    after_commit(db, state.notify_work, body.node)
     return ok()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from rhaas.api.deps import DB, CurrentCaller, State, after_commit
+from rhaas.api.deps import DB, CurrentBackend, CurrentCaller, State, after_commit
 from rhaas.api.routes.common import ok, reply
 from rhaas.api.schemas import NicRefBody, SwitchRegisterBody
 from rhaas.core import switches
@@ -36,10 +36,8 @@ def show_switch(switch: str, db: DB, caller: CurrentCaller) -> Response:
 
 # Port names may contain "/", so the action routes must be registered before the bare port routes.
 @router.get("/switch/{switch}/port/{port:path}/state", summary="rhaas extension: read a port back")
-def port_state(switch: str, port: str, db: DB, caller: CurrentCaller) -> Response:
-    driver, label = switches.port_state(db, caller, switch, port)
-    db.rollback()
-    return reply(switches.read_port(driver, label))
+def port_state(switch: str, port: str, db: DB, caller: CurrentCaller, backend: CurrentBackend) -> Response:
+    return reply(switches.port_state(db, caller, backend, switch, port))
 
 
 @router.post("/switch/{switch}/port/{port:path}/connect_nic")

@@ -31,6 +31,11 @@ class OBMDriver(ABC):
     name: ClassVar[str]
     type_urls: ClassVar[tuple[str, ...]] = ()
     settings_model: ClassVar[type[BaseModel]] = OBMSettings
+    #: Whether an admin may register a node with this OBM type through the API. False for a BMC that
+    #: rhaas sets up itself (the upstream's power routes, for nodes imported from it).
+    registrable: ClassVar[bool] = True
+    #: Whether the settings hold credentials of a BMC that an admin may rotate.
+    has_credentials: ClassVar[bool] = True
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
@@ -68,6 +73,7 @@ class OBMDriver(ABC):
 
     @staticmethod
     def check_bootdev(bootdev: str) -> None:
+        """Raise BadArgumentError unless ``bootdev`` is one of `BOOT_DEVICES`."""
         if bootdev not in BOOT_DEVICES:
             raise BadArgumentError(
                 f"Boot device {bootdev!r} is not legal; use one of: {', '.join(BOOT_DEVICES)}."

@@ -1,41 +1,65 @@
-"""The BMC of a recursive instance's node: the upstream's power routes for that node."""
+"""The BMC of a recursive instance's node: the upstream's power routes for that node.
+
+The upstream backend (`rhaas.backends.upstream`) builds this driver and hands it the upstream it talks
+to; the driver never looks one up, imports no backend, and its settings never hold a credential.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from rhaas.backends import upstream
 from rhaas.drivers.obm.base import OBMDriver
+from rhaas.errors import UpstreamUnavailableError
+
+
+class UpstreamPower(Protocol):
+    """What this driver needs of the upstream: one node's power and console routes there."""
+
+    #: Which upstream this is (its URL and project), as the node's OBM settings name it.
+    key: str
+
+    def node_call(self, node: str, what: str, method: str, *args: object) -> object:
+        """Call the client's ``node.<method>(node, *args)`` upstream, the node's OBM enabled first."""
+        ...
 
 
 class UpstreamOBMSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    upstream: str  # the key of the upstream in this process
+    upstream: str  # the key of the upstream (its URL and project), never a credential
     node: str  # the node's name upstream
 
 
 class UpstreamOBM(OBMDriver):
     """Forwards power, boot device, NMI and console to the upstream (enabling its OBM there first).
 
-    Errors come back as UpstreamError (502) or UpstreamUnavailableError (503) naming the upstream.
+    Errors come back as UpstreamError (502) or UpstreamUnavailableError (503) naming the upstream;
+    built without an upstream, or with another one than its settings name, every call raises
+    UpstreamUnavailableError.
     """
 
     name = "upstream"
     settings_model = UpstreamOBMSettings
+    registrable = False
+    has_credentials = False
     settings: UpstreamOBMSettings
+
+    def __init__(self, settings: UpstreamOBMSettings, upstream: UpstreamPower | None = None) -> None:
+        super().__init__(settings)
+        self.upstream = upstream
 
     @property
     def address(self) -> str:
         return f"{self.settings.upstream} node {self.settings.node}"
 
-    def _up(self) -> upstream.Upstream:
-        return upstream.get(self.settings.upstream)
-
     def _do(self, what: str, method: str, *args: object) -> object:
-        up, node = self._up(), self.settings.node
-        return up.call(f"{what} {node}", getattr(up.obm(node).node, method), node, *args)
+        if self.upstream is None or self.upstream.key != self.settings.upstream:
+            raise UpstreamUnavailableError(
+                f"No upstream {self.settings.upstream} is configured in this process."
+            )
+        return self.upstream.node_call(self.settings.node, what, method, *args)
 
     def power_on(self) -> None:
         self._do("powering on", "power_on")

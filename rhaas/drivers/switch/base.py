@@ -9,30 +9,14 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from rhaas.errors import BadArgumentError
+from rhaas.ports import NATIVELESS_TRUNK, PortState
 
-#: The capability HIL reports for switches that can trunk tagged VLANs without a native one.
-NATIVELESS_TRUNK = "nativeless-trunk-mode"
-
-
-@dataclass(frozen=True)
-class PortState:
-    """The VLANs a port carries: ``native`` untagged (or None), ``tagged`` as 802.1Q tags."""
-
-    native: str | None = None
-    tagged: frozenset[str] = field(default_factory=frozenset)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"native": self.native, "tagged": sorted(self.tagged, key=_vlan_key)}
-
-
-def _vlan_key(vlan: str) -> tuple[int, str]:
-    return (int(vlan), vlan) if vlan.isdigit() else (1 << 30, vlan)
+__all__ = ["NATIVELESS_TRUNK", "PortState", "SwitchDriver", "SwitchSettings"]
 
 
 class SwitchSettings(BaseModel):
@@ -58,15 +42,19 @@ class SwitchDriver(ABC):
     settings_model: ClassVar[type[SwitchSettings]] = SwitchSettings
     #: Legal port names.
     port_pattern: ClassVar[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}$")
+    #: Whether an admin may register a switch of this type through the API. False for a switch that
+    #: rhaas creates and manages itself (a recursive instance's upstream).
+    registrable: ClassVar[bool] = True
 
     def __init__(self, switch_name: str, settings: SwitchSettings) -> None:
         self.switch_name = switch_name
         self.settings = settings
 
-    def validate_port_name(self, port: str) -> None:
-        """Raise BadArgumentError unless ``port`` is a legal port name on this switch."""
-        if not self.port_pattern.fullmatch(port):
-            raise BadArgumentError(f"Port name {port!r} is not legal for a {self.name} switch.")
+    @classmethod
+    def validate_port_name(cls, port: str) -> None:
+        """Raise BadArgumentError unless ``port`` is a legal port name on a switch of this type."""
+        if not cls.port_pattern.fullmatch(port):
+            raise BadArgumentError(f"Port name {port!r} is not legal for a {cls.name} switch.")
 
     @abstractmethod
     def set_port(self, port: str, state: PortState) -> None:

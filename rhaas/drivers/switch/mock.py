@@ -30,8 +30,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from rhaas.drivers.switch.base import PortState, SwitchDriver, SwitchSettings
+from rhaas.drivers.switch.base import SwitchDriver, SwitchSettings
 from rhaas.errors import SwitchError
+from rhaas.ports import PortState
 
 
 class MockSwitchSettings(SwitchSettings):

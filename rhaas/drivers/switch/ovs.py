@@ -10,8 +10,9 @@ import subprocess
 
 from pydantic import AliasChoices, Field
 
-from rhaas.drivers.switch.base import PortState, SwitchDriver, SwitchSettings
+from rhaas.drivers.switch.base import SwitchDriver, SwitchSettings
 from rhaas.errors import BadArgumentError, SwitchError
+from rhaas.ports import PortState
 
 #: The tag of an empty port. 802.1Q reserves VLAN 4095, so no network ever gets it (`set_port` refuses it).
 DEAD_VLAN = 4095

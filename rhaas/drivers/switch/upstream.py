@@ -1,25 +1,59 @@
-"""The switch of a recursive instance: its upstream. A port is one node's NIC there (``node/nic``)."""
+"""The switch of a recursive instance: its upstream. A port is one node's NIC there (``node/nic``).
+
+The upstream backend (`rhaas.backends.upstream`) builds this driver and hands it the upstream it talks
+to; the driver never looks one up, imports no backend, and its settings never hold a credential.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
-from rhaas.backends import upstream
-from rhaas.drivers.switch.base import PortState, SwitchDriver, SwitchSettings
-from rhaas.errors import SwitchError, UpstreamError
+from rhaas.drivers.switch.base import SwitchDriver, SwitchSettings
+from rhaas.errors import SwitchError, UpstreamError, UpstreamUnavailableError
+from rhaas.ports import PortState
+
+
+class UpstreamNics(Protocol):
+    """What this driver needs of the upstream: what a node's NIC carries there, read and set."""
+
+    #: Which upstream this is (its URL and project), as the switch's settings name it.
+    key: str
+
+    def nic_state(self, node: str, nic: str) -> PortState: ...
+
+    def set_nic_state(self, node: str, nic: str, state: PortState) -> None: ...
 
 
 class UpstreamSwitchSettings(SwitchSettings):
-    upstream: str  # the key of the upstream in this process (its URL and project), never a credential
+    upstream: str  # the key of the upstream (its URL and project), never a credential
 
 
 class UpstreamSwitch(SwitchDriver):
-    """Programs a NIC's networks through the upstream's HIL API and reads them back from it."""
+    """Programs a NIC's networks through the upstream's HIL API and reads them back from it.
+
+    Built without an upstream, or with another one than its settings name (the instance's upstream
+    changed since the switch was created), every call raises UpstreamUnavailableError as a SwitchError.
+    """
 
     name = "upstream"
     settings_model = UpstreamSwitchSettings
     port_pattern = re.compile(r"^[^/]{1,255}/[^/]{1,255}$")
+    registrable = False
     settings: UpstreamSwitchSettings
+
+    def __init__(
+        self, switch_name: str, settings: UpstreamSwitchSettings, upstream: UpstreamNics | None = None
+    ) -> None:
+        super().__init__(switch_name, settings)
+        self.upstream = upstream
+
+    def _up(self) -> UpstreamNics:
+        if self.upstream is None or self.upstream.key != self.settings.upstream:
+            raise UpstreamUnavailableError(
+                f"No upstream {self.settings.upstream} is configured in this process."
+            )
+        return self.upstream
 
     def _split(self, port: str) -> tuple[str, str]:
         node, _, nic = port.partition("/")
@@ -27,12 +61,12 @@ class UpstreamSwitch(SwitchDriver):
 
     def set_port(self, port: str, state: PortState) -> None:
         try:
-            upstream.get(self.settings.upstream).set_nic_state(*self._split(port), state)
+            self._up().set_nic_state(*self._split(port), state)
         except UpstreamError as exc:
             raise SwitchError(f"upstream switch, port {port}: {exc.msg}") from exc
 
     def get_port(self, port: str) -> PortState:
         try:
-            return upstream.get(self.settings.upstream).nic_state(*self._split(port))
+            return self._up().nic_state(*self._split(port))
         except UpstreamError as exc:
             raise SwitchError(f"upstream switch, port {port}: {exc.msg}") from exc

@@ -1,7 +1,8 @@
 """The ``vlan_pool`` network allocator: VLAN numbers handed out from a configured pool.
 
 Allocation is a conditional UPDATE (``… WHERE available``), so two servers sharing one database can never
-hand out the same VLAN.
+hand out the same VLAN. The hardware backend (`rhaas.backends.hardware`) uses it; core reaches it only
+through the backend's ``allocate_network``/``release_network``. It touches the ``vlan`` table only.
 """
 
 from __future__ import annotations
