@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rhaas.api.routes import networks as network_routes
 from rhaas.api.state import AppState
+from rhaas.backends import make_backend
 from rhaas.db.models import NetworkingAction
 from rhaas.lab.polling import wait_for
 from rhaas.notify import ACTIONS
@@ -94,7 +95,9 @@ def test_a_held_action_request_is_woken_by_this_process_worker(db_url: str, monk
     with make_api(db_url, worker__in_process=False) as api:
         _prepare(populate_site(api))
         notifier = AppState.of(api.client.app).notifier
-        worker = NetworkWorker(api.sessions, api.settings.worker, notifier=notifier)
+        worker = NetworkWorker(
+            api.sessions, make_backend(api.settings), api.settings.worker, notifier=notifier
+        )
         try:
             status_id = _connect(api).json()["status_id"]
             got: dict[str, Any] = {}
@@ -114,7 +117,9 @@ def test_a_held_action_request_sees_another_process_worker(db_url: str) -> None:
     with make_api(db_url, worker__in_process=False) as api:
         _prepare(populate_site(api))
         notifier = AppState.of(api.client.app).notifier
-        elsewhere = NetworkWorker(api.sessions, api.settings.worker)  # its own notifier: another process
+        elsewhere = NetworkWorker(
+            api.sessions, make_backend(api.settings), api.settings.worker
+        )  # its own notifier: another process
         try:
             status_id = _connect(api).json()["status_id"]
             got: dict[str, Any] = {}
