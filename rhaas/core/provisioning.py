@@ -1,16 +1,7 @@
 """Fast provisioning: the node lifecycle between the FPBL agent, the provisioning API and the BMC.
 
-::
-
-    enroll ──► booting ──(agent checks in)──► ready ──(provision)──► deploying ──(agent: kexec)──► deployed
-                                                ▲                        │ agent error / deadline      │
-                                                │                        ▼                             │
-                                                └──(wipe verified,   error ◄───────────────────────────┤
-                                                    full FPBL ready)      (detach_node: return job)    │
-                                                          ▲                                            ▼
-                                                          └───────────── returning ◄───── NMI (or, past the
-                                                                                           deadline, power
-                                                                                           cycle → PXE)
+The states and every move between them are `rhaas.states` (one transition table, drawn there); nothing
+here assigns a node's state directly.
 
 Every transition is a committed row: a node's state in ``node_provisioning`` and its jobs in
 ``provision_job`` (with each phase the agent reported). A node is free to claim only while it is ``ready``
@@ -40,6 +31,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from rhaas import states
 from rhaas.config import ProvisioningSettings
 from rhaas.core.access import (
     Caller,
@@ -74,18 +66,11 @@ from rhaas.errors import (
     ProjectMismatchError,
     RhaasError,
 )
+from rhaas.states import BOOTING, DEPLOYED, DEPLOYING, FAILED, READY, RETURNING, STATES  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-BOOTING, READY, DEPLOYING, DEPLOYED, RETURNING, FAILED = (
-    "booting",
-    "ready",
-    "deploying",
-    "deployed",
-    "returning",
-    "error",
-)
-STATES = (BOOTING, READY, DEPLOYING, DEPLOYED, RETURNING, FAILED)
+Event = states.Event
 RUNNING = "RUNNING"
 DEPLOY, RETURN = "deploy", "return"
 FAST, REBOOT = "fast", "reboot"
@@ -144,11 +129,12 @@ def enroll(
     secret = secrets.token_urlsafe(32)
     row = db.get(NodeProvisioning, node.id)
     if row is None:
-        row = NodeProvisioning(node_id=node.id, state=BOOTING, secret_sha256="")
+        row = NodeProvisioning(node_id=node.id, secret_sha256="")
         db.add(row)
-    elif row.state not in (BOOTING, READY, FAILED):
+    elif not states.allows(row.state, Event.ENROL):
         raise BlockedError(f"Node {node_name} is {row.state}; enrol it again once it is ready.")
-    row.state, row.secret_sha256, row.boot_id = BOOTING, _secret_hash(secret), None
+    states.transition(row, Event.ENROL)
+    row.secret_sha256, row.boot_id = _secret_hash(secret), None
     row.vlan, row.nic, row.port_dirty = vlan, nic, vlan is not None
     row.boot_pending = settings.boot_url is not None
     _bump_node_generation(db)
@@ -261,7 +247,7 @@ def provision(
     row = db.get(NodeProvisioning, node.id)
     if row is None:
         raise IllegalStateError(f"Node {node_name} is not under fast provisioning.")
-    if row.state != READY:
+    if not states.allows(row.state, Event.PROVISION):
         raise BlockedError(f"Node {node_name} is {row.state}, not ready: it cannot be provisioned now.")
     job = ProvisionJob(
         uuid=str(uuid.uuid4()),
@@ -275,7 +261,7 @@ def provision(
         deadline=utcnow() + dt.timedelta(seconds=settings.deploy_timeout),
     )
     db.add(job)
-    row.state = DEPLOYING
+    states.transition(row, Event.PROVISION)
     _bump_node_generation(db)
     return job.uuid
 
@@ -286,8 +272,8 @@ def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> Pro
     The NMI itself is sent by `tick`, after this transaction commits.
     """
     row = db.get(NodeProvisioning, node.id)
-    if row is None or row.state in (READY, BOOTING, RETURNING):
-        return None
+    if row is None or not states.allows(row.state, Event.DETACH):
+        return None  # idle already: booting, ready, or returning
     for job in db.scalars(select(ProvisionJob).where(ProvisionJob.node_id == node.id)):
         if job.status in (PENDING, RUNNING):
             _finish(job, ERROR, "Cancelled: the node left its project.")
@@ -303,7 +289,7 @@ def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> Pro
         deadline=utcnow() + dt.timedelta(seconds=timeout),
     )
     db.add(job)
-    row.state = RETURNING
+    states.transition(row, Event.DETACH)
     _hand_over(row)
     _bump_node_generation(db)
     return job
@@ -336,7 +322,7 @@ def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
         _stamp(job, "checkin", "done", f"{mode} FPBL checked in")
         if mode == "ready" and _wiped(job):
             _finish(job, DONE)
-            row.state = READY
+            states.transition(row, Event.RETURNED)
             _bump_node_generation(db)
         return
     if job is not None and job.kind == DEPLOY and job.status == RUNNING and mode == "ready":
@@ -354,10 +340,10 @@ def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
             f"The FPBL checked in again during the deploy (its agent restarted or the node rebooted{where}):"
             " the customer OS did not start.",
         )
-        row.state = FAILED
+        states.transition(row, Event.DEPLOY_FAILED)
         return
-    if row.state == BOOTING and mode == "ready":
-        row.state = READY
+    if mode == "ready" and states.allows(row.state, Event.CHECKIN):
+        states.transition(row, Event.CHECKIN)
         _bump_node_generation(db)
 
 
@@ -390,7 +376,7 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
     image = job.image
     if image is None:
         _finish(job, ERROR, "The image was deleted before the deploy started.")
-        row.state = FAILED
+        states.transition(row, Event.DEPLOY_FAILED)
         return wait
     if job.status == PENDING:
         job.status = RUNNING
@@ -427,15 +413,15 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
     if state == "error":
         _finish(job, ERROR, f"{phase}: {str(body.get('detail', ''))[:500]}")
         if job.kind == DEPLOY:
-            row.state = FAILED
+            states.transition(row, Event.DEPLOY_FAILED)
         return
     if job.kind == DEPLOY and phase == KEXEC and state == "done":
         _finish(job, DONE)
-        row.state = DEPLOYED
+        states.transition(row, Event.KEXEC)
         _hand_over(row)
     elif job.kind == RETURN and phase == READY_PHASE and state == "done" and _wiped(job):
         _finish(job, DONE)
-        row.state = READY
+        states.transition(row, Event.RETURNED)
         _bump_node_generation(db)
 
 
@@ -539,8 +525,8 @@ def _network_boot(sessions: Any, node_id: int) -> int:
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
         with sessions() as db:
             row = db.get(NodeProvisioning, node_id)
-            if row is not None and row.state == BOOTING:
-                row.state = FAILED
+            if row is not None and states.allows(row.state, Event.BOOT_FAILED):
+                states.transition(row, Event.BOOT_FAILED)
                 row.facts = {**row.facts, "error": f"network boot failed: {exc}"[:500]}
                 db.commit()
     return 1
@@ -639,7 +625,7 @@ def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings) -> int:
             what = "deploy" if job.kind == DEPLOY else "return by reboot"
             _finish(job, ERROR, f"The {what} did not finish within its deadline.")
             if row is not None:
-                row.state = FAILED
+                states.transition(row, Event.DEADLINE)
             db.commit()
             return 1
         # The return FPBL did not check in after the NMI: the customer may have unloaded the crash kernel.
