@@ -8,6 +8,7 @@ for a move that only concurrent transactions bring about (`rhaas.states.AFTER_A_
 from __future__ import annotations
 
 import ast
+import textwrap
 from collections import deque
 from pathlib import Path
 
@@ -156,3 +157,10 @@ def test_no_code_but_the_state_machine_assigns_a_node_state() -> None:
     }
     assert writes == {"rhaas/states.py": writes.get("rhaas/states.py", [])}, writes
     assert writes["rhaas/states.py"], "the state machine itself assigns the state"
+
+
+def test_the_docs_show_the_machine_as_drawn_in_the_code() -> None:
+    doc = states.__doc__ or ""
+    drawing = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    page = (Path(__file__).parent.parent / "docs" / "fast-provisioning.md").read_text()
+    assert textwrap.dedent(drawing) in page
