@@ -452,10 +452,10 @@ def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov,
 def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
     """A BMC that misses one call (a busy machine, a lost UDP packet) must not leave the return stuck
     until its deadline: the reboot path tries the power cycle again."""
-    from rhaas.core import provisioning
+    from rhaas.core.provisioning import clock
     from rhaas.errors import OBMError
 
-    monkeypatch.setattr(provisioning, "RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(clock, "RETRY_SECONDS", 0.2)
 
     class FlakyBMC:
         name, address = "ipmi", "bmc.example"
@@ -507,8 +507,9 @@ def test_a_phase_stamped_by_the_ticker_while_an_agent_report_is_open_is_not_lost
 
     from sqlalchemy import select, text
 
-    from rhaas.core import provisioning as core
-    from rhaas.db.models import Node
+    from rhaas.core.provisioning import jobs
+    from rhaas.db.models import Node, ProvisionJob
+    from rhaas.worker import provisioning as ticker
 
     agent = enroll(prov, "n1")
     agent.checkin()
@@ -517,15 +518,15 @@ def test_a_phase_stamped_by_the_ticker_while_an_agent_report_is_open_is_not_lost
     prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
     with prov.sessions() as db:
         node = db.scalar(select(Node).where(Node.label == "n1"))
-        job = core._open_job(db, node)
+        job = jobs.open_job(db, node)
         assert job is not None and job.kind == "return"
         job_id, node_id = job.id, node.id
         db.rollback()
 
     with prov.sessions() as report_db:  # the agent's report, held open
-        job = core._open_job(report_db, report_db.get(Node, node_id), for_update=True)
-        core._stamp(job, "verify-wipe", "done")
-        recorder = threading.Thread(target=core._record, args=(prov.sessions, job_id, "nmi", "done", "sent"))
+        job = jobs.open_job(report_db, report_db.get(Node, node_id), for_update=True)
+        jobs.stamp(job, "verify-wipe", "done")
+        recorder = threading.Thread(target=ticker.record, args=(prov.sessions, job_id, "nmi", "done", "sent"))
         recorder.start()
         with prov.sessions() as watch:  # until the ticker's transaction waits for the report's lock
             deadline = time.monotonic() + 10
@@ -537,7 +538,7 @@ def test_a_phase_stamped_by_the_ticker_while_an_agent_report_is_open_is_not_lost
         report_db.commit()
     recorder.join(10)
     with prov.sessions() as db:
-        phases = [(p["phase"], p["state"]) for p in db.get(core.ProvisionJob, job_id).phases]
+        phases = [(p["phase"], p["state"]) for p in db.get(ProvisionJob, job_id).phases]
     assert ("verify-wipe", "done") in phases and ("nmi", "done") in phases, phases
 
 

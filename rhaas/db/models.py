@@ -254,8 +254,8 @@ class Image(Base):
 class NodeProvisioning(Base):
     """A node under fast provisioning: its FPBL agent's secret, what the agent last said, its state.
 
-    ``state`` is one of `rhaas.core.provisioning.STATES`; a node is free to claim only when it has no
-    row here or its state is ``ready``.
+    ``state`` is one of `rhaas.states.STATES`, changed only by `rhaas.states.transition`; a node is free
+    to claim only when it has no row here or its state is ``ready``.
     """
 
     __tablename__ = "node_provisioning"

@@ -1,0 +1,137 @@
+"""Provision jobs: a deploy (an image onto a node) or a return (the node back to ready, wiped).
+
+A job is a ``provision_job`` row: its kind, its path (``fast``: kexec / NMI; ``reboot``: a firmware
+boot), its status (PENDING → RUNNING → DONE or ERROR), its deadline and the phases reported so far.
+Here: opening one (`provision`, `start_return`), finding the open one, stamping a phase, finishing it,
+and how long each kind may take (`timeout_of`). Nothing here sends an NMI or waits for a deadline: the
+worker's ticker does, by the rules of `rhaas.core.provisioning.clock`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rhaas import states
+from rhaas.config import ProvisioningSettings
+from rhaas.core.access import Caller, get_node, node_project, require_project_access
+from rhaas.core.images import get_image
+from rhaas.core.provisioning.enrolment import bump_node_generation, hand_over
+from rhaas.db.models import ERROR, PENDING, Node, NodeProvisioning, ProvisionJob, utcnow
+from rhaas.errors import BlockedError, IllegalStateError, ProjectMismatchError
+
+RUNNING = "RUNNING"
+DEPLOY, RETURN = "deploy", "return"
+FAST, REBOOT = "fast", "reboot"
+#: The phase whose ``done`` report proves a return's wipe was read back clean.
+WIPE_VERIFIED = "verify-wipe"
+#: The deploy phase after which the customer's kernel runs: the agent reports it done, then jumps.
+KEXEC = "kexec"
+#: The last phase of a return: the FPBL with all its memory is up again.
+READY_PHASE = "ready"
+
+
+def timeout_of(kind: str, path: str, settings: ProvisioningSettings) -> float:
+    """Seconds a job of ``kind`` on ``path`` may take before the ticker acts on it."""
+    if kind == DEPLOY:
+        return settings.deploy_timeout
+    return settings.return_timeout if path == FAST else settings.reboot_timeout
+
+
+def deadline_of(kind: str, path: str, settings: ProvisioningSettings) -> dt.datetime:
+    """The deadline of a job of ``kind`` on ``path`` that starts now."""
+    return utcnow() + dt.timedelta(seconds=timeout_of(kind, path, settings))
+
+
+def stamp(job: ProvisionJob, phase: str, state: str, detail: str = "", at: float | None = None) -> None:
+    job.phases = [*job.phases, {"phase": phase, "state": state, "at": at or time.time(), "detail": detail}]
+
+
+def open_job(
+    db: Session, node: Node, kind: str | None = None, for_update: bool = False
+) -> ProvisionJob | None:
+    """The node's job in progress. ``for_update``: locked until commit, for a caller that stamps it (a
+    job's phases are read, appended to and written back: two writers at once would lose one's phase)."""
+    query = select(ProvisionJob).where(
+        ProvisionJob.node_id == node.id, ProvisionJob.status.in_((PENDING, RUNNING))
+    )
+    if kind is not None:
+        query = query.where(ProvisionJob.kind == kind)
+    query = query.order_by(ProvisionJob.id.desc()).limit(1)
+    return db.scalars(query.with_for_update() if for_update else query).first()
+
+
+def finish(job: ProvisionJob, status: str, error: str | None = None) -> None:
+    job.status, job.error, job.finished_at = status, error, utcnow()
+
+
+def wiped(job: ProvisionJob) -> bool:
+    """Whether the agent reported the return's wipe read back clean."""
+    return any(p["phase"] == WIPE_VERIFIED and p["state"] == "done" for p in job.phases)
+
+
+def provision(
+    db: Session, caller: Caller, node_name: str, image_name: str, settings: ProvisioningSettings
+) -> str:
+    """Queue a deploy of ``image_name`` on a ready node of the caller's project; returns the job id."""
+    node = get_node(db, node_name)
+    project = node_project(node)
+    if project is None:
+        raise ProjectMismatchError(f"Node {node_name} is not in a project.")
+    require_project_access(caller, project)
+    image = get_image(db, caller, image_name)
+    if image.owner is not None and image.owner.label != project:
+        raise ProjectMismatchError(f"Image {image_name} belongs to another project than node {node_name}.")
+    row = db.get(NodeProvisioning, node.id)
+    if row is None:
+        raise IllegalStateError(f"Node {node_name} is not under fast provisioning.")
+    if not states.allows(row.state, states.Event.PROVISION):
+        raise BlockedError(f"Node {node_name} is {row.state}, not ready: it cannot be provisioned now.")
+    job = ProvisionJob(
+        uuid=str(uuid.uuid4()),
+        node=node,
+        kind=DEPLOY,
+        image=image,
+        project=node.project,
+        status=PENDING,
+        path=FAST,
+        phases=[],
+        deadline=deadline_of(DEPLOY, FAST, settings),
+    )
+    db.add(job)
+    states.transition(row, states.Event.PROVISION)
+    bump_node_generation(db)
+    return job.uuid
+
+
+def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> ProvisionJob | None:
+    """Called when a node leaves its project: queue its return (NMI, wipe) unless it is idle already
+    (booting, ready, or returning: the states the lifecycle has no ``detach`` from).
+
+    The NMI itself is sent by the worker's ticker, after this transaction commits.
+    """
+    row = db.get(NodeProvisioning, node.id)
+    if row is None or not states.allows(row.state, states.Event.DETACH):
+        return None
+    for job in db.scalars(select(ProvisionJob).where(ProvisionJob.node_id == node.id)):
+        if job.status in (PENDING, RUNNING):
+            finish(job, ERROR, "Cancelled: the node left its project.")
+    job = ProvisionJob(
+        uuid=str(uuid.uuid4()),
+        node=node,
+        kind=RETURN,
+        project=node.project,
+        status=PENDING,
+        path=settings.return_path,
+        phases=[],
+        deadline=deadline_of(RETURN, settings.return_path, settings),
+    )
+    db.add(job)
+    states.transition(row, states.Event.DETACH)
+    hand_over(row)
+    bump_node_generation(db)
+    return job

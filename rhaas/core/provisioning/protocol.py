@@ -1,0 +1,198 @@
+"""The agent protocol, server side: what the FPBL agent's calls do to its node and its job.
+
+The agent checks in (`checkin`), asks what to do next (`work`: deploy, wipe or wait), reports each
+phase (`report`) and downloads the blobs of its deploy's image (`deploy_blobs` says which). A network
+boot's iPXE script (`boot_script`) hands the FPBL a fresh secret. Every node state these calls change
+goes through `rhaas.states.transition`. The routes authenticate the agent (`agent_row`) and commit;
+nothing here knows HTTP or calls a BMC.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from rhaas import states
+from rhaas.config import ProvisioningSettings
+from rhaas.core.provisioning.enrolment import agent_words, bump_node_generation, hand_over, secret_hash
+from rhaas.core.provisioning.jobs import (
+    DEPLOY,
+    KEXEC,
+    READY_PHASE,
+    RETURN,
+    RUNNING,
+    finish,
+    open_job,
+    stamp,
+    wiped,
+)
+from rhaas.db.models import DONE, ERROR, PENDING, Blob, Nic, NodeProvisioning, ProvisionJob, utcnow
+from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError
+
+Event = states.Event
+MAC_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+#: The script a network boot gets when the FPBL should not run: iPXE exits, the firmware boots the disk.
+EXIT_SCRIPT = "#!ipxe\necho rhaas: not booting the FPBL: {why}\nexit\n"
+
+
+def boot_script(db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdline: str) -> str:
+    """The iPXE script for the network boot of the node with NIC ``mac``: the FPBL with a fresh secret.
+
+    Each network boot gets its own secret (the previous one stops working), so the script is worth
+    something only to the FPBL it boots. A deployed node (the customer rebooting their OS) or a node not
+    under fast provisioning gets a script that exits, and its firmware boots the next device. The
+    address comes from the DHCP lease iPXE holds (``${ip}``, ``${netmask}``, ``${gateway}``).
+    """
+    if not MAC_PATTERN.fullmatch(mac):
+        raise BadArgumentError(f"{mac[:40]!r} is not a MAC address (aa:bb:cc:dd:ee:ff).")
+    # NICs are registered as HIL takes them (aa:bb:…, AA-BB-…, aabb…); iPXE says aa:bb:cc:dd:ee:ff.
+    digits = func.lower(func.replace(func.replace(Nic.macaddr, ":", ""), "-", ""))
+    nic = db.scalar(select(Nic).where(digits == mac.replace(":", "").lower()))
+    if nic is None:
+        raise NotFoundError(f"No node has a NIC with MAC address {mac}.")
+    row = db.get(NodeProvisioning, nic.node_id)
+    if row is None:
+        return EXIT_SCRIPT.format(why=f"node {nic.node.label} is not enrolled")
+    if row.state == states.DEPLOYED:
+        return EXIT_SCRIPT.format(why=f"node {nic.node.label} runs its customer's OS")
+    secret, words = agent_words(agent_url, nic.node.label)
+    row.secret_sha256, row.boot_id = secret_hash(secret), None
+    net = "rhaas.ip=${ip} rhaas.netmask=${netmask} rhaas.gw=${gateway}"
+    return (
+        f"#!ipxe\nkernel {base_url}/boot/v1/fpbl/vmlinuz {fpbl_cmdline} {words} {net}\n"
+        f"initrd {base_url}/boot/v1/fpbl/initrd\nboot\n"
+    )
+
+
+def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
+    """The agent says it runs: ``mode`` ready (the full FPBL) or return (the crash kernel after an NMI)."""
+    row.checked_in_at = utcnow()
+    row.boot_id = str(facts.get("boot_id") or "")[:64] or None
+    row.facts = {k: facts[k] for k in ("mode", "kernel", "memory_kb", "disks") if k in facts}
+    job = open_job(db, row.node, for_update=True)
+    mode = facts.get("mode")
+    if job is not None and job.kind == RETURN:
+        if mode == "return" or job.status == PENDING:
+            job.status = RUNNING
+        stamp(job, "checkin", "done", f"{mode} FPBL checked in")
+        if mode == "ready" and wiped(job):
+            finish(job, DONE)
+            states.transition(row, Event.RETURNED)
+            bump_node_generation(db)
+        return
+    if job is not None and job.kind == DEPLOY and job.status == RUNNING and mode == "ready":
+        if _restoring_memory(job):
+            # The return FPBL found the image too big for its memory and booted the full FPBL, which
+            # is handed the same deploy at its next poll.
+            stamp(job, "checkin", "done", "the full FPBL checked in, with the node's memory")
+            return
+        # The FPBL booted again, or its agent was restarted, in the middle of a deploy: no kexec happened.
+        reported = [p["phase"] for p in job.phases if p["phase"] != "handed-out"]
+        where = f" during {reported[-1]}" if reported else ""
+        finish(
+            job,
+            ERROR,
+            f"The FPBL checked in again during the deploy (its agent restarted or the node rebooted{where}):"
+            " the customer OS did not start.",
+        )
+        states.transition(row, Event.DEPLOY_FAILED)
+        return
+    if mode == "ready" and states.allows(row.state, Event.CHECKIN):
+        states.transition(row, Event.CHECKIN)
+        bump_node_generation(db)
+
+
+def _restoring_memory(job: ProvisionJob) -> bool:
+    """Whether the agent's last word on this job was that it boots the full FPBL to restore memory."""
+    said = [p for p in job.phases if "progress" not in p]
+    return bool(said) and (said[-1]["phase"], said[-1]["state"]) in (("restore-memory", "start"),
+                                                                      ("restore-memory", "done"))  # fmt: skip
+
+
+def _blob_ref(blob: Blob | None, base_url: str, node: str) -> dict[str, Any] | None:
+    if blob is None:
+        return None
+    return {
+        "url": f"{base_url}/agent/v1/nodes/{node}/blobs/{blob.sha256}",
+        "sha256": blob.sha256,
+        "size": blob.size,
+    }
+
+
+def work(db: Session, row: NodeProvisioning, base_url: str, settings: ProvisioningSettings) -> dict[str, Any]:
+    """What the agent should do next: ``deploy``, ``wipe`` or ``wait``."""
+    node = row.node
+    job = open_job(db, node, for_update=True)
+    wait = {"action": "wait", "poll_after": settings.agent_poll_seconds}
+    if job is None:
+        return wait
+    if job.kind == RETURN:
+        if wiped(job):
+            return wait  # the agent restores memory and boots the full FPBL, which checks in
+        job.status = RUNNING
+        return {
+            "action": "wipe", "job": job.uuid, "policy": settings.wipe_policy,
+            "scrub_memory": settings.memory_scrub,
+        }  # fmt: skip
+    image = job.image
+    if image is None:
+        finish(job, ERROR, "The image was deleted before the deploy started.")
+        states.transition(row, Event.DEPLOY_FAILED)
+        return wait
+    if job.status == PENDING:
+        job.status = RUNNING
+        stamp(job, "handed-out", "done", f"image {image.label}")
+    return {
+        "action": "deploy",
+        "job": job.uuid,
+        "kernel": _blob_ref(image.kernel, base_url, node.label),
+        "initrd": _blob_ref(image.initrd, base_url, node.label),
+        "disk": _blob_ref(image.disk, base_url, node.label),
+        "cmdline": image.cmdline,
+    }
+
+
+def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
+    """Record a phase the agent reports.
+
+    A deploy ends with ``kexec`` done (the agent's last words before it jumps into the customer's
+    kernel): the node is ``deployed``. A return ends with ``ready`` done after a verified wipe (or with
+    the full FPBL's check-in). Those final reports may arrive again for an ended job; they change nothing.
+    """
+    query = select(ProvisionJob).where(ProvisionJob.uuid == str(body["job"]))
+    job = db.scalar(query.with_for_update())  # see open_job: the ticker may stamp it at the same time
+    if job is None or job.node_id != row.node_id:
+        raise NotFoundError(f"Job {str(body['job'])[:40]} does not exist for node {row.node.label}.")
+    phase, state = str(body["phase"]), str(body["state"])
+    if job.status == DONE and phase in (KEXEC, READY_PHASE) and state == "done":
+        return
+    if job.status not in (PENDING, RUNNING):
+        raise IllegalStateError(f"Job {job.uuid} has ended ({job.status}).")
+    stamp(job, phase, state, str(body.get("detail", ""))[:2000], float(body["at"]))
+    if "progress" in body:
+        job.phases[-1]["progress"] = body["progress"]
+    if state == "error":
+        finish(job, ERROR, f"{phase}: {str(body.get('detail', ''))[:500]}")
+        if job.kind == DEPLOY:
+            states.transition(row, Event.DEPLOY_FAILED)
+        return
+    if job.kind == DEPLOY and phase == KEXEC and state == "done":
+        finish(job, DONE)
+        states.transition(row, Event.KEXEC)
+        hand_over(row)
+    elif job.kind == RETURN and phase == READY_PHASE and state == "done" and wiped(job):
+        finish(job, DONE)
+        states.transition(row, Event.RETURNED)
+        bump_node_generation(db)
+
+
+def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
+    """The digests the node's agent may download: those of its open deploy's image, and no others."""
+    job = open_job(db, row.node, DEPLOY)
+    if job is None or job.image is None:
+        return set()
+    image = job.image
+    return {b.sha256 for b in (image.kernel, image.initrd, image.disk) if b is not None}
