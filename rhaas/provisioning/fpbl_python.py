@@ -54,7 +54,7 @@ EXERCISE = r"""
 import json, os, sys
 src, work = sys.argv[1], sys.argv[2]
 sys.path.insert(0, src)
-from rhaas.agent import agent, disk, kexec
+from rhaas.agent import agent, api, cpio, disk, kexec, memory, settings, system, work as works
 import io, runpy, socket, threading  # runpy: the init starts the agent with -m
 
 body = b'{"action": "wait", "poll_after": 1}'
@@ -70,24 +70,24 @@ def serve():
         conn.close()
 threading.Thread(target=serve, daemon=True).start()
 url = "http://127.0.0.1:%d" % srv.getsockname()[1]
-settings = agent.parse_cmdline("console=ttyS0 rhaas.agent=%s rhaas.node=n rhaas.secret=s rhaas.ip=10.0.0.2/24"
-                               % url)
-api = agent.Api(settings)
-agent.parse_work(api.call("GET", "work"))
-api.call("POST", "report", {"x": 1})
+conf = settings.parse_cmdline("console=ttyS0 rhaas.agent=%s rhaas.node=n rhaas.secret=s rhaas.ip=10.0.0.2/24"
+                              % url)
+node_api = api.Api(conf)
+works.parse_work(node_api.call("GET", "work"))
+node_api.call("POST", "report", {"x": 1})
 got = []
 import hashlib
 try:
-    api.download(agent.Artifact("/f", hashlib.sha256(body).hexdigest(), len(body)), got.append,
-                 lambda d, t: None)
-except agent.AgentError as exc:
+    node_api.download(works.Artifact("/f", hashlib.sha256(body).hexdigest(), len(body)), got.append,
+                      lambda d, t: None)
+except works.AgentError as exc:
     str(exc)
 try:
-    bad = agent.parse_cmdline("rhaas.agent=http://127.0.0.1:1 rhaas.node=n rhaas.secret=s")
-    agent.Api(bad).call("GET", "w")
+    bad = settings.parse_cmdline("rhaas.agent=http://127.0.0.1:1 rhaas.node=n rhaas.secret=s")
+    api.Api(bad).call("GET", "w")
 except OSError as exc:
     str(exc)
-agent._run(["true", "x"])
+system.run(["true", "x"])
 path = os.path.join(work, "disk")
 with open(path, "wb") as f:
     f.truncate(4 << 20)
@@ -97,7 +97,6 @@ w.finish()
 d = disk.Disk("vda", path, 4 << 20)
 disk.verify_zero(path, disk.wipe(d, "metadata").regions)
 disk.wipe(d, "discard")
-from rhaas.agent import memory
 mem = os.path.join(work, "mem")
 with open(mem, "wb") as f:
     f.truncate(8 << 20)
@@ -108,7 +107,7 @@ ranges = kexec.parse_memmap("0-9fc00u,100000-3ffe0000u,3ffe0000-40000000r")
 kexec.exactmap_params(ranges); kexec.customer_cmdline("console=ttyS0 -- x"); kexec.inherited_args("a b=c")
 kexec.write_memmap_dir(os.path.join(work, "sys", "firmware", "memmap"), ranges)
 kexec.read_firmware_memmap(os.path.join(work, "sys"))
-cpio = kexec.CpioWriter(io.BytesIO()); cpio.file("a", b"b"); cpio.close()
+archive = cpio.CpioWriter(io.BytesIO()); archive.file("a", b"b"); archive.close()
 print(json.dumps({n: getattr(m, "__file__", None) for n, m in sorted(sys.modules.items())}))
 """
 
