@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from rhaas.client import Client
-from rhaas.lab.servers import Server
+
+if TYPE_CHECKING:
+    from rhaas.lab.servers import Server
 
 T = TypeVar("T")
 
@@ -84,6 +86,8 @@ def _instances(workdir: Path, keep: bool) -> Iterator[list[Instance]]:
 
 
 def _start(workdir: Path, name: str, upstream: tuple[Instance, str, str, str] | None) -> Instance:
+    from rhaas.lab.servers import Server  # the lab's way to run a server: loaded when the demo plays
+
     password = secrets.token_urlsafe(12)
     args: list[str] = []
     env: dict[str, str] = {}

@@ -73,3 +73,16 @@ def test_the_check_sees_the_lab_when_it_is_loaded():
     """The check itself works: importing the lab is seen."""
     found = _forbidden(_loaded("import rhaas.lab.vbmc"))
     assert "rhaas.lab.vbmc" in found and "pyghmi" in found
+
+
+def test_the_lab_and_demo_commands_load_only_when_looked_up():
+    loaded = _loaded("import rhaas.cli.main")
+    assert "rhaas.cli.lab" not in loaded and "rhaas.demo" not in loaded
+
+
+def test_the_cli_knows_the_labs_default_headnode_address():
+    """``rhaas lab headnode --help`` shows the default without loading the lab: the two must agree."""
+    from rhaas.cli import lab as cli_lab
+    from rhaas.lab import site
+
+    assert cli_lab.DEFAULT_HEADNODE_IP == site.DEFAULT_HEADNODE_IP
