@@ -25,7 +25,7 @@ in ``rhaas demo``. On the same nodes, in one run:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import datetime as dt  # noqa: F401 - tests/test_bench_provision.py makes its times with it
 import json
 import os
 import statistics
@@ -42,6 +42,7 @@ from rhaas.lab.polling import wait_for
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.site import Lab
 from rhaas.provisioning.fpbl import build_fpbl, export
+from rhaas.provisioning.phases import phase_durations
 
 TIMEOUT = 600.0
 HEADNODE, HEAD_IP = "head", "10.0.0.1/24"
@@ -69,25 +70,9 @@ def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, f
 
 
 def phase_times(job: dict[str, Any], end: float | None = None, last: str = "") -> dict[str, float]:
-    """Seconds per phase of one provisioning job: from the job's creation, each phase lasts until its
-    last ``done``, in the order the server recorded them; ``last`` names the time from the final phase to
-    ``end`` (for a deploy: the kexec until the customer OS's marker). The server stamps its own phases
-    (handed-out, nmi, checkin); the agent stamps the rest with the node's clock, which a kexec'd kernel
-    reads again from the RTC (whole seconds): a phase that crosses a boot may be off by up to a second."""
-    created = dt.datetime.fromisoformat(job["created_at"].rstrip("Z")).replace(tzinfo=dt.UTC)
-    previous = created.timestamp()
-    times: dict[str, float] = {}
-    for event in job["phases"]:
-        if event["state"] != "done":
-            continue
-        name = f"{job['kind']}: {event['phase']}"
-        if event["phase"] == "checkin" and f"{job['kind']}: checkin" in times:
-            name += " (full FPBL)"
-        times[name] = times.get(name, 0.0) + max(0.0, event["at"] - previous)
-        previous = max(previous, event["at"])
-    if end is not None and last:
-        times[f"{job['kind']}: {last}"] = max(0.0, end - previous)
-    return times
+    """Seconds per phase of one provisioning job, named ``<kind>: <phase>`` (see
+    `rhaas.provisioning.phases.phase_durations`, which the demo uses too)."""
+    return {f"{job['kind']}: {name}": s for name, s in phase_durations(job, end, last).items()}
 
 
 class Bench:

@@ -225,7 +225,7 @@ def boot_service(
 ) -> None:  # fmt: skip
     """Run the DHCP boot service of the provisioning network (dnsmasq, started and stopped here), with a
     relay to the API. Set [provisioning] boot_url to http://ADDRESS:PORT and agent_url to the same."""
-    from rhaas.lab.ovs import find_binary
+    from rhaas.procs import find_binary
     from rhaas.provisioning.bootservice import BootServiceError, serve
 
     dnsmasq = find_binary("dnsmasq")

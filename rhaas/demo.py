@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from rhaas.client import Client
-from rhaas.lab.servers import Server
+
+if TYPE_CHECKING:
+    from rhaas.lab.servers import Server
 
 T = TypeVar("T")
 
@@ -84,6 +86,8 @@ def _instances(workdir: Path, keep: bool) -> Iterator[list[Instance]]:
 
 
 def _start(workdir: Path, name: str, upstream: tuple[Instance, str, str, str] | None) -> Instance:
+    from rhaas.lab.servers import Server  # the lab's way to run a server: loaded when the demo plays
+
     password = secrets.token_urlsafe(12)
     args: list[str] = []
     env: dict[str, str] = {}
@@ -168,19 +172,7 @@ def _mock_story(story: Story, workdir: Path, nodes: int, keep: bool) -> list[str
     with _instances(workdir, keep) as running:
         base = story.step("start the base instance", lambda: _start(workdir, "base", None))
         running.append(base)
-        names = [f"node{i:02d}" for i in range(1, nodes + 1)]
-        ports = {name: f"gi1/0/{i}" for i, name in enumerate(names, 1)}
-
-        def build_site() -> None:
-            base.admin.switch.register("sw0", "mock")
-            for i, name in enumerate(names, 1):
-                base.admin.node.register(name, "mock", f"bmc-{name}", "admin", secrets.token_hex(8))
-                base.admin.node.add_nic(name, "eth0", f"52:54:00:12:34:{i:02x}")
-                base.admin.port.register("sw0", ports[name])
-                base.admin.port.connect_nic("sw0", ports[name], name, "eth0")
-            base.admin.project.create("reseller")
-
-        story.step(f"register the site: a switch and {nodes} nodes with BMCs", build_site)
+        ports = _mock_site(story, base, nodes)
         _bot, bot_pw = base.user("reseller-bot", "reseller")
         reseller = story.step(
             "start the reseller's recursive instance on project 'reseller'",
@@ -193,61 +185,9 @@ def _mock_story(story: Story, workdir: Path, nodes: int, keep: bool) -> list[str
 
         for project in ("customer-a", "customer-b", "level3"):
             reseller.admin.project.create(project)
-        alice, _ = reseller.user("alice", "customer-a")
-        a_nodes = story.step(
-            "customer A claims 2 nodes", lambda: alice.project.connect_nodes("customer-a", 2)
-        )
-        alice.network.create("a-net", "customer-a", "customer-a", "")
-        vlan = alice.network.show("a-net")["channels"][1].split("/")[1]
-
-        def connect_a() -> None:
-            for node in a_nodes:
-                alice.wait_networking_action(alice.node.connect_network(node, "eth0", "a-net")["status_id"])
-
-        story.step("customer A puts both nodes on its private network", connect_a)
-        vlans = _switch_vlans(base, ports, a_nodes)
-        story.check("the base switch isolates A's nodes on one VLAN", f"{vlans}",
-                    all(v == {"native": vlan, "tagged": []} for v in vlans.values()))  # fmt: skip
-
-        def return_a() -> None:
-            for node in a_nodes:
-                alice.wait_networking_action(alice.node.detach_network(node, "eth0", "a-net")["status_id"])
-                alice.project.detach("customer-a", node)
-
-        story.step("customer A returns its nodes", return_a)
-        vlans = _switch_vlans(base, ports, a_nodes)
-        story.check("their ports carry nothing any more", f"{vlans}",
-                    all(v == {"native": None, "tagged": []} for v in vlans.values()))  # fmt: skip
-
-        bob, _ = reseller.user("bob", "customer-b")
-        b_nodes = story.step("customer B claims 2 nodes", lambda: bob.project.connect_nodes("customer-b", 2))
-        story.check("B got the nodes A returned", ", ".join(b_nodes), sorted(b_nodes) == sorted(a_nodes))
-        bob.node.enable_obm(b_nodes[0])
-        story.step("customer B powers a node on", lambda: bob.node.power_on(b_nodes[0]))
-        seen_by_b = bob.node.power_status(b_nodes[0])["power_status"]
-        base.admin.node.enable_obm(b_nodes[0])  # the base operator looks at the BMC directly
-        at_base = base.admin.node.power_status(b_nodes[0])["power_status"]
-        story.check("power reached the base's BMC", f"B sees {seen_by_b}, the base sees {at_base}",
-                    seen_by_b == at_base == "on")  # fmt: skip
-
-        _l3bot, l3_pw = reseller.user("level3-bot", "level3")
-        level3 = story.step(
-            "start a third-level instance on the reseller",
-            lambda: _start(workdir, "level3", (reseller, "level3", "level3-bot", l3_pw)),
-        )
-        running.append(level3)
-        level3.admin.project.create("carol-co")
-        carol, _ = level3.user("carol", "carol-co")
-        c_nodes = story.step(
-            "a level-3 customer claims 2 nodes (more than the reseller has free)",
-            lambda: carol.project.connect_nodes("carol-co", 2),
-        )
-        at_base = base.admin.project.nodes_in("reseller")
-        story.check(
-            "the request walked down to the base",
-            f"{', '.join(c_nodes)}; the reseller now holds {len(at_base)} nodes of the base",
-            set(c_nodes) <= set(at_base) and len(at_base) == 4,
-        )
+        a_nodes = _mock_customer_a(story, base, reseller, ports)
+        _mock_customer_b(story, base, reseller, a_nodes)
+        _mock_level3(story, workdir, base, reseller, running)
 
         reach: list[str] = []
         if keep:
@@ -258,3 +198,87 @@ def _mock_story(story: Story, workdir: Path, nodes: int, keep: bool) -> list[str
             pids = " ".join(str(i.server.proc.pid) for i in running if i.server.proc)
             reach.append(f"Stop them with: kill {pids}")
     return reach
+
+
+def _mock_site(story: Story, base: Instance, nodes: int) -> dict[str, str]:
+    """Register a mock switch and ``nodes`` nodes with mock BMCs at the base; each node's port."""
+    names = [f"node{i:02d}" for i in range(1, nodes + 1)]
+    ports = {name: f"gi1/0/{i}" for i, name in enumerate(names, 1)}
+
+    def build_site() -> None:
+        base.admin.switch.register("sw0", "mock")
+        for i, name in enumerate(names, 1):
+            base.admin.node.register(name, "mock", f"bmc-{name}", "admin", secrets.token_hex(8))
+            base.admin.node.add_nic(name, "eth0", f"52:54:00:12:34:{i:02x}")
+            base.admin.port.register("sw0", ports[name])
+            base.admin.port.connect_nic("sw0", ports[name], name, "eth0")
+        base.admin.project.create("reseller")
+
+    story.step(f"register the site: a switch and {nodes} nodes with BMCs", build_site)
+    return ports
+
+
+def _mock_customer_a(story: Story, base: Instance, reseller: Instance, ports: dict[str, str]) -> list[str]:
+    """Customer A claims two nodes on a private network, then returns them; the nodes."""
+    alice, _ = reseller.user("alice", "customer-a")
+    a_nodes = story.step("customer A claims 2 nodes", lambda: alice.project.connect_nodes("customer-a", 2))
+    alice.network.create("a-net", "customer-a", "customer-a", "")
+    vlan = alice.network.show("a-net")["channels"][1].split("/")[1]
+
+    def connect_a() -> None:
+        for node in a_nodes:
+            alice.wait_networking_action(alice.node.connect_network(node, "eth0", "a-net")["status_id"])
+
+    story.step("customer A puts both nodes on its private network", connect_a)
+    vlans = _switch_vlans(base, ports, a_nodes)
+    story.check("the base switch isolates A's nodes on one VLAN", f"{vlans}",
+                all(v == {"native": vlan, "tagged": []} for v in vlans.values()))  # fmt: skip
+
+    def return_a() -> None:
+        for node in a_nodes:
+            alice.wait_networking_action(alice.node.detach_network(node, "eth0", "a-net")["status_id"])
+            alice.project.detach("customer-a", node)
+
+    story.step("customer A returns its nodes", return_a)
+    vlans = _switch_vlans(base, ports, a_nodes)
+    story.check("their ports carry nothing any more", f"{vlans}",
+                all(v == {"native": None, "tagged": []} for v in vlans.values()))  # fmt: skip
+    return list(a_nodes)
+
+
+def _mock_customer_b(story: Story, base: Instance, reseller: Instance, a_nodes: list[str]) -> None:
+    """Customer B gets the nodes A returned and powers one on, through the reseller to the base's BMC."""
+    bob, _ = reseller.user("bob", "customer-b")
+    b_nodes = story.step("customer B claims 2 nodes", lambda: bob.project.connect_nodes("customer-b", 2))
+    story.check("B got the nodes A returned", ", ".join(b_nodes), sorted(b_nodes) == sorted(a_nodes))
+    bob.node.enable_obm(b_nodes[0])
+    story.step("customer B powers a node on", lambda: bob.node.power_on(b_nodes[0]))
+    seen_by_b = bob.node.power_status(b_nodes[0])["power_status"]
+    base.admin.node.enable_obm(b_nodes[0])  # the base operator looks at the BMC directly
+    at_base = base.admin.node.power_status(b_nodes[0])["power_status"]
+    story.check("power reached the base's BMC", f"B sees {seen_by_b}, the base sees {at_base}",
+                seen_by_b == at_base == "on")  # fmt: skip
+
+
+def _mock_level3(
+    story: Story, workdir: Path, base: Instance, reseller: Instance, running: list[Instance]
+) -> None:
+    """A third-level instance on the reseller, whose customer's claim walks down to the base."""
+    _l3bot, l3_pw = reseller.user("level3-bot", "level3")
+    level3 = story.step(
+        "start a third-level instance on the reseller",
+        lambda: _start(workdir, "level3", (reseller, "level3", "level3-bot", l3_pw)),
+    )
+    running.append(level3)
+    level3.admin.project.create("carol-co")
+    carol, _ = level3.user("carol", "carol-co")
+    c_nodes = story.step(
+        "a level-3 customer claims 2 nodes (more than the reseller has free)",
+        lambda: carol.project.connect_nodes("carol-co", 2),
+    )
+    at_base = base.admin.project.nodes_in("reseller")
+    story.check(
+        "the request walked down to the base",
+        f"{', '.join(c_nodes)}; the reseller now holds {len(at_base)} nodes of the base",
+        set(c_nodes) <= set(at_base) and len(at_base) == 4,
+    )

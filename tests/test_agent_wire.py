@@ -1,4 +1,5 @@
-"""The agent's HTTP client (`rhaas.agent.wire`) against raw answers, and what importing the agent costs."""
+"""The agent's HTTP client (`rhaas.agent.wire`) against raw answers, what importing the agent costs, and
+that the FPBL ships every module of it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from rhaas.agent import wire
+from rhaas.provisioning import fpbl
+from rhaas.provisioning.fpbl_python import AGENT_MODULES
 
 
 class RawServer:
@@ -119,11 +123,28 @@ def test_a_refused_connection_is_an_oserror():
 
 def test_importing_the_agent_reads_no_randomness_and_loads_nothing_heavy():
     """In a just-booted FPBL, anything that reads os.urandom waits for the kernel's random pool (about a
-    second under TCG) and every module costs milliseconds: the agent must not import them at start."""
-    code = "import sys, rhaas.agent.agent; print(' '.join(sorted(sys.modules)))"
+    second under TCG) and every module costs milliseconds: the agent must not import them at start. Every
+    module the FPBL ships is imported, and the agent imports no rhaas module the FPBL does not ship."""
+    code = f"import sys, {', '.join(AGENT_MODULES)}; print(' '.join(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONPATH": ".", "PYTHONHASHSEED": "0"})  # fmt: skip
     loaded = set(done.stdout.split())
     assert "rhaas.agent.agent" in loaded
     heavy = {"random", "email", "http.client", "dataclasses", "inspect", "ast", "tempfile"}
     assert not loaded & heavy, sorted(loaded & heavy)
+    ours = {name for name in loaded if name == "rhaas" or name.startswith("rhaas.")}
+    assert ours == set(AGENT_MODULES), sorted(ours ^ set(AGENT_MODULES))
+
+
+def test_the_fpbl_ships_every_module_of_the_agent():
+    """The FPBL's list of the agent's modules is the package's: a new module there ships."""
+    on_disk = {f"rhaas.agent.{p.stem}" for p in Path("rhaas/agent").glob("*.py") if p.stem != "__init__"}
+    assert {"rhaas.agent.agent", "rhaas.agent.cpio", "rhaas.agent.deploy", "rhaas.agent.wipe"} <= on_disk
+    assert set(AGENT_MODULES) == {"rhaas", "rhaas.agent", *on_disk}
+
+
+def test_the_fpbl_runs_the_agent_module_the_agent_is():
+    """The FPBL's init starts ``python3.11 -m rhaas.agent.agent``: that module is the agent's main."""
+    from rhaas.agent import agent
+
+    assert "-m rhaas.agent.agent" in fpbl.render_init("r", []) and callable(agent.main)

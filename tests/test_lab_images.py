@@ -1,4 +1,5 @@
-"""The lab test OS: built from Debian packages, cached by version, modules in the kernel's own order."""
+"""The lab test OS: built from Debian packages (`rhaas.imaging`), cached by version, modules in the kernel's
+own order; and the image building's archives and module order on their own."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from rhaas.imaging import ImageBuildError, cache, debs, initramfs, kernel
 from rhaas.lab import images
-from rhaas.lab.images import ImageBuildError, TestOS
+from rhaas.lab.images import TestOS
 
 needs_apt = pytest.mark.skipif(
     not (shutil.which("apt-get") and shutil.which("dpkg-deb") and shutil.which("modinfo")),
@@ -27,7 +29,7 @@ def image() -> TestOS:
 
 
 def _insmod_order(image: TestOS) -> list[str]:
-    init = images.read_initrd(image.initrd)["init"].data.decode()
+    init = initramfs.read_initrd(image.initrd)["init"].data.decode()
     return re.findall(r"^load (\S+)$", init, re.MULTILINE)
 
 
@@ -45,14 +47,14 @@ def test_second_build_is_cached(image):
 
 @needs_apt
 def test_manifest_records_the_kernel_package_version(image):
-    meta = images.apt_show(images.KERNEL_META_PACKAGE)[images.KERNEL_META_PACKAGE]
+    meta = debs.apt_show(debs.KERNEL_META_PACKAGE)[debs.KERNEL_META_PACKAGE]
     assert re.search(rf"\b{re.escape(image.kernel_package)}\b", meta["Depends"])
-    manifest = images._read_manifest(image.manifest)
+    manifest = cache.read_manifest(image.manifest)
     assert manifest is not None
     assert manifest["kernel_package"] == image.kernel_package
     assert manifest["kernel_version"] == image.kernel_version
     assert re.fullmatch(r"linux-image-\d+\.\d+\.\d+-\d+-cloud-amd64", image.kernel_package)
-    kernel_manifest = images._read_manifest(Path(str(manifest["kernel_manifest"])))
+    kernel_manifest = cache.read_manifest(Path(str(manifest["kernel_manifest"])))
     assert kernel_manifest is not None
     assert kernel_manifest["version"] == image.kernel_version
     assert image.kernel.name == f"vmlinuz-{image.kernel_release}"
@@ -65,8 +67,8 @@ def test_module_order_follows_modinfo(image):
     assert list(image.modules) == order
     assert set(images.TEST_OS_MODULES) <= set(order)
     assert len(order) == len(set(order))
-    modules_dir = images.fetch_kernel().modules_dir
-    index = images.module_index(modules_dir)
+    modules_dir = kernel.fetch_kernel().modules_dir
+    index = kernel.module_index(modules_dir)
     for position, module in enumerate(order):
         # Asked of modinfo directly, not through the builder's code.
         out = subprocess.run(
@@ -88,34 +90,34 @@ def test_initrd_is_a_cpio_that_gnu_cpio_reads_and_init_parses(image, tmp_path):
     ).stdout.decode().split()  # fmt: skip
     for member in ("init", "bin/busybox", "bin/sh", "dev/console", "lib/modules/virtio_net.ko"):
         assert member in listing
-    members = images.read_initrd(image.initrd)
+    members = initramfs.read_initrd(image.initrd)
     assert members["dev/console"].rdev == (5, 1)
     assert members["bin/sh"].data == b"busybox"
     init = tmp_path / "init"
     init.write_bytes(members["init"].data)
-    busybox = images.fetch_busybox()[1]
+    busybox = debs.fetch_busybox()[1]
     subprocess.run([str(busybox), "sh", "-n", str(init)], check=True)
 
 
 def test_cpio_round_trip():
     entries = [
-        images.dir_entry("bin"),
-        images.file_entry("bin/x", b"abc", 0o755),
-        images.symlink_entry("bin/y", "x"),
-        images.chardev_entry("dev/console", 5, 1),
-        images.file_entry("empty", b""),
+        initramfs.dir_entry("bin"),
+        initramfs.file_entry("bin/x", b"abc", 0o755),
+        initramfs.symlink_entry("bin/y", "x"),
+        initramfs.chardev_entry("dev/console", 5, 1),
+        initramfs.file_entry("empty", b""),
     ]
-    archive = images.write_cpio(entries)
+    archive = initramfs.write_cpio(entries)
     assert len(archive) % 4 == 0
-    assert images.read_cpio(archive) == {e.name: e for e in entries}
-    assert images.write_cpio(entries) == archive, "archives must be reproducible"
+    assert initramfs.read_cpio(archive) == {e.name: e for e in entries}
+    assert initramfs.write_cpio(entries) == archive, "archives must be reproducible"
 
 
 def _fake_modules(tmp_path, monkeypatch, depends: dict[str, list[str]]) -> Path:
     for name in depends:
         (tmp_path / "kernel" / f"{name}.ko").parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "kernel" / f"{name}.ko").write_bytes(b"")
-    monkeypatch.setattr(images, "module_depends", lambda path: depends[path.name.removesuffix(".ko")])
+    monkeypatch.setattr(kernel, "module_depends", lambda path: depends[path.name.removesuffix(".ko")])
     return tmp_path
 
 
@@ -125,11 +127,11 @@ def test_load_order_changes_with_the_kernel_data(tmp_path, monkeypatch):
     new = {"virtio_blk": ["virtio", "virtio_ring"], "virtio": ["virtio_ring"], "virtio_ring": []}
     order_old = [
         n
-        for n, _ in images.module_load_order(_fake_modules(tmp_path / "a", monkeypatch, old), ["virtio_blk"])
+        for n, _ in kernel.module_load_order(_fake_modules(tmp_path / "a", monkeypatch, old), ["virtio_blk"])
     ]
     order_new = [
         n
-        for n, _ in images.module_load_order(_fake_modules(tmp_path / "b", monkeypatch, new), ["virtio_blk"])
+        for n, _ in kernel.module_load_order(_fake_modules(tmp_path / "b", monkeypatch, new), ["virtio_blk"])
     ]
     assert order_old == ["virtio", "virtio_ring", "virtio_blk"]
     assert order_new == ["virtio_ring", "virtio", "virtio_blk"]
@@ -138,9 +140,9 @@ def test_load_order_changes_with_the_kernel_data(tmp_path, monkeypatch):
 def test_load_order_reports_cycles_and_missing_modules(tmp_path, monkeypatch):
     modules = _fake_modules(tmp_path, monkeypatch, {"a": ["b"], "b": ["a"], "c": ["nowhere"]})
     with pytest.raises(ImageBuildError, match="cycle"):
-        images.module_load_order(modules, ["a"])
+        kernel.module_load_order(modules, ["a"])
     with pytest.raises(ImageBuildError, match="nowhere"):
-        images.module_load_order(modules, ["c"])
+        kernel.module_load_order(modules, ["c"])
 
 
 def test_names_and_markers_are_checked():

@@ -39,8 +39,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import stat
 from typing import BinaryIO, NamedTuple
+
+from rhaas.agent.cpio import CpioWriter, pad4
 
 #: Where the FPBL keeps the files it needs to hand over and to come back (written by the builder).
 FPBL_DIR = "/rhaas/fpbl"
@@ -53,7 +54,6 @@ _NOT_INHERITED = {
     "irqpoll", "nr_cpus", "reset_devices", "elfcorehdr", "memmap", "crashkernel", "initrd", "BOOT_IMAGE",
     "rdinit", "unknown_nmi_panic", "maxcpus", "disable_cpu_apicid", "iomem",
 }  # fmt: skip
-_COPY_CHUNK = 1 << 20
 
 #: /sys/firmware/memmap type -> the letter this module uses; anything else is kept as reserved ("r").
 _MEMMAP_KINDS = {"System RAM": "u", "ACPI Tables": "a", "ACPI Non-volatile Storage": "n"}
@@ -186,61 +186,7 @@ def customer_cmdline(cmdline: str) -> tuple[str, str]:
     return " ".join(kept), next_init
 
 
-# --- cpio (newc), streamed ---------------------------------------------------------------------------
-
-
-class CpioWriter:
-    """A newc cpio archive written to ``out`` as it goes, byte for byte as `rhaas.lab.images.write_cpio`
-    writes one (mtime 0, uid/gid 0, inodes numbered from 1)."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.ino = 1
-        self.written = 0
-
-    def _emit(self, data: bytes) -> None:
-        self.out.write(data)
-        self.written += len(data)
-
-    def _header(self, name: str, mode: int, size: int, rdev: tuple[int, int] = (0, 0)) -> None:
-        raw = name.lstrip("/").encode() + b"\0"
-        nlink = 2 if stat.S_ISDIR(mode) else 1
-        fields = (self.ino, mode, 0, 0, nlink, 0, size, 0, 0, *rdev, len(raw), 0)
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        self._emit(header + raw + b"\0" * (-(len(header) + len(raw)) % 4))
-        self.ino += 1
-
-    def directory(self, name: str) -> None:
-        self._header(name, stat.S_IFDIR | 0o755, 0)
-
-    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
-        self._header(name, stat.S_IFREG | perm, len(data))
-        self._emit(data + b"\0" * (-len(data) % 4))
-
-    def copy(self, name: str, path: str, perm: int | None = None) -> None:
-        """Add the file at ``path`` as ``name``, streamed; ``perm`` defaults to the file's own."""
-        info = os.stat(path)
-        mode = stat.S_IMODE(info.st_mode) if perm is None else perm
-        self._header(name, stat.S_IFREG | mode, info.st_size)
-        with open(path, "rb") as f:
-            copied = 0
-            while chunk := f.read(_COPY_CHUNK):
-                self._emit(chunk)
-                copied += len(chunk)
-        if copied != info.st_size:
-            raise OSError(f"{path} changed size while being archived")
-        self._emit(b"\0" * (-copied % 4))
-
-    def close(self) -> None:
-        self._header("TRAILER!!!", 0, 0)
-
-
-def pad4(out: BinaryIO, length: int) -> int:
-    """Zero-pad ``out`` (``length`` bytes so far) so that the next archive starts 4-byte aligned, as the
-    kernel requires of an uncompressed cpio in a concatenated initrd."""
-    pad = -length % 4
-    out.write(b"\0" * pad)
-    return length + pad
+# --- the FPBL's parts to recompose itself ------------------------------------------------------------
 
 
 def write_selfcopy(out: BinaryIO, core: str, vmlinuz: str) -> int:

@@ -2,7 +2,8 @@
 headnodes, and a base rhaas instance that manages them. See docs/lab.md and `rhaas.lab.site`.
 
 Unlike the other groups these commands do not talk to ``RHAAS_ENDPOINT``: they start the lab, and
-the lab's base instance is registered through the client library inside `rhaas.lab.site`.
+the lab's base instance is registered through the client library inside `rhaas.lab.site`. The lab
+itself loads only when a command runs: ``rhaas --help`` and the other groups never load it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from rhaas.cli.table import table
-from rhaas.lab.site import DEFAULT_HEADNODE_IP, Lab, LabError, default_workdir
+
+if TYPE_CHECKING:
+    from rhaas.lab.site import Lab
+
+#: `rhaas.lab.site.DEFAULT_HEADNODE_IP`, for the option's help without loading the lab (a test keeps the
+#: two equal).
+DEFAULT_HEADNODE_IP = "10.0.0.1/24"
 
 workdir_option = click.option(
     "--workdir",
@@ -25,11 +33,15 @@ workdir_option = click.option(
 
 
 def _lab(workdir: Path | None) -> Lab:
+    from rhaas.lab.site import Lab, default_workdir
+
     return Lab(workdir or default_workdir(), say=lambda line: click.echo(f"· {line}", err=True))
 
 
 def _run(action: Callable[[], object]) -> None:
     """Turn a LabError into the CLI's one-line error."""
+    from rhaas.lab.site import LabError
+
     try:
         action()
     except LabError as exc:

@@ -8,10 +8,13 @@ status 1 (2 for a usage error); never a traceback (set ``RHAAS_DEBUG=1`` to get 
 
 To add a command group, write it as a `click.Group` in its own module under `rhaas/cli/` and register it
 below with ``cli.add_command(group)``. Commands get the client with `rhaas.cli.common.pass_client`.
+``lab`` and ``demo`` are registered by name (`RhaasCli.lazy_commands`): their modules load only when
+one of them is looked up, so that the other commands never load the lab.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -20,9 +23,8 @@ from typing import Any
 import click
 
 from rhaas import __version__
-from rhaas.cli import images, lab, networks, nodes, pool, ports, projects, provisioning, switches, users
+from rhaas.cli import images, networks, nodes, pool, ports, projects, provisioning, switches, users
 from rhaas.cli.common import CliState
-from rhaas.demo import demo
 from rhaas.errors import RhaasError
 
 EXIT_ERROR = 1
@@ -41,6 +43,18 @@ def _fail(message: str, code: int) -> int:
 
 class RhaasCli(click.Group):
     """The root group: runs the tree and turns every exception into one line on stderr and an exit status."""
+
+    #: Commands whose modules load only when the command is looked up: name -> "module:attribute".
+    lazy_commands = {"demo": "rhaas.demo:demo", "lab": "rhaas.cli.lab:lab"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module, attribute = self.lazy_commands[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def main(
         self,
@@ -102,8 +116,6 @@ cli.add_command(ports.port)
 cli.add_command(users.user)
 cli.add_command(pool.pool)
 cli.add_command(images.image)
-cli.add_command(lab.lab)
-cli.add_command(demo)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rhaas.lab import procs
 from rhaas.lab.images import TestOS
-from rhaas.lab.ovs import find_binary
+from rhaas.procs import find_binary
 from rhaas.provisioning.bootservice import RA_PREFIX, dnsmasq_common
 
 

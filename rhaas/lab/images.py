@@ -2,7 +2,8 @@
 
 The lab needs a small "customer OS" that boots in a few seconds under TCG and shows on its serial console
 what an end-to-end test wants to know: that it came up, with which address, whether it can reach its
-peers, and what customer data its disk holds. This module builds one from two Debian packages:
+peers, and what customer data its disk holds. This module builds one from two Debian packages, with the
+product's image building (`rhaas.imaging`):
 
 - the Debian cloud kernel: the versioned package that ``linux-image-cloud-amd64`` depends on, fetched with
   ``apt-get download`` and unpacked with ``dpkg-deb -x``;
@@ -14,7 +15,7 @@ versions returns the cached files without touching apt.
 
 The virtio modules are loaded in an order derived from the kernel's own ``modinfo`` data: the dependencies
 between them change between kernel builds, and a fixed list silently leaves the node without disk or
-network.
+network (`rhaas.imaging.kernel`).
 
 What the test OS reads from the kernel command line and prints on the console (``console=ttyS0``)::
 
@@ -41,359 +42,47 @@ This module only builds files; it starts no machine (see `rhaas.lab.qemu`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
-import gzip
 import hashlib
-import io
 import json
-import lzma
-import os
 import re
 import shlex
-import shutil
-import stat
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
-BUSYBOX_PACKAGE = "busybox-static"
+from rhaas.imaging import ImageBuildError
+from rhaas.imaging.cache import cache_dir, locked, read_manifest, write_manifest
+from rhaas.imaging.debs import (
+    BUSYBOX_PACKAGE,
+    KERNEL_META_PACKAGE,
+    Package,
+    apt_show,
+    fetch_busybox,
+    resolve_kernel_package,
+)
+from rhaas.imaging.initramfs import (
+    CpioEntry,
+    chardev_entry,
+    dir_entry,
+    file_entry,
+    gzip_archive,
+    symlink_entry,
+    write_cpio,
+)
+from rhaas.imaging.kernel import fetch_kernel, module_bytes, module_load_order
+
+# Tests that read the archives they make use this through this module, beside the writer.
+from rhaas.imaging.initramfs import read_cpio as read_cpio  # isort: skip
+
 #: The modules the test OS needs; their dependencies are added from the kernel's data.
 TEST_OS_MODULES = ("virtio_net", "virtio_blk", "virtio_pci")
 DEFAULT_CMDLINE = "console=ttyS0 quiet"
 #: Bump when the layout of a test OS changes in a way the init template's text does not show.
 _BUILDER_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-#: A versioned kernel in a Depends field, and its version if pinned: ``linux-image-6.1.0-56-… (= 6.1…)``.
-_KERNEL_DEP_RE = re.compile(r"\s*(linux-image-\d[\w.+-]*)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*")
 _MARKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:=/+-]{0,127}$")
-
-
-class ImageBuildError(RuntimeError):
-    """A build step failed: apt could not resolve or download a package, or a tool failed."""
-
-
-def cache_dir(override: Path | str | None = None) -> Path:
-    """The cache root: ``override``, else ``$RHAAS_CACHE``, else ``~/.cache/rhaas``."""
-    if override is not None:
-        return Path(override).expanduser()
-    env = os.environ.get("RHAAS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "rhaas"
-
-
-# --- running tools -----------------------------------------------------------------------------------
-
-
-def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
-    except FileNotFoundError as exc:
-        raise ImageBuildError(f"{cmd[0]} is not installed") from exc
-    if done.returncode != 0:
-        raise ImageBuildError(f"{shlex.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return done.stdout
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Serialize builds in one cache directory across processes."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _safe(version: str) -> str:
-    """A package version as a directory name (epochs have a colon)."""
-    return version.replace(":", "%3a")
-
-
-# --- Debian packages ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Package:
-    """A Debian binary package at one exact version."""
-
-    name: str
-    version: str
-
-
-def apt_show(*names: str) -> dict[str, dict[str, str]]:
-    """The candidate version's control fields of each package, in one ``apt-cache show`` run.
-
-    One run, because ``apt-cache`` can take a second where apt keeps no binary package cache.
-    """
-    out = _run(["apt-cache", "show", "--no-all-versions", *names])
-    found: dict[str, dict[str, str]] = {}
-    for stanza in re.split(r"\n\s*\n", out):
-        fields = dict(re.findall(r"^([A-Za-z0-9-]+):[ \t]*(.*)$", stanza, re.MULTILINE))
-        if "Package" in fields and "Version" in fields:
-            found.setdefault(fields["Package"], fields)
-    missing = [n for n in names if n not in found]
-    if missing:
-        names_text = ", ".join(missing)
-        raise ImageBuildError(f"apt knows no installable version of {names_text}: run 'apt-get update'")
-    return found
-
-
-def candidate(name: str) -> Package:
-    """The version apt would install of ``name``, without downloading anything."""
-    return Package(name, apt_show(name)[name]["Version"])
-
-
-def resolve_kernel_package(meta: str = KERNEL_META_PACKAGE, fields: dict[str, str] | None = None) -> Package:
-    """The versioned kernel package (``linux-image-6.x-cloud-amd64``) that ``meta`` depends on.
-
-    ``fields`` are ``meta``'s control fields if the caller already has them (`apt_show`).
-    """
-    depends = (fields or apt_show(meta)[meta]).get("Depends", "")
-    for clause in depends.split(","):
-        for alternative in clause.split("|"):
-            found = _KERNEL_DEP_RE.fullmatch(alternative)
-            if found:
-                name, version = found.groups()
-                return Package(name, version) if version else candidate(name)
-    raise ImageBuildError(f"{meta} depends on no versioned linux-image package: {depends!r}")
-
-
-def fetch_package(pkg: Package, dest: Path) -> Path:
-    """Download ``pkg`` with ``apt-get download`` and unpack it into ``dest`` (made atomically)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=dest.parent) as tmp:
-        work = Path(tmp)
-        _run(["apt-get", "download", f"{pkg.name}={pkg.version}"], cwd=work)
-        debs = sorted(work.glob("*.deb"))
-        if len(debs) != 1:
-            raise ImageBuildError(f"apt-get download {pkg.name} left {len(debs)} .deb files")
-        root = work / "root"
-        _run(["dpkg-deb", "-x", str(debs[0]), str(root)])
-        if dest.exists():
-            shutil.rmtree(dest)
-        root.rename(dest)
-    return dest
-
-
-def _read_manifest(path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_manifest(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.rename(path)
-
-
-# --- the kernel --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """An unpacked Debian kernel package."""
-
-    package: str
-    version: str
-    #: ``uname -r`` of this kernel, e.g. ``6.1.0-56-cloud-amd64``.
-    release: str
-    vmlinuz: Path
-    modules_dir: Path
-    manifest: Path
-
-
-def fetch_kernel(cache: Path | str | None = None, package: Package | None = None) -> Kernel:
-    """The cloud kernel, downloaded and unpacked once per package version."""
-    pkg = package or resolve_kernel_package()
-    base = cache_dir(cache) / "kernel" / f"{pkg.name}_{_safe(pkg.version)}"
-    manifest = base / "manifest.json"
-    with _locked(base):
-        data = _read_manifest(manifest)
-        if data is None or data.get("version") != pkg.version:
-            root = fetch_package(pkg, base / "root")
-            vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
-            if len(vmlinuz) != 1:
-                raise ImageBuildError(f"{pkg.name} holds {len(vmlinuz)} boot/vmlinuz-* files")
-            release = vmlinuz[0].name.removeprefix("vmlinuz-")
-            modules = root / "lib" / "modules" / release
-            if not modules.is_dir():
-                raise ImageBuildError(f"{pkg.name} has no lib/modules/{release}")
-            data = {
-                "meta_package": KERNEL_META_PACKAGE,
-                "package": pkg.name,
-                "version": pkg.version,
-                "release": release,
-                "vmlinuz": str(vmlinuz[0].relative_to(base)),
-                "modules_dir": str(modules.relative_to(base)),
-            }
-            _write_manifest(manifest, data)
-    return Kernel(
-        package=pkg.name,
-        version=pkg.version,
-        release=str(data["release"]),
-        vmlinuz=base / str(data["vmlinuz"]),
-        modules_dir=base / str(data["modules_dir"]),
-        manifest=manifest,
-    )
-
-
-def fetch_busybox(cache: Path | str | None = None, package: Package | None = None) -> tuple[Package, Path]:
-    """The static busybox binary of ``busybox-static``, downloaded once per package version."""
-    pkg = package or candidate(BUSYBOX_PACKAGE)
-    base = cache_dir(cache) / "busybox" / _safe(pkg.version)
-    binary = base / "root" / "bin" / "busybox"
-    with _locked(base):
-        if not binary.is_file():
-            fetch_package(pkg, base / "root")
-            if not binary.is_file():
-                raise ImageBuildError(f"{pkg.name} {pkg.version} holds no bin/busybox")
-            _write_manifest(base / "manifest.json", {"package": pkg.name, "version": pkg.version})
-    return pkg, binary
-
-
-# --- modules -----------------------------------------------------------------------------------------
-
-
-def _module_name(path: Path) -> str:
-    return path.name.split(".ko", 1)[0].replace("-", "_")
-
-
-def module_index(modules_dir: Path) -> dict[str, Path]:
-    """Every loadable module under ``modules_dir``, by its normalized name (``-`` read as ``_``)."""
-    return {_module_name(p): p for p in sorted(modules_dir.rglob("*.ko*")) if ".ko" in p.name}
-
-
-def module_depends(path: Path) -> list[str]:
-    """The modules ``path`` needs loaded first, as the kernel build recorded them (``modinfo``)."""
-    out = _run(["modinfo", "-F", "depends", str(path)]).strip()
-    return [name.replace("-", "_") for name in out.split(",") if name]
-
-
-def module_load_order(modules_dir: Path, wanted: Iterable[str]) -> list[tuple[str, Path]]:
-    """``wanted`` plus their dependencies, each after everything it depends on.
-
-    Raises `ImageBuildError` if a module is missing (perhaps built into this kernel: then the caller's
-    list is wrong for it) or the dependencies form a cycle.
-    """
-    index = module_index(modules_dir)
-    order: list[tuple[str, Path]] = []
-    done: set[str] = set()
-    visiting: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        if name in visiting:
-            raise ImageBuildError(f"module dependency cycle: {' -> '.join([*visiting, name])}")
-        if name not in index:
-            raise ImageBuildError(f"module {name} is not in {modules_dir}")
-        visiting.append(name)
-        for dep in module_depends(index[name]):
-            visit(dep)
-        visiting.pop()
-        done.add(name)
-        order.append((name, index[name]))
-
-    for name in wanted:
-        visit(name.replace("-", "_"))
-    return order
-
-
-def _module_bytes(path: Path) -> bytes:
-    """The module as busybox's insmod can load it (uncompressed)."""
-    if path.name.endswith(".ko"):
-        return path.read_bytes()
-    if path.name.endswith(".ko.xz"):
-        return lzma.decompress(path.read_bytes())
-    if path.name.endswith(".ko.gz"):
-        return gzip.decompress(path.read_bytes())
-    raise ImageBuildError(f"cannot decompress module {path.name}")
-
-
-# --- cpio (newc) -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpioEntry:
-    """One member of a newc cpio archive. ``data`` is a symlink's target for a symlink."""
-
-    name: str
-    mode: int
-    data: bytes = b""
-    rdev: tuple[int, int] = (0, 0)
-
-
-def dir_entry(name: str) -> CpioEntry:
-    return CpioEntry(name, stat.S_IFDIR | 0o755)
-
-
-def file_entry(name: str, data: bytes, perm: int = 0o644) -> CpioEntry:
-    return CpioEntry(name, stat.S_IFREG | perm, data)
-
-
-def symlink_entry(name: str, target: str) -> CpioEntry:
-    return CpioEntry(name, stat.S_IFLNK | 0o777, target.encode())
-
-
-def chardev_entry(name: str, major: int, minor: int, perm: int = 0o600) -> CpioEntry:
-    return CpioEntry(name, stat.S_IFCHR | perm, rdev=(major, minor))
-
-
-def _pad4(n: int) -> bytes:
-    return b"\0" * (-n % 4)
-
-
-def write_cpio(entries: Iterable[CpioEntry]) -> bytes:
-    """A newc ("070701") cpio archive, as the kernel unpacks an initramfs. Reproducible: mtime 0."""
-    out = io.BytesIO()
-    ino = 1
-    for entry in [*entries, CpioEntry("TRAILER!!!", 0)]:
-        name = entry.name.lstrip("/").encode() + b"\0"
-        nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-        fields = (ino, entry.mode, 0, 0, nlink, 0, len(entry.data), 0, 0, *entry.rdev, len(name), 0)
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        out.write(header + name + _pad4(len(header) + len(name)))
-        out.write(entry.data + _pad4(len(entry.data)))
-        ino += 1
-    return out.getvalue()
-
-
-def read_cpio(archive: bytes) -> dict[str, CpioEntry]:
-    """The members of a newc cpio archive by name (the inverse of `write_cpio`, for tests and checks)."""
-    members: dict[str, CpioEntry] = {}
-    pos = 0
-    while pos < len(archive):
-        if archive[pos : pos + 6] != b"070701":
-            raise ValueError(f"not a newc cpio header at offset {pos}")
-        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
-        mode, size, namesize = fields[1], fields[6], fields[11]
-        rdev = (fields[9], fields[10])
-        name_start = pos + 110
-        name = archive[name_start : name_start + namesize - 1].decode()
-        data_start = name_start + namesize + (-(110 + namesize) % 4)
-        data = archive[data_start : data_start + size]
-        pos = data_start + size + (-size % 4)
-        if name == "TRAILER!!!":
-            break
-        members[name] = CpioEntry(name, mode, data, rdev)
-    return members
-
-
-def read_initrd(path: Path) -> dict[str, CpioEntry]:
-    """The members of a gzip-compressed newc initrd."""
-    return read_cpio(gzip.decompress(path.read_bytes()))
 
 
 # --- the test OS -------------------------------------------------------------------------------------
@@ -584,7 +273,7 @@ def _test_os_entries(busybox: bytes, init: str, modules: Sequence[tuple[str, Pat
     entries.append(chardev_entry("dev/console", 5, 1))
     entries.append(file_entry("bin/busybox", busybox, 0o755))
     entries.append(symlink_entry("bin/sh", "busybox"))
-    entries += [file_entry(f"lib/modules/{name}.ko", _module_bytes(path)) for name, path in modules]
+    entries += [file_entry(f"lib/modules/{name}.ko", module_bytes(path)) for name, path in modules]
     entries.append(file_entry("init", init.encode(), 0o755))
     return entries
 
@@ -622,47 +311,32 @@ def build_test_os(
     out = cache_dir(cache) / "testos" / f"{name}-{key}"
     manifest = out / "manifest.json"
     initrd = out / "initrd.gz"
-    with _locked(out):
-        data = _read_manifest(manifest)
+    with locked(out):
+        data = read_manifest(manifest)
         if data is None or data.get("key") != key or not initrd.is_file():
             order = module_load_order(kernel.modules_dir, TEST_OS_MODULES)
             init = render_init(name, marker, kernel.release, [m for m, _ in order])
             archive = write_cpio(_test_os_entries(busybox.read_bytes(), init, order))
             tmp = initrd.with_suffix(".tmp")
-            tmp.write_bytes(gzip.compress(archive, compresslevel=9, mtime=0))
+            tmp.write_bytes(gzip_archive(archive))
             tmp.rename(initrd)
             data = {
-                "key": key,
-                "name": name,
-                "marker": marker,
-                "kernel_package": kernel.package,
-                "kernel_version": kernel.version,
-                "kernel_release": kernel.release,
-                "kernel_manifest": str(kernel.manifest),
-                "kernel": str(kernel.vmlinuz),
-                "busybox_package": busybox_pkg.name,
-                "busybox_version": busybox_pkg.version,
-                "modules": [m for m, _ in order],
-                "initrd": initrd.name,
-                "initrd_bytes": initrd.stat().st_size,
-                "cmdline": DEFAULT_CMDLINE,
-            }
-            _write_manifest(manifest, data)
+                "key": key, "name": name, "marker": marker, "kernel_package": kernel.package,
+                "kernel_version": kernel.version, "kernel_release": kernel.release,
+                "kernel_manifest": str(kernel.manifest), "kernel": str(kernel.vmlinuz),
+                "busybox_package": busybox_pkg.name, "busybox_version": busybox_pkg.version,
+                "modules": [m for m, _ in order], "initrd": initrd.name,
+                "initrd_bytes": initrd.stat().st_size, "cmdline": DEFAULT_CMDLINE,
+            }  # fmt: skip
+            write_manifest(manifest, data)
     modules = data["modules"]
     assert isinstance(modules, list)
     return TestOS(
-        name=name,
-        marker=marker,
-        kernel=kernel.vmlinuz,
-        initrd=initrd,
-        cmdline=str(data["cmdline"]),
-        manifest=manifest,
-        kernel_package=kernel.package,
-        kernel_version=kernel.version,
-        kernel_release=kernel.release,
-        busybox_version=busybox_pkg.version,
+        name=name, marker=marker, kernel=kernel.vmlinuz, initrd=initrd, cmdline=str(data["cmdline"]),
+        manifest=manifest, kernel_package=kernel.package, kernel_version=kernel.version,
+        kernel_release=kernel.release, busybox_version=busybox_pkg.version,
         modules=tuple(str(m) for m in modules),
-    )
+    )  # fmt: skip
 
 
 # --- command line ------------------------------------------------------------------------------------

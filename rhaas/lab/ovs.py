@@ -28,11 +28,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+from rhaas.procs import find_binary
 
 #: Where Debian's openvswitch-common puts the schema (``OVS_PKGDATADIR`` overrides it).
 DEFAULT_PKGDATADIR = "/usr/share/openvswitch"
@@ -44,11 +45,6 @@ _MAX_SOCKET_PATH = 107
 
 class OVSDaemonError(RuntimeError):
     """The private Open vSwitch could not be started, stopped or configured."""
-
-
-def find_binary(name: str) -> str | None:
-    """The path of an Open vSwitch program, also looking in sbin when PATH lacks it."""
-    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
 
 
 def check_ifname(name: str) -> None:

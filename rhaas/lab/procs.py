@@ -6,7 +6,8 @@ does: the database path, a pidfile, ``--workdir``, a config file), or when its e
 recorded PID is only signalled after that check; a zombie counts as gone. `ours_in` finds every
 process of a work directory even when the records of it were lost (a crash, a deleted ``lab.json``).
 
-This module knows nothing of what the processes are.
+This module knows nothing of what the processes are. Ending a child (`end`) is `rhaas.procs`'s, which
+production code uses too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from rhaas.procs import end as end  # the lab ends its children with the same helper
 
 _POLL = 0.02
 #: The environment variable that marks a process as the lab's when its command line cannot.
@@ -125,18 +128,6 @@ def stop(pid: int | None, workdir: Path, timeout: float = 10.0) -> bool:
         if wait_gone(pid, timeout):
             return True
     raise RuntimeError(f"process {pid} survived SIGKILL")
-
-
-def end(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """End a child started here: SIGTERM, SIGKILL after ``timeout``; its exit status, reaped."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def read_pidfile(path: Path) -> int | None:

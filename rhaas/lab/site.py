@@ -46,9 +46,10 @@ from rhaas.client import Client
 from rhaas.errors import DuplicateError
 from rhaas.lab import bootserver, netns, procs
 from rhaas.lab.daemon import PASSWORD_ENV, state_file
-from rhaas.lab.ovs import OVSDaemon, find_binary
+from rhaas.lab.ovs import OVSDaemon
 from rhaas.lab.qemu import QemuNode, mac_for
 from rhaas.lab.vbmc import BMCState
+from rhaas.procs import find_binary
 
 SWITCH = "labsw"
 ADMIN_USER = "admin"

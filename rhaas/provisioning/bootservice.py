@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rhaas.lab import procs
+from rhaas import procs
 
 #: A unique local IPv6 prefix for the router advertisements (on the provisioning network only).
 RA_PREFIX = "fd00:0:0:a"

@@ -23,7 +23,7 @@ from rhaas.core import images, provisioning
 from rhaas.db.models import NodeProvisioning
 from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError, ValidationError
 from rhaas.notify import work_key
-from rhaas.provisioning.fpbl import load_exported
+from rhaas.provisioning.manifest import load_exported
 
 router = APIRouter(tags=["provisioning"])
 agent_router = APIRouter(prefix="/agent/v1", tags=["agent"])

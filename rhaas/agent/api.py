@@ -1,0 +1,106 @@
+"""The agent API of one node, as the agent speaks it: JSON calls and streamed downloads over plain HTTP
+(standard library only).
+
+The protocol is HTTP + JSON with ``Authorization: Bearer <secret>`` (docs/fast-provisioning.md)::
+
+    POST {agent}/agent/v1/nodes/{node}/checkin  {"mode", "boot_id", "kernel", "memory_kb", "disks"}
+    GET  {agent}/agent/v1/nodes/{node}/work     {"action": "wait"|"deploy"|"wipe", ...}
+    POST {agent}/agent/v1/nodes/{node}/report   {"job", "phase", "state", "at", "detail", "progress"?}
+
+This module moves bytes and JSON; what the answers mean is `rhaas.agent.work`'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from rhaas.agent import wire
+from rhaas.agent.settings import Settings
+from rhaas.agent.work import AgentError, Artifact, ProtocolError
+
+API_PREFIX = "/agent/v1/nodes"
+HTTP_TIMEOUT = 30.0
+DOWNLOAD_CHUNK = 1 << 20
+
+
+class ServerError(OSError):
+    """The agent API answered with an unexpected HTTP status (``status``; 0 if it was not HTTP)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Api:
+    """The agent API of one node: JSON requests and streamed downloads over plain HTTP."""
+
+    def __init__(self, settings: Settings, timeout: float = HTTP_TIMEOUT) -> None:
+        self.base = settings.agent
+        self.node_path = f"{API_PREFIX}/{urllib.parse.quote(settings.node, safe='')}"
+        self.headers = {"Authorization": f"Bearer {settings.secret}"}
+        self.timeout = timeout
+
+    def resolve(self, url: str) -> str:
+        """An artifact URL: absolute, or relative to the agent base URL."""
+        return urllib.parse.urljoin(self.base + "/", url)
+
+    def _open(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+    ) -> wire.Response:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ProtocolError(f"cannot fetch {url}: only http:// URLs are supported")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return wire.request(method, parts.hostname, parts.port or 80, target, headers, body, self.timeout)
+
+    def call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
+        headers = dict(self.headers, Accept="application/json")
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            with self._open(method, f"{self.base}{self.node_path}/{name}", headers, payload) as response:
+                data = response.read()
+        except wire.HttpError as exc:
+            raise ServerError(f"{method} {name}: {exc}") from exc
+        if response.status != 200:
+            raise ServerError(f"{method} {name}: HTTP {response.status}: {data[:200]!r}", response.status)
+        try:
+            return json.loads(data or b"{}")
+        except ValueError as exc:
+            raise ProtocolError(f"{method} {name}: not JSON: {data[:200]!r}") from exc
+
+    def download(
+        self, artifact: Artifact, sink: Callable[[bytes], object], progress: Callable[[int, int], None]
+    ) -> str:
+        """Stream ``artifact`` into ``sink``; its SHA-256. Raises `AgentError` (phase 'download') if it is
+        not ``artifact.size`` bytes long."""
+        digest = hashlib.sha256()
+        done = 0
+        with self._open("GET", self.resolve(artifact.url), self.headers) as response:
+            if response.status != 200:
+                raise AgentError("download", f"GET {artifact.url}: HTTP {response.status}{_why(response)}")
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                done += len(chunk)
+                if done > artifact.size:
+                    raise AgentError("download", f"{artifact.url} is longer than {artifact.size} bytes")
+                digest.update(chunk)
+                sink(chunk)
+                progress(done, artifact.size)
+        if done != artifact.size:
+            raise AgentError("download", f"{artifact.url} is {done} bytes, not {artifact.size}")
+        return digest.hexdigest()
+
+
+def _why(response: wire.Response) -> str:
+    """``: <msg>`` of a refusal in HIL's error shape, or nothing."""
+    try:
+        msg = json.loads(response.read(4096))["msg"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f": {str(msg)[:300]}"

@@ -1,0 +1,221 @@
+"""Deploying a customer's OS: download, verify, write the disk, arm the way back, kexec (standard library
+only).
+
+A deploy reports each phase to the server as it goes (``download-kernel``, ``download-initrd``,
+``download-disk``, ``verify``, ``write-disk``, ``kexec``) and ends by jumping into the customer's kernel,
+with the return payload (`rhaas.agent.kexec`) appended to its initrd. From the return FPBL (the crash
+kernel, after an NMI) it first checks that the node's memory is enough, and boots the full FPBL if not
+(``restore-memory``). Anything that fails raises `AgentError` with its phase; the agent reports it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rhaas.agent import disk as disks
+from rhaas.agent import kexec
+from rhaas.agent.system import System, log
+from rhaas.agent.work import AgentError, Artifact, Deploy
+
+if TYPE_CHECKING:
+    from rhaas.agent.agent import Agent
+
+#: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
+#: what must stay free besides. A deploy that needs more restores the node's memory first.
+STATIC_PAYLOAD_BYTES = 48 << 20
+DEPLOY_HEADROOM_BYTES = 32 << 20
+#: The deploy-independent part of the return payload, under System.tmp (see `StaticPayload`).
+STATIC_PAYLOAD = "return-static.cpio"
+
+
+class StaticPayload:
+    """The deploy-independent part of the return payload (busybox, kexec, the FPBL; ~40 MB), made once
+    while the node idles (`prepare`) so that a deploy only copies it."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        #: Held while the file is made or copied: a deploy must not copy half of it.
+        self.lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.system.tmp, STATIC_PAYLOAD)
+
+    def made(self) -> str:
+        """Its path; made first if it is not there."""
+        with self.lock:
+            path = self.path
+            if not os.path.exists(path):
+                os.makedirs(self.system.tmp, exist_ok=True)
+                files = kexec.FpblFiles.load(self.system.fpbl_dir)
+                kexec.prepare_static_payload(path, files, self.system.fpbl_dir)
+            return path
+
+    def prepare(self) -> None:
+        """Make it in the background (a deploy would otherwise wait for it)."""
+
+        def make() -> None:
+            try:
+                self.made()
+            except Exception as exc:  # noqa: BLE001 - a deploy will try again and report what fails
+                log(f"cannot prepare the return payload now ({exc}); a deploy will try again")
+
+        threading.Thread(target=make, name="prepare-return", daemon=True).start()
+
+
+class Deployment:
+    """One deploy job, run by `run`. ``phase`` is the step under way, for the report of a failure."""
+
+    def __init__(self, agent: Agent, job: Deploy) -> None:
+        self.agent = agent
+        self.job = job
+        self.phase = "deploy"
+
+    def _report(self, state: str, detail: str) -> None:
+        self.agent.report(self.job.job, self.phase, state, detail)
+
+    def run(self) -> None:
+        agent, job = self.agent, self.job
+        if agent.settings.crashed:
+            self.phase = "restore-memory"
+            if not agent.memmap:
+                raise AgentError(self.phase, "no rhaas.memmap= on the command line: the customer would get "
+                                 "only the crash region's memory")  # fmt: skip
+            need, available = self._memory_needed()
+            if available is None or need > available:
+                # The full FPBL checks in and is handed this deploy again (the server expects it).
+                have = "unknown" if available is None else f"{available >> 20} MiB"
+                why = f"the deploy needs {need >> 20} MiB, the return FPBL has {have} available"
+                self._restore_memory(why)
+            agent.publish_memmap()
+        os.makedirs(agent.system.tmp, exist_ok=True)
+        kernel = os.path.join(agent.system.tmp, "kernel")
+        initrd = os.path.join(agent.system.tmp, "initrd")
+        for name, artifact, path in (("kernel", job.kernel, kernel), ("initrd", job.initrd, initrd)):
+            self.phase = f"download-{name}"
+            self._report("start", artifact.url)
+            with open(path, "wb") as out:
+                digest = self._download(artifact, out.write)
+            self._report("done", f"{artifact.size} bytes")
+            self._check(name, artifact, digest, path)
+        writer = self._download_disk()
+
+        self.phase = "verify"
+        self._report("done", "sha256 and size match")
+        self.phase = "write-disk"
+        if writer is None:
+            self._report("done", "no disk image")
+        else:
+            detail = f"{writer.written} bytes written, {writer.skipped} zero bytes skipped (already zero)"
+            self._report("done", detail)
+
+        self.phase = "kexec"
+        self._report("start", "arming the return path")
+        self._arm_return(kernel, initrd, job.cmdline)
+        self._report("done", "jumping into the customer kernel")
+        agent.system.kexec_exec()
+
+    def _download_disk(self) -> disks.ImageWriter | None:
+        """Stream the disk image onto the node's disk, checked; its writer (None: no disk image)."""
+        self.phase = "download-disk"
+        image = self.job.disk
+        if image is None:
+            self._report("done", "no disk image")
+            return None
+        target = self._target_disk()
+        self._report("start", f"{image.url} -> {target.path}")
+        try:
+            writer = disks.ImageWriter(target.path, target.size, image.size)
+        except disks.DiskError as exc:
+            raise AgentError(self.phase, str(exc)) from exc
+        try:
+            digest = self._download(image, writer.write)
+            writer.finish()
+        except BaseException:
+            writer.close()
+            _scrub(target)
+            raise
+        self._report("done", f"{image.size} bytes")
+        self._check("disk", image, digest, None, target)
+        return writer
+
+    def _memory_needed(self) -> tuple[int, int | None]:
+        """Bytes a deploy needs in this (crash) kernel, and bytes available: at ``kexec -l`` the kernel
+        and the initrd with the return payload are in tmpfs, in kexec's buffers and in the kernel's
+        segment pages (three copies), less the prepared return payload, which is counted as used
+        already once made, plus room to spare."""
+        static = self.agent.payload.path
+        made = os.path.getsize(static) if os.path.exists(static) else 0
+        files = self.job.kernel.size + self.job.initrd.size + (made or STATIC_PAYLOAD_BYTES)
+        available = self.agent.system.memory_available_kb()
+        return 3 * files - made + DEPLOY_HEADROOM_BYTES, None if available is None else available * 1024
+
+    def _download(self, artifact: Artifact, sink: Callable[[bytes], object]) -> str:
+        try:
+            return self.agent.api.download(artifact, sink, self.agent.progress(self.job.job, self.phase))
+        except AgentError as exc:
+            raise AgentError(self.phase, str(exc)) from exc
+        except OSError as exc:
+            raise AgentError(self.phase, f"downloading {artifact.url} failed: {exc}") from exc
+
+    def _check(
+        self, name: str, artifact: Artifact, digest: str, path: str | None, target: disks.Disk | None = None
+    ) -> None:
+        if digest == artifact.sha256:
+            return
+        if path is not None:
+            os.unlink(path)  # never used: a file that does not match is not kept either
+        if target is not None:
+            _scrub(target)
+        raise AgentError("verify", f"{name}: sha256 {digest} is not the expected {artifact.sha256}; refused")
+
+    def _target_disk(self) -> disks.Disk:
+        found = self.agent.system.disks()
+        for d in found:
+            if d.name == "vda":
+                return d
+        if not found:
+            raise AgentError("download-disk", "this node has no disk")
+        return found[0]
+
+    def _arm_return(self, kernel: str, initrd: str, cmdline: str) -> None:
+        """Load the customer kernel with the return payload appended to its initrd."""
+        agent = self.agent
+        static = agent.payload.made()
+        crash = [*kexec.inherited_args(agent.settings.cmdline), *kexec.CRASH_ARGS, "rhaas.mode=return"]
+        crash += agent.settings.passed_on()
+        if agent.memmap:
+            crash.append(f"rhaas.memmap={kexec.format_memmap(agent.memmap)}")
+        new_cmdline, next_init = kexec.customer_cmdline(cmdline)
+        combined = os.path.join(agent.system.tmp, "initrd.combined")
+        with agent.payload.lock:  # copied: not needed again unless this deploy fails (then made again)
+            kexec.append_payload(initrd, combined, static, " ".join(crash), next_init)
+            os.unlink(static)
+        os.unlink(initrd)
+        agent.system.kexec_load(kernel, combined, new_cmdline)
+
+    def _restore_memory(self, why: str) -> None:
+        """Boot the full FPBL, with the node's whole memory map, from this crash kernel (does not return)."""
+        agent, job = self.agent, self.job.job
+        usable = kexec.usable_bytes(agent.memmap)
+        agent.report(job, "restore-memory", "start", f"{why}; booting the full FPBL ({usable} bytes usable)")
+        os.makedirs(agent.system.tmp, exist_ok=True)
+        fpbl_initrd = os.path.join(agent.system.tmp, "fpbl.initrd")
+        kexec.compose_fpbl_initrd(fpbl_initrd, agent.system.fpbl_dir)
+        args = [*kexec.inherited_args(agent.settings.cmdline), *kexec.exactmap_params(agent.memmap)]
+        args += ["rhaas.mode=ready", *agent.settings.passed_on()]
+        args.append(f"rhaas.memmap={kexec.format_memmap(agent.memmap)}")
+        agent.system.kexec_load(os.path.join(agent.system.fpbl_dir, "vmlinuz"), fpbl_initrd, " ".join(args))
+        agent.report(job, "restore-memory", "done", "jumping into the full FPBL")
+        agent.system.kexec_exec()
+
+
+def _scrub(target: disks.Disk) -> None:
+    """Erase a half-written or unverified image, so that nothing boots from it."""
+    try:
+        disks.wipe(target, "metadata")
+    except OSError as exc:
+        log(f"scrubbing {target.path} failed: {exc}")

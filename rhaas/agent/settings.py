@@ -1,0 +1,76 @@
+"""The agent's settings, read from the kernel command line (standard library only).
+
+The FPBL's boot loader (iPXE, or the agent itself before a kexec) puts them there::
+
+    rhaas.agent=http://10.0.2.2:8080   base URL of the agent API
+    rhaas.node=n1                      this node's name
+    rhaas.secret=...                   per-node secret (one-time: the customer can read it, see the docs)
+    rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2   static address (the init script configures eth0)
+    rhaas.ip=10.0.0.11 rhaas.netmask=255.255.255.0   the same, as a network boot's iPXE script says it
+    rhaas.mode=ready|return            return: booted as the crash kernel after an NMI
+    rhaas.memmap=...                   the node's full memory map (set by the agent itself, see kexec.py)
+
+This module only parses; it reads no file and talks to no one.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import NamedTuple
+
+from rhaas.agent import kexec
+
+
+class Settings(NamedTuple):
+    agent: str
+    node: str
+    secret: str
+    mode: str = "ready"
+    ip: str | None = None
+    gw: str | None = None
+    memmap: str | None = None
+    cmdline: str = ""
+
+    @property
+    def crashed(self) -> bool:
+        """Whether this kernel is the crash kernel (it then sees only the reserved memory)."""
+        return "elfcorehdr=" in self.cmdline
+
+    def passed_on(self) -> list[str]:
+        """The settings the next FPBL needs, as kernel parameters (without mode)."""
+        args = [f"rhaas.agent={self.agent}", f"rhaas.node={self.node}", f"rhaas.secret={self.secret}"]
+        args += [f"rhaas.{k}={v}" for k, v in (("ip", self.ip), ("gw", self.gw)) if v]
+        return args
+
+
+def parse_cmdline(text: str) -> Settings:
+    """The agent's settings from a kernel command line. Raises ValueError if one is missing or bad."""
+    found: dict[str, str] = {}
+    for arg in text.split():
+        if arg.startswith("rhaas.") and "=" in arg:
+            key, value = arg[len("rhaas.") :].split("=", 1)
+            found[key] = value
+    missing = [k for k in ("agent", "node", "secret") if not found.get(k)]
+    if missing:
+        raise ValueError("the kernel command line lacks " + ", ".join(f"rhaas.{k}=" for k in missing))
+    url = urllib.parse.urlsplit(found["agent"])
+    if url.scheme != "http" or not url.hostname:
+        raise ValueError(f"rhaas.agent={found['agent']} is not an http:// URL")
+    mode = found.get("mode", "ready")
+    if mode not in ("ready", "return"):
+        raise ValueError(f"rhaas.mode={mode} is neither ready nor return")
+    if found.get("memmap"):
+        kexec.parse_memmap(found["memmap"])
+    ip = found.get("ip") or None
+    if ip and "/" not in ip and found.get("netmask"):  # iPXE's ${ip} and ${netmask} (network boot)
+        import ipaddress  # only here: a network boot's FPBL needs it once, a return FPBL never
+
+        try:
+            ip = str(ipaddress.ip_interface(f"{ip}/{found['netmask']}"))
+        except ValueError as exc:
+            raise ValueError(f"rhaas.ip={ip} rhaas.netmask={found['netmask']}: {exc}") from None
+    return Settings(
+        agent=found["agent"].rstrip("/"), node=found["node"], secret=found["secret"], mode=mode,
+        ip=ip, gw=found.get("gw") or None, memmap=found.get("memmap"),
+        cmdline=text.strip(),
+    )  # fmt: skip

@@ -1,0 +1,122 @@
+"""The Debian cloud kernel, its modules, and the order to load them in.
+
+The kernel is the versioned package that ``linux-image-cloud-amd64`` depends on, unpacked once per
+version. The modules an image needs are loaded in an order derived from the kernel's own ``modinfo``
+data: the dependencies between them change between kernel builds (in 6.1.0-47 ``virtio`` needs nothing,
+in 6.1.0-56 it needs ``virtio_ring``), and a fixed list silently leaves a node without disk or network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rhaas.imaging import ImageBuildError, cache, run
+from rhaas.imaging.debs import KERNEL_META_PACKAGE, Package, fetch_package, resolve_kernel_package
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """An unpacked Debian kernel package."""
+
+    package: str
+    version: str
+    #: ``uname -r`` of this kernel, e.g. ``6.1.0-56-cloud-amd64``.
+    release: str
+    vmlinuz: Path
+    modules_dir: Path
+    manifest: Path
+
+
+def fetch_kernel(cache_root: Path | str | None = None, package: Package | None = None) -> Kernel:
+    """The cloud kernel, downloaded and unpacked once per package version."""
+    pkg = package or resolve_kernel_package()
+    base = cache.cache_dir(cache_root) / "kernel" / f"{pkg.name}_{cache.safe_version(pkg.version)}"
+    manifest = base / "manifest.json"
+    with cache.locked(base):
+        data = cache.read_manifest(manifest)
+        if data is None or data.get("version") != pkg.version:
+            root = fetch_package(pkg, base / "root")
+            vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
+            if len(vmlinuz) != 1:
+                raise ImageBuildError(f"{pkg.name} holds {len(vmlinuz)} boot/vmlinuz-* files")
+            release = vmlinuz[0].name.removeprefix("vmlinuz-")
+            modules = root / "lib" / "modules" / release
+            if not modules.is_dir():
+                raise ImageBuildError(f"{pkg.name} has no lib/modules/{release}")
+            data = {
+                "meta_package": KERNEL_META_PACKAGE,
+                "package": pkg.name,
+                "version": pkg.version,
+                "release": release,
+                "vmlinuz": str(vmlinuz[0].relative_to(base)),
+                "modules_dir": str(modules.relative_to(base)),
+            }
+            cache.write_manifest(manifest, data)
+    return Kernel(
+        package=pkg.name,
+        version=pkg.version,
+        release=str(data["release"]),
+        vmlinuz=base / str(data["vmlinuz"]),
+        modules_dir=base / str(data["modules_dir"]),
+        manifest=manifest,
+    )
+
+
+def _module_name(path: Path) -> str:
+    return path.name.split(".ko", 1)[0].replace("-", "_")
+
+
+def module_index(modules_dir: Path) -> dict[str, Path]:
+    """Every loadable module under ``modules_dir``, by its normalized name (``-`` read as ``_``)."""
+    return {_module_name(p): p for p in sorted(modules_dir.rglob("*.ko*")) if ".ko" in p.name}
+
+
+def module_depends(path: Path) -> list[str]:
+    """The modules ``path`` needs loaded first, as the kernel build recorded them (``modinfo``)."""
+    out = run(["modinfo", "-F", "depends", str(path)]).strip()
+    return [name.replace("-", "_") for name in out.split(",") if name]
+
+
+def module_load_order(modules_dir: Path, wanted: Iterable[str]) -> list[tuple[str, Path]]:
+    """``wanted`` plus their dependencies, each after everything it depends on.
+
+    Raises `ImageBuildError` if a module is missing (perhaps built into this kernel: then the caller's
+    list is wrong for it) or the dependencies form a cycle.
+    """
+    index = module_index(modules_dir)
+    order: list[tuple[str, Path]] = []
+    done: set[str] = set()
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            raise ImageBuildError(f"module dependency cycle: {' -> '.join([*visiting, name])}")
+        if name not in index:
+            raise ImageBuildError(f"module {name} is not in {modules_dir}")
+        visiting.append(name)
+        for dep in module_depends(index[name]):
+            visit(dep)
+        visiting.pop()
+        done.add(name)
+        order.append((name, index[name]))
+
+    for name in wanted:
+        visit(name.replace("-", "_"))
+    return order
+
+
+def module_bytes(path: Path) -> bytes:
+    """The module as busybox's insmod can load it (uncompressed)."""
+    if path.name.endswith(".ko"):
+        return path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(path.read_bytes())
+    if path.name.endswith(".ko.gz"):
+        return gzip.decompress(path.read_bytes())
+    raise ImageBuildError(f"cannot decompress module {path.name}")
