@@ -5,6 +5,7 @@ same on a node's real disk."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_the_default_wipe_leaves_no_nonce_anywhere_on_the_disk(tmp_path):
     assert dk.WIPE_POLICIES[0] == "full", "the first policy is the default one, documented so"
     wiped = dk.wipe(disk, dk.WIPE_POLICIES[0])
     assert wiped.regions == [(0, SIZE)]
-    data = open(disk.path, "rb").read()
+    data = Path(disk.path).read_bytes()
     assert [n for n in nonces if n in data] == []
     dk.verify_zero(disk.path, dk.regions_to_verify(disk, wiped, "sample"))
 
@@ -48,7 +49,7 @@ def test_the_default_wipe_leaves_no_nonce_anywhere_on_the_disk(tmp_path):
 def test_a_metadata_wipe_is_an_opt_in_that_leaves_the_data_between_its_regions(tmp_path):
     disk, nonces = planted_disk(tmp_path, OFFSETS)
     wiped = dk.wipe(disk, "metadata")
-    data = open(disk.path, "rb").read()
+    data = Path(disk.path).read_bytes()
     assert sum(n in data for n in nonces) >= 5, "metadata wipes only the first/last MiB of each area"
     dk.verify_zero(disk.path, dk.regions_to_verify(disk, wiped, "sample"))  # and its own regions pass
 
@@ -78,6 +79,6 @@ def test_samples_stay_inside_what_was_wiped_and_bad_modes_are_refused(tmp_path):
     wiped = dk.Wiped([(8 * dk.MIB, 24 * dk.MIB)], "test")
     for _ in range(20):
         for a, n in dk.regions_to_verify(disk, wiped, "sample"):
-            assert 8 * dk.MIB <= a and a + n <= 32 * dk.MIB
+            assert a >= 8 * dk.MIB and a + n <= 32 * dk.MIB
     with pytest.raises(dk.DiskError, match="unknown verify mode"):
         dk.regions_to_verify(disk, wiped, "some")
