@@ -152,7 +152,9 @@ def test_boot_device_reaches_the_firmware(workdir, nodes):
     assert node.get_boot_device() == "disk"
     node.reset()
     node.wait_for_console(r"Booting from Hard Disk", BOOT_TIMEOUT)
-    assert node.firmware_boots == 2
+    # The blank disk does not boot and the firmware may reset the machine by itself: QEMU reports that
+    # as a reset of the guest's, counted too. The start and our reset are the other two.
+    assert node.firmware_boots - node.guest_resets == 2
     with pytest.raises(ValueError):
         node.set_boot_device("floppy")  # type: ignore[arg-type]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -28,10 +29,12 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, get_args
+
+from rhaas.lab.qmpevents import ResetWatcher
 
 BootDevice = Literal["pxe", "disk", "none"]
 Accel = Literal["tcg", "kvm"]
@@ -41,6 +44,7 @@ BOOT_ORDERS: dict[str, str] = {"pxe": "n", "disk": "c"}
 DEFAULT_BOOT_ORDER = "nc"
 #: A unix socket path longer than this does not fit in ``sockaddr_un``.
 _MAX_SOCKET_PATH = 107
+log = logging.getLogger(__name__)
 _POLL = 0.05
 
 
@@ -198,14 +202,21 @@ class QemuNode:
         self.nic_model = nic_model
         self.extra_args = list(extra_args)
         self.qemu_binary = qemu_binary
-        #: Firmware boots seen by this object: starts plus resets. A reboot the guest does by itself (a
-        #: panic with ``panic=N``, ``reboot``) is not counted; kexec is not a firmware boot.
+        #: Firmware boots seen by this object: starts, plus every reset QEMU reports, whoever caused it
+        #: (the BMC, or the guest: ``reboot``, ``panic=N``, a triple fault); kexec is not a firmware boot.
         self.firmware_boots = 0
+        #: The resets among them that the guest caused itself.
+        self.guest_resets = 0
+        #: Called with QEMU's RESET event data at each reset (the virtual BMC counts through it).
+        self.on_reset: Callable[[dict[str, Any]], None] | None = None
+        self._resets = threading.Condition()
         self.console_log = self.workdir / f"{name}.console.log"
         self.qemu_log = self.workdir / f"{name}.qemu.log"
         self.qmp_path = self.workdir / f"{name}.qmp"
+        self.events_path = self.workdir / f"{name}.events.qmp"
+        self._watcher: ResetWatcher | None = None
         self.pidfile = self.workdir / f"{name}.pid"
-        if len(str(self.qmp_path)) > _MAX_SOCKET_PATH:
+        if len(str(self.events_path)) > _MAX_SOCKET_PATH:
             raise ValueError(f"QMP socket path {self.qmp_path} is too long for a unix socket")
         self._proc: subprocess.Popen[bytes] | None = None
         self._boot_offset = 0
@@ -245,6 +256,7 @@ class QemuNode:
             "-chardev", f"file,id=console,path={self.console_log},append=on",
             "-serial", "chardev:console",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-qmp", f"unix:{self.events_path},server=on,wait=off",
             "-pidfile", str(self.pidfile),
             "-boot", f"order={self.boot_order()}",
         ]  # fmt: skip
@@ -301,7 +313,7 @@ class QemuNode:
                 raise QemuError(f"{self.name} is already running")
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._create_disk()
-            for stale in (self.qmp_path, self.pidfile):
+            for stale in (self.qmp_path, self.events_path, self.pidfile):
                 stale.unlink(missing_ok=True)
             self._boot_offset = self.console_offset()
             self._restart_on_reset = False
@@ -329,6 +341,9 @@ class QemuNode:
                         raise QemuError(msg) from None
                     time.sleep(_POLL)
             self.firmware_boots += 1
+            self.watch_resets()
+            if not self._watcher_ready(5.0):
+                log.warning("%s: QEMU's events are not being watched: resets may go uncounted", self.name)
 
     def _create_disk(self) -> None:
         if self.disk is None or self.disk.exists():
@@ -356,6 +371,7 @@ class QemuNode:
                     self._proc.wait(timeout)
             self._proc = None
             self.qmp_path.unlink(missing_ok=True)
+            self.events_path.unlink(missing_ok=True)
             if self.pid() is None:
                 self.pidfile.unlink(missing_ok=True)
 
@@ -411,9 +427,34 @@ class QemuNode:
                 self.start()
                 return
             offset = self.console_offset()
+            with self._resets:
+                seen = self.firmware_boots
             self.qmp("system_reset")
             self._boot_offset = offset
+            # QEMU's RESET event counts it; wait for it, so that the count is right when we return.
+            with self._resets:
+                if not self._resets.wait_for(lambda: self.firmware_boots > seen, timeout=5.0):
+                    log.warning("%s: no RESET event from QEMU within 5 s: counting the reset here", self.name)
+                    self.firmware_boots += 1
+
+    def watch_resets(self) -> None:
+        """Count every reset QEMU reports from now on (idempotent; `start` calls it). A new process that
+        finds its node already running (a restarted BMC) calls it to count that node's resets."""
+        if self._watcher is None:
+            self._watcher = ResetWatcher(self.events_path, self._reset_seen)
+            self._watcher.start()
+
+    def _watcher_ready(self, timeout: float) -> bool:
+        return self._watcher is not None and self._watcher.connected.wait(timeout)
+
+    def _reset_seen(self, data: dict[str, Any]) -> None:
+        with self._resets:
             self.firmware_boots += 1
+            if data.get("guest"):
+                self.guest_resets += 1
+            self._resets.notify_all()
+        if self.on_reset is not None:
+            self.on_reset(data)
 
     def nmi(self) -> None:
         """Inject a non-maskable interrupt (QMP ``inject-nmi``), as a BMC's diagnostic interrupt does."""

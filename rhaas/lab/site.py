@@ -457,7 +457,8 @@ class Lab:
 
     # -- status -----------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Per node: power, firmware boots, console log, BMC port, switch port, MAC; and the services."""
+        """Per node: power, firmware boots (and how many the guest caused), console log, BMC port,
+        switch port, MAC; and the services."""
         record = self._require()
         nodes = []
         for node in record.nodes:
@@ -473,6 +474,7 @@ class Lab:
                     "qemu_pid": qemu.pid(),
                     "firmware_boots": bmc.boots if bmc else None,
                     "nmis": bmc.nmis if bmc else None,
+                    "guest_resets": bmc.guest_resets if bmc else None,
                     "bmc": f"127.0.0.1:{node.bmc_port}",
                     "bmc_running": procs.is_ours(node.bmc_pid, self.workdir),
                     "console": str(qemu.console_log),

@@ -150,9 +150,10 @@ class BMCState:
     serving: bool
     power: str  # "on" | "off"
     boot_device: str
-    boots: int  # firmware boots: power-ons from off, resets, power cycles
+    boots: int  # firmware boots: power-ons from off, power cycles, and every reset whoever caused it
     nmis: int
     updated: float  # time.time() of the last write
+    guest_resets: int = 0  # the resets among ``boots`` that the node's OS caused itself
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> BMCState:
@@ -276,10 +277,11 @@ class VirtualBMC(pyghmi_bmc.Bmc):
         # A restarted BMC carries on counting: benchmarks and tests compare counts across its life.
         try:
             previous = BMCState.read(self.state_file)
-            self.boots, self.nmis = previous.boots, previous.nmis
+            self.boots, self.nmis, self.guest_resets = previous.boots, previous.nmis, previous.guest_resets
         except (OSError, ValueError):
-            self.boots = self.nmis = 0
+            self.boots = self.nmis = self.guest_resets = 0
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._serving = False
@@ -289,6 +291,14 @@ class VirtualBMC(pyghmi_bmc.Bmc):
             ipmisession.Session._assignsocket()
         super().__init__({user: password}, port=port, address=address)
         self.port = self.serversocket.getsockname()[1]  # the real one when port=0
+        # A machine that reports its own resets (QEMU's RESET events) is counted from those: that sees
+        # the resets the guest causes itself (reboot, panic=N, a triple fault), not only ours.
+        self._machine_counts_resets = hasattr(machine, "on_reset")
+        if self._machine_counts_resets:
+            machine.on_reset = self._reset_seen  # type: ignore[attr-defined]
+            watch = getattr(machine, "watch_resets", None)
+            if watch is not None and machine.is_on():
+                watch()  # a node left running by an earlier BMC process
         self._write_state()
 
     # -- pyghmi's hooks: return an IPMI completion code ---------------------------------------------
@@ -396,8 +406,17 @@ class VirtualBMC(pyghmi_bmc.Bmc):
         if not self.machine.is_on():
             return CC_NOT_IN_PRESENT_STATE
         self.machine.reset()
-        self.boots += 1
+        if not self._machine_counts_resets:
+            self.boots += 1
         return None
+
+    def _reset_seen(self, data: dict[str, Any]) -> None:
+        """A reset the machine reported (from its own thread, possibly inside one of our actions)."""
+        with self._count_lock:
+            self.boots += 1
+            if data.get("guest"):
+                self.guest_resets += 1
+            self._write_state()
 
     def _nmi(self) -> int | None:
         if not self.machine.is_on():
@@ -416,6 +435,7 @@ class VirtualBMC(pyghmi_bmc.Bmc):
             boots=self.boots,
             nmis=self.nmis,
             updated=time.time(),
+            guest_resets=self.guest_resets,
         )
 
     def _write_state(self) -> None:

@@ -1,0 +1,84 @@
+"""The return's disk wipe (rhaas.agent.disk): what each policy leaves readable, and how a sampled
+verification catches a wipe that missed a range. Runs on plain files (no root); the lab tests prove the
+same on a node's real disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rhaas.agent import disk as dk
+
+SIZE = 64 * dk.MIB
+#: Nonces planted where the next image would not overwrite them: past a small image, in the middle of
+#: a partition, between metadata regions, in the last MiB, and at random offsets.
+OFFSETS = [2 * dk.MIB, 2 * dk.MIB + 4097, 17 * dk.MIB, 31 * dk.MIB, 40 * dk.MIB, 47 * dk.MIB + 13,
+           SIZE - dk.MIB + 100, SIZE - 4096]  # fmt: skip
+
+
+def planted_disk(tmp_path, offsets: list[int]) -> tuple[dk.Disk, list[bytes]]:
+    path = tmp_path / "disk"
+    path.write_bytes(b"\x00" * SIZE)
+    nonces = []
+    with open(path, "r+b") as f:
+        for offset in offsets:
+            nonce = b"NONCE-" + os.urandom(8).hex().encode()
+            f.seek(offset)
+            f.write(nonce)
+            nonces.append(nonce)
+    part = (dk.MIB, 32 * dk.MIB)
+    return dk.Disk("vda", str(path), SIZE, (part,)), nonces
+
+
+def random_offsets(count: int) -> list[int]:
+    return [int.from_bytes(os.urandom(4), "little") % (SIZE - 64) for _ in range(count)]
+
+
+def test_the_default_wipe_leaves_no_nonce_anywhere_on_the_disk(tmp_path):
+    disk, nonces = planted_disk(tmp_path, OFFSETS + random_offsets(4))
+    assert dk.WIPE_POLICIES[0] == "full", "the first policy is the default one, documented so"
+    wiped = dk.wipe(disk, dk.WIPE_POLICIES[0])
+    assert wiped.regions == [(0, SIZE)]
+    data = Path(disk.path).read_bytes()
+    assert [n for n in nonces if n in data] == []
+    dk.verify_zero(disk.path, dk.regions_to_verify(disk, wiped, "sample"))
+
+
+def test_a_metadata_wipe_is_an_opt_in_that_leaves_the_data_between_its_regions(tmp_path):
+    disk, nonces = planted_disk(tmp_path, OFFSETS)
+    wiped = dk.wipe(disk, "metadata")
+    data = Path(disk.path).read_bytes()
+    assert sum(n in data for n in nonces) >= 5, "metadata wipes only the first/last MiB of each area"
+    dk.verify_zero(disk.path, dk.regions_to_verify(disk, wiped, "sample"))  # and its own regions pass
+
+
+def test_a_sampled_verification_reads_spread_samples_and_catches_what_a_wipe_missed(tmp_path):
+    disk, _ = planted_disk(tmp_path, [])
+    wiped = dk.wipe(disk, "full")
+    regions = dk.regions_to_verify(disk, wiped, "sample")
+    read = sum(n for _, n in regions)
+    assert read < SIZE / 2, "a sample reads a fraction of the disk"
+    assert regions[0][0] == 0 and regions[-1][0] + regions[-1][1] == SIZE, "first and last MiB are read"
+    starts = [a for a, _ in regions]
+    assert max(b - a for a, b in zip(starts, starts[1:], strict=False)) < SIZE / 4, "spread over the disk"
+    # A range the wipe missed (data planted after it): a sample that lands there reports it.
+    with open(disk.path, "r+b") as f:
+        f.seek(40 * dk.MIB + 5000)
+        f.write(b"LEFT BEHIND")
+    aimed = (40 * dk.MIB + 5000).to_bytes(8, "little")
+    with pytest.raises(dk.DiskError, match="not zero at byte"):
+        dk.verify_zero(disk.path, dk.regions_to_verify(disk, wiped, "sample", rand=lambda _n: aimed))
+    with pytest.raises(dk.DiskError, match=f"not zero at byte {40 * dk.MIB + 5000}"):
+        dk.verify_zero(disk.path, dk.regions_to_verify(disk, wiped, "full"))
+
+
+def test_samples_stay_inside_what_was_wiped_and_bad_modes_are_refused(tmp_path):
+    disk, _ = planted_disk(tmp_path, [])
+    wiped = dk.Wiped([(8 * dk.MIB, 24 * dk.MIB)], "test")
+    for _ in range(20):
+        for a, n in dk.regions_to_verify(disk, wiped, "sample"):
+            assert a >= 8 * dk.MIB and a + n <= 32 * dk.MIB
+    with pytest.raises(dk.DiskError, match="unknown verify mode"):
+        dk.regions_to_verify(disk, wiped, "some")
