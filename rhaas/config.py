@@ -112,9 +112,13 @@ class ProvisioningSettings(Section):
     #: How long the return FPBL may take to check in after the NMI before the reboot path is taken.
     return_timeout: float = Field(default=60.0, gt=0, le=86400)
     reboot_timeout: float = Field(default=600.0, gt=0, le=86400)
-    #: How a return wipes the disks: ``metadata`` (first and last MiB of each disk and partition), ``full``
-    #: (every block) or ``discard`` (every block discarded, what still reads non-zero written over).
-    wipe_policy: Literal["metadata", "full", "discard"] = "metadata"
+    #: How a return wipes the disks: ``full`` (every block zeroed, by the device where it can: BLKZEROOUT),
+    #: ``discard`` (every block discarded, what still reads non-zero written over), or ``metadata`` (only
+    #: the first and last MiB of each disk and partition: an opt-in that leaves the data between readable).
+    wipe_policy: Literal["full", "discard", "metadata"] = "full"
+    #: How much of each wipe the agent reads back: ``sample`` (the metadata regions and 64 random ranges
+    #: spread over the disk, on every return) or ``full`` (every wiped byte).
+    wipe_verify: Literal["sample", "full"] = "sample"
     #: Also zero the RAM the customer's kernel had, and read it back (a return takes longer).
     memory_scrub: bool = False
     #: How returns start: ``fast`` (NMI into the crash FPBL, power cycle as the fallback) or ``reboot``

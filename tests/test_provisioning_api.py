@@ -165,7 +165,9 @@ def test_deploy_then_return_by_nmi_then_reassign(prov):
     wait_for("the NMI", lambda: bmc.nmis == nmis + 1, 10.0, every=0.02)
     agent.checkin("return")
     item = agent.work()
-    assert item == {"action": "wipe", "job": item["job"], "policy": "metadata", "scrub_memory": False}
+    assert item == {
+        "action": "wipe", "job": item["job"], "policy": "full", "verify": "sample", "scrub_memory": False
+    }  # fmt: skip
     agent.report(item["job"], "wipe", "start")
     agent.report(item["job"], "wipe", "done")
     agent.checkin("ready")  # not wiped-and-verified yet: still returning
@@ -193,6 +195,7 @@ def test_deploy_then_return_by_nmi_then_reassign(prov):
 def test_the_instances_wipe_policy_and_memory_scrub_reach_the_return_fpbl(db_url):
     overrides = {"provisioning__enabled": True, "provisioning__agent_url": "http://10.0.2.2:5000"}
     overrides |= {"provisioning__wipe_policy": "discard", "provisioning__memory_scrub": True}
+    overrides |= {"provisioning__wipe_verify": "full"}
     with make_api(db_url, **overrides, provisioning__tick_seconds=0.05) as api:
         populate_site(api)
         prov_images(api)
@@ -204,7 +207,9 @@ def test_the_instances_wipe_policy_and_memory_scrub_reach_the_return_fpbl(db_url
         api.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
         agent.checkin("return")
         item = agent.work()
-        assert item == {"action": "wipe", "job": item["job"], "policy": "discard", "scrub_memory": True}
+        assert item == {
+            "action": "wipe", "job": item["job"], "policy": "discard", "verify": "full", "scrub_memory": True
+        }  # fmt: skip
 
 
 def test_return_falls_back_to_reboot_when_no_fpbl_checks_in(prov):

@@ -82,3 +82,13 @@ def test_samples_stay_inside_what_was_wiped_and_bad_modes_are_refused(tmp_path):
             assert a >= 8 * dk.MIB and a + n <= 32 * dk.MIB
     with pytest.raises(dk.DiskError, match="unknown verify mode"):
         dk.regions_to_verify(disk, wiped, "some")
+
+
+def test_the_work_answer_names_the_verification_and_an_older_server_gets_a_full_one():
+    from rhaas.agent.work import ProtocolError, Wipe, parse_work
+
+    asked = parse_work({"action": "wipe", "job": "j1", "policy": "full", "verify": "sample"})
+    assert asked == Wipe("j1", "full", False, "sample")
+    assert parse_work({"action": "wipe", "job": "j2", "policy": "metadata"}).verify == "full"
+    with pytest.raises(ProtocolError, match="unknown verify mode"):
+        parse_work({"action": "wipe", "job": "j3", "policy": "full", "verify": "none"})

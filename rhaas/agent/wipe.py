@@ -39,10 +39,12 @@ class Wiping:
             self.phase = "verify-wipe"
             agent.report(job.job, self.phase, "start", target.path)
             try:
-                read = disks.verify_zero(target.path, wiped.regions, agent.progress(job.job, self.phase))
+                regions = disks.regions_to_verify(target, wiped, job.verify)
+                read = disks.verify_zero(target.path, regions, agent.progress(job.job, self.phase))
             except disks.DiskError as exc:
                 raise AgentError(self.phase, str(exc)) from exc
-            agent.report(job.job, self.phase, "done", f"{target.path}: {read} bytes read back, all zero")
+            done = f"{target.path}: {read} bytes read back ({job.verify}), all zero"
+            agent.report(job.job, self.phase, "done", done)
         if not found:
             agent.report(job.job, "wipe", "done", "no disks")
         if job.scrub_memory:

@@ -4,7 +4,8 @@ An answer is one of::
 
     {"action": "wait", "poll_after": 5}
     {"action": "deploy", "job", "kernel": ARTIFACT, "initrd": ARTIFACT, "disk": ARTIFACT|null, "cmdline"}
-    {"action": "wipe", "job", "policy": "metadata"|"full"|"discard", "scrub_memory"?: bool}
+    {"action": "wipe", "job", "policy": "full"|"discard"|"metadata", "verify"?: "sample"|"full",
+     "scrub_memory"?: bool}
 
 with ``ARTIFACT = {"url", "sha256", "size"}``. This module only checks and types answers; doing the work
 is `rhaas.agent.deploy`'s and `rhaas.agent.wipe`'s.
@@ -54,6 +55,8 @@ class Wipe(NamedTuple):
     job: str
     policy: str
     scrub_memory: bool = False
+    #: How much of the wipe is read back: "sample" or "full" (a server that does not say: "full").
+    verify: str = "full"
 
 
 Work = Wait | Deploy | Wipe
@@ -101,5 +104,8 @@ def parse_work(data: Any) -> Work:
         scrub = data.get("scrub_memory", False)
         if not isinstance(scrub, bool):
             raise ProtocolError("scrub_memory is not true or false")
-        return Wipe(job, policy, scrub)
+        verify = data.get("verify", "full")
+        if verify not in disks.VERIFY_MODES:
+            raise ProtocolError(f"unknown verify mode {verify!r}")
+        return Wipe(job, policy, scrub, verify)
     raise ProtocolError(f"unknown action {action!r}")

@@ -135,7 +135,7 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
         job.status = RUNNING
         return {
             "action": "wipe", "job": job.uuid, "policy": settings.wipe_policy,
-            "scrub_memory": settings.memory_scrub,
+            "verify": settings.wipe_verify, "scrub_memory": settings.memory_scrub,
         }  # fmt: skip
     image = job.image
     if image is None:
