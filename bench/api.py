@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -24,8 +23,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import Server  # noqa: E402
+from rhaas.lab.servers import Server
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -33,7 +31,7 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(name: str, n: int, call: Callable[[int], None]) -> dict[str, float | str | int]:
+def measure(name: str, n: int, call: Callable[[int], object]) -> dict[str, float | str | int]:
     samples = []
     start = time.perf_counter()
     for i in range(n):

@@ -25,7 +25,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from rhaas.lab.polling import wait_for
 from rhaas.lab.site import Lab
 
 
@@ -35,15 +37,13 @@ def median_ms(samples: list[float]) -> float:
 
 def wait_marker(console: Path, offset: int, timeout: float = 180.0) -> None:
     pattern = re.compile(r"RHAAS-TESTOS \S+ UP ")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def marker() -> bool:
         with open(console, "rb") as f:
             f.seek(offset)
-            if pattern.search(f.read().decode("latin-1")):
-                return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no marker on {console} within {timeout} s")
-        time.sleep(0.05)
+            return pattern.search(f.read().decode("latin-1")) is not None
+
+    wait_for(f"the test OS's marker on {console}", marker, timeout, every=0.05)
 
 
 def main() -> None:
@@ -83,7 +83,7 @@ def main() -> None:
         )
     finally:
         lab.down()
-    result = {
+    result: dict[str, Any] = {
         "command": "python bench/lab.py " + " ".join(sys.argv[1:]),
         "boot_power_on_to_marker_s": {
             "median": round(statistics.median(boots), 2),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,8 +19,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import Server  # noqa: E402
+from rhaas.lab.servers import Server
 
 
 def ok(response: httpx.Response, *codes: int) -> object:

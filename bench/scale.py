@@ -61,6 +61,8 @@ def drain_rate(
             ).where(NetworkingAction.id > first_id)
         ).one()
     sessions.kw["bind"].dispose()
+    if first is None or last is None:  # no action finished
+        return count, 0.0
     return count, (last - first).total_seconds()
 
 

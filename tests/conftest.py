@@ -1,37 +1,37 @@
-"""Shared fixtures: a fresh database per test (SQLite and PostgreSQL), the API in-process, callers.
+"""Shared fixtures: a fresh database per test (SQLite and PostgreSQL), the API in-process, a real server,
+a virtual BMC process, QEMU nodes stopped however a test ends, the FPBL.
 
 Every API test runs twice, on SQLite and on PostgreSQL (``RHAAS_TEST_PG``, default the local server at
-127.0.0.1:5432). A migrated template is made once per session; each test gets a copy (a file copy on
-SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL), so no test ever wipes a shared database.
+127.0.0.1:5432; ``scripts/test`` starts a throwaway server when none answers there). A migrated template
+is made once per session; each test gets a copy (a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on
+PostgreSQL), so no test ever wipes a shared database.
+
+Helpers that are not fixtures live in plain modules beside this one (``api_helpers``, ``ipmi_helpers``,
+``recursion_helpers``, …): test modules import those, never each other and never this file.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import os
 import shutil
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
 import pytest
-from starlette.testclient import TestClient
+from api_helpers import Api, make_api, populate_site
+from ipmi_helpers import BmcProcess
 
-from rhaas.api.app import create_app
-from rhaas.api.state import AppState
-from rhaas.config import Settings, load_settings
-from rhaas.core.access import ADMIN
-from rhaas.db.session import make_engine, make_sessionmaker, upgrade
+from rhaas.db.session import upgrade
 from rhaas.drivers.obm.mock import MockOBM
 from rhaas.drivers.switch.mock import MockSwitch
 from rhaas.lab.servers import Server
+
+if TYPE_CHECKING:
+    from rhaas.lab.qemu import QemuNode
 
 PG_ADMIN_URL = os.environ.get("RHAAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 _pg_state: dict[str, Any] = {}
@@ -114,95 +114,6 @@ def _fresh_fakes() -> Iterator[None]:
     MockOBM.forget_all()
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-class Caller:
-    """Calls the API as one user (or anonymously), the way HIL's client does: JSON, no Content-Type."""
-
-    def __init__(self, client: TestClient, user: str | None = None, password: str | None = None) -> None:
-        self.client = client
-        self.headers = {"Authorization": basic(user, password or "")} if user else {}
-        self.user = user
-
-    def __call__(self, method: str, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        content = json.dumps(body) if body is not None else None
-        return self.client.request(method, "/v0" + path, content=content, headers=self.headers, **kwargs)
-
-    def ok(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
-        """Call, insist on ``status``, return the parsed JSON body (None when empty)."""
-        response = self(method, path, body)
-        assert response.status_code == status, (method, path, response.status_code, response.text)
-        if not response.content:
-            return None
-        is_json = response.headers.get("content-type", "").startswith("application/json")
-        return response.json() if is_json else response.text
-
-    def error(self, method: str, path: str, body: Any, status: int, type_: str) -> str:
-        """Call, insist on an error of ``status`` and ``type_`` in HIL's JSON shape; return its msg."""
-        response = self(method, path, body)
-        assert response.status_code == status, (method, path, response.status_code, response.text)
-        data = response.json()
-        assert set(data) == {"type", "msg"} and data["type"] == type_, data
-        assert data["msg"]
-        return str(data["msg"])
-
-    def wait_action(self, status_id: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            action = self.ok("GET", f"/networking_action/{status_id}")
-            if action["status"] != "PENDING":
-                return dict(action)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"networking action {status_id} still PENDING after {timeout} s")
-            time.sleep(0.02)
-
-
-class Api:
-    """The API in-process with its worker, and a caller per role."""
-
-    def __init__(self, client: TestClient, settings: Settings) -> None:
-        self.client = client
-        self.settings = settings
-        self.sessions = AppState.of(client.app).sessions
-        self.anon = Caller(client)
-        self.admin = Caller(client, "admin", "adminpw")
-
-    def add_user(self, name: str, password: str, projects: list[str], is_admin: bool = False) -> Caller:
-        self.admin.ok("PUT", f"/auth/basic/user/{name}", {"password": password, "is_admin": is_admin})
-        for project in projects:
-            self.admin.ok("POST", f"/auth/basic/user/{name}/add_project", {"project": project})
-        return Caller(self.client, name, password)
-
-
-def make_settings(db_url: str, **overrides: Any) -> Settings:
-    """Test settings; the image store is a fresh temporary directory unless ``images__store`` is given."""
-    overrides.setdefault("images__store", tempfile.mkdtemp(prefix="rhaas-test-images-"))
-    settings = load_settings(None, database__url=db_url, networks__vlans="100-109", **overrides)
-    settings.worker.poll_interval = 0.05
-    return settings
-
-
-@contextlib.contextmanager
-def make_api(db_url: str, **overrides: Any) -> Iterator[Api]:
-    """The API in-process on ``db_url`` with an admin (admin/adminpw); ``overrides`` as for settings."""
-    from rhaas.core.users import bootstrap_admin
-
-    settings = make_settings(db_url, **overrides)
-    sessions = make_sessionmaker(make_engine(db_url))
-    with sessions() as db:
-        bootstrap_admin(db, "admin", "adminpw")
-        db.commit()
-    app = create_app(settings, sessions)
-    try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            yield Api(client, settings)
-    finally:
-        sessions.kw["bind"].dispose()
-        shutil.rmtree(settings.images.store, ignore_errors=True)
-
-
 @pytest.fixture
 def api(db_url: str) -> Iterator[Api]:
     with make_api(db_url) as api:
@@ -226,21 +137,31 @@ def site(api: Api) -> Api:
     return populate_site(api)
 
 
-def populate_site(api: Api) -> Api:
-    """The ``site`` fixture's content, for tests that build their own ``Api``."""
-    admin = api.admin
-    for project in ("p1", "p2"):
-        admin.ok("PUT", f"/project/{project}")
-    api.alice = api.add_user("alice", "alicepw", ["p1"])  # type: ignore[attr-defined]
-    api.bob = api.add_user("bob", "bobpw", ["p2"])  # type: ignore[attr-defined]
-    admin.ok("PUT", "/switch/sw0", {"type": "mock"})
-    for i in range(1, 5):
-        admin.ok("PUT", f"/switch/sw0/port/gi1/0/{i}")
-        obm = {"type": "mock", "host": f"bmc{i}", "user": "u", "password": "secret-bmc"}
-        admin.ok("PUT", f"/node/n{i}", {"obm": obm})
-        admin.ok("PUT", f"/node/n{i}/nic/eth0", {"macaddr": f"52:54:00:00:00:0{i}"})
-        admin.ok("POST", f"/switch/sw0/port/gi1/0/{i}/connect_nic", {"node": f"n{i}", "nic": "eth0"})
-    return api
+@pytest.fixture
+def bmc(tmp_path: Path) -> Iterator[BmcProcess]:
+    """A virtual BMC process with a fake machine, speaking IPMI on 127.0.0.1 (see ipmi_helpers)."""
+    process = BmcProcess(tmp_path / "bmc.json")
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
 
 
-__all__ = ["ADMIN", "Api", "Caller", "basic", "make_settings", "populate_site"]
+@pytest.fixture
+def nodes() -> Iterator[list[QemuNode]]:
+    """Every QEMU node a test makes goes in here and is stopped, by PID, however the test ends."""
+    made: list[QemuNode] = []
+    yield made
+    for node in made:
+        node.stop()
+    for node in made:
+        assert not node.is_running()
+
+
+@pytest.fixture(scope="module")
+def fpbl() -> Any:
+    """The FPBL (kernel + initramfs with the agent), built once per test module from Debian packages."""
+    from rhaas.provisioning.fpbl import build_fpbl
+
+    return build_fpbl()

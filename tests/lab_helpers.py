@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from rhaas.lab import procs
+from rhaas.lab.polling import wait_for
 from rhaas.lab.site import missing
 
 RHAAS = [sys.executable, "-m", "rhaas.cli.main"]
@@ -77,18 +77,20 @@ def lab_status(workdir: Path) -> dict[str, Any]:
 def wait_console(path: Path, regex: str, timeout: float, offset: int = 0) -> re.Match[str]:
     """Poll a console log from byte ``offset`` until ``regex`` matches; TimeoutError with its tail."""
     pattern = re.compile(regex, re.MULTILINE)
-    deadline = time.monotonic() + timeout
-    while True:
+    text = ""
+
+    def found() -> re.Match[str] | None:
+        nonlocal text
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
                 text = f.read().decode("latin-1").replace("\r", "")
         except FileNotFoundError:
             text = ""
-        found = pattern.search(text)
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            tail = "\n".join(text.splitlines()[-15:])
-            raise TimeoutError(f"no {regex!r} in {path} within {timeout} s; last lines:\n{tail}")
-        time.sleep(0.2)
+        return pattern.search(text)
+
+    try:
+        return wait_for(f"{regex!r} in {path}", found, timeout, every=0.2)
+    except TimeoutError as exc:
+        tail = "\n".join(text.splitlines()[-15:])
+        raise TimeoutError(f"{exc}; last lines:\n{tail}") from None

@@ -141,7 +141,8 @@ class Cluster:
         self.workers.clear()
 
     def close(self) -> None:
-        for proc in [*self.workers, *self.servers]:
+        procs: list[Worker | Server] = [*self.workers, *self.servers]
+        for proc in procs:
             try:
                 proc.stop()
             except Exception as exc:  # keep stopping the others

@@ -8,8 +8,8 @@ who may call it succeeds. The table and the check are shared with the recursive 
 import hashlib
 
 import pytest
+from api_helpers import make_api
 from authz_matrix import BLOB_A, CASES, OBM, api_routes, check_case, covered_routes
-from conftest import make_api
 from dbdump import dump
 
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from api_helpers import Caller
 from authz_matrix import BLOB_A, CASES, OBM, Case, api_routes, check_case, covered_routes
-from conftest import Caller
 from dbdump import dump
+from recursion_helpers import Level, ok, start_level
 from sqlalchemy.orm import Session, sessionmaker
-from test_recursive import Level, ok, start_level
 
 from rhaas.db.session import make_engine, make_sessionmaker
 

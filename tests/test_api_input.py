@@ -72,7 +72,7 @@ def test_odd_names_are_refused_on_create(unchanged, name):
 
 
 def test_nul_in_credentials_or_body_is_a_4xx(unchanged):
-    from conftest import basic
+    from api_helpers import basic
 
     response = unchanged.client.get("/v0/nodes/all", headers={"Authorization": basic("ad\x00min", "x")})
     assert_error(response, 401, "AuthorizationError")

@@ -4,7 +4,7 @@ an independent witness, including the NMI."""
 from __future__ import annotations
 
 import pytest
-from test_obm_ipmi import PASSWORD, USER, bmc  # noqa: F401 - bmc is a fixture
+from ipmi_helpers import PASSWORD, USER
 
 pytestmark = pytest.mark.ipmi
 

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from conftest import Api, make_api, populate_site
+from api_helpers import Api, make_api, populate_site
 from dbdump import dump
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError

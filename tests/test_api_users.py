@@ -1,6 +1,6 @@
 """Database users and authentication."""
 
-from conftest import Caller
+from api_helpers import Caller
 
 
 def test_users_crud(api):

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers import Server, free_port
+
+from rhaas.lab.servers import Server, free_port
 
 RHAAS = [sys.executable, "-m", "rhaas.cli.main"]
 

@@ -6,11 +6,13 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+import rhaas.client as client_module
 from rhaas import errors as e
 from rhaas.client import Client
 
@@ -555,14 +557,15 @@ def action(status: str, **extra: Any) -> dict[str, Any]:
     return {"status": status, **base, **extra}
 
 
-def test_wait_polls_until_done(client: Client, rec: Recorder) -> None:
+def test_wait_polls_until_done(client: Client, rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
     answers = [action("PENDING"), action("PENDING"), action("PENDING"), action("DONE")]
     rec.respond = lambda _req: httpx.Response(200, json=answers.pop(0))
-    started = time.monotonic()
+    slept: list[float] = []
+    monkeypatch.setattr(client_module, "time", SimpleNamespace(monotonic=time.monotonic, sleep=slept.append))
     assert client.wait_networking_action("s1", timeout=10)["status"] == "DONE"
     assert len(rec.requests) == 4
     assert {r.url.path for r in rec.requests} == {"/v0/networking_action/s1"}
-    assert time.monotonic() - started < 1.0  # 20 + 40 + 80 ms of back-off
+    assert slept == [0.02, 0.04, 0.08], "back-off: 20 ms, then twice as long each time"
 
 
 def test_wait_raises_on_error_with_the_reason(client: Client, rec: Recorder) -> None:

@@ -35,9 +35,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from ipmi_helpers import PASSWORD, USER, BmcProcess
 from ovs_fixtures import bridge_fixture, internal_ports_fixture, needs_ovs, ovs_fixture  # noqa: F401
 from sqlalchemy import select
-from test_obm_ipmi import PASSWORD, USER, BmcProcess
 
 from rhaas.core.networks import port_state
 from rhaas.db.models import Nic, Node
@@ -45,19 +45,12 @@ from rhaas.drivers.obm.ipmi import DEFAULT_TIMEOUT
 from rhaas.drivers.switch.base import PortState
 from rhaas.drivers.switch.mock import MockSwitch, MockSwitchSettings
 from rhaas.lab.ovs import OVSDaemon
+from rhaas.lab.polling import wait_for
 from rhaas.lab.servers import Server, free_port
 from rhaas.worker.networking import ATTEMPTS
 
 #: A failing BMC call must answer within the driver's timeout, plus the HTTP round trip.
 BMC_BOUND = DEFAULT_TIMEOUT + 2.0
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
-    return value
 
 
 def hil_error(response: httpx.Response, status: int, type_: str) -> str:
@@ -161,7 +154,7 @@ def test_bmc_that_times_out_or_answers_garbage_is_a_502_and_the_server_stays_hea
     for thread in threads:
         thread.start()
     # While both calls wait on the dead BMC, the server answers everything else.
-    wait_until(lambda: fake.received > 0, "the server to reach the faulty BMC")
+    wait_for("the server to reach the faulty BMC", lambda: fake.received > 0, 20.0, every=0.02)
     bmc_site.healthy_calls_succeed()
     for thread in threads:
         thread.join(BMC_BOUND + 5)
@@ -210,7 +203,7 @@ def test_bmc_that_stops_answering_mid_session_fails_in_time_and_recovers(bmc_sit
     def answers() -> bool:
         return client.get("/node/flaky/power_status").status_code == 200
 
-    wait_until(answers, "the BMC to answer again", timeout=60)
+    wait_for("the BMC to answer again", answers, 60, every=0.02)
     print(f"BMC answering again {time.monotonic() - started:.1f} s after SIGCONT")
     # The power off was refused as "not sent" (the NMI still held the BMC): it must never run later.
     assert client.get("/node/flaky/power_status").json() == {"power_status": "on"}
@@ -322,7 +315,9 @@ def _kill(pid: int | None) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)  # also a stopped process, which must not run on in between
-    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), f"process {pid} to die")
+    wait_for(
+        f"process {pid} to die", lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 20.0, every=0.02
+    )
 
 
 def _zombie(pid: int) -> bool:
@@ -386,7 +381,7 @@ def test_ovs_dying_before_and_during_actions_ends_them_in_error_then_recovers(
         def committed_in_ovsdb() -> bool:
             return ovs.vsctl("--no-wait", "get", "port", port, "tag").strip() == red
 
-        wait_until(committed_in_ovsdb, "the worker's change to reach the OVS database")
+        wait_for("the worker's change to reach the OVS database", committed_in_ovsdb, 20.0, every=0.02)
         _kill(vswitchd)
         _kill(ovs.pid("ovsdb-server"))
         ended_in_error(sid, started)
@@ -552,8 +547,11 @@ class Load:
 
     def first_success_after(self, t: float, timeout: float = 30.0) -> float:
         """Seconds from ``t`` until the end of the first successful request started after it."""
-        sample = wait_until(
-            lambda: next((s for s in self.since(t) if s.status == 200), None), "a successful request", timeout
+        sample = wait_for(
+            "a successful request",
+            lambda: next((s for s in self.since(t) if s.status == 200), None),
+            timeout,
+            every=0.02,
         )
         return float(sample.ended - t)
 
@@ -578,7 +576,9 @@ def test_postgresql_restart_under_load(private_pg, tmp_path):
             net = {"owner": "p", "access": "p", "net_id": ""}
             assert admin.put("/network/net", json=net).status_code == 200
             with Load(server) as load:
-                wait_until(lambda: any(s.status == 200 for s in load.samples), "the load to start")
+                wait_for(
+                    "the load to start", lambda: any(s.status == 200 for s in load.samples), 20.0, every=0.02
+                )
                 # 1. A fast restart, the way an operator restarts PostgreSQL for an upgrade.
                 down = time.monotonic()
                 private_pg.restart()
@@ -596,22 +596,25 @@ def test_postgresql_restart_under_load(private_pg, tmp_path):
                         row = conn.execute(sql, (sid,)).fetchone()
                     return row is not None and row[0] is not None
 
-                wait_until(claimed, "the worker to claim the action", 10)
+                wait_for("the worker to claim the action", claimed, 10, every=0.02)
                 stopped = time.monotonic()
                 private_pg.stop()
-                wait_until(lambda: sum(s.status == 503 for s in load.since(stopped)) >= 5, "503s", 10)
+                wait_for(
+                    "503s", lambda: sum(s.status == 503 for s in load.since(stopped)) >= 5, 10, every=0.02
+                )
                 outage_start = time.monotonic()
                 private_pg.start()
                 started = time.monotonic()
                 outage_recovery = load.first_success_after(started)
-                action = wait_until(
+                action = wait_for(
+                    "the action to finish",
                     lambda: (
                         (r := admin.get(f"/networking_action/{sid}")).status_code == 200
                         and r.json()["status"] != "PENDING"
                         and r.json()
                     ),
-                    "the action to finish",
-                    timeout=60,
+                    60,
+                    every=0.02,
                 )
                 action_done = time.monotonic() - started
                 time.sleep(0.5)  # a few more requests after recovery, to show it lasts

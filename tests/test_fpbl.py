@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_lab_qemu import nodes  # noqa: F401 - the fixture that stops every node a test made
 
 from rhaas.agent import agent as ag
 from rhaas.agent import disk as dk

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import Api, make_api, populate_site
+from api_helpers import Api, make_api, populate_site
 from dbdump import dump
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -421,7 +421,7 @@ def test_odd_values_in_every_slot(fuzz_site, role, request):
 
 
 def basic_header(user: str, password: str | None) -> str:
-    from conftest import basic
+    from api_helpers import basic
 
     return basic(user, password or "")
 

@@ -8,7 +8,6 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,17 +33,6 @@ def image() -> TestOS:
 def workdir(tmp_path_factory) -> Path:
     # Short: the QMP socket path must fit in a unix socket address.
     return tmp_path_factory.mktemp("q")
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[QemuNode]]:
-    """Every node a test makes goes in here and is stopped, by PID, however the test ends."""
-    made: list[QemuNode] = []
-    yield made
-    for node in made:
-        node.stop()
-    for node in made:
-        assert not node.is_running()
 
 
 def _direct(image: TestOS, workdir: Path, name: str, **kwargs) -> QemuNode:

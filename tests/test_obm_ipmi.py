@@ -1,111 +1,33 @@
-"""The IPMI OBM driver against the lab's virtual BMC over real IPMI on 127.0.0.1, and the OBM driver
-conformance suite that the IPMI and mock drivers both pass.
+"""The IPMI OBM driver against the lab's virtual BMC over real IPMI on 127.0.0.1: the OBM conformance
+suite, then what is particular to IPMI (sessions, timeouts, Serial over LAN, pyghmi's failures).
 
-The BMC runs as its own process (``python -m rhaas.lab.vbmc``), as in the lab: pyghmi's I/O state is
-process-global, and a BMC and a client sharing it would not be a faithful test of either. The tests
-read what the BMC did from its state file.
+The BMC runs as its own process (see ipmi_helpers), as in the lab; the tests read what the BMC did from
+its state file. How long a call takes on a live session is a benchmark's figure: bench/drivers.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import signal
 import socket
-import statistics
 import struct
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
+from ipmi_helpers import PASSWORD, USER, BmcProcess, free_udp_port, wait_for_driver_threads
+from obm_conformance import NodeUnderTest, OBMConformance
 from pyghmi.exceptions import IpmiException
 
-from rhaas.drivers.obm.base import BOOT_DEVICES, OBMDriver, OBMSettings
+from rhaas.drivers.obm.base import OBMSettings
 from rhaas.drivers.obm.ipmi import DEFAULT_TIMEOUT, IPMIOBM
-from rhaas.drivers.obm.mock import MockOBM, MockOBMSettings
-from rhaas.drivers.registry import obm_driver
-from rhaas.errors import BadArgumentError, OBMError
-from rhaas.lab.vbmc import BMCState
+from rhaas.errors import OBMError
+from rhaas.lab.polling import wait_for
 
 pytestmark = pytest.mark.ipmi
 
-USER, PASSWORD = "admin", "s3cret"
-IPMITOOL = shutil.which("ipmitool")
-#: An answer that should be immediate, or a failure that must come within the driver's timeout.
+#: A failure that must come within the driver's timeout.
 BOUND = 10.0
-
-
-class BmcProcess:
-    """``python -m rhaas.lab.vbmc`` with a fake machine, on a free port of 127.0.0.1."""
-
-    def __init__(self, state_file: Path) -> None:
-        self.state_file = state_file
-        self.console_log = state_file.with_suffix(".console")
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "rhaas.lab.vbmc", "--port", str(self.port), "--user", USER]
-        cmd += ["--password", PASSWORD, "--state-file", str(self.state_file), "--machine", "fake"]
-        cmd += ["--console-log", str(self.console_log)]
-        self.state_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"vbmc exited with {self.proc.returncode}")
-            try:
-                state = BMCState.read(self.state_file)
-                if state.serving and state.pid == self.proc.pid:
-                    self.port = state.port
-                    return
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("vbmc not serving after 20 s")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def state(self) -> BMCState:
-        return BMCState.read(self.state_file)
-
-    def settings(self, **overrides: object) -> OBMSettings:
-        values: dict[str, object] = {"host": "127.0.0.1", "port": self.port, "user": USER}
-        values["password"] = PASSWORD
-        return OBMSettings.model_validate(values | overrides)
-
-    def ipmitool(self, *args: str) -> str:
-        if IPMITOOL is None:
-            pytest.skip("ipmitool is not installed (Debian package ipmitool)")
-        cmd = [IPMITOOL, "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.port), "-U", USER, "-P", PASSWORD]
-        result = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, (args, result.stderr)
-        return result.stdout
-
-
-@pytest.fixture
-def bmc(tmp_path: Path) -> Iterator[BmcProcess]:
-    process = BmcProcess(tmp_path / "bmc.json")
-    try:
-        process.start()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -113,113 +35,27 @@ def obm(bmc: BmcProcess) -> IPMIOBM:
     return IPMIOBM(bmc.settings())
 
 
-def wait_for_driver_threads(address: str, timeout: float = 60.0) -> None:
-    """A call that timed out leaves its helper thread until pyghmi gives up: wait for it to end."""
-    deadline = time.monotonic() + timeout
-    while any(t.name == f"rhaas-ipmi {address}" for t in threading.enumerate()):
-        assert time.monotonic() < deadline, f"IPMI helper threads for {address} still running"
-        time.sleep(0.05)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # -- the OBMDriver conformance suite ---------------------------------------------------------------
 
 
-class Counted:
-    """A driver under test, and how to read the firmware boots and NMIs its node has seen."""
+class TestIPMIOBM(OBMConformance):
+    """The IPMI driver against the virtual BMC, whose fake machine counts what reached it."""
 
-    def __init__(self, obm: OBMDriver, counters: Callable[[], tuple[int, int]]) -> None:
-        self.obm = obm
-        self.counters = counters
-
-
-@pytest.fixture(params=["mock", "ipmi"])
-def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Counted]:
-    if request.param == "mock":
-        mock = MockOBM(MockOBMSettings(host="bmc-conformance", user=USER, password=PASSWORD))
-
-        def mock_counters() -> tuple[int, int]:
-            machine = MockOBM.machines[mock.address]
-            return machine.boots, machine.nmis
-
-        yield Counted(mock, mock_counters)
-        return
-    process = BmcProcess(tmp_path / "bmc.json")
-    try:
-        process.start()
-
-        def bmc_counters() -> tuple[int, int]:
-            state = process.state()
+    @pytest.fixture
+    def node(self, bmc: BmcProcess) -> NodeUnderTest:
+        def counters() -> tuple[int, int]:
+            state = bmc.state()
             return state.boots, state.nmis
 
-        yield Counted(IPMIOBM(process.settings()), bmc_counters)
-    finally:
-        process.stop()
+        return NodeUnderTest(IPMIOBM(bmc.settings()), counters, lambda: bmc.state().boot_device)
+
+    @pytest.fixture
+    def failing(self, bmc: BmcProcess) -> IPMIOBM:
+        """A BMC that refuses the driver's login: every call fails at once, naming it."""
+        return IPMIOBM(bmc.settings(password="wrong"))
 
 
-class TestConformance:
-    def test_power_on_off_status(self, driver):
-        obm = driver.obm
-        obm.power_off()
-        assert obm.power_status() == "off"
-        obm.power_on()
-        assert obm.power_status() == "on"
-        assert driver.counters() == (1, 0)
-        obm.power_on()  # already on: no firmware boot
-        assert driver.counters() == (1, 0)
-        obm.power_off()
-        assert obm.power_status() == "off"
-
-    @pytest.mark.parametrize("force", [False, True])
-    def test_power_cycle_boots_once_and_powers_on_if_off(self, driver, force):
-        obm = driver.obm
-        obm.power_off()
-        obm.power_cycle(force=force)
-        assert obm.power_status() == "on"
-        assert driver.counters() == (1, 0)
-        obm.power_cycle(force=force)
-        assert obm.power_status() == "on"
-        assert driver.counters() == (2, 0)
-
-    def test_nmi_needs_a_running_node(self, driver):
-        obm = driver.obm
-        obm.power_off()
-        with pytest.raises(OBMError) as err:
-            obm.send_nmi()
-        assert obm.address in str(err.value)
-        obm.power_on()
-        obm.send_nmi()
-        assert driver.counters() == (1, 1)
-        assert obm.power_status() == "on"
-
-    def test_set_bootdev(self, driver):
-        for device in BOOT_DEVICES:
-            driver.obm.set_bootdev(device)
-        with pytest.raises(BadArgumentError):
-            driver.obm.set_bootdev("floppy")
-
-    def test_console_yields_bytes(self, driver):
-        driver.obm.power_on()
-        stream = driver.obm.console()
-        try:
-            assert isinstance(next(stream), bytes)
-        finally:
-            getattr(stream, "close", lambda: None)()
-
-    def test_errors_name_the_bmc(self, driver):
-        assert driver.obm.address in {"bmc-conformance:623", f"127.0.0.1:{driver.obm.settings.port}"}
-
-
-def test_registry_loads_the_ipmi_driver():
-    assert obm_driver("ipmi") is IPMIOBM
-    for url in IPMIOBM.type_urls:
-        assert obm_driver(url) is IPMIOBM
-        assert obm_driver(url.replace("/haas/", "/hil/")) is IPMIOBM
+def test_settings_default_to_the_ipmi_port():
     settings = IPMIOBM.settings_model.model_validate({"host": "bmc1", "user": "u", "password": "p"})
     assert settings.port == 623
 
@@ -262,19 +98,6 @@ def test_power_status_agrees_with_ipmitool(bmc, obm):
         assert bmc.ipmitool("chassis", "power", "status").strip() == f"Chassis Power is {expected}"
     bmc.ipmitool("chassis", "power", "on")  # changed behind the driver's back
     assert obm.power_status() == "on"
-
-
-def test_power_status_latency(obm, record_property):
-    obm.power_status()  # logs in
-    times = []
-    for _ in range(20):
-        started = time.perf_counter()
-        obm.power_status()
-        times.append(time.perf_counter() - started)
-    median = statistics.median(times)
-    record_property("power_status_median_s", median)
-    print(f"power_status median of 20 on a live session: {median * 1000:.2f} ms")
-    assert median < 0.1
 
 
 def test_session_is_reused(obm):
@@ -410,13 +233,14 @@ def test_bmc_dying_mid_session_fails_in_time_then_recovers(bmc):
         # the old session, the driver logs in again by itself.
         bmc.start()
         wait_for_driver_threads(obm.address)
-        deadline = time.monotonic() + 60
-        while True:
+
+        def status() -> str | None:
             try:
-                assert obm.power_status() == "off"
-                break
+                return obm.power_status()
             except OBMError:
-                assert time.monotonic() < deadline, "driver did not recover"
+                return None
+
+        assert wait_for("the driver to log in again", status, 60) == "off"
     finally:
         wait_for_driver_threads(obm.address)
 

@@ -4,30 +4,17 @@ tests). Mock BMCs record the NMIs and power cycles the server sends."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Api, make_api, populate_site
+from agent_helpers import DISK, INITRD, KERNEL, Agent, deploy, enroll, machine, prov_images, sha, state
+from api_helpers import Api, make_api, populate_site
 from dbdump import dump
 
 from rhaas.api.state import AppState
-from rhaas.drivers.obm.mock import MockMachine, MockOBM
 from rhaas.lab.polling import wait_for
 from rhaas.notify import work_key
-
-KERNEL, INITRD, DISK = b"kernel" * 100, b"initrd" * 100, b"RHAAS-DISK A-data\n" + bytes(5000)
-
-
-def machine(host: str) -> MockMachine:
-    """The machine behind the site's mock BMC ``host`` (bmc1..bmc4, on IPMI's default port)."""
-    with MockOBM._lock:
-        return MockOBM.machines.setdefault(f"{host}:623", MockMachine())
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
@@ -49,72 +36,6 @@ def prov(db_url: str, return_path: str) -> Iterator[Api]:
         populate_site(api)
         prov_images(api)
         yield api
-
-
-def prov_images(api: Api) -> None:
-    """Customer p1's image ``a-os`` (kernel, initrd, disk), uploaded by alice."""
-    for blob in (KERNEL, INITRD, DISK):
-        headers = {**api.alice.headers, "Content-Type": "application/octet-stream"}
-        api.client.put(f"/v0/blob/{sha(blob)}", content=blob, headers=headers).raise_for_status()
-    body = {"project": "p1", "kernel": sha(KERNEL), "initrd": sha(INITRD), "disk": sha(DISK)}
-    api.alice.ok("PUT", "/image/a-os", {**body, "cmdline": "console=ttyS0"})
-
-
-class Agent:
-    """Speaks the FPBL agent's protocol for one node."""
-
-    def __init__(self, api: Api, node: str, secret: str) -> None:
-        self.client, self.node = api.client, node
-        self.headers = {"Authorization": f"Bearer {secret}"}
-
-    def call(self, method: str, what: str, body: dict | None = None, status: int = 200) -> dict:
-        response = self.client.request(
-            method, f"/agent/v1/nodes/{self.node}/{what}", json=body, headers=self.headers
-        )
-        assert response.status_code == status, (what, response.status_code, response.text)
-        return response.json()
-
-    def checkin(self, mode: str = "ready") -> None:
-        facts = {
-            "mode": mode,
-            "boot_id": f"{mode}-{time.monotonic()}",
-            "kernel": "6.1",
-            "memory_kb": 1_000_000,
-        }
-        self.call("POST", "checkin", {**facts, "disks": [{"name": "vda", "size": 4 << 30}]})
-
-    def report(self, job: str, phase: str, state: str = "done", status: int = 200, **extra) -> dict:
-        body = {"job": job, "phase": phase, "state": state, "at": time.time(), **extra}
-        return self.call("POST", "report", body, status=status)
-
-    def work(self) -> dict:
-        return self.call("GET", "work")
-
-
-def enroll(api: Api, node: str) -> Agent:
-    answer = api.admin.ok("PUT", f"/node/{node}/fpbl", {})
-    words = dict(w.split("=", 1) for w in answer["cmdline"].split())
-    assert words["rhaas.agent"] == "http://10.0.2.2:5000" and words["rhaas.node"] == node
-    return Agent(api, node, words["rhaas.secret"])
-
-
-def state(api: Api, node: str) -> str:
-    return str(api.admin.ok("GET", f"/node/{node}/provisioning")["state"])
-
-
-def deploy(api: Api, agent: Agent, node: str) -> str:
-    job = api.alice.ok("POST", f"/node/{node}/provision", {"image": "a-os"}, status=202)["job_id"]
-    item = agent.work()
-    assert item["action"] == "deploy" and item["job"] == job
-    assert item["cmdline"] == "console=ttyS0" and item["disk"]["sha256"] == sha(DISK)
-    for phase in ("download-kernel", "download-initrd", "download-disk", "verify", "write-disk"):
-        agent.report(job, phase, "start")
-        agent.report(job, phase, "done")
-    agent.report(job, "kexec", "start")
-    assert state(api, node) == "deploying"
-    agent.report(job, "kexec", "done")
-    agent.report(job, "kexec", "done")  # said twice (a retry): changes nothing
-    return job
 
 
 def test_enrolled_node_is_not_free_until_its_agent_checks_in(prov):
@@ -534,12 +455,13 @@ def test_a_phase_stamped_by_the_ticker_while_an_agent_report_is_open_is_not_lost
         recorder = threading.Thread(target=ticker.record, args=(prov.sessions, job_id, "nmi", "done", "sent"))
         recorder.start()
         with prov.sessions() as watch:  # until the ticker's transaction waits for the report's lock
-            deadline = time.monotonic() + 10
             query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            while not watch.scalar(text(query)):
-                assert time.monotonic() < deadline, "the ticker's stamp did not wait for the report's lock"
-                watch.rollback()
-                time.sleep(0.01)
+
+            def waiting() -> bool:
+                watch.rollback()  # a fresh snapshot of pg_stat_activity
+                return bool(watch.scalar(text(query)))
+
+            wait_for("the ticker's stamp to wait for the report's lock", waiting, 10, every=0.01)
         report_db.commit()
     recorder.join(10)
     with prov.sessions() as db:

@@ -45,15 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from servers import Server
-from test_provisioning_qemu import (  # noqa: F401 - fpbl is a fixture; pytestmark: the same marks
+from provisioning_helpers import (
     BMC_PASSWORD,
     BOOT_TIMEOUT,
     MEMORY_MB,
+    QEMU_PROVISIONING_MARKS,
     boot_fpbl,
-    fpbl,
     provisioning_config,
-    pytestmark,
     state,
     upload_image,
 )
@@ -64,6 +62,9 @@ from rhaas.lab import images
 from rhaas.lab.fastnode import FastNode
 from rhaas.lab.polling import wait_for
 from rhaas.lab.qemu import QemuNode
+from rhaas.lab.servers import Server
+
+pytestmark = QEMU_PROVISIONING_MARKS
 
 MIB = 1 << 20
 DISK_MIB = 64

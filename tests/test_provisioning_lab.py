@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from lab_helpers import LAB_MARKS, lab_dir_fixture, lab_status, parse_exports, rhaas  # noqa: F401
-from test_provisioning_qemu import two_customers, upload_image, wait_job
+from provisioning_helpers import two_customers, upload_image, wait_job
 
 from rhaas.client import Client
 from rhaas.lab.polling import wait_for

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Api, make_api, populate_site
+from agent_helpers import Agent, deploy, machine, prov_images, state
+from api_helpers import Api, make_api, populate_site
 from dbdump import dump
-from test_provisioning_api import Agent, deploy, machine, prov_images, state
 
 from rhaas.lab.polling import wait_for
 

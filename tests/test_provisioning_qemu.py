@@ -16,7 +16,6 @@ lab tests run the same lifecycle over the lab's switch (see docs/fast-provisioni
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,44 +23,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Server
+from provisioning_helpers import (
+    BMC_PASSWORD,
+    BOOT_TIMEOUT,
+    MEMORY_MB,
+    QEMU_PROVISIONING_MARKS,
+    boot_fpbl,
+    provisioning_config,
+    state,
+    two_customers,
+    upload_image,
+    wait_job,
+)
 
 from rhaas.client import Client
 from rhaas.lab import images
-from rhaas.lab.fastnode import BMC_USER, FastNode, agent_url
+from rhaas.lab.fastnode import BMC_USER, FastNode
 from rhaas.lab.polling import wait_for
 from rhaas.lab.qemu import QemuNode
+from rhaas.lab.servers import Server
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.slow,
-    pytest.mark.root,
-    pytest.mark.ipmi,
-    pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs qemu-system-x86_64"),
-]
-
-BOOT_TIMEOUT = 240  # TCG on a busy 2-core machine; the FPBL moves ~40 MB through each kexec
-BMC_PASSWORD = "bmc-s3cret"
-MEMORY_MB = 1536
-
-
-@pytest.fixture(scope="module")
-def fpbl():
-    from rhaas.provisioning.fpbl import build_fpbl
-
-    return build_fpbl()
+pytestmark = QEMU_PROVISIONING_MARKS
 
 
 @pytest.fixture
 def return_timeout() -> int:
     return 300
-
-
-def provisioning_config(path: Path, server: Server, **settings: object) -> None:
-    """Write a settings file turning fast provisioning on for ``server`` (its agents reach it at 10.0.2.2)."""
-    values = {"tick_seconds": 0.2, "agent_poll_seconds": 0.5, **settings}
-    lines = ["[provisioning]", "enabled = true", f'agent_url = "{agent_url(server.port)}"']
-    path.write_text("\n".join(lines + [f"{k} = {v}" for k, v in values.items()]) + "\n")
 
 
 @pytest.fixture
@@ -86,57 +73,6 @@ def disk_bytes(node: QemuNode, workdir: Path) -> bytes:
         return raw.read_bytes()
     finally:
         raw.unlink()
-
-
-def upload_image(c: Client, name: str, project: str, os_: images.TestOS, disk: Path | None) -> None:
-    digests = {role: c.image.upload(path)["sha256"] for role, path in (("kernel", os_.kernel),
-               ("initrd", os_.initrd), *((("disk", disk),) if disk else ()))}  # fmt: skip
-    c.image.register(name, project=project, cmdline=os_.cmdline, **digests)
-
-
-def wait_job(c: Client, job: str, timeout: float) -> dict:
-    def ended():
-        shown = c.node.show_provision_job(job)
-        return shown if shown["status"] in ("DONE", "ERROR") else None
-
-    shown = wait_for(f"job {job}", ended, timeout)
-    assert shown["status"] == "DONE", shown
-    return shown
-
-
-def state(admin: Client, node: str) -> str:
-    return str(admin.node.provisioning(node)["state"])
-
-
-def boot_fpbl(admin: Client, fast: FastNode, fpbl, timings: dict[str, float], extra_cmdline: str = "") -> int:
-    """Register and enrol the node, boot its FPBL, wait until it is ready; the firmware boot count then.
-
-    ``extra_cmdline``: kernel parameters for the FPBL besides its own and its enrolment's."""
-    name = fast.name
-    admin.node.register(name, "ipmi", "127.0.0.1", BMC_USER, BMC_PASSWORD, port=fast.port)
-    admin.node.add_nic(name, "eth0", fast.node.mac)
-    enrolled = admin.node.enroll_fpbl(name)["cmdline"]
-    assert state(admin, name) == "booting"
-    # The FPBL boots (here straight from the kernel; the lab boots it through PXE) and checks in.
-    started = time.monotonic()
-    fast.boot_fpbl(" ".join(filter(None, (fpbl.cmdline, extra_cmdline, enrolled))))
-    wait_for("ready", lambda: state(admin, name) == "ready", BOOT_TIMEOUT)
-    timings["power on -> FPBL ready"] = time.monotonic() - started
-    return fast.boots()
-
-
-def two_customers(admin: Client, workdir: Path) -> tuple[images.TestOS, images.TestOS, Path, str]:
-    """Projects a (user alice) and b (user bob); their OSes, and A's disk image holding a nonce."""
-    for project, user in (("a", "alice"), ("b", "bob")):
-        admin.project.create(project)
-        admin.user.create(user, f"{user}-pw", is_admin=False)
-        admin.user.add_project(user, project)
-    nonce = os.urandom(6).hex()
-    disk = workdir / "a-disk.img"
-    data = f"RHAAS-DISK customer-data {nonce}\n".encode()
-    disk.write_bytes(data + bytes(4 * 1024 * 1024 - len(data)))
-    a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
-    return a_os, images.build_test_os("b-os", "RHAAS-TESTOS b-os"), disk, nonce
 
 
 def test_deploy_return_and_reassign_without_firmware(site, fpbl):

@@ -8,67 +8,18 @@ at every level cannot see or touch the customer's nodes.
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 from dbdump import dump
-from servers import Server
+from recursion_helpers import Level, ok, start_level, wait_done
 
 from rhaas.db.session import make_engine, make_sessionmaker
+from rhaas.lab.polling import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Level:
-    server: Server
-    admin: httpx.Client
-    users: dict[str, httpx.Client] = field(default_factory=dict)
-
-    def user(self, name: str, password: str, project: str) -> httpx.Client:
-        ok(self.admin.put(f"/auth/basic/user/{name}", json={"password": password}))
-        ok(self.admin.post(f"/auth/basic/user/{name}/add_project", json={"project": project}))
-        self.users[name] = self.server.client(name, password)
-        return self.users[name]
-
-    def close(self) -> None:
-        for c in (self.admin, *self.users.values()):
-            c.close()
-
-
-def ok(response: httpx.Response, *codes: int) -> object:
-    assert response.status_code in (codes or (200,)), (
-        response.request.url,
-        response.status_code,
-        response.text,
-    )
-    return response.json() if response.content else None
-
-
-def wait_done(client: httpx.Client, status_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        action = client.get(f"/networking_action/{status_id}").json()
-        if action["status"] != "PENDING":
-            return action
-        assert time.monotonic() < deadline, f"action {status_id} still pending"
-        time.sleep(0.05)
-
-
-def start_level(db_url: str, log: Path, upstream: Level | None, project: str, bot: str, *extra: str) -> Level:
-    """A level on ``db_url``: recursive on ``upstream`` as ``bot`` of ``project`` there, if given;
-    ``extra``: more ``rhaas-admin serve`` flags."""
-    args: list[str] = ["--vlans", "100-199", *extra]
-    env = {}
-    if upstream is not None:
-        args += ["--upstream", upstream.server.url, "--upstream-project", project, "--upstream-user", bot]
-        env["RHAAS_UPSTREAM_PASSWORD"] = f"{bot}-pw"
-    server = Server(db_url, log, *args, env=env).start()
-    return Level(server, server.client("admin", "adminpw"))
 
 
 @pytest.fixture
@@ -312,10 +263,7 @@ def slow_two_levels(tmp_path: Path, db_url: str) -> Iterator[tuple[Level, Level,
 def connect_and_wait_for_the_base(base: Level, carol: httpx.Client) -> str:
     """Ask level 2 to connect n1 and return once its change is in flight at the base."""
     sid = ok(carol.post("/node/n1/nic/eth0/connect_network", json={"network": "cnet"}), 202)["status_id"]
-    deadline = time.monotonic() + 10
-    while not _base_has_pending(base):
-        assert time.monotonic() < deadline, "level 2 never reached the base"
-        time.sleep(0.02)
+    wait_for("level 2's change in flight at the base", lambda: _base_has_pending(base), 10, every=0.02)
     return sid
 
 
@@ -340,10 +288,7 @@ def test_upstream_killed_mid_action_ends_in_error_and_reconcile_repairs(slow_two
     assert base.server.url in action["error"]
     assert ok(carol.get("/node/n1"))["nics"][0]["networks"] == {}
     base.server.start()  # its own worker finishes what it had accepted: the base now differs
-    deadline = time.monotonic() + 30
-    while _base_has_pending(base):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for("the base's own worker to finish", lambda: not _base_has_pending(base), 30)
     drift = ok(mid.admin.post("/pool/reconcile", json={"fix": True}))
     assert drift["nics_out_of_sync"] == ["n1/eth0"]
     assert port_state_of(base, "slow", "p1") == {"native": None, "tagged": []}

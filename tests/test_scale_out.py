@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from rhaas.db.models import DONE, ERROR, PENDING, NetworkAttachment, NetworkingAction, Nic
 from rhaas.db.session import make_engine, make_sessionmaker
+from rhaas.lab.polling import wait_for
 
 PG_ADMIN_URL = os.environ.get("RHAAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 NODES = 500
@@ -134,19 +135,21 @@ def check_exactly_once(cluster: Cluster, killed_worker: int) -> dict[str, int]:
 
 def wait_until_none_pending(db_url: str, timeout: float) -> dict[str, int]:
     sessions = make_sessionmaker(make_engine(db_url))
-    deadline = time.monotonic() + timeout
+    counts: dict[str, int] = {}
+
+    def none_pending() -> dict[str, int] | None:
+        with sessions() as db:
+            rows = db.execute(
+                select(NetworkingAction.status, func.count()).group_by(NetworkingAction.status)
+            ).all()
+        counts.clear()
+        counts.update({status: n for status, n in rows})
+        return dict(counts) if not counts.get(PENDING) else None
+
     try:
-        while True:
-            with sessions() as db:
-                rows = db.execute(
-                    select(NetworkingAction.status, func.count()).group_by(NetworkingAction.status)
-                ).all()
-            counts = {status: n for status, n in rows}
-            if not counts.get(PENDING):
-                return counts
-            if time.monotonic() > deadline:
-                raise AssertionError(f"actions still PENDING after {timeout} s: {counts}")
-            time.sleep(0.2)
+        return wait_for("no action PENDING", none_pending, timeout, every=0.2)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {counts}") from exc
     finally:
         sessions.kw["bind"].dispose()
 

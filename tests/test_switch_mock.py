@@ -12,6 +12,7 @@ from switch_conformance import ACCESS, NATIVE_TRUNK, TRUNK, SwitchConformance
 from rhaas.drivers.switch.base import PortState
 from rhaas.drivers.switch.mock import MockSwitch, MockSwitchSettings
 from rhaas.errors import SwitchError
+from rhaas.lab.polling import wait_for
 
 PORTS = ["gi1/0/1", "gi1/0/2"]
 FAILING = "gi1/0/9"
@@ -94,6 +95,10 @@ def test_journal_records_each_change_made(tmp_path: Path) -> None:
     assert lines == [expected, expected]
 
 
+def wrote(state_file: Path) -> bool:
+    return make(state_file=str(state_file)).get_port(PORTS[0]).native is not None
+
+
 def test_state_file_survives_a_writer_killed_at_any_moment(tmp_path: Path) -> None:
     """A worker SIGKILLed while the switch writes its state file leaves the previous state, never a
     truncated file that every later change would take for garbage (and fail on)."""
@@ -119,9 +124,7 @@ def test_state_file_survives_a_writer_killed_at_any_moment(tmp_path: Path) -> No
         proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-            deadline = time.monotonic() + 10
-            while make(state_file=str(state_file)).get_port(PORTS[0]).native is None:
-                assert time.monotonic() < deadline, "the writer never wrote"
+            wait_for("the writer's first change", lambda: wrote(state_file), 10, every=0)
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.kill()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ from rhaas.drivers.switch.ovs import OVSSwitch, OVSSwitchSettings
 from rhaas.errors import BadArgumentError, SwitchError
 from rhaas.lab import netns
 from rhaas.lab.ovs import OVSDaemon, find_binary
+from rhaas.lab.polling import wait_for
 
 NetnsFactory = Callable[..., netns.NetnsPort]
 
@@ -314,7 +314,7 @@ def test_daemon_survives_a_crash(ovs: OVSDaemon, bridge: str, internal_ports: li
     assert (ovs.pid("ovsdb-server"), ovs.pid("ovs-vswitchd")) == before  # idempotent: reused
     assert before[1] is not None
     os.kill(before[1], signal.SIGKILL)
-    _wait_until(lambda: not _running(before[1]), "the killed ovs-vswitchd to die")
+    wait_for("the killed ovs-vswitchd to die", lambda: not _running(before[1]), 10.0, every=0.01)
     ovs.start()
     assert ovs.pid("ovs-vswitchd") not in (None, before[1])
     assert bridge in ovs.bridges() and ovs.link_exists(bridge)
@@ -347,31 +347,9 @@ def test_daemons_side_by_side_and_stop_leaves_nothing(ovs: OVSDaemon, bridge: st
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.01)
-
-
 def _running(pid: int) -> bool:
     """True while ``pid`` runs (a zombie has exited; its parent just has not reaped it)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-# -- how long a port change takes ------------------------------------------------------------------------
-@needs_ovs
-def test_set_port_timing(ovs: OVSDaemon, bridge: str, internal_ports: list[str]) -> None:
-    driver = make_switch(ovs, bridge)
-    seconds = []
-    for i in range(21):
-        started = time.perf_counter()
-        driver.set_port(internal_ports[0], PortState(native=str(100 + i % 2), tagged=frozenset({"200"})))
-        seconds.append(time.perf_counter() - started)
-    median = statistics.median(seconds)
-    print(f"\nOVS set_port: median {median * 1000:.1f} ms, min {min(seconds) * 1000:.1f} ms, "
-          f"max {max(seconds) * 1000:.1f} ms over {len(seconds)}")  # fmt: skip
-    assert median < 1.0

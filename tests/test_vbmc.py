@@ -19,6 +19,7 @@ from pathlib import Path
 import pyghmi.ipmi.private.session as ipmisession
 import pytest
 
+from rhaas.lab.polling import wait_for
 from rhaas.lab.vbmc import BMCState, FakeMachine, VirtualBMC, _ServerSession
 
 pytestmark = pytest.mark.ipmi
@@ -269,19 +270,17 @@ def test_command_line_serves_and_stops_on_sigterm(tmp_path):
 
 def wait_serving(state_file: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> BMCState:
     """Poll the state file of a command-line BMC until it says it serves."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def serving() -> BMCState | None:
         if proc.poll() is not None:
             raise AssertionError(f"vbmc exited with {proc.returncode}")
         try:
             state = BMCState.read(state_file)
-            if state.serving:
-                return state
         except (OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"vbmc not serving after {timeout} s")
-        time.sleep(0.02)
+            return None
+        return state if state.serving else None
+
+    return wait_for("vbmc serving", serving, timeout, every=0.02)
 
 
 def test_a_restarted_bmc_carries_on_counting(tmp_path):
