@@ -80,20 +80,18 @@ class UpstreamDrivers:
         self.up = up
 
     def switch(self) -> UpstreamSwitch:
-        return UpstreamSwitch("upstream", UpstreamSwitchSettings(upstream=self.up.key))
+        return UpstreamSwitch("upstream", UpstreamSwitchSettings(upstream=self.up.key), self.up)
 
     def obm(self, node: str) -> UpstreamOBM:
-        return UpstreamOBM(UpstreamOBMSettings(upstream=self.up.key, node=node))
+        return UpstreamOBM(UpstreamOBMSettings(upstream=self.up.key, node=node), self.up)
 
 
 @contextmanager
 def upstream_drivers(level: Level, project: str, user: str, password: str) -> Iterator[UpstreamDrivers]:
     """Upstream drivers in this process over ``level``, as ``user`` of ``project`` there."""
     settings = UpstreamSettings(url=level.server.url, project=project, user=user, password=password)
-    up = upstream.Upstream(settings).register()
+    up = upstream.Upstream(settings)
     try:
         yield UpstreamDrivers(up)
     finally:
-        with upstream._registry_lock:
-            upstream.REGISTRY.pop(up.key, None)
         up.client.close()
