@@ -108,7 +108,7 @@ def scrub_physical(ranges: list[Range], path: str = "/dev/mem", progress: Progre
     refuses to map are skipped and listed, up to `MAX_REFUSED` bytes; raises `ScrubError` beyond that,
     if ``path`` cannot be used, or if memory does not read back as zero."""
     total = sum(end - start for start, end in ranges)
-    done, refused = 0, []
+    done, refused = 0, list[Range]()
     zero = bytes(WINDOW)
     try:
         fd = os.open(path, os.O_RDWR)

@@ -53,7 +53,7 @@ def check_label(kind: str, label: str) -> None:
 
 
 def _get(db: Session, model: type[Base], label: str, kind: str) -> Base:
-    obj = db.scalar(select(model).where(model.label == label))  # type: ignore[attr-defined]
+    obj = db.scalar(select(model).where(model.label == label))  # type: ignore[attr-defined, arg-type]
     if obj is None:
         raise NotFoundError(f"{kind} {label} does not exist.")
     return obj

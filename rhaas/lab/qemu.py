@@ -44,7 +44,7 @@ BOOT_ORDERS: dict[str, str] = {"pxe": "n", "disk": "c"}
 DEFAULT_BOOT_ORDER = "nc"
 #: A unix socket path longer than this does not fit in ``sockaddr_un``.
 _MAX_SOCKET_PATH = 107
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 _POLL = 0.05
 
 
@@ -343,7 +343,7 @@ class QemuNode:
             self.firmware_boots += 1
             self.watch_resets()
             if not self._watcher_ready(5.0):
-                log.warning("%s: QEMU's events are not being watched: resets may go uncounted", self.name)
+                _log.warning("%s: QEMU's events are not being watched: resets may go uncounted", self.name)
 
     def _create_disk(self) -> None:
         if self.disk is None or self.disk.exists():
@@ -434,7 +434,7 @@ class QemuNode:
             # QEMU's RESET event counts it; wait for it, so that the count is right when we return.
             with self._resets:
                 if not self._resets.wait_for(lambda: self.firmware_boots > seen, timeout=5.0):
-                    log.warning("%s: no RESET event from QEMU within 5 s: counting the reset here", self.name)
+                    _log.warning("%s: no RESET event from QEMU in 5 s: counting the reset here", self.name)
                     self.firmware_boots += 1
 
     def watch_resets(self) -> None:

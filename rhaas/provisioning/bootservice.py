@@ -82,9 +82,9 @@ def dnsmasq_config(
     200 addresses), every iPXE client told to boot ``<boot_url>/boot/v1/ipxe``; with ``ipxe_dir`` (which
     must hold `IPXE_BIOS` and `IPXE_UEFI`), other PXE clients told to fetch iPXE over TFTP first."""
     iface = ipaddress.ip_interface(address)
-    network = iface.network
-    if not isinstance(network, ipaddress.IPv4Network) or network.num_addresses < 8:
+    if not isinstance(iface, ipaddress.IPv4Interface) or iface.network.num_addresses < 8:
         raise BootServiceError(f"--address {address}: an IPv4 address with a prefix of /29 or shorter")
+    network = iface.network
     hosts = list(network.hosts()) if network.num_addresses <= 1024 else None
     if hosts is None:
         first, last = network.network_address + 100, network.network_address + 299
@@ -243,8 +243,8 @@ def serve(
     pxe = f"plain PXE ROMs chain-load iPXE over TFTP ({IPXE_BIOS}, {IPXE_UEFI})"
     if not have_ipxe:
         pxe = f"iPXE clients only (no {IPXE_BIOS} and {IPXE_UEFI} in {ipxe_dir}: Debian's ipxe has them)"
-    url = f"{boot_url}/boot/v1/ipxe"
-    ready(f"boot service{where}: DHCP on {interface} ({address}), boot URL {url}{relayed}; {pxe}")
+    ipxe_url = f"{boot_url}/boot/v1/ipxe"
+    ready(f"boot service{where}: DHCP on {interface} ({address}), boot URL {ipxe_url}{relayed}; {pxe}")
     try:
         while not stop.is_set():
             if proc.poll() is not None:

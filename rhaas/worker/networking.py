@@ -183,7 +183,7 @@ class NetworkWorker:
                 )
             ).all()
             for action_id, claimed_by in rows:
-                if _process_alive(int(claimed_by.split(":")[1])):
+                if claimed_by is None or _process_alive(int(claimed_by.split(":")[1])):
                     continue
                 result = db.execute(
                     update(NetworkingAction)
