@@ -7,7 +7,6 @@ import gzip
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,9 @@ def _insmod_order(image: TestOS) -> list[str]:
 @needs_apt
 def test_second_build_is_cached(image):
     mtime = image.initrd.stat().st_mtime_ns
-    started = time.monotonic()
     again = images.build_test_os()
-    elapsed = time.monotonic() - started
     assert again == image
     assert image.initrd.stat().st_mtime_ns == mtime, "the cached initrd was rebuilt"
-    # Only apt-cache look-ups (about a second where apt keeps no binary cache): no download, no build.
-    assert elapsed < 10, elapsed
 
 
 @needs_apt

@@ -128,13 +128,6 @@ class TestUpstreamOBM(OBMConformance):
     def failing(self, drivers: UpstreamDrivers) -> OBMDriver:
         return drivers.obm("nf")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="UpstreamOBM.console yields the client's text chunks (str), not the bytes OBMDriver promises",
-    )
-    def test_console(self, node: NodeUnderTest) -> None:
-        super().test_console(node)
-
 
 def test_the_upstream_obm_reaches_the_base_bmc(base: Level, drivers: UpstreamDrivers) -> None:
     obm = drivers.obm("n2")

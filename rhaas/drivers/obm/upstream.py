@@ -84,5 +84,10 @@ class UpstreamOBM(OBMDriver):
     def console(self) -> Iterator[bytes]:
         result = self._do("reading the console of", "show_console")
         if isinstance(result, str | bytes):
-            return iter([result.encode() if isinstance(result, str) else result])
-        return iter(result)  # type: ignore[call-overload]
+            return iter([_as_bytes(result)])
+        return (_as_bytes(chunk) for chunk in result)  # type: ignore[attr-defined]
+
+
+def _as_bytes(chunk: str | bytes) -> bytes:
+    """The client hands the console over as text; OBMDriver.console promises bytes."""
+    return chunk.encode() if isinstance(chunk, str) else chunk
