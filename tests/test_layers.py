@@ -4,7 +4,9 @@
   drivers get their upstream from the backend that builds them);
 - ``backends`` import no core, API or worker: core asks a backend, never the reverse;
 - ``core`` imports no API or worker, and its modules import one another without a cycle;
-- the API's routes import no driver: they call core, which gets drivers from the backend.
+- the API's routes import no driver: they call core, which gets drivers from the backend;
+- nothing that serves the API loads the lab; image building and the boot service use no service layer;
+  the client and the CLI reach the service only over HTTP; the agent imports only itself.
 
 Every import counts, including those inside functions and under ``TYPE_CHECKING``: an import deferred
 to call time still ties the two modules together.
@@ -59,11 +61,23 @@ def _under(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
+#: What serves the API or the nodes in production: it never loads the lab (virtual hardware).
+_SERVICE = ("rhaas.api", "rhaas.core", "rhaas.backends", "rhaas.drivers", "rhaas.worker", "rhaas.db")
+_LAB = ("rhaas.lab", "rhaas.demo", "rhaas.demo_lab")
+
 RULES = [
-    ("rhaas.drivers", ("rhaas.backends", "rhaas.core", "rhaas.api", "rhaas.worker")),
-    ("rhaas.backends", ("rhaas.core", "rhaas.api", "rhaas.worker")),
-    ("rhaas.core", ("rhaas.api", "rhaas.worker")),
+    ("rhaas.drivers", ("rhaas.backends", "rhaas.core", "rhaas.api", "rhaas.worker", *_LAB)),
+    ("rhaas.backends", ("rhaas.core", "rhaas.api", "rhaas.worker", *_LAB)),
+    ("rhaas.core", ("rhaas.api", "rhaas.worker", *_LAB)),
+    ("rhaas.worker", ("rhaas.api", *_LAB)),
+    ("rhaas.api", _LAB),
     ("rhaas.api.routes", ("rhaas.drivers",)),
+    # Image building and the boot service serve the product, not only the lab; the client and the CLI
+    # reach the service only over HTTP.
+    ("rhaas.imaging", (*_SERVICE, "rhaas.provisioning", "rhaas.client", "rhaas.cli", *_LAB)),
+    ("rhaas.provisioning", (*_SERVICE, "rhaas.client", "rhaas.cli", *_LAB)),
+    ("rhaas.client", (*_SERVICE, "rhaas.provisioning", "rhaas.cli", *_LAB)),
+    ("rhaas.cli", _SERVICE),
 ]
 
 
@@ -102,3 +116,15 @@ def test_the_checker_sees_imports() -> None:
     """The checker itself: it finds a module-level import, and one made inside a function."""
     assert "rhaas.drivers.switch.base" in imports_of("rhaas.drivers.switch.mock")
     assert "rhaas.api.app" in imports_of("rhaas.admin")  # inside `serve`
+
+
+def test_the_agent_imports_only_itself() -> None:
+    """The agent ships inside the FPBL with the standard library and nothing else of rhaas."""
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module in MODULES
+        if _under(module, "rhaas.agent")
+        for target in imports_of(module)
+        if not _under(target, "rhaas.agent")
+    )
+    assert not wrong, "\n".join(wrong)
