@@ -19,7 +19,11 @@ in ``rhaas demo``. On the same nodes, in one run:
   boot, FPBL, wipe, check-in): the reseller is restarted between the two, on the same database and nodes;
 - firmware boots per cycle, from the BMCs' own counters;
 - every phase once with one node alone, then with all ``--nodes`` nodes at once;
-- per-phase medians of the fast path, from the jobs' phase records (`phase_times`).
+- per-phase medians of the fast path, from the jobs' phase records (`phase_times`);
+- the return's wipe per policy (``full``, the default; ``discard``; ``metadata``, the opt-in), one
+  fast return of one node each: seconds of the wipe and of its read-back, and seconds per GiB of the
+  node's disk (`wipe_figures`). The lab's disks are qcow2 with ``discard=unmap``: a write-zeroes or a
+  discard is done by QEMU's block layer without the data crossing the virtual bus.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import datetime as dt  # noqa: F401 - tests/test_bench_provision.py makes its times with it
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -73,6 +78,30 @@ def phase_times(job: dict[str, Any], end: float | None = None, last: str = "") -
     """Seconds per phase of one provisioning job, named ``<kind>: <phase>`` (see
     `rhaas.provisioning.phases.phase_durations`, which the demo uses too)."""
     return {f"{job['kind']}: {name}": s for name, s in phase_durations(job, end, last).items()}
+
+
+WIPE_POLICIES = ("full", "discard", "metadata")
+_WIPED = re.compile(r": (\d+) bytes ")
+
+
+def wipe_figures(job: dict[str, Any]) -> dict[str, float]:
+    """A return job's wipe: seconds wiping and reading back (start to done of each phase, summed over
+    the node's disks) and the bytes the wipe reports it zeroed."""
+    seconds = {"wipe": 0.0, "verify-wipe": 0.0}
+    started: dict[str, float] = {}
+    wiped = 0
+    for record in job["phases"]:
+        phase, state = record["phase"], record["state"]
+        if phase not in seconds:
+            continue
+        if state == "start" and "progress" not in record:
+            started[phase] = record["at"]
+        elif state == "done" and phase in started:
+            seconds[phase] += record["at"] - started.pop(phase)
+            found = _WIPED.search(record.get("detail", ""))
+            if phase == "wipe" and found:
+                wiped += int(found.group(1))
+    return {"wipe_s": seconds["wipe"], "verify_s": seconds["verify-wipe"], "bytes": float(wiped)}
 
 
 class Bench:
@@ -144,9 +173,17 @@ class Bench:
         for phase, seconds in phase_times(job, end, last).items():
             self.phases.setdefault(phase, []).append(seconds)
 
-    def switch_path(self, return_path: str) -> None:
+    def switch_path(self, return_path: str, **settings: object) -> None:
         assert self.reseller is not None
-        self.reseller.restart(return_path=return_path)
+        self.reseller.restart(return_path=return_path, **settings)
+
+    def wipe_by(self, name: str, policy: str) -> dict[str, float]:
+        """One provision and fast return of ``name`` with ``policy``; that return's `wipe_figures`."""
+        self.switch_path("fast", wipe_policy=policy)
+        self.provision(name)
+        self.give_back(name)
+        job = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "return"][-1]
+        return wipe_figures(job)
 
     def boots(self) -> dict[str, int]:
         return {n["node"]: n["firmware_boots"] for n in self.lab.status()["nodes"]}
@@ -189,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         add(f"return by the {path} path, {label}", in_parallel(names, bench.give_back))
                         after = bench.boots()
                         boots.setdefault(f"{path} path", []).extend(after[n] - before[n] for n in names)
+            wipes = {policy: bench.wipe_by(bench.names[0], policy) for policy in WIPE_POLICIES}
         finally:
             bench.stop()
 
@@ -201,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "nodes": args.nodes,
         "rounds": args.rounds,
         "disk_mb": args.disk_mb,
+        "wipe_by_policy": wipe_table(wipes),
     }
     one = "1 node"
     fast, reboot = (
@@ -224,10 +263,29 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for key, value in result["firmware_boots_per_cycle"].items():
         print(f"firmware boots per provision+return cycle, {key}: {value:g}")
+    print(f"\n{'wipe policy':<12} {'wipe s':>8} {'verify s':>9} {'s per GiB':>10}   zeroed")
+    for policy, row in result["wipe_by_policy"].items():
+        print(f"{policy:<12} {row['wipe_s']:>8.2f} {row['verify_s']:>9.2f} {row['s_per_gib']:>10.3f}   "
+              f"{row['zeroed_gib']:.3f} GiB of a {row['disk_gib']:.2f} GiB disk")  # fmt: skip
     for key in ("return_fast_over_reboot", "provision_parallel_over_one"):
         if key in result:
             print(f"{key}: {result[key]}")
     return 0
+
+
+def wipe_table(wipes: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per policy: seconds, and seconds per GiB of the disk (its size is what a full wipe zeroed)."""
+    disk = max((w["bytes"] for w in wipes.values()), default=0.0) / (1 << 30)
+    return {
+        policy: {
+            "wipe_s": round(w["wipe_s"], 2),
+            "verify_s": round(w["verify_s"], 2),
+            "s_per_gib": round(w["wipe_s"] / disk, 3) if disk else 0.0,
+            "zeroed_gib": round(w["bytes"] / (1 << 30), 3),
+            "disk_gib": round(disk, 2),
+        }
+        for policy, w in wipes.items()
+    }
 
 
 if __name__ == "__main__":

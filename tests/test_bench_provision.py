@@ -56,3 +56,29 @@ def test_a_deploy_ends_with_the_time_to_the_customer_os():
     assert times == pytest.approx(
         {"deploy: handed-out": 1.0, "deploy: kexec": 4.0, "deploy: kexec -> customer OS up": 3.0}
     )
+
+
+def test_a_wipe_is_timed_start_to_done_per_disk_and_put_per_gib_of_the_disk():
+    gib = 1 << 30
+    full = {
+        "kind": "return",
+        "phases": [
+            {"phase": "wipe", "state": "start", "at": 10.0, "detail": "/dev/vda full"},
+            {"phase": "wipe", "state": "start", "at": 10.5, "progress": {"done": 1, "total": 2}},
+            {"phase": "wipe", "state": "done", "at": 11.0, "detail": f"/dev/vda: {2 * gib} bytes zeroed"},
+            {"phase": "verify-wipe", "state": "start", "at": 11.0},
+            {"phase": "verify-wipe", "state": "done", "at": 11.25},
+        ],
+    }
+    metadata = {
+        "kind": "return",
+        "phases": [
+            {"phase": "wipe", "state": "start", "at": 20.0},
+            {"phase": "wipe", "state": "done", "at": 20.1, "detail": "/dev/vda: 2097152 bytes written"},
+        ],
+    }
+    figures = {"full": bench.wipe_figures(full), "metadata": bench.wipe_figures(metadata)}
+    assert figures["full"] == {"wipe_s": 1.0, "verify_s": 0.25, "bytes": float(2 * gib)}
+    table = bench.wipe_table(figures)
+    assert table["full"]["s_per_gib"] == 0.5 and table["full"]["disk_gib"] == 2.0
+    assert table["metadata"]["s_per_gib"] == pytest.approx(0.05) and table["metadata"]["zeroed_gib"] == 0.002
