@@ -48,7 +48,7 @@ def test_a_guest_that_reboots_itself_is_counted_as_a_firmware_boot(node: QemuNod
 
 
 def test_the_virtual_bmc_counts_the_guests_own_resets_and_its_own_once(node: QemuNode, tmp_path: Path):
-    node.append = "console=ttyS0 quiet"  # a kernel that stays up (no reboot of its own)
+    node.append = images.build_test_os().cmdline  # the test OS, which stays up (no reboot of its own)
     state = tmp_path / "bmc.json"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -56,7 +56,10 @@ def test_the_virtual_bmc_counts_the_guests_own_resets_and_its_own_once(node: Qem
     bmc = VirtualBMC(node, port=port, user="admin", password="secret", state_file=state)  # type: ignore[arg-type]
     try:
         bmc.power_on()
+        offset = node.console_offset()
         bmc.power_reset()
+        # SeaBIOS answers a warm reset by resetting once more itself: still one firmware boot.
+        node.wait_for_console(images.build_test_os().up_regex, 180, offset=offset)
         after_reset = BMCState.read(state)
         assert (after_reset.boots, after_reset.guest_resets) == (2, 0), "power on + one reset, each once"
         node.append = PANIC_AND_REBOOT

@@ -44,6 +44,10 @@ BOOT_ORDERS: dict[str, str] = {"pxe": "n", "disk": "c"}
 DEFAULT_BOOT_ORDER = "nc"
 #: A unix socket path longer than this does not fit in ``sockaddr_un``.
 _MAX_SOCKET_PATH = 107
+#: A guest's reset this soon after the last start or reset is the firmware finishing that one: SeaBIOS
+#: answers a warm reset by resetting the machine again itself (port 0xcf9) about 40 ms later. No OS runs
+#: that soon.
+FIRMWARE_RESET_WINDOW = 1.0
 _log = logging.getLogger(__name__)
 _POLL = 0.05
 
@@ -210,6 +214,7 @@ class QemuNode:
         #: Called with QEMU's RESET event data at each reset (the virtual BMC counts through it).
         self.on_reset: Callable[[dict[str, Any]], None] | None = None
         self._resets = threading.Condition()
+        self._last_reset = 0.0  # time.monotonic() of the last start or counted reset
         self.console_log = self.workdir / f"{name}.console.log"
         self.qemu_log = self.workdir / f"{name}.qemu.log"
         self.qmp_path = self.workdir / f"{name}.qmp"
@@ -341,6 +346,7 @@ class QemuNode:
                         raise QemuError(msg) from None
                     time.sleep(_POLL)
             self.firmware_boots += 1
+            self._last_reset = time.monotonic()
             self.watch_resets()
             if not self._watcher_ready(5.0):
                 _log.warning("%s: QEMU's events are not being watched: resets may go uncounted", self.name)
@@ -433,9 +439,10 @@ class QemuNode:
             self._boot_offset = offset
             # QEMU's RESET event counts it; wait for it, so that the count is right when we return.
             with self._resets:
-                if not self._resets.wait_for(lambda: self.firmware_boots > seen, timeout=5.0):
-                    _log.warning("%s: no RESET event from QEMU in 5 s: counting the reset here", self.name)
-                    self.firmware_boots += 1
+                counted = self._resets.wait_for(lambda: self.firmware_boots > seen, timeout=5.0)
+            if not counted:
+                _log.warning("%s: no RESET event from QEMU in 5 s: counting the reset here", self.name)
+                self._reset_seen({"guest": False, "reason": "no event seen"})
 
     def watch_resets(self) -> None:
         """Count every reset QEMU reports from now on (idempotent; `start` calls it). A new process that
@@ -449,6 +456,15 @@ class QemuNode:
 
     def _reset_seen(self, data: dict[str, Any]) -> None:
         with self._resets:
+            now = time.monotonic()
+            if data.get("guest") and now - self._last_reset < FIRMWARE_RESET_WINDOW:
+                _log.info(
+                    "%s: a reset %.2f s after the last: the same firmware boot",
+                    self.name,
+                    now - self._last_reset,
+                )
+                return
+            self._last_reset = now
             self.firmware_boots += 1
             if data.get("guest"):
                 self.guest_resets += 1
