@@ -38,10 +38,10 @@ def prov_images(api: Api) -> None:
 
 
 class Agent:
-    """Speaks the FPBL agent's protocol for one node."""
+    """Speaks the FPBL agent's protocol for one node, on the provisioning network's listener."""
 
     def __init__(self, api: Api, node: str, secret: str) -> None:
-        self.client, self.node = api.client, node
+        self.client, self.node = api.agent, node
         self.headers = {"Authorization": f"Bearer {secret}"}
 
     def call(
