@@ -9,13 +9,12 @@ recursive instance: tests/test_provisioning_lab.py.)
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import Agent, deploy, machine, prov_images, state
+from agent_helpers import Agent, deploy, fake_fpbl, machine, prov_images, state
 from api_helpers import Api, make_api, populate_site
 from dbdump import dump
 
@@ -23,17 +22,6 @@ from rhaas.lab.polling import wait_for
 
 BOOT_URL = "http://10.0.0.1:8080"
 MAC1 = "52:54:00:00:00:01"
-
-
-def fake_fpbl(directory: Path) -> Path:
-    """What ``rhaas-admin fpbl build --out`` writes, with stand-in kernel and initrd."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vmlinuz").write_bytes(b"K" * 1000)
-    (directory / "initrd").write_bytes(b"I" * 3000)
-    info = {"cmdline": "console=ttyS0 quiet", "packages": {"linux": "6.1"}, "sizes": {}, "key": "k",
-            "core": str(directory / "core"), "manifest": str(directory / "manifest")}  # fmt: skip
-    (directory / "fpbl.json").write_text(json.dumps(info))
-    return directory
 
 
 @pytest.fixture
