@@ -163,13 +163,13 @@ def serve(
             "[provisioning] enabled needs [provisioning] agent_listen (or --agent-listen): HOST:PORT of the "
             "listener for FPBL agents and network boot, on the provisioning network only."
         )
-    sockets = [_listen(host, port)]
-    if listen is not None:
-        sockets.append(_listen(*split_listen(listen)))
     upgrade(settings.database.url)
     if settings.auth.mode == "null":
         click.echo("WARNING: --auth null: every caller is an administrator (development only).", err=True)
     app, agent_app = create_apps(settings)
+    sockets = [_listen(host, port)]
+    if listen is not None:
+        sockets.append(_listen(*split_listen(listen)))
     _serve([app, agent_app][: len(sockets)], sockets)
 
 
@@ -181,8 +181,8 @@ def _check_listen(value: str | None) -> str | None:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``, bound before anything is served (so that both listeners
-    exist once the API answers, and a bad address fails before any start)."""
+    """A listening TCP socket on ``host:port``. Both listeners are bound before either serves, so that
+    the agents' one exists once the API answers, and an address in use stops the start of both."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
