@@ -140,16 +140,26 @@ def start_reseller(
             base.wait_networking_action(
                 base.node.connect_network(headnode, "eth0", upstream_net)["status_id"]
             )
-        log = workdir / f"{name}-boot-service.log"
-        argv = [sys.executable, "-m", "rhaas.admin", "boot-service", "--address", head.ip,
-                "--port", str(BOOT_PORT), "--api", f"http://{values['agent_listen']}", "--netns", head.netns,
-                "--dir", str(workdir / f"{name}-boot")]  # fmt: skip
-        reseller.boot_pid = procs.spawn(argv, log)
-        wait_for("the boot service", lambda: b"boot service" in log.read_bytes() or not procs.alive(
-            reseller.boot_pid or 0), 30)  # fmt: skip
-        if not procs.alive(reseller.boot_pid):
-            raise RuntimeError(f"the boot service did not start: {log.read_text()[-2000:]}")
+        reseller.boot_pid = _boot_service(reseller, head.ip, head.netns, f"http://{values['agent_listen']}")
     except BaseException:
         reseller.stop()
         raise
     return reseller
+
+
+def _boot_service(reseller: Reseller, address: str, netns: str, relay_to: str) -> int:
+    """Start the boot service on ``address`` in ``netns``, relaying to ``relay_to`` (the reseller's
+    agents' listener, never its customer API); its PID once it has started."""
+    log = reseller.workdir / f"{reseller.name}-boot-service.log"
+    argv = [sys.executable, "-m", "rhaas.admin", "boot-service", "--address", address,
+            "--port", str(BOOT_PORT), "--api", relay_to, "--netns", netns,
+            "--dir", str(reseller.workdir / f"{reseller.name}-boot")]  # fmt: skip
+    pid = procs.spawn(argv, log)
+    try:
+        wait_for("the boot service", lambda: b"boot service" in log.read_bytes() or not procs.alive(pid), 30)
+        if not procs.alive(pid):
+            raise RuntimeError(f"the boot service did not start: {log.read_text()[-2000:]}")
+    except BaseException:
+        procs.stop(pid, reseller.workdir)
+        raise
+    return pid
