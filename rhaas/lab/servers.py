@@ -40,6 +40,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.agent, self.agent_port = agent, free_port()
+        while self.agent_port == self.port:  # the kernel may hand the same free port out twice
+            self.agent_port = free_port()
         self.agent_listen = f"127.0.0.1:{self.agent_port}"
         self.agent_url = f"http://{self.agent_listen}"
         self.proc: subprocess.Popen[bytes] | None = None
