@@ -303,8 +303,8 @@ def serve_networks(config: str | None, database: str | None) -> None:
 @main.command("boot-service")
 @click.option("--address", required=True, help="Our address on the provisioning network (10.0.0.1/24).")
 @click.option("--port", default=8080, show_default=True, type=int, help="The boot URL's (and relay's) port.")
-@click.option("--api", default=None, help="Relay to this API URL (http://127.0.0.1:5000); omit if the API "
-              "itself listens on ADDRESS:PORT.")  # fmt: skip
+@click.option("--api", default=None, help="Relay to the instance's agents' listener, [provisioning] "
+              "agent_listen (http://127.0.0.1:5001); omit if it listens on ADDRESS:PORT itself.")  # fmt: skip
 @click.option("--netns", default=None, help="Serve inside this network namespace (the relay's far end "
               "stays here).")  # fmt: skip
 @click.option("--interface", default="eth0", show_default=True, help="The provisioning network's interface.")
