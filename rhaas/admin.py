@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -12,9 +14,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rhaas.config import Settings, load_settings
+from rhaas.config import Settings, load_settings, split_listen
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from starlette.types import ASGIApp
+
     from rhaas.client import Client
 from rhaas.db.session import make_engine, make_sessionmaker, upgrade
 
@@ -98,6 +104,13 @@ def create_admin_user(user: str, password: str, config: str | None, database: st
 @click.option(
     "--image-store", default=None, help="Directory of the image store (default: rhaas-images, here)."
 )
+@click.option(
+    "--agent-listen",
+    default=None,
+    callback=lambda _ctx, _param, value: _check_listen(value),
+    help="HOST:PORT of the FPBL agents' and network boot's listener ([provisioning] agent_listen): an "
+    "address on the provisioning network only.",
+)
 @config_option
 @database_option
 def serve(
@@ -113,16 +126,17 @@ def serve(
     max_nodes: int | None,
     node_filter: str | None,
     image_store: str | None,
+    agent_listen: str | None,
     config: str | None,
     database: str | None,
 ) -> None:
     """Run the API server (and, unless --no-worker, the networking worker in-process).
 
-    With --upstream it is a recursive instance: its nodes are those its project holds upstream.
+    With --upstream it is a recursive instance: its nodes are those its project holds upstream. With fast
+    provisioning on, the FPBL agents' and network boot's routes are served on a second listener
+    (--agent-listen), never on the API's.
     """
-    import uvicorn
-
-    from rhaas.api.app import create_app
+    from rhaas.api.app import create_apps
 
     overrides: dict[str, object] = {
         "auth__mode": auth,
@@ -134,17 +148,95 @@ def serve(
         "pool__max_nodes": max_nodes,
         "pool__node_filter": node_filter,
         "images__store": image_store,
+        "provisioning__agent_listen": agent_listen,
     }
     if no_worker:
         overrides["worker__in_process"] = False
     settings = _settings(config, database, **overrides)
     if settings.upstream.url and not settings.upstream.project:
         raise click.UsageError("--upstream needs --upstream-project (this instance's project upstream).")
+    listen = settings.provisioning.agent_listen
+    if settings.provisioning.enabled and listen is None:
+        # Secure by default: the agents' routes hand out agent secrets, so they are never served on the
+        # customer API's listener, and there is no default address to put them on.
+        raise click.UsageError(
+            "[provisioning] enabled needs [provisioning] agent_listen (or --agent-listen): HOST:PORT of the "
+            "listener for FPBL agents and network boot, on the provisioning network only."
+        )
     upgrade(settings.database.url)
     if settings.auth.mode == "null":
         click.echo("WARNING: --auth null: every caller is an administrator (development only).", err=True)
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    app, agent_app = create_apps(settings)
+    sockets = [_listen(host, port)]
+    if listen is not None:
+        sockets.append(_listen(*split_listen(listen)))
+    _serve([app, agent_app][: len(sockets)], sockets)
+
+
+def _check_listen(value: str | None) -> str | None:
+    try:
+        return None if value is None else (split_listen(value) and value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``. Both listeners are bound before either serves, so that
+    the agents' one exists once the API answers, and an address in use stops the start of both."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.listen(2048)
+    return sock
+
+
+def _serve(apps: Sequence[ASGIApp], sockets: list[socket.socket]) -> None:
+    """Serve ``apps[i]`` on ``sockets[i]`` with uvicorn on one event loop until SIGINT or SIGTERM. Only the
+    first app's lifespan runs (the background threads); a listener that stops stops them all."""
+    import asyncio
+
+    import uvicorn
+
+    class Quiet(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # _serve handles signals, for every server at once
+
+    servers = [
+        Quiet(
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="auto" if i == 0 else "off")
+        )
+        for i, app in enumerate(apps)
+    ]
+    received: list[int] = []
+
+    def stop(sig: int, _frame: object) -> None:
+        received.append(sig)
+        for server in servers:
+            server.force_exit = server.should_exit and sig == signal.SIGINT
+            server.should_exit = True
+
+    async def run() -> None:
+        tasks = [
+            asyncio.create_task(s.serve(sockets=[sock])) for s, sock in zip(servers, sockets, strict=True)
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT.value, signal.SIGTERM.value)}
+    try:
+        asyncio.run(run())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for sig in reversed(received):  # as uvicorn.run does: end as the signal would have ended us
+        signal.raise_signal(sig)
 
 
 def _client() -> Client:
@@ -211,8 +303,8 @@ def serve_networks(config: str | None, database: str | None) -> None:
 @main.command("boot-service")
 @click.option("--address", required=True, help="Our address on the provisioning network (10.0.0.1/24).")
 @click.option("--port", default=8080, show_default=True, type=int, help="The boot URL's (and relay's) port.")
-@click.option("--api", default=None, help="Relay to this API URL (http://127.0.0.1:5000); omit if the API "
-              "itself listens on ADDRESS:PORT.")  # fmt: skip
+@click.option("--api", default=None, help="Relay to the instance's agents' listener, [provisioning] "
+              "agent_listen (http://127.0.0.1:5001); omit if it listens on ADDRESS:PORT itself.")  # fmt: skip
 @click.option("--netns", default=None, help="Serve inside this network namespace (the relay's far end "
               "stays here).")  # fmt: skip
 @click.option("--interface", default="eth0", show_default=True, help="The provisioning network's interface.")

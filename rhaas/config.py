@@ -26,7 +26,8 @@ Example ``rhaas.toml``::
 
     [provisioning]           # fast provisioning: FPBL agents, kexec deploys, NMI returns
     enabled = true
-    agent_url = "http://10.20.0.1:5000"
+    agent_listen = "10.20.0.1:5001"  # the agents' and network boot's listener: provisioning network only
+    agent_url = "http://10.20.0.1:5001"
     return_timeout = 60      # seconds before a return falls back to power cycle → network boot
 
     [pool]
@@ -41,7 +42,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -106,7 +107,12 @@ class ProvisioningSettings(Section):
     """Fast provisioning (kexec deploys, NMI returns) of nodes enrolled with an FPBL agent."""
 
     enabled: bool = False
-    #: The URL at which FPBL agents reach this instance (written into their kernel command line).
+    #: ``HOST:PORT`` of the listener serving the FPBL agents' API and the network boot (``rhaas-admin
+    #: serve`` runs it beside the customer API). Bind it to an address on the provisioning network only:
+    #: what it serves hands out agent secrets. Required when ``enabled``.
+    agent_listen: str | None = None
+    #: The URL at which FPBL agents reach this instance (written into their kernel command line): the
+    #: ``agent_listen`` listener, directly or through the boot service's relay.
     agent_url: str | None = None
     deploy_timeout: float = Field(default=600.0, gt=0, le=86400)
     #: How long the return FPBL may take to check in after the NMI before the reboot path is taken.
@@ -138,6 +144,24 @@ class ProvisioningSettings(Section):
     boot_url: str | None = None
     #: The FPBL the boot routes serve: the directory ``rhaas-admin fpbl build --out`` wrote.
     fpbl_dir: str | None = None
+
+    @field_validator("agent_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``[v6]:PORT`` for an IPv6 address) → (host, port); ValueError naming the setting."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in "/ "):
+        raise ValueError(
+            f"[provisioning] agent_listen must be HOST:PORT (e.g. 10.20.0.1:5001), not {value!r}"
+        )
+    return host, int(port)
 
 
 class Settings(Section):

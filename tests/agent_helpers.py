@@ -8,7 +8,9 @@ Nothing here is a fixture; the tests' ``prov`` and ``netprov`` fixtures build on
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from api_helpers import Api
@@ -22,6 +24,17 @@ def machine(host: str) -> MockMachine:
     """The machine behind the site's mock BMC ``host`` (bmc1..bmc4, on IPMI's default port)."""
     with MockOBM._lock:
         return MockOBM.machines.setdefault(f"{host}:623", MockMachine())
+
+
+def fake_fpbl(directory: Path) -> Path:
+    """What ``rhaas-admin fpbl build --out`` writes, with stand-in kernel and initrd."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vmlinuz").write_bytes(b"K" * 1000)
+    (directory / "initrd").write_bytes(b"I" * 3000)
+    info = {"cmdline": "console=ttyS0 quiet", "packages": {"linux": "6.1"}, "sizes": {}, "key": "k",
+            "core": str(directory / "core"), "manifest": str(directory / "manifest")}  # fmt: skip
+    (directory / "fpbl.json").write_text(json.dumps(info))
+    return directory
 
 
 def sha(data: bytes) -> str:
@@ -38,10 +51,10 @@ def prov_images(api: Api) -> None:
 
 
 class Agent:
-    """Speaks the FPBL agent's protocol for one node."""
+    """Speaks the FPBL agent's protocol for one node, on the provisioning network's listener."""
 
     def __init__(self, api: Api, node: str, secret: str) -> None:
-        self.client, self.node = api.client, node
+        self.client, self.node = api.agent, node
         self.headers = {"Authorization": f"Bearer {secret}"}
 
     def call(

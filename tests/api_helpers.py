@@ -70,10 +70,12 @@ class Caller:
 
 
 class Api:
-    """The API in-process with its worker, and a caller per role."""
+    """The API in-process with its worker, and a caller per role. ``client`` is the customer API's
+    listener; ``agent`` the provisioning network's (FPBL agents, network boot)."""
 
-    def __init__(self, client: TestClient, settings: Settings) -> None:
+    def __init__(self, client: TestClient, settings: Settings, agent: TestClient) -> None:
         self.client = client
+        self.agent = agent
         self.settings = settings
         self.sessions = AppState.of(client.app).sessions
         self.anon = Caller(client)
@@ -105,9 +107,14 @@ def make_api(db_url: str, **overrides: Any) -> Iterator[Api]:
         bootstrap_admin(db, "admin", "adminpw")
         db.commit()
     app = create_app(settings, sessions)
+    agent_app = AppState.of(app).agent_app
+    assert agent_app is not None
     try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            yield Api(client, settings)
+        with (
+            TestClient(app, raise_server_exceptions=False) as client,
+            TestClient(agent_app, raise_server_exceptions=False) as agent,
+        ):
+            yield Api(client, settings, agent)
     finally:
         sessions.kw["bind"].dispose()
         shutil.rmtree(settings.images.store, ignore_errors=True)

@@ -37,9 +37,11 @@ MEMORY_MB = 1536
 
 
 def provisioning_config(path: Path, server: Server, **settings: object) -> None:
-    """Write a settings file turning fast provisioning on for ``server`` (its agents reach it at 10.0.2.2)."""
+    """Write a settings file turning fast provisioning on for ``server``: its agents' listener on the
+    server's ``agent_port``, which the nodes reach at 10.0.2.2."""
     values = {"tick_seconds": 0.2, "agent_poll_seconds": 0.5, **settings}
-    lines = ["[provisioning]", "enabled = true", f'agent_url = "{agent_url(server.port)}"']
+    lines = ["[provisioning]", "enabled = true", f'agent_listen = "{server.agent_listen}"',
+             f'agent_url = "{agent_url(server.agent_port)}"']  # fmt: skip
     path.write_text("\n".join(lines + [f"{k} = {v}" for k, v in values.items()]) + "\n")
 
 

@@ -26,7 +26,7 @@ def enroll_ready(site, node):
     secret = dict(w.split("=", 1) for w in cmdline.split())["rhaas.secret"]
     body = {"mode": "ready", "boot_id": "b1"}
     headers = {"Authorization": f"Bearer {secret}"}
-    site.client.post(f"/agent/v1/nodes/{node}/checkin", json=body, headers=headers).raise_for_status()
+    site.agent.post(f"/agent/v1/nodes/{node}/checkin", json=body, headers=headers).raise_for_status()
 
 
 @pytest.fixture

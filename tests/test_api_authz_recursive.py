@@ -28,6 +28,7 @@ from recursion_helpers import Level, ok, start_level
 from sqlalchemy.orm import Session, sessionmaker
 
 from rhaas.db.session import make_engine, make_sessionmaker
+from rhaas.lab.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +139,8 @@ class Stack:
     callers: dict[str, Caller] = field(default_factory=dict)
     sid: str = ""
     job: str = ""
+    #: The top level's provisioning-network listener (FPBL agents).
+    agent_url: str = ""
 
     @property
     def top(self) -> Level:
@@ -161,8 +164,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     depth: int = request.param
     tmp = tmp_path_factory.mktemp(f"authz-level{depth}")
     config = tmp / "provisioning.toml"
-    config.write_text(PROVISIONING)
-    st = Stack([])
+    agent_port = free_port()
+    config.write_text(PROVISIONING + f'agent_listen = "127.0.0.1:{agent_port}"\n')
+    st = Stack([], agent_url=f"http://127.0.0.1:{agent_port}")
     try:
         base = start_level(f"sqlite:///{tmp / 'l1.sqlite3'}", tmp / "l1.log", None, "", "")
         st.levels.append(base)
@@ -210,8 +214,7 @@ def enroll_ready(st: Stack, node: str) -> None:
     secret = dict(w.split("=", 1) for w in cmdline.split())["rhaas.secret"]
     headers = {"Authorization": f"Bearer {secret}"}
     body = {"mode": "ready", "boot_id": "b1"}
-    assert st.http is not None
-    st.http.post(f"/agent/v1/nodes/{node}/checkin", json=body, headers=headers).raise_for_status()
+    httpx.post(f"{st.agent_url}/agent/v1/nodes/{node}/checkin", json=body, headers=headers).raise_for_status()
 
 
 def build_site(st: Stack) -> None:

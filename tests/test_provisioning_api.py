@@ -53,14 +53,14 @@ def test_enrolled_node_is_not_free_until_its_agent_checks_in(prov):
 def test_agent_authentication(prov):
     agent = enroll(prov, "n1")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YWRtaW46YWRtaW5wdw=="}):
-        response = prov.client.get("/agent/v1/nodes/n1/work", headers=headers)
+        response = prov.agent.get("/agent/v1/nodes/n1/work", headers=headers)
         assert response.status_code == 401 and response.json()["type"] == "AuthorizationError"
     # Another node's secret, and nodes not enrolled, get the same answer.
-    assert prov.client.get("/agent/v1/nodes/n2/work", headers=agent.headers).status_code == 401
-    assert prov.client.get("/agent/v1/nodes/nope/work", headers=agent.headers).status_code == 401
+    assert prov.agent.get("/agent/v1/nodes/n2/work", headers=agent.headers).status_code == 401
+    assert prov.agent.get("/agent/v1/nodes/nope/work", headers=agent.headers).status_code == 401
     # Enrolling again rotates the secret.
     new = enroll(prov, "n1")
-    assert prov.client.get("/agent/v1/nodes/n1/work", headers=agent.headers).status_code == 401
+    assert prov.agent.get("/agent/v1/nodes/n1/work", headers=agent.headers).status_code == 401
     new.checkin()
 
 
@@ -209,17 +209,17 @@ def test_agent_sees_only_its_own_deploy_blobs(prov):
     agent.checkin()
     prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
     url = f"/agent/v1/nodes/n1/blobs/{sha(DISK)}"
-    assert prov.client.get(url, headers=agent.headers).status_code == 404  # no deploy yet
+    assert prov.agent.get(url, headers=agent.headers).status_code == 404  # no deploy yet
     prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)
     item = agent.work()
     assert item["disk"]["url"] == f"http://testserver{url}"
-    whole = prov.client.get(url, headers=agent.headers)
+    whole = prov.agent.get(url, headers=agent.headers)
     assert whole.status_code == 200 and whole.content == DISK
-    part = prov.client.get(url, headers={**agent.headers, "Range": "bytes=100-"})
+    part = prov.agent.get(url, headers={**agent.headers, "Range": "bytes=100-"})
     assert part.status_code == 206 and part.content == DISK[100:]
     other = enroll(prov, "n2")
-    assert prov.client.get(f"/agent/v1/nodes/n2/blobs/{sha(DISK)}", headers=other.headers).status_code == 404
-    assert prov.client.get(url, headers=other.headers).status_code == 401
+    assert prov.agent.get(f"/agent/v1/nodes/n2/blobs/{sha(DISK)}", headers=other.headers).status_code == 404
+    assert prov.agent.get(url, headers=other.headers).status_code == 401
 
 
 def test_provision_refusals_change_nothing(prov):
@@ -246,7 +246,7 @@ def test_provision_refusals_change_nothing(prov):
 def test_provisioning_is_off_by_default(site):
     site.admin.error("PUT", "/node/n1/fpbl", {}, 409, "IllegalStateError")
     site.alice.error("POST", "/node/n1/provision", {"image": "x"}, 409, "IllegalStateError")
-    response = site.client.get("/agent/v1/nodes/n1/work", headers={"Authorization": "Bearer x"})
+    response = site.agent.get("/agent/v1/nodes/n1/work", headers={"Authorization": "Bearer x"})
     assert response.status_code == 401 and response.json()["type"] == "AuthorizationError"
 
 

@@ -9,13 +9,12 @@ recursive instance: tests/test_provisioning_lab.py.)
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import Agent, deploy, machine, prov_images, state
+from agent_helpers import Agent, deploy, fake_fpbl, machine, prov_images, state
 from api_helpers import Api, make_api, populate_site
 from dbdump import dump
 
@@ -23,17 +22,6 @@ from rhaas.lab.polling import wait_for
 
 BOOT_URL = "http://10.0.0.1:8080"
 MAC1 = "52:54:00:00:00:01"
-
-
-def fake_fpbl(directory: Path) -> Path:
-    """What ``rhaas-admin fpbl build --out`` writes, with stand-in kernel and initrd."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vmlinuz").write_bytes(b"K" * 1000)
-    (directory / "initrd").write_bytes(b"I" * 3000)
-    info = {"cmdline": "console=ttyS0 quiet", "packages": {"linux": "6.1"}, "sizes": {}, "key": "k",
-            "core": str(directory / "core"), "manifest": str(directory / "manifest")}  # fmt: skip
-    (directory / "fpbl.json").write_text(json.dumps(info))
-    return directory
 
 
 @pytest.fixture
@@ -65,7 +53,7 @@ def vlan(api: Api, network: str) -> str:
 
 def boot(api: Api, mac: str = MAC1) -> Agent:
     """Fetch the node's iPXE script as its firmware would; an agent with the secret it carries."""
-    response = api.client.get(f"/boot/v1/ipxe/{mac}")
+    response = api.agent.get(f"/boot/v1/ipxe/{mac}")
     assert response.status_code == 200, response.text
     script = response.text
     assert script.startswith("#!ipxe\nkernel http://10.0.0.1:8080/boot/v1/fpbl/vmlinuz console=ttyS0 quiet ")
@@ -127,7 +115,7 @@ def test_customer_networks_reach_the_switch_when_the_os_is_up_and_leave_before_t
     wait_for("the NIC's hand-over committed", no_pending_action(db_url), 30.0, every=0.02)
 
     # A customer rebooting into the network is sent to its disk: no FPBL, no secret.
-    script = netprov.client.get(f"/boot/v1/ipxe/{MAC1}").text
+    script = netprov.agent.get(f"/boot/v1/ipxe/{MAC1}").text
     assert "exit" in script and "secret" not in script
 
     bmc = machine("bmc1")
@@ -171,21 +159,21 @@ def test_boot_routes_refuse_bad_input_and_change_nothing(netprov):
         ("/boot/v1/fpbl/core", 404),
         ("/boot/v1/ipxe?x=1", 400),
     ):
-        response = netprov.client.get(path)
+        response = netprov.agent.get(path)
         assert response.status_code == status, (path, response.status_code, response.text)
         assert set(response.json()) == {"type", "msg"}
     assert dump(netprov.sessions) == before
     # A node that is not enrolled gets a script that exits (its firmware boots the next device).
-    assert netprov.client.get(f"/boot/v1/ipxe/{MAC1}").text.startswith("#!ipxe\necho rhaas: not booting")
-    chain = netprov.client.get("/boot/v1/ipxe").text
+    assert netprov.agent.get(f"/boot/v1/ipxe/{MAC1}").text.startswith("#!ipxe\necho rhaas: not booting")
+    chain = netprov.agent.get("/boot/v1/ipxe").text
     assert chain == "#!ipxe\nchain http://10.0.0.1:8080/boot/v1/ipxe/${net0/mac}\n"
-    kernel = netprov.client.get("/boot/v1/fpbl/vmlinuz", headers={"Range": "bytes=0-9"})
+    kernel = netprov.agent.get("/boot/v1/fpbl/vmlinuz", headers={"Range": "bytes=0-9"})
     assert kernel.status_code == 206 and kernel.content == b"K" * 10
 
 
 def test_boot_routes_need_the_network_boot_set_up(db_url):
     with make_api(db_url, provisioning__enabled=True) as api:
-        response = api.client.get("/boot/v1/ipxe")
+        response = api.agent.get("/boot/v1/ipxe")
         assert response.status_code == 409 and response.json()["type"] == "IllegalStateError"
         assert "boot_url" in response.json()["msg"]
 

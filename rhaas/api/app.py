@@ -1,4 +1,15 @@
-"""The application factory: HIL's REST API under ``/v0``, plus the OpenAPI document at /openapi.json."""
+"""The application factories: two ASGI apps over one `AppState`, for two listeners.
+
+- the customer API (`create_app`): HIL's REST API under ``/v0``, the OpenAPI document at /openapi.json
+  and /docs. It must not serve the FPBL agents' routes or the network boot routes: those hand out and
+  accept agent secrets, which a customer must never get (docs/fast-provisioning.md, "Trust").
+- the provisioning-network app (`create_agent_app`): ``/agent/v1`` (FPBL agents, authenticated by their
+  node's secret) and ``/boot/v1`` (firmware in a network boot), and nothing else. ``rhaas-admin serve``
+  binds it to ``[provisioning] agent_listen``, an address on the provisioning network only.
+
+The background threads (networking worker, provisioning ticker) belong to the customer app's lifespan,
+so they run once however many listeners serve.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +53,13 @@ class JSONBodies:
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
-    """Build the API. The schema must exist (``rhaas-admin db upgrade``); the VLAN pool is topped up."""
+    """Build the customer API; its provisioning-network app is ``AppState.of(app).agent_app``. The schema
+    must exist (``rhaas-admin db upgrade``); the VLAN pool is topped up."""
+    return create_apps(settings, sessions)[0]
+
+
+def create_apps(settings: Settings, sessions: sessionmaker[Session] | None = None) -> tuple[FastAPI, FastAPI]:
+    """The customer API and the provisioning-network app, sharing one state (see the module's docstring)."""
     if sessions is None:
         sessions = make_sessionmaker(make_engine(settings.database.url))
     # The one backend of this instance: routes, the worker and the ticker are handed it.
@@ -84,7 +101,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         description="HIL-compatible bare-metal API (base or recursive instance).",
         lifespan=lifespan,
     )
-    AppState(
+    state = AppState(
         settings=settings,
         sessions=sessions,
         authenticator=Authenticator(settings.auth),
@@ -93,12 +110,24 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         backend=backend,
         worker=worker,
         ticker=ticker,
-    ).install(app)
+    )
+    state.install(app)
     errors.install(app)
     app.add_middleware(JSONBodies)
     for module in (projects, nodes, networks, switches, users, pool, images, provisioning):
         app.include_router(module.router, prefix="/v0", dependencies=[Depends(check_input)])
     app.include_router(images.blob_router, prefix="/v0")  # raw bodies, streamed: no JSON input checks
-    app.include_router(provisioning.agent_router)  # FPBL agents, authenticated by their node's secret
-    app.include_router(provisioning.boot_router)  # firmware in a network boot: iPXE scripts, the FPBL
-    return app
+    return app, create_agent_app(state)
+
+
+def create_agent_app(state: AppState) -> FastAPI:
+    """The provisioning-network app over ``state`` (built by `create_apps`): the agents' and the network
+    boot's routes, HIL's error shape, no lifespan (the customer app's runs the background threads) and no
+    API documents. It is recorded as ``state.agent_app``."""
+    agent_app = FastAPI(title="rhaas provisioning network", docs_url=None, redoc_url=None, openapi_url=None)
+    state.install(agent_app)
+    state.agent_app = agent_app
+    errors.install(agent_app)
+    agent_app.include_router(provisioning.agent_router)  # FPBL agents, authenticated by their node's secret
+    agent_app.include_router(provisioning.boot_router)  # firmware in a network boot: iPXE scripts, the FPBL
+    return agent_app

@@ -1,6 +1,7 @@
 """The API's application state: one typed object, built once by the app factory (rhaas.api.app).
 
-It is stored as ``app.state.rhaas`` and reaches routes through the `State` dependency (rhaas.api.deps);
+It is stored as ``app.state.rhaas`` of both apps the factory builds (the customer API and the
+provisioning-network app, which share it), and reaches routes through the `State` dependency (rhaas.api.deps);
 nothing else is put on ``app.state``, and routes do not read ``app.state`` themselves. It holds the
 long-lived objects a route may need, and says how a route wakes this process's background threads. It
 must not hold per-request data.
@@ -36,6 +37,8 @@ class AppState:
     worker: NetworkWorker | None = None
     #: The provisioning ticker, if fast provisioning is enabled.
     ticker: ProvisioningTicker | None = None
+    #: The provisioning-network app (agents, network boot) sharing this state; None until it is built.
+    agent_app: Starlette | None = None
 
     def install(self, app: Starlette) -> None:
         app.state.rhaas = self

@@ -3,7 +3,8 @@
 `start_reseller` gives the base a project and a user for the reseller, starts the recursive instance
 (``rhaas-admin serve --upstream …``) with a ``[provisioning]`` section, makes its provisioning network
 (a network of the recursive instance, hence one VLAN of the base), puts a headnode's port on that VLAN
-and starts ``rhaas-admin boot-service`` in the headnode's namespace, relaying to the instance's API. From
+and starts ``rhaas-admin boot-service`` in the headnode's namespace, relaying to the instance's
+provisioning-network listener (``agent_listen``, a free port on 127.0.0.1), not to its customer API. From
 then on the lab's nodes network-boot the FPBL when the reseller enrols them, exactly as real servers
 would. Everything goes through the HIL API with rhaas's client.
 
@@ -105,7 +106,6 @@ def start_reseller(
         **settings,
     }
     config = workdir / f"{name}.toml"
-    write_config(config, values)
     password = secrets.token_urlsafe(12)
     upstream = ["--upstream", record.endpoint, "--upstream-project", name, "--upstream-user", bot]
     server = Server(
@@ -116,7 +116,11 @@ def start_reseller(
         str(config),
         admin=("admin", password),
         env={"RHAAS_UPSTREAM_PASSWORD": bot_password},
-    ).start()
+    )
+    # The agents' and network boot's listener: only the boot service's relay reaches it.
+    values.setdefault("agent_listen", server.agent_listen)
+    write_config(config, values)
+    server.start()
     admin = Client(server.url, "admin", password)
     reseller = Reseller(name, server, admin, config, values, "", workdir)
     try:
@@ -136,16 +140,26 @@ def start_reseller(
             base.wait_networking_action(
                 base.node.connect_network(headnode, "eth0", upstream_net)["status_id"]
             )
-        log = workdir / f"{name}-boot-service.log"
-        argv = [sys.executable, "-m", "rhaas.admin", "boot-service", "--address", head.ip,
-                "--port", str(BOOT_PORT), "--api", server.url, "--netns", head.netns,
-                "--dir", str(workdir / f"{name}-boot")]  # fmt: skip
-        reseller.boot_pid = procs.spawn(argv, log)
-        wait_for("the boot service", lambda: b"boot service" in log.read_bytes() or not procs.alive(
-            reseller.boot_pid or 0), 30)  # fmt: skip
-        if not procs.alive(reseller.boot_pid):
-            raise RuntimeError(f"the boot service did not start: {log.read_text()[-2000:]}")
+        reseller.boot_pid = _boot_service(reseller, head.ip, head.netns, f"http://{values['agent_listen']}")
     except BaseException:
         reseller.stop()
         raise
     return reseller
+
+
+def _boot_service(reseller: Reseller, address: str, netns: str, relay_to: str) -> int:
+    """Start the boot service on ``address`` in ``netns``, relaying to ``relay_to`` (the reseller's
+    agents' listener, never its customer API); its PID once it has started."""
+    log = reseller.workdir / f"{reseller.name}-boot-service.log"
+    argv = [sys.executable, "-m", "rhaas.admin", "boot-service", "--address", address,
+            "--port", str(BOOT_PORT), "--api", relay_to, "--netns", netns,
+            "--dir", str(reseller.workdir / f"{reseller.name}-boot")]  # fmt: skip
+    pid = procs.spawn(argv, log)
+    try:
+        wait_for("the boot service", lambda: b"boot service" in log.read_bytes() or not procs.alive(pid), 30)
+        if not procs.alive(pid):
+            raise RuntimeError(f"the boot service did not start: {log.read_text()[-2000:]}")
+    except BaseException:
+        procs.stop(pid, reseller.workdir)
+        raise
+    return pid

@@ -20,7 +20,11 @@ def free_port() -> int:
 
 
 class Server:
-    """``rhaas-admin serve`` in a subprocess; ``stop()`` ends it by PID (also on test failure)."""
+    """``rhaas-admin serve`` in a subprocess; ``stop()`` ends it by PID (also on test failure).
+
+    ``agent_port`` is a free port on 127.0.0.1 for the listener of the FPBL agents and the network boot:
+    with ``agent=True`` the server is started with ``--agent-listen`` on it; otherwise a settings file may
+    name it (``[provisioning] agent_listen = server.agent_listen``)."""
 
     def __init__(
         self,
@@ -29,11 +33,17 @@ class Server:
         *args: str,
         admin: tuple[str, str] = ("admin", "adminpw"),
         env: dict[str, str] | None = None,
+        agent: bool = False,
     ) -> None:
         self.db_url, self.log_path, self.args, self.admin = db_url, log, args, admin
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.agent, self.agent_port = agent, free_port()
+        while self.agent_port == self.port:  # the kernel may hand the same free port out twice
+            self.agent_port = free_port()
+        self.agent_listen = f"127.0.0.1:{self.agent_port}"
+        self.agent_url = f"http://{self.agent_listen}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Server:
@@ -59,6 +69,8 @@ class Server:
             "--database",
             self.db_url,
         ]
+        if self.agent:
+            cmd += ["--agent-listen", self.agent_listen]
         if "--image-store" not in self.args:  # not the default, which is the current directory
             cmd += ["--image-store", str(self.log_path.with_name(self.log_path.stem + "-images"))]
         self._log = self.log_path.open("ab")

@@ -1,6 +1,9 @@
 """Routes: fast provisioning (rhaas extension). ``/v0/node/<node>/provision``, the node's provisioning
-state and history, provision jobs; and the FPBL agent's own API under ``/agent/v1`` (``agent_router``),
-authenticated by each node's bearer secret rather than by users."""
+state and history, provision jobs (``router``, on the customer API); and, for the provisioning-network app
+only (rhaas.api.app.create_agent_app), the FPBL agent's own API under ``/agent/v1`` (``agent_router``),
+authenticated by each node's bearer secret rather than by users, and the network boot under ``/boot/v1``
+(``boot_router``). Those two must never be included in the customer API: they hand out and accept agent
+secrets."""
 
 from __future__ import annotations
 

@@ -1,0 +1,165 @@
+"""Who may speak to the FPBL agents' and the network boot's routes: only the provisioning network's
+listener serves them; the customer API answers them with HIL's 404, hands out no agent secret and takes
+none (docs/fast-provisioning.md, "Trust").
+
+The attack these tests replay: an ordinary customer of another project reads a free node's MAC (any
+user may read a node), asks the customer API for the node's iPXE script to get a fresh agent secret,
+then polls the node's work, downloads the next customer's disk, reports a fake kexec and locks the real
+agent out. In-process first, then against a real ``rhaas-admin serve`` with both listeners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from agent_helpers import DISK, Agent, fake_fpbl, machine, prov_images, sha, state
+from api_helpers import Api, make_api, populate_site
+from click.testing import CliRunner
+from dbdump import dump
+
+from rhaas.admin import main as admin_cli
+from rhaas.config import load_settings
+from rhaas.lab.polling import wait_for
+from rhaas.lab.servers import Server
+
+BOOT_URL = "http://10.0.0.1:8080"
+MAC1 = "52:54:00:00:00:01"
+
+
+@pytest.fixture
+def netprov(db_url: str, tmp_path: Path) -> Iterator[Api]:
+    """The site with fast provisioning, its provisioning network and the network boot set up."""
+    overrides = {
+        "provisioning__enabled": True,
+        "provisioning__agent_url": BOOT_URL,
+        "provisioning__boot_url": BOOT_URL,
+        "provisioning__fpbl_dir": str(fake_fpbl(tmp_path / "fpbl")),
+        "provisioning__network": "prov",
+        "provisioning__tick_seconds": 0.05,
+    }
+    with make_api(db_url, **overrides) as api:
+        populate_site(api)
+        api.admin.ok("PUT", "/project/infra")
+        api.admin.ok("PUT", "/network/prov", {"owner": "admin", "access": "infra", "net_id": ""})
+        prov_images(api)
+        yield api
+
+
+def ready_agent(api: Api) -> Agent:
+    """Enrol n1, network-boot it on the provisioning network's listener, check its agent in."""
+    api.admin.ok("PUT", "/node/n1/fpbl", {})
+    wait_for("the network boot", lambda: machine("bmc1").power == "on", 30.0, every=0.02)
+    script = api.agent.get(f"/boot/v1/ipxe/{MAC1}").text
+    words = dict(w.split("=", 1) for w in script.split() if w.startswith("rhaas."))
+    agent = Agent(api, "n1", words["rhaas.secret"])
+    agent.checkin()
+    assert state(api, "n1") == "ready"
+    return agent
+
+
+def attempts(node: str, mac: str, job: str) -> list[tuple[str, str, dict[str, object] | None]]:
+    """Every route that hands out or takes an agent secret, as a stranger would call it."""
+    report = {"job": job, "phase": "kexec", "state": "done", "at": 1.0}
+    checkin = {"mode": "ready", "boot_id": "evil", "kernel": "6.1", "memory_kb": 1}
+    return [
+        ("GET", f"/boot/v1/ipxe/{mac}", None),
+        ("GET", "/boot/v1/ipxe", None),
+        ("GET", "/boot/v1/fpbl/vmlinuz", None),
+        ("GET", "/boot/v1/fpbl/initrd", None),
+        ("GET", f"/agent/v1/nodes/{node}/work", None),
+        ("GET", f"/agent/v1/nodes/{node}/work?wait=1", None),
+        ("POST", f"/agent/v1/nodes/{node}/report", report),
+        ("POST", f"/agent/v1/nodes/{node}/checkin", checkin),
+        ("GET", f"/agent/v1/nodes/{node}/blobs/{sha(DISK)}", None),
+    ]
+
+
+def test_a_customer_gets_no_agent_secret_and_no_agent_route_on_the_customer_api(netprov):
+    agent = ready_agent(netprov)
+    # Bob (project p2) reads the free node, MAC included, as any user may; Alice's deploy is queued on it.
+    bob = netprov.bob
+    mac = bob.ok("GET", "/node/n1")["nics"][0]["macaddr"]
+    assert mac == MAC1
+    netprov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    job = netprov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
+    before = dump(netprov.sessions)
+
+    for auth in (bob.headers, {"Authorization": "Bearer guessed"}, {}):
+        for method, path, body in attempts("n1", mac, job):
+            response = netprov.client.request(method, path, json=body, headers=auth)
+            assert response.status_code == 404, (method, path, response.status_code, response.text)
+            assert response.json() == {"type": "NotFoundError", "msg": f"No such route: {path.split('?')[0]}"}
+            assert "secret" not in response.text and not response.headers.get("content-range")
+    assert dump(netprov.sessions) == before, "a refused request changed the database"
+
+    # The real agent, on the provisioning network's listener, still holds the node and gets the deploy.
+    item = agent.work()
+    assert item["action"] == "deploy" and item["job"] == job
+    blob = netprov.agent.get(f"/agent/v1/nodes/n1/blobs/{sha(DISK)}", headers=agent.headers)
+    assert blob.status_code == 200 and blob.content == DISK
+    agent.report(job, "kexec", "start")
+    assert state(netprov, "n1") == "deploying"
+
+
+def test_the_customer_api_documents_no_agent_route_and_the_agent_app_no_customer_route(netprov):
+    paths = netprov.client.get("/openapi.json").json()["paths"]
+    assert paths and not [p for p in paths if p.startswith(("/agent/", "/boot/"))]
+    for path in ("/openapi.json", "/docs", "/v0/nodes/free"):
+        response = netprov.agent.get(path, headers=netprov.admin.headers)
+        assert response.status_code == 404 and response.json()["type"] == "NotFoundError", path
+
+
+def test_serve_refuses_fast_provisioning_without_an_agent_listener(tmp_path):
+    config = tmp_path / "rhaas.toml"
+    config.write_text('[provisioning]\nenabled = true\nagent_url = "http://10.20.0.1:5001"\n')
+    database = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    result = CliRunner().invoke(admin_cli, ["serve", "--config", str(config), "--database", database])
+    assert result.exit_code == 2 and "agent_listen" in result.output, result.output
+    assert not (tmp_path / "x.sqlite3").exists(), "it refused before touching the database"
+    bad = CliRunner().invoke(admin_cli, ["serve", "--database", database, "--agent-listen", "10.0.0.1"])
+    assert bad.exit_code == 2 and "HOST:PORT" in bad.output, bad.output
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1", ":5001", "10.0.0.1:0", "10.0.0.1:http", "h:99999", "a b:1"])
+def test_agent_listen_must_be_host_and_port(value):
+    with pytest.raises(ValueError, match="agent_listen must be HOST:PORT"):
+        load_settings(None, provisioning__agent_listen=value)
+
+
+def test_agent_listen_takes_ipv4_ipv6_and_names():
+    for value in ("10.20.0.1:5001", "[fd00::1]:5001", "head.prov.example.org:80"):
+        assert load_settings(None, provisioning__agent_listen=value).provisioning.agent_listen == value
+
+
+def test_a_real_server_serves_agents_on_the_agent_listener_only(tmp_path):
+    config = tmp_path / "rhaas.toml"
+    config.write_text('[provisioning]\nenabled = true\nagent_url = "http://10.0.2.2:5000"\n')
+    server = Server(f"sqlite:///{tmp_path / 'rhaas.sqlite3'}", tmp_path / "server.log", "--config",
+                    str(config), agent=True)  # fmt: skip
+    server.start()
+    try:
+        with server.client("admin", "adminpw") as admin:
+            obm = {"type": "mock", "host": "trust-bmc", "user": "u", "password": "p"}
+            admin.put("/node/t1", json={"obm": obm}).raise_for_status()
+            admin.put("/node/t1/nic/eth0", json={"macaddr": "52:54:00:aa:00:01"}).raise_for_status()
+            cmdline = admin.put("/node/t1/fpbl", json={}).json()["cmdline"]
+        secret = dict(w.split("=", 1) for w in cmdline.split())["rhaas.secret"]
+        headers = {"Authorization": f"Bearer {secret}"}
+        body = {"mode": "ready", "boot_id": "b1", "kernel": "6.1", "memory_kb": 1}
+        checkin, boot = "/agent/v1/nodes/t1/checkin", "/boot/v1/ipxe"
+
+        refused = httpx.post(server.url + checkin, json=body, headers=headers)
+        assert refused.status_code == 404 and refused.json()["type"] == "NotFoundError"
+        assert httpx.get(server.url + boot).status_code == 404
+
+        assert httpx.post(server.agent_url + checkin, json=body, headers=headers).status_code == 200
+        unset = httpx.get(server.agent_url + boot)  # served: the network boot is not set up here
+        assert unset.status_code == 409 and unset.json()["type"] == "IllegalStateError"
+        assert httpx.get(server.agent_url + "/v0/nodes/free").status_code == 404
+        with server.client("admin", "adminpw") as admin:
+            assert admin.get("/node/t1/provisioning").json()["state"] == "ready"
+    finally:
+        server.stop()
