@@ -6,15 +6,16 @@ has an interface on the provisioning network, and stops dnsmasq when it stops::
     plain PXE ROM        --DHCP--> dnsmasq: "boot undionly.kpxe" (BIOS) or "snponly.efi" (UEFI)
                          --TFTP--> dnsmasq: iPXE, which starts over as an iPXE client:
     node firmware (iPXE) --DHCP--> dnsmasq: "you are 10.0.0.100, boot http://10.0.0.1:8080/boot/v1/ipxe"
-                         --HTTP--> relay --> rhaas API: /boot/v1/ipxe → chain /boot/v1/ipxe/<MAC>
+                         --HTTP--> relay --> agents' listener: /boot/v1/ipxe → chain /boot/v1/ipxe/<MAC>
                                                         → kernel /boot/v1/fpbl/vmlinuz <cmdline>; initrd …
-    FPBL agent           --HTTP--> relay --> rhaas API: /agent/v1/… (check-in, work, image blobs)
+    FPBL agent           --HTTP--> relay --> agents' listener: /agent/v1/… (check-in, work, image blobs)
 
-The API serves the scripts and the FPBL (`rhaas.api.routes.provisioning`), so the relay is only needed
-where the API does not listen on the provisioning network itself (``--api``): it forwards TCP
-connections from ``<address>:<port>`` to the API. With ``--netns`` the relay listens and dnsmasq runs in
-that network namespace while the relay's outgoing connections stay in this process's own: one process
-bridges a namespace on the provisioning network and an API on this machine's loopback.
+The instance's agents' listener (``[provisioning] agent_listen``, never the customer API: see
+`rhaas.api.app.create_agent_app`) serves the scripts and the FPBL, so the relay is only needed where that
+listener is not on the provisioning network itself (``--api``): it forwards TCP connections from
+``<address>:<port>`` to it. With ``--netns`` the relay listens and dnsmasq runs in that network namespace
+while the relay's outgoing connections stay in this process's own: one process bridges a namespace on the
+provisioning network and an agents' listener on this machine's loopback.
 
 iPXE clients (QEMU's NIC ROMs, iPXE-flashed NICs) get the boot URL straight away. Other PXE clients get
 iPXE itself over dnsmasq's TFTP server, from Debian's ``ipxe`` package (``--ipxe-dir``): ``undionly.kpxe``
