@@ -96,17 +96,27 @@ class Agent:
 
     # --- the loop ---
 
+    def use_secret(self, secret: str) -> None:
+        """From now on the agent is ``secret`` (handed out by the server: the one before it is dead)."""
+        self.settings = self.settings._replace(secret=secret, token=None)
+        self.api.use(secret)
+
     def checkin(self) -> None:
-        """Check in, retrying with back-off until the server answers."""
+        """Check in, retrying with back-off until the server answers. A return FPBL checks in with its
+        deploy's return token, and is answered its secret."""
         body = {
             "mode": self.settings.mode, "boot_id": self.boot_id, "kernel": self.system.kernel(),
             "memory_kb": self.system.memory_kb(),
             "disks": [{"name": d.name, "size": d.size} for d in self.system.disks()],
+            "elfcorehdr": self.settings.crashed,
         }  # fmt: skip
         delay = 1.0
         while True:
             try:
-                self.api.call("POST", "checkin", body)
+                answer = self.api.call("POST", "checkin", body)
+                secret = answer.get("secret") if isinstance(answer, dict) else None
+                if isinstance(secret, str) and secret:
+                    self.use_secret(secret)
                 log(f"checkin mode={self.settings.mode} memory_kb={body['memory_kb']} ok")
                 return
             except (OSError, ValueError) as exc:
@@ -167,6 +177,8 @@ class Agent:
 
     def do(self, work: Deploy | Wipe) -> None:
         """Do one job. Every failure is reported; none escapes (the node must stay reachable)."""
+        if isinstance(work, Deploy) and work.secret:
+            self.use_secret(work.secret)
         task = Deployment(self, work) if isinstance(work, Deploy) else Wiping(self, work)
         try:
             task.run()
