@@ -200,3 +200,16 @@ def test_a_return_checkin_without_elfcorehdr_is_not_fast(prov):
     finish_return(agent)
     job = last_job(prov, "n1")
     assert (job["status"], job["path"]) == ("DONE", "unexpected-reset")
+
+
+def test_an_agent_restarted_in_the_return_fpbl_keeps_the_return_fast(prov):
+    agent = ready(prov, "n1")
+    deploy(prov, agent, "n1")
+    detach(prov, "n1", "bmc1")
+    agent.use(agent.return_token or "")
+    body = {"mode": "return", "boot_id": "crash-kernel-boot", "elfcorehdr": True}
+    agent.use(agent.call("POST", "checkin", body)["secret"])
+    agent.call("POST", "checkin", body)  # its agent restarted: same kernel, the secret it was handed
+    finish_return(agent)
+    job = last_job(prov, "n1")
+    assert (job["status"], job["path"]) == ("DONE", "fast")

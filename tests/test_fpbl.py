@@ -573,6 +573,8 @@ def test_deploy_writes_verifies_and_arms_the_return(fake_api, tmp_path):
     )
     _agent(fake_api, system, ip="10.0.2.15/24").run(rounds=2)
     assert fake_api.denied == 0, "the agent switched to the secret the deploy's hand-out gave it"
+    restarted = _agent(fake_api, system, ip="10.0.2.15/24")  # the init restarts a dead agent
+    assert restarted.settings.secret == "s3cret-of-j2", "kept in this kernel's tmpfs for it"
     phases = [(r["phase"], r["state"]) for r in fake_api.reports if r["job"] == "j2" and "progress" not in r]
     assert phases == [
         ("download-kernel", "start"), ("download-kernel", "done"), ("download-initrd", "start"),
@@ -961,3 +963,5 @@ def test_the_return_fpbl_checks_in_with_its_token_once_then_works_with_the_secre
     assert fake_api.token is None and agent.settings.secret == fake_api.token_secret
     assert fake_api.denied == 0 and fake_api.report_of("w3", "ready", "done")
     assert "rhaas.secret=s3cret-after-return" in agent.settings.passed_on()
+    restarted = ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=lambda s: None)
+    assert restarted.settings.token is None and restarted.api.headers == agent.api.headers

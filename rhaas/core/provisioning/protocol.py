@@ -47,6 +47,8 @@ from rhaas.db.models import DONE, ERROR, PENDING, Blob, Nic, NodeProvisioning, P
 from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError
 
 Event = states.Event
+#: The detail of the check-in stamp that proves a fast return (see `_return_checkin`).
+_EVIDENCE = "return FPBL checked in: the crash kernel armed for this deploy"
 MAC_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 #: The script a network boot gets when the FPBL should not run: iPXE exits, the firmware boots the disk.
 EXIT_SCRIPT = "#!ipxe\necho rhaas: not booting the FPBL: {why}\nexit\n"
@@ -97,14 +99,17 @@ def checkin(
             raise refuse()  # kept for the return: a customer's OS reading it early gets nothing
         row.return_sha256 = None
         answer["secret"] = rotate_secret(row)
+    boot_id = str(facts.get("boot_id") or "")[:64] or None
+    same_boot = boot_id is not None and boot_id == row.boot_id  # the agent restarted in the same kernel
     row.checked_in_at = utcnow()
-    row.boot_id = str(facts.get("boot_id") or "")[:64] or None
+    row.boot_id = boot_id
     row.facts = {k: facts[k] for k in ("mode", "kernel", "memory_kb", "disks", "elfcorehdr") if k in facts}
     mode = facts.get("mode")
     if job is not None and job.kind == RETURN:
         if mode == "return" or job.status == PENDING:
             job.status = RUNNING
-        _return_checkin(job, str(mode), by_token and mode == "return" and facts.get("elfcorehdr") is True)
+        evidence = by_token and mode == "return" and facts.get("elfcorehdr") is True
+        _return_checkin(job, str(mode), evidence, same_boot)
         if mode == "ready" and wiped(job):
             finish(job, DONE)
             states.transition(row, Event.RETURNED)
@@ -133,15 +138,19 @@ def checkin(
     return answer
 
 
-def _return_checkin(job: ProvisionJob, mode: str, evidence: bool) -> None:
+def _return_checkin(job: ProvisionJob, mode: str, evidence: bool, same_boot: bool) -> None:
     """Stamp a check-in on a return. A fast return stays fast only if the check-in proves it came from
     the crash kernel armed for the node's deploy (``evidence``: its return token, and ``elfcorehdr=``
-    on its command line); any other FPBL booted in the middle of it (the guest rebooted itself, a reset
-    nobody asked the BMC for) is recorded as what it was, and the return goes on from there."""
+    on its command line), or from the agent restarted in the kernel that proved it (``same_boot``: the
+    boot id it checked in with last); any other FPBL booted in the middle of it (the guest rebooted
+    itself, a reset nobody asked the BMC for) is recorded as what it was, and the return goes on."""
+    proven = any(p["phase"] == "checkin" and p["detail"] == _EVIDENCE for p in job.phases)
     if job.path != FAST or wiped(job):
         stamp(job, "checkin", "done", f"{mode} FPBL checked in")
     elif evidence:
-        stamp(job, "checkin", "done", "return FPBL checked in: the crash kernel armed for this deploy")
+        stamp(job, "checkin", "done", _EVIDENCE)
+    elif proven and same_boot:
+        stamp(job, "checkin", "done", f"{mode} FPBL checked in again (its agent restarted, same boot)")
     else:
         job.path = UNEXPECTED_RESET
         why = "the full FPBL booted (a reset or reboot nobody asked the BMC for)" if mode == "ready" else (
