@@ -197,7 +197,16 @@ def test_a_customer_who_defuses_the_nmi_return_still_gets_the_node_back(site, fp
 
         started = time.monotonic()
         admin.project.detach("e", "pq")
+
+        def nmi_sent() -> bool:
+            return any(p["phase"] == "nmi" for p in admin.node.provisioning("pq")["jobs"][-1]["phases"])
+
+        # The fallback's firmware boot must bring the FPBL up with a fresh secret, as a network boot's iPXE
+        # script does. A direct kernel boot reads its command line only at power on (a reset reuses it), so
+        # once the NMI went unanswered the node is powered off: the fallback powers it up (one boot).
+        wait_for("the NMI", nmi_sent, 30)
         network_boot_next(site, fpbl)
+        site["fast"].ipmitool("chassis", "power", "off")
         wait_for(
             "ready by the reboot path", lambda: state(admin, "pq") == "ready", return_timeout + BOOT_TIMEOUT
         )
