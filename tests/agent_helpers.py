@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from api_helpers import Api
 
+from rhaas.api.state import AppState
+from rhaas.core import provisioning
 from rhaas.drivers.obm.mock import MockMachine, MockOBM
 
 KERNEL, INITRD, DISK = b"kernel" * 100, b"initrd" * 100, b"RHAAS-DISK A-data\n" + bytes(5000)
@@ -51,11 +54,18 @@ def prov_images(api: Api) -> None:
 
 
 class Agent:
-    """Speaks the FPBL agent's protocol for one node, on the provisioning network's listener."""
+    """Speaks the FPBL agent's protocol for one node, on the provisioning network's listener, with its
+    credentials as the real agent keeps them: the secret a deploy's hand-out gives replaces the one before,
+    and its return token is what a return check-in presents (then the secret that check-in answers)."""
 
     def __init__(self, api: Api, node: str, secret: str) -> None:
         self.client, self.node = api.agent, node
         self.headers = {"Authorization": f"Bearer {secret}"}
+        #: The return token of the deploy handed out last (what the crash kernel's command line holds).
+        self.return_token: str | None = None
+
+    def use(self, credential: str) -> None:
+        self.headers = {"Authorization": f"Bearer {credential}"}
 
     def call(
         self, method: str, what: str, body: dict[str, Any] | None = None, status: int = 200
@@ -66,14 +76,22 @@ class Agent:
         assert response.status_code == status, (what, response.status_code, response.text)
         return response.json()
 
-    def checkin(self, mode: str = "ready") -> None:
+    def checkin(self, mode: str = "ready", status: int = 200) -> dict[str, Any]:
+        """A check-in; in mode return, as the crash kernel: its return token, ``elfcorehdr=``."""
+        if mode == "return" and self.return_token:
+            self.use(self.return_token)
         facts = {
             "mode": mode,
             "boot_id": f"{mode}-{time.monotonic()}",
             "kernel": "6.1",
             "memory_kb": 1_000_000,
+            "elfcorehdr": mode == "return",
         }
-        self.call("POST", "checkin", {**facts, "disks": [{"name": "vda", "size": 4 << 30}]})
+        answer = self.call("POST", "checkin", {**facts, "disks": [{"name": "vda", "size": 4 << 30}]}, status)
+        if answer.get("secret"):
+            self.use(answer["secret"])
+            self.return_token = None
+        return answer
 
     def report(
         self, job: str, phase: str, state: str = "done", status: int = 200, **extra: Any
@@ -82,7 +100,23 @@ class Agent:
         return self.call("POST", "report", body, status=status)
 
     def work(self) -> dict[str, Any]:
-        return self.call("GET", "work")
+        item = self.call("GET", "work")
+        if item.get("secret"):
+            self.use(item["secret"])
+            self.return_token = item.get("return_token")
+        return item
+
+
+def network_boot(api: Api, agent: Agent, n: int) -> None:
+    """Node ``n{n}`` boots the FPBL from the network (the reboot path): its iPXE script carries a fresh
+    secret, which ``agent`` takes (the one it had died with its deploy's hand-out)."""
+    with AppState.of(api.client.app).sessions() as db:
+        script = provisioning.boot_script(db, f"52:54:00:00:00:0{n}", "http://10.0.2.2:5000",
+                                          "http://10.0.2.2:5000", "console=ttyS0")  # fmt: skip
+        db.commit()
+    found = re.search(r"rhaas\.secret=(\S+)", script)
+    assert found is not None, script
+    agent.use(found.group(1))
 
 
 def enroll(api: Api, node: str) -> Agent:
@@ -107,5 +141,5 @@ def deploy(api: Api, agent: Agent, node: str) -> str:
     agent.report(job, "kexec", "start")
     assert state(api, node) == "deploying"
     agent.report(job, "kexec", "done")
-    agent.report(job, "kexec", "done")  # said twice (a retry): changes nothing
+    agent.report(job, "kexec", "done", status=401)  # said twice (a retry): the secret died at the first
     return job

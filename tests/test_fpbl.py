@@ -41,6 +41,9 @@ class FakeAgentApi:
 
     def __init__(self, secret: str = SECRET, poll_after: float = 0.5) -> None:
         self.secret = secret
+        #: A return token good for one check-in, answered with ``token_secret`` (the agent's next secret).
+        self.token: str | None = None
+        self.token_secret = "s3cret-after-return"
         self.poll_after = poll_after
         self.files: dict[str, bytes] = {}
         self.work: list[dict[str, Any]] = []
@@ -67,8 +70,12 @@ class FakeAgentApi:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _authorized(self) -> bool:
+            def _authorized(self, token_ok: bool = False) -> bool:
                 if self.headers.get("Authorization") == f"Bearer {api.secret}":
+                    return True
+                if token_ok and api.token and self.headers.get("Authorization") == f"Bearer {api.token}":
+                    api.token, api.secret = None, api.token_secret  # good once; a fresh secret follows
+                    self.headers["X-Answer-Secret"] = api.secret
                     return True
                 with api.cond:
                     api.denied += 1
@@ -95,6 +102,7 @@ class FakeAgentApi:
                         item = (
                             api.work.pop(0) if api.work else {"action": "wait", "poll_after": api.poll_after}
                         )
+                        api.secret = item.get("secret", api.secret)  # a deploy's hand-out replaces it
                         api.cond.notify_all()
                     self._send(200, json.dumps(item).encode())
                     return
@@ -103,16 +111,17 @@ class FakeAgentApi:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if not self._authorized():
-                    return
                 name = self.path.rsplit("/", 1)[-1]
+                if not self._authorized(token_ok=name == "checkin"):
+                    return
                 with api.cond:
                     if name == "checkin":
                         api.checkins.append((time.monotonic(), body))
                     elif name == "report":
                         api.reports.append(body)
                     api.cond.notify_all()
-                self._send(200, b"{}")
+                secret = self.headers.get("X-Answer-Secret")
+                self._send(200, json.dumps({"secret": secret} if secret else {}).encode())
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -558,9 +567,14 @@ def test_deploy_writes_verifies_and_arms_the_return(fake_api, tmp_path):
             "initrd": fake_api.artifact("i", customer),
             "disk": fake_api.artifact("d", image),
             "cmdline": "console=ttyS0",
+            "secret": "s3cret-of-j2",
+            "return_token": "return-token-of-j2",
         }  # fmt: skip
     )
     _agent(fake_api, system, ip="10.0.2.15/24").run(rounds=2)
+    assert fake_api.denied == 0, "the agent switched to the secret the deploy's hand-out gave it"
+    restarted = _agent(fake_api, system, ip="10.0.2.15/24")  # the init restarts a dead agent
+    assert restarted.settings.secret == "s3cret-of-j2", "kept in this kernel's tmpfs for it"
     phases = [(r["phase"], r["state"]) for r in fake_api.reports if r["job"] == "j2" and "progress" not in r]
     assert phases == [
         ("download-kernel", "start"), ("download-kernel", "done"), ("download-initrd", "start"),
@@ -575,9 +589,10 @@ def test_deploy_writes_verifies_and_arms_the_return(fake_api, tmp_path):
     payload = images.read_cpio(data[len(customer) + (-len(customer) % 4) :])
     crash = payload["rhaas/crash.cmdline"].data.decode()
     words = ["console=ttyS0", "irqpoll", "nr_cpus=1", "reset_devices", "iomem=relaxed", "rhaas.mode=return"]
-    words += [f"rhaas.secret={SECRET}", "rhaas.ip=10.0.2.15/24", "rhaas.memmap=100000-40000000u"]
+    words += ["rhaas.token=return-token-of-j2", "rhaas.ip=10.0.2.15/24", "rhaas.memmap=100000-40000000u"]
     for word in words:
         assert word in crash.split(), word
+    assert "rhaas.secret" not in crash, "what the customer can read holds no agent secret"
     assert all(r["at"] > 1e9 for r in fake_api.reports)
 
 
@@ -927,3 +942,26 @@ def test_rhaas_admin_fpbl_build_is_a_cache_hit_the_second_time(fpbl):
     assert built["key"] == fpbl.key and built["built"] is False
     assert Path(built["kernel"]).stat().st_size == fpbl.sizes["kernel"] and Path(built["initrd"]).exists()
     assert "kexec-tools" in built["packages"] and "busybox-static" in built["packages"]
+
+
+def test_the_return_fpbl_checks_in_with_its_token_once_then_works_with_the_secret_it_is_given(
+    fake_api, tmp_path
+):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    fake_api.token, fake_api.secret = "return-token-of-j2", "dead-after-kexec"
+    settings = ag.parse_cmdline(
+        f"console=ttyS0 rhaas.agent={fake_api.url} rhaas.node=n1 rhaas.token=return-token-of-j2"
+        f" rhaas.mode=return rhaas.memmap={MEMMAP} elfcorehdr=884K"
+    )
+    assert settings.secret == "" and settings.token == "return-token-of-j2"
+    fake_api.push({"action": "wipe", "job": "w3", "policy": "metadata"})
+    agent = ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=lambda s: None)
+    agent.run(rounds=1)
+    [(_, checkin)] = fake_api.checkins
+    assert checkin["mode"] == "return" and checkin["elfcorehdr"] is True
+    assert fake_api.token is None and agent.settings.secret == fake_api.token_secret
+    assert fake_api.denied == 0 and fake_api.report_of("w3", "ready", "done")
+    assert "rhaas.secret=s3cret-after-return" in agent.settings.passed_on()
+    restarted = ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=lambda s: None)
+    assert restarted.settings.token is None and restarted.api.headers == agent.api.headers

@@ -8,7 +8,19 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from agent_helpers import DISK, INITRD, KERNEL, Agent, deploy, enroll, machine, prov_images, sha, state
+from agent_helpers import (
+    DISK,
+    INITRD,
+    KERNEL,
+    Agent,
+    deploy,
+    enroll,
+    machine,
+    network_boot,
+    prov_images,
+    sha,
+    state,
+)
 from api_helpers import Api, make_api, populate_site
 from dbdump import dump
 
@@ -91,9 +103,8 @@ def test_deploy_then_return_by_nmi_then_reassign(prov):
     }  # fmt: skip
     agent.report(item["job"], "wipe", "start")
     agent.report(item["job"], "wipe", "done")
-    agent.checkin("ready")  # not wiped-and-verified yet: still returning
     assert state(prov, "n1") == "returning"
-    assert agent.work()["action"] == "wipe"
+    assert agent.work()["action"] == "wipe"  # not wiped-and-verified yet: still returning
     agent.report(item["job"], "verify-wipe", "done", detail="first and last MiB read back as zeros")
     agent.report(item["job"], "restore-memory", "done")
     agent.checkin("ready")
@@ -151,6 +162,7 @@ def test_return_falls_back_to_reboot_when_no_fpbl_checks_in(prov):
 
     wait_for("the reboot fallback", fell_back, 15.0, every=0.02)
     assert bmc.bootdev == "pxe"
+    network_boot(prov, agent, 2)
     agent.checkin("ready")  # the FPBL, booted by firmware this time
     item = agent.work()
     assert item["action"] == "wipe"
@@ -174,6 +186,7 @@ def test_an_instance_can_return_by_reboot_only(prov, return_path):
     prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n3"})
     wait_for("the power cycle", lambda: bmc.boots == boots + 1, 10.0, every=0.02)
     assert bmc.nmis == nmis and bmc.bootdev == "pxe"
+    network_boot(prov, agent, 3)
     agent.checkin("ready")
     item = agent.work()
     agent.report(item["job"], "verify-wipe", "done")
@@ -415,6 +428,7 @@ def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
         < seen.index(("fallback", "start"))
         < seen.index(("power-cycle", "error"))
     )
+    network_boot(prov, agent, 1)
     agent.checkin("ready")
     item = agent.work()
     agent.report(item["job"], "verify-wipe", "done")

@@ -35,10 +35,13 @@ from provisioning_helpers import (
     upload_image,
     wait_job,
 )
+from sqlalchemy.orm import Session
 
 from rhaas.client import Client
+from rhaas.core import provisioning
+from rhaas.db.session import make_engine
 from rhaas.lab import images
-from rhaas.lab.fastnode import BMC_USER, FastNode
+from rhaas.lab.fastnode import BMC_USER, HOST_IP, NODE_IP, FastNode, agent_url
 from rhaas.lab.polling import wait_for
 from rhaas.lab.qemu import QemuNode
 from rhaas.lab.servers import Server
@@ -159,6 +162,22 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
     assert nonce.encode() not in disk_bytes(node, workdir)
 
 
+def network_boot_next(site: dict, fpbl) -> None:
+    """The node's next firmware boot gets the FPBL with a fresh agent secret, as a network boot's iPXE
+    script gives it (the enrolment's secret died at the first deploy's hand-out)."""
+    engine = make_engine(f"sqlite:///{site['workdir'] / 'rhaas.sqlite3'}")
+    try:
+        with Session(engine) as db:
+            script = provisioning.boot_script(db, site["node"].mac, "", agent_url(site["server"].port), "")
+            db.commit()
+    finally:
+        engine.dispose()
+    words = " ".join(
+        w for w in script.split() if w.startswith(("rhaas.agent=", "rhaas.node=", "rhaas.secret="))
+    )
+    site["fast"].append_file.write_text(f"{fpbl.cmdline} {words} rhaas.ip={NODE_IP} rhaas.gw={HOST_IP}\n")
+
+
 @pytest.mark.parametrize("return_timeout", [20])
 def test_a_customer_who_defuses_the_nmi_return_still_gets_the_node_back(site, fpbl, return_timeout):
     server, node = site["server"], site["node"]
@@ -178,6 +197,16 @@ def test_a_customer_who_defuses_the_nmi_return_still_gets_the_node_back(site, fp
 
         started = time.monotonic()
         admin.project.detach("e", "pq")
+
+        def nmi_sent() -> bool:
+            return any(p["phase"] == "nmi" for p in admin.node.provisioning("pq")["jobs"][-1]["phases"])
+
+        # The fallback's firmware boot must bring the FPBL up with a fresh secret, as a network boot's iPXE
+        # script does. A direct kernel boot reads its command line only at power on (a reset reuses it), so
+        # once the NMI went unanswered the node is powered off: the fallback powers it up (one boot).
+        wait_for("the NMI", nmi_sent, 30)
+        network_boot_next(site, fpbl)
+        site["fast"].ipmitool("chassis", "power", "off")
         wait_for(
             "ready by the reboot path", lambda: state(admin, "pq") == "ready", return_timeout + BOOT_TIMEOUT
         )

@@ -11,6 +11,7 @@ Between polls it sleeps for the ``poll_after`` the server asked for.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,9 @@ __all__ = [
     "parse_work",
 ]  # fmt: skip
 
+#: Where the agent keeps the secret the server handed it, under System.tmp (a tmpfs: it lasts as long as
+#: this kernel runs), so that an agent restarted by the init carries on with it.
+SECRET_FILE = "agent.secret"
 #: Seconds the server may hold a request for work while there is none (a long poll: work queued for the
 #: node answers it at once). Below the HTTP timeout.
 WORK_WAIT = 20
@@ -65,6 +69,7 @@ class Agent:
         self.payload = StaticPayload(system)
         self._memmap_published = False
         self._long_poll = True
+        self._load_secret()
 
     # --- reporting ---
 
@@ -96,17 +101,49 @@ class Agent:
 
     # --- the loop ---
 
+    def use_secret(self, secret: str, keep: bool = True) -> None:
+        """From now on the agent is ``secret`` (handed out by the server: the one before it is dead);
+        ``keep``: saved for an agent restarted in this kernel."""
+        self.settings = self.settings._replace(secret=secret, token=None)
+        self.api.use(secret)
+        if not keep:
+            return
+        path = os.path.join(self.system.tmp, SECRET_FILE)
+        try:
+            os.makedirs(self.system.tmp, exist_ok=True)
+            fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secret)
+            os.replace(path + ".new", path)
+        except OSError as exc:
+            log(f"cannot keep the agent secret ({exc}): a restarted agent would not be let in")
+
+    def _load_secret(self) -> None:
+        """The secret an earlier agent in this kernel was handed, if any (it replaces the boot's)."""
+        try:
+            with open(os.path.join(self.system.tmp, SECRET_FILE)) as saved:
+                secret = saved.read().strip()
+        except OSError:
+            return
+        if secret:
+            self.use_secret(secret, keep=False)
+
     def checkin(self) -> None:
-        """Check in, retrying with back-off until the server answers."""
+        """Check in, retrying with back-off until the server answers. A return FPBL checks in with its
+        deploy's return token, and is answered its secret."""
         body = {
             "mode": self.settings.mode, "boot_id": self.boot_id, "kernel": self.system.kernel(),
             "memory_kb": self.system.memory_kb(),
             "disks": [{"name": d.name, "size": d.size} for d in self.system.disks()],
+            "elfcorehdr": self.settings.crashed,
         }  # fmt: skip
         delay = 1.0
         while True:
             try:
-                self.api.call("POST", "checkin", body)
+                answer = self.api.call("POST", "checkin", body)
+                secret = answer.get("secret") if isinstance(answer, dict) else None
+                if isinstance(secret, str) and secret:
+                    self.use_secret(secret)
                 log(f"checkin mode={self.settings.mode} memory_kb={body['memory_kb']} ok")
                 return
             except (OSError, ValueError) as exc:
@@ -167,6 +204,8 @@ class Agent:
 
     def do(self, work: Deploy | Wipe) -> None:
         """Do one job. Every failure is reported; none escapes (the node must stay reachable)."""
+        if isinstance(work, Deploy) and work.secret:
+            self.use_secret(work.secret)
         task = Deployment(self, work) if isinstance(work, Deploy) else Wiping(self, work)
         try:
             task.run()

@@ -1,9 +1,11 @@
 """The agent API of one node, as the agent speaks it: JSON calls and streamed downloads over plain HTTP
 (standard library only).
 
-The protocol is HTTP + JSON with ``Authorization: Bearer <secret>`` (docs/fast-provisioning.md)::
+The protocol is HTTP + JSON with ``Authorization: Bearer <secret>`` (docs/fast-provisioning.md); the
+return FPBL's first check-in presents its deploy's return token instead, and gets a secret back::
 
-    POST {agent}/agent/v1/nodes/{node}/checkin  {"mode", "boot_id", "kernel", "memory_kb", "disks"}
+    POST {agent}/agent/v1/nodes/{node}/checkin  {"mode", "boot_id", "kernel", "memory_kb", "disks",
+                                                 "elfcorehdr"}  -> {"secret"?}
     GET  {agent}/agent/v1/nodes/{node}/work     {"action": "wait"|"deploy"|"wipe", ...}
     POST {agent}/agent/v1/nodes/{node}/report   {"job", "phase", "state", "at", "detail", "progress"?}
 
@@ -41,8 +43,13 @@ class Api:
     def __init__(self, settings: Settings, timeout: float = HTTP_TIMEOUT) -> None:
         self.base = settings.agent
         self.node_path = f"{API_PREFIX}/{urllib.parse.quote(settings.node, safe='')}"
-        self.headers = {"Authorization": f"Bearer {settings.secret}"}
+        self.headers: dict[str, str] = {}
+        self.use(settings.token or settings.secret)
         self.timeout = timeout
+
+    def use(self, credential: str) -> None:
+        """Present ``credential`` (a secret, or a return token) from the next call on."""
+        self.headers = {"Authorization": f"Bearer {credential}"}
 
     def resolve(self, url: str) -> str:
         """An artifact URL: absolute, or relative to the agent base URL."""

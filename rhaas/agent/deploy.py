@@ -186,7 +186,7 @@ class Deployment:
         agent = self.agent
         static = agent.payload.made()
         crash = [*kexec.inherited_args(agent.settings.cmdline), *kexec.CRASH_ARGS, "rhaas.mode=return"]
-        crash += agent.settings.passed_on()
+        crash += agent.settings.passed_on(token=self.job.return_token)  # the customer can read it
         if agent.memmap:
             crash.append(f"rhaas.memmap={kexec.format_memmap(agent.memmap)}")
         new_cmdline, next_init = kexec.customer_cmdline(cmdline)

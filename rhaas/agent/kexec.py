@@ -75,7 +75,8 @@ fi
 $B umount /sys
 $B umount /proc
 NEXT=$($B cat /rhaas/next)
-# The payload holds the node's one-time secret and ~30 MB the customer does not need.
+# The payload holds the deploy's return token (good for one return check-in) and ~30 MB the customer
+# does not need.
 $B rm -rf /rhaas
 exec "$NEXT"
 """

@@ -4,7 +4,9 @@ The FPBL's boot loader (iPXE, or the agent itself before a kexec) puts them ther
 
     rhaas.agent=http://10.0.2.2:8080   base URL of the agent API
     rhaas.node=n1                      this node's name
-    rhaas.secret=...                   per-node secret (one-time: the customer can read it, see the docs)
+    rhaas.secret=...                   the agent's secret (a network boot's; replaced at each deploy)
+    rhaas.token=...                    instead of a secret, in the return FPBL: the deploy's return token,
+                                       good for one return check-in (the customer can read it)
     rhaas.ip=10.0.2.15/24 rhaas.gw=10.0.2.2   static address (the init script configures eth0)
     rhaas.ip=10.0.0.11 rhaas.netmask=255.255.255.0   the same, as a network boot's iPXE script says it
     rhaas.mode=ready|return            return: booted as the crash kernel after an NMI
@@ -30,15 +32,19 @@ class Settings(NamedTuple):
     gw: str | None = None
     memmap: str | None = None
     cmdline: str = ""
+    #: The deploy's return token (the return FPBL has it instead of a secret; see `passed_on`).
+    token: str | None = None
 
     @property
     def crashed(self) -> bool:
         """Whether this kernel is the crash kernel (it then sees only the reserved memory)."""
         return "elfcorehdr=" in self.cmdline
 
-    def passed_on(self) -> list[str]:
-        """The settings the next FPBL needs, as kernel parameters (without mode)."""
-        args = [f"rhaas.agent={self.agent}", f"rhaas.node={self.node}", f"rhaas.secret={self.secret}"]
+    def passed_on(self, token: str | None = None) -> list[str]:
+        """The settings the next FPBL needs, as kernel parameters (without mode). With ``token`` (a return
+        FPBL's, which the customer's OS can read) that token stands in for the agent's secret."""
+        credential = f"rhaas.token={token}" if token else f"rhaas.secret={self.secret}"
+        args = [f"rhaas.agent={self.agent}", f"rhaas.node={self.node}", credential]
         args += [f"rhaas.{k}={v}" for k, v in (("ip", self.ip), ("gw", self.gw)) if v]
         return args
 
@@ -50,7 +56,9 @@ def parse_cmdline(text: str) -> Settings:
         if arg.startswith("rhaas.") and "=" in arg:
             key, value = arg[len("rhaas.") :].split("=", 1)
             found[key] = value
-    missing = [k for k in ("agent", "node", "secret") if not found.get(k)]
+    missing = [k for k in ("agent", "node") if not found.get(k)]
+    if not found.get("secret") and not found.get("token"):
+        missing.append("secret")
     if missing:
         raise ValueError("the kernel command line lacks " + ", ".join(f"rhaas.{k}=" for k in missing))
     url = urllib.parse.urlsplit(found["agent"])
@@ -70,7 +78,7 @@ def parse_cmdline(text: str) -> Settings:
         except ValueError as exc:
             raise ValueError(f"rhaas.ip={ip} rhaas.netmask={found['netmask']}: {exc}") from None
     return Settings(
-        agent=found["agent"].rstrip("/"), node=found["node"], secret=found["secret"], mode=mode,
+        agent=found["agent"].rstrip("/"), node=found["node"], secret=found.get("secret", ""), mode=mode,
         ip=ip, gw=found.get("gw") or None, memmap=found.get("memmap"),
-        cmdline=text.strip(),
+        cmdline=text.strip(), token=found.get("token") or None,
     )  # fmt: skip

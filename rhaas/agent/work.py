@@ -3,12 +3,14 @@
 An answer is one of::
 
     {"action": "wait", "poll_after": 5}
-    {"action": "deploy", "job", "kernel": ARTIFACT, "initrd": ARTIFACT, "disk": ARTIFACT|null, "cmdline"}
+    {"action": "deploy", "job", "kernel": ARTIFACT, "initrd": ARTIFACT, "disk": ARTIFACT|null, "cmdline",
+     "secret"?, "return_token"?}
     {"action": "wipe", "job", "policy": "full"|"discard"|"metadata", "verify"?: "sample"|"full",
      "scrub_memory"?: bool}
 
-with ``ARTIFACT = {"url", "sha256", "size"}``. This module only checks and types answers; doing the work
-is `rhaas.agent.deploy`'s and `rhaas.agent.wipe`'s.
+with ``ARTIFACT = {"url", "sha256", "size"}``. A deploy carries the agent's new secret (the one it booted
+with is dead) and the deploy's return token, the only credential the return payload may hold. This
+module only checks and types answers; doing the work is `rhaas.agent.deploy`'s and `rhaas.agent.wipe`'s.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Deploy(NamedTuple):
     initrd: Artifact
     disk: Artifact | None
     cmdline: str
+    #: The agent's secret from now on, and the return token for the crash kernel (None: not given).
+    secret: str | None = None
+    return_token: str | None = None
 
 
 class Wipe(NamedTuple):
@@ -75,6 +80,15 @@ def _artifact(data: Any, what: str) -> Artifact:
     return Artifact(url, sha.lower(), size)
 
 
+def _credential(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ProtocolError(f"{key} is not a token")
+    return value
+
+
 def parse_work(data: Any) -> Work:
     """One answer of GET .../work. Raises `ProtocolError` if it is malformed."""
     if not isinstance(data, dict):
@@ -93,9 +107,10 @@ def parse_work(data: Any) -> Work:
         if not isinstance(cmdline, str):
             raise ProtocolError("cmdline is not a string")
         image = data.get("disk")
+        secret, token = _credential(data, "secret"), _credential(data, "return_token")
         return Deploy(
             job, _artifact(data.get("kernel"), "kernel"), _artifact(data.get("initrd"), "initrd"),
-            None if image is None else _artifact(image, "disk"), cmdline,
+            None if image is None else _artifact(image, "disk"), cmdline, secret, token,
         )  # fmt: skip
     if action == "wipe":
         policy = data.get("policy")

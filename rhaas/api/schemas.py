@@ -118,6 +118,8 @@ class AgentCheckinBody(Body):
     kernel: str = Field(default="", max_length=200)
     memory_kb: int = Field(default=0, ge=0)
     disks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    #: ``elfcorehdr=`` is on the agent's kernel command line: it runs as a crash kernel.
+    elfcorehdr: bool = False
 
 
 class AgentReportBody(Body):

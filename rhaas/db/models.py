@@ -263,6 +263,9 @@ class NodeProvisioning(Base):
     state: Mapped[str] = mapped_column(String(32))
     #: sha256 of the agent's bearer secret (a random token: no slow KDF needed).
     secret_sha256: Mapped[str] = mapped_column(String(64))
+    #: sha256 of the return token of the deploy handed out last (what the customer's OS can read): good
+    #: for one return check-in of that deploy's crash kernel, then None.
+    return_sha256: Mapped[str | None] = mapped_column(String(64))
     boot_id: Mapped[str | None] = mapped_column(String(64))
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     checked_in_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -1,9 +1,9 @@
 """Routes: fast provisioning (rhaas extension). ``/v0/node/<node>/provision``, the node's provisioning
 state and history, provision jobs (``router``, on the customer API); and, for the provisioning-network app
 only (rhaas.api.app.create_agent_app), the FPBL agent's own API under ``/agent/v1`` (``agent_router``),
-authenticated by each node's bearer secret rather than by users, and the network boot under ``/boot/v1``
-(``boot_router``). Those two must never be included in the customer API: they hand out and accept agent
-secrets."""
+authenticated by each node's bearer secret (a check-in also by its deploy's return token) rather than by
+users, and the network boot under ``/boot/v1`` (``boot_router``). Those two must never be included in the
+customer API: they hand out and accept agent secrets."""
 
 from __future__ import annotations
 
@@ -84,6 +84,12 @@ def _agent(
 ) -> NodeProvisioning:
     """The calling agent's node, authenticated first (so strangers learn nothing, not even the setting)."""
     row = provisioning.agent_row(db, node, request.headers.get("authorization"))
+    _agent_settings(request, state, params)
+    return row
+
+
+def _agent_settings(request: Request, state: AppState, params: tuple[str, ...] = ()) -> None:
+    """After authentication: fast provisioning is on, and the request has only the arguments it takes."""
     _settings(state)
     unknown = [key for key in request.query_params if key not in params]
     if unknown:
@@ -91,7 +97,6 @@ def _agent(
             f"Request arguments are not valid for this request: unknown {unknown[0][:40]!r}"
             + (f" (it takes {', '.join(params)})." if params else " (it takes no parameters).")
         )
-    return row
 
 
 def _wait_seconds(request: Request) -> float:
@@ -115,9 +120,11 @@ def _wait_seconds(request: Request) -> float:
 
 @agent_router.post("/nodes/{node}/checkin")
 def agent_checkin(node: str, body: AgentCheckinBody, request: Request, db: DB, state: State) -> Response:
-    row = _agent(request, state, node, db)
-    provisioning.checkin(db, row, body.model_dump())
-    return reply({})
+    """A check-in, by the agent's secret or (the return FPBL) by its deploy's return token, which it
+    trades here for a fresh secret (``{"secret"}`` in the answer)."""
+    row, by_token = provisioning.checkin_row(db, node, request.headers.get("authorization"))
+    _agent_settings(request, state)
+    return reply(provisioning.checkin(db, row, body.model_dump(), by_token))
 
 
 @agent_router.get("/nodes/{node}/work")

@@ -8,7 +8,7 @@ back to the pool only once its wipe has been verified. A restarted server resume
 
 By job:
 
-- `enrolment`: enrol a node, its agent's secret and authentication, the NIC the FPBL holds.
+- `enrolment`: enrol a node, its agent's secret and return token, authentication, the NIC the FPBL holds.
 - `jobs`: deploy and return jobs (open, stamp, finish), their deadlines; `provision`, `start_return`.
 - `protocol`: the agent's calls (check-in, work, report, blobs) and the network boot's iPXE script.
 - `views`: a job, a node's provisioning state and history.
@@ -21,7 +21,7 @@ call the names below.
 
 from __future__ import annotations
 
-from rhaas.core.provisioning.enrolment import agent_row, enroll, holds_port
+from rhaas.core.provisioning.enrolment import agent_row, checkin_row, enroll, holds_port
 from rhaas.core.provisioning.jobs import (
     DEPLOY,
     FAST,
@@ -30,6 +30,7 @@ from rhaas.core.provisioning.jobs import (
     REBOOT,
     RETURN,
     RUNNING,
+    UNEXPECTED_RESET,
     WIPE_VERIFIED,
     provision,
     start_return,
@@ -63,10 +64,12 @@ __all__ = [
     "RETURNING",
     "RUNNING",
     "STATES",
+    "UNEXPECTED_RESET",
     "WIPE_VERIFIED",
     "agent_row",
     "boot_script",
     "checkin",
+    "checkin_row",
     "deploy_blobs",
     "enroll",
     "holds_port",

@@ -163,15 +163,16 @@ def past_deadline(job: ProvisionJob) -> bool:
 
 
 def fails_at_deadline(job: ProvisionJob) -> bool:
-    """A deploy, or a return already on the reboot path, has nothing left to try at its deadline; a fast
-    return (the customer may have unloaded the crash kernel) falls back to the reboot path."""
-    return job.kind == DEPLOY or job.path == REBOOT
+    """A deploy, or a return already on the reboot path (or back in the FPBL by a reset of its own), has
+    nothing left to try at its deadline; a fast return (the customer may have unloaded the crash kernel)
+    falls back to the reboot path."""
+    return job.kind == DEPLOY or job.path != FAST
 
 
 def fail_at_deadline(db: Session, job: ProvisionJob) -> None:
     """End a job that missed its deadline, and fail its node."""
     row = db.get(NodeProvisioning, job.node_id)
-    what = "deploy" if job.kind == DEPLOY else "return by reboot"
+    what = "deploy" if job.kind == DEPLOY else "return by reboot" if job.path == REBOOT else "return"
     finish(job, ERROR, f"The {what} did not finish within its deadline.")
     if row is not None:
         states.transition(row, states.Event.DEADLINE)

@@ -5,6 +5,12 @@ An administrator enrols a free node (`enroll`): it gets a ``node_provisioning`` 
 and, with a provisioning network, the NIC the FPBL holds on that network (`holds_port`) in every state
 but ``deployed``. Nothing here calls a switch or a BMC: the worker's ticker does, from the row's
 ``port_dirty`` and ``boot_pending`` flags.
+
+Credentials are scoped to one deploy and one return. An agent secret is replaced at enrolment, at each
+network boot, when a deploy is handed out (`rotate_secret`) and when a return check-in proves itself;
+it dies when the agent reports ``kexec`` done (`revoke_secret`): the customer's kernel then runs, and
+what it can read holds only the deploy's return token (`issue_return_token`), which `checkin_row`
+accepts for one return check-in and nothing else.
 """
 
 from __future__ import annotations
@@ -25,8 +31,31 @@ from rhaas.errors import AuthorizationError, BadArgumentError, BlockedError, Not
 _AUTH_FAILED = "Agent authentication failed."
 
 
+#: What ``secret_sha256`` holds once the secret is revoked: no secret hashes to it.
+REVOKED = ""
+
+
 def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def rotate_secret(row: NodeProvisioning) -> str:
+    """A fresh agent secret for the node (stored hashed); every earlier one stops working."""
+    secret = secrets.token_urlsafe(32)
+    row.secret_sha256 = secret_hash(secret)
+    return secret
+
+
+def revoke_secret(row: NodeProvisioning) -> None:
+    """No agent secret works for the node any more (its customer's kernel runs)."""
+    row.secret_sha256 = REVOKED
+
+
+def issue_return_token(row: NodeProvisioning) -> str:
+    """A fresh return token for the deploy being handed out (stored hashed); any earlier one dies."""
+    token = secrets.token_urlsafe(32)
+    row.return_sha256 = secret_hash(token)
+    return token
 
 
 def agent_words(agent_url: str, node: str) -> tuple[str, str]:
@@ -76,7 +105,7 @@ def enroll(
     elif not states.allows(row.state, states.Event.ENROL):
         raise BlockedError(f"Node {node_name} is {row.state}; enrol it again once it is ready.")
     states.transition(row, states.Event.ENROL)
-    row.secret_sha256, row.boot_id = secret_hash(secret), None
+    row.secret_sha256, row.return_sha256, row.boot_id = secret_hash(secret), None, None
     row.vlan, row.nic, row.port_dirty = vlan, nic, vlan is not None
     row.boot_pending = settings.boot_url is not None
     bump_node_generation(db)
@@ -105,11 +134,28 @@ def agent_row(db: Session, node_name: str, authorization: str | None) -> NodePro
 
     Unknown nodes, nodes not enrolled and wrong secrets all get the same answer.
     """
+    row, by_token = checkin_row(db, node_name, authorization)
+    if by_token:
+        raise AuthorizationError(_AUTH_FAILED)
+    return row
+
+
+def checkin_row(db: Session, node_name: str, authorization: str | None) -> tuple[NodeProvisioning, bool]:
+    """Like `agent_row`, for a check-in, which may also present the return token: the row, and whether
+    the token was what matched (the check-in then decides whether it takes it, see `refuse`)."""
     scheme, _, secret = (authorization or "").partition(" ")
     node = db.scalar(select(Node).where(Node.label == node_name))
     row = db.get(NodeProvisioning, node.id) if node is not None else None
     if scheme.lower() != "bearer" or row is None:
         raise AuthorizationError(_AUTH_FAILED)
-    if not hmac.compare_digest(row.secret_sha256, secret_hash(secret.strip())):
-        raise AuthorizationError(_AUTH_FAILED)
-    return row
+    digest = secret_hash(secret.strip())
+    if hmac.compare_digest(row.secret_sha256, digest):
+        return row, False
+    if row.return_sha256 is not None and hmac.compare_digest(row.return_sha256, digest):
+        return row, True
+    raise AuthorizationError(_AUTH_FAILED)
+
+
+def refuse() -> AuthorizationError:
+    """What a credential that is not good for the call gets: the same answer as a wrong one."""
+    return AuthorizationError(_AUTH_FAILED)

@@ -1,7 +1,8 @@
 """Provision jobs: a deploy (an image onto a node) or a return (the node back to ready, wiped).
 
 A job is a ``provision_job`` row: its kind, its path (``fast``: kexec / NMI; ``reboot``: a firmware
-boot), its status (PENDING → RUNNING → DONE or ERROR), its deadline and the phases reported so far.
+boot; ``unexpected-reset``: a fast return the node left by a reset of its own), its status (PENDING →
+RUNNING → DONE or ERROR), its deadline and the phases reported so far.
 Here: opening one (`provision`, `start_return`), finding the open one, stamping a phase, finishing it,
 and how long each kind may take (`timeout_of`). Nothing here sends an NMI or waits for a deadline: the
 worker's ticker does, by the rules of `rhaas.core.provisioning.clock`.
@@ -27,6 +28,8 @@ from rhaas.errors import BlockedError, IllegalStateError, ProjectMismatchError
 RUNNING = "RUNNING"
 DEPLOY, RETURN = "deploy", "return"
 FAST, REBOOT = "fast", "reboot"
+#: The path of a fast return whose node came back to the FPBL without the crash kernel's evidence.
+UNEXPECTED_RESET = "unexpected-reset"
 #: The phase whose ``done`` report proves a return's wipe was read back clean.
 WIPE_VERIFIED = "verify-wipe"
 #: The deploy phase after which the customer's kernel runs: the agent reports it done, then jumps.

@@ -2,9 +2,12 @@
 
 The agent checks in (`checkin`), asks what to do next (`work`: deploy, wipe or wait), reports each
 phase (`report`) and downloads the blobs of its deploy's image (`deploy_blobs` says which). A network
-boot's iPXE script (`boot_script`) hands the FPBL a fresh secret. Every node state these calls change
-goes through `rhaas.states.transition`. The routes authenticate the agent (`agent_row`) and commit;
-nothing here knows HTTP or calls a BMC.
+boot's iPXE script (`boot_script`) hands the FPBL a fresh secret; a deploy's hand-out hands the agent a
+fresh secret and the deploy's return token, and ``kexec`` done revokes the secret (see
+`rhaas.core.provisioning.enrolment`). A fast return counts as fast only with evidence: the return token
+and ``elfcorehdr=`` (the crash kernel) in the check-in; anything else is recorded as an unexpected reset.
+Every node state these calls change goes through `rhaas.states.transition`. The routes authenticate the
+agent (`agent_row`, `checkin_row`) and commit; nothing here knows HTTP or calls a BMC.
 """
 
 from __future__ import annotations
@@ -17,13 +20,24 @@ from sqlalchemy.orm import Session
 
 from rhaas import states
 from rhaas.config import ProvisioningSettings
-from rhaas.core.provisioning.enrolment import agent_words, bump_node_generation, hand_over, secret_hash
+from rhaas.core.provisioning.enrolment import (
+    agent_words,
+    bump_node_generation,
+    hand_over,
+    issue_return_token,
+    refuse,
+    revoke_secret,
+    rotate_secret,
+    secret_hash,
+)
 from rhaas.core.provisioning.jobs import (
     DEPLOY,
+    FAST,
     KEXEC,
     READY_PHASE,
     RETURN,
     RUNNING,
+    UNEXPECTED_RESET,
     finish,
     open_job,
     stamp,
@@ -33,6 +47,8 @@ from rhaas.db.models import DONE, ERROR, PENDING, Blob, Nic, NodeProvisioning, P
 from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError
 
 Event = states.Event
+#: The detail of the check-in stamp that proves a fast return (see `_return_checkin`).
+_EVIDENCE = "return FPBL checked in: the crash kernel armed for this deploy"
 MAC_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 #: The script a network boot gets when the FPBL should not run: iPXE exits, the firmware boots the disk.
 EXIT_SCRIPT = "#!ipxe\necho rhaas: not booting the FPBL: {why}\nexit\n"
@@ -59,7 +75,8 @@ def boot_script(db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdli
     if row.state == states.DEPLOYED:
         return EXIT_SCRIPT.format(why=f"node {nic.node.label} runs its customer's OS")
     secret, words = agent_words(agent_url, nic.node.label)
-    row.secret_sha256, row.boot_id = secret_hash(secret), None
+    # A network boot: no crash kernel armed for a deploy survives it, nor does its return token.
+    row.secret_sha256, row.return_sha256, row.boot_id = secret_hash(secret), None, None
     net = "rhaas.ip=${ip} rhaas.netmask=${netmask} rhaas.gw=${gateway}"
     return (
         f"#!ipxe\nkernel {base_url}/boot/v1/fpbl/vmlinuz {fpbl_cmdline} {words} {net}\n"
@@ -67,28 +84,43 @@ def boot_script(db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdli
     )
 
 
-def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
-    """The agent says it runs: ``mode`` ready (the full FPBL) or return (the crash kernel after an NMI)."""
-    row.checked_in_at = utcnow()
-    row.boot_id = str(facts.get("boot_id") or "")[:64] or None
-    row.facts = {k: facts[k] for k in ("mode", "kernel", "memory_kb", "disks") if k in facts}
+def checkin(
+    db: Session, row: NodeProvisioning, facts: dict[str, Any], by_token: bool = False
+) -> dict[str, Any]:
+    """The agent says it runs: ``mode`` ready (the full FPBL) or return (the crash kernel after an NMI).
+
+    ``by_token``: it presented its deploy's return token, which is good only while that node's return
+    runs; it dies here, and the answer carries the agent's fresh secret (``{"secret"}``).
+    """
     job = open_job(db, row.node, for_update=True)
+    answer: dict[str, Any] = {}
+    if by_token:
+        if row.state != states.RETURNING or job is None or job.kind != RETURN:
+            raise refuse()  # kept for the return: a customer's OS reading it early gets nothing
+        row.return_sha256 = None
+        answer["secret"] = rotate_secret(row)
+    boot_id = str(facts.get("boot_id") or "")[:64] or None
+    same_boot = boot_id is not None and boot_id == row.boot_id  # the agent restarted in the same kernel
+    row.checked_in_at = utcnow()
+    row.boot_id = boot_id
+    row.facts = {k: facts[k] for k in ("mode", "kernel", "memory_kb", "disks", "elfcorehdr") if k in facts}
     mode = facts.get("mode")
     if job is not None and job.kind == RETURN:
         if mode == "return" or job.status == PENDING:
             job.status = RUNNING
-        stamp(job, "checkin", "done", f"{mode} FPBL checked in")
+        evidence = by_token and mode == "return" and facts.get("elfcorehdr") is True
+        _return_checkin(job, str(mode), evidence, same_boot)
         if mode == "ready" and wiped(job):
             finish(job, DONE)
             states.transition(row, Event.RETURNED)
             bump_node_generation(db)
-        return
+        return answer
     if job is not None and job.kind == DEPLOY and job.status == RUNNING and mode == "ready":
         if _restoring_memory(job):
             # The return FPBL found the image too big for its memory and booted the full FPBL, which
             # is handed the same deploy at its next poll.
             stamp(job, "checkin", "done", "the full FPBL checked in, with the node's memory")
-            return
+            return answer
         # The FPBL booted again, or its agent was restarted, in the middle of a deploy: no kexec happened.
         reported = [p["phase"] for p in job.phases if p["phase"] != "handed-out"]
         where = f" during {reported[-1]}" if reported else ""
@@ -99,10 +131,31 @@ def checkin(db: Session, row: NodeProvisioning, facts: dict[str, Any]) -> None:
             " the customer OS did not start.",
         )
         states.transition(row, Event.DEPLOY_FAILED)
-        return
+        return answer
     if mode == "ready" and states.allows(row.state, Event.CHECKIN):
         states.transition(row, Event.CHECKIN)
         bump_node_generation(db)
+    return answer
+
+
+def _return_checkin(job: ProvisionJob, mode: str, evidence: bool, same_boot: bool) -> None:
+    """Stamp a check-in on a return. A fast return stays fast only if the check-in proves it came from
+    the crash kernel armed for the node's deploy (``evidence``: its return token, and ``elfcorehdr=``
+    on its command line), or from the agent restarted in the kernel that proved it (``same_boot``: the
+    boot id it checked in with last); any other FPBL booted in the middle of it (the guest rebooted
+    itself, a reset nobody asked the BMC for) is recorded as what it was, and the return goes on."""
+    proven = any(p["phase"] == "checkin" and p["detail"] == _EVIDENCE for p in job.phases)
+    if job.path != FAST or wiped(job):
+        stamp(job, "checkin", "done", f"{mode} FPBL checked in")
+    elif evidence:
+        stamp(job, "checkin", "done", _EVIDENCE)
+    elif proven and same_boot:
+        stamp(job, "checkin", "done", f"{mode} FPBL checked in again (its agent restarted, same boot)")
+    else:
+        job.path = UNEXPECTED_RESET
+        why = "the full FPBL booted (a reset or reboot nobody asked the BMC for)" if mode == "ready" else (
+            "a return FPBL without the deploy's return token or elfcorehdr=")  # fmt: skip
+        stamp(job, UNEXPECTED_RESET, "done", f"unexpected reset: {why}; not a fast return. Wipe from here.")
 
 
 def _restoring_memory(job: ProvisionJob) -> bool:
@@ -145,9 +198,12 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
     if job.status == PENDING:
         job.status = RUNNING
         stamp(job, "handed-out", "done", f"image {image.label}")
+    # Each hand-out: the secret this FPBL booted with dies, and the customer's OS will hold only the token.
     return {
         "action": "deploy",
         "job": job.uuid,
+        "secret": rotate_secret(row),
+        "return_token": issue_return_token(row),
         "kernel": _blob_ref(image.kernel, base_url, node.label),
         "initrd": _blob_ref(image.initrd, base_url, node.label),
         "disk": _blob_ref(image.disk, base_url, node.label),
@@ -182,6 +238,7 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
     if job.kind == DEPLOY and phase == KEXEC and state == "done":
         finish(job, DONE)
         states.transition(row, Event.KEXEC)
+        revoke_secret(row)  # the customer's kernel runs now: only the return token is left
         hand_over(row)
     elif job.kind == RETURN and phase == READY_PHASE and state == "done" and wiped(job):
         finish(job, DONE)
