@@ -45,11 +45,14 @@ def provisioning_config(path: Path, server: Server, **settings: object) -> None:
     path.write_text("\n".join(lines + [f"{k} = {v}" for k, v in values.items()]) + "\n")
 
 
-def upload_image(c: Client, name: str, project: str, os_: images.TestOS, disk: Path | None) -> None:
-    """Upload ``os_`` (and ``disk``) as ``c`` and register them as image ``name`` of ``project``."""
+def upload_image(
+    c: Client, name: str, project: str, os_: images.TestOS, disk: Path | None, extra: str = ""
+) -> None:
+    """Upload ``os_`` (and ``disk``) as ``c`` and register them as image ``name`` of ``project``, its
+    command line followed by ``extra``."""
     digests = {role: c.image.upload(path)["sha256"] for role, path in (("kernel", os_.kernel),
                ("initrd", os_.initrd), *((("disk", disk),) if disk else ()))}  # fmt: skip
-    c.image.register(name, project=project, cmdline=os_.cmdline, **digests)
+    c.image.register(name, project=project, cmdline=f"{os_.cmdline} {extra}".strip(), **digests)
 
 
 def wait_job(c: Client, job: str, timeout: float) -> dict[str, Any]:

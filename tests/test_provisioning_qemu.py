@@ -16,6 +16,7 @@ lab tests run the same lifecycle over the lab's switch (see docs/fast-provisioni
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -70,12 +71,22 @@ def site(tmp_path_factory, return_timeout, fpbl) -> Iterator[dict]:
 
 
 def disk_bytes(node: QemuNode, workdir: Path) -> bytes:
+    """The disk's whole logical content (not the qcow2 file's bytes); readable while the node runs."""
     raw = workdir / "readback.raw"
-    subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(node.disk), str(raw)], check=True)
+    subprocess.run(["qemu-img", "convert", "-U", "-q", "-O", "raw", str(node.disk), str(raw)], check=True)
     try:
         return raw.read_bytes()
     finally:
         raw.unlink()
+
+
+def nonce_offsets(image_bytes: int, disk_bytes: int) -> list[int]:
+    """Where A's OS plants nonces: the part of the disk the next image does not cover, just past A's
+    image, in the middle, in the last MiB, at its very end, and at random offsets between."""
+    mib = 1 << 20
+    fixed = [image_bytes, image_bytes + 4097, disk_bytes // 2, disk_bytes - mib + 100, disk_bytes - 64]
+    spread = [image_bytes + mib + secrets.randbelow(disk_bytes - image_bytes - 3 * mib) for _ in range(3)]
+    return fixed + spread
 
 
 def test_deploy_return_and_reassign_without_firmware(site, fpbl):
@@ -89,8 +100,10 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
         assert facts["memory_kb"] > 0.9 * MEMORY_MB * 1024
 
         with Client(server.url, "alice", "alice-pw") as alice, Client(server.url, "bob", "bob-pw") as bob:
-            upload_image(alice, "a-os", "a", a_os, disk)
-            upload_image(bob, "b-os", "b", b_os, None)
+            planted = nonce_offsets(disk.stat().st_size, 64 << 20)
+            plant = f"rhaas.plant={','.join(map(str, planted))} rhaas.scan=1"
+            upload_image(alice, "a-os", "a", a_os, disk, plant)
+            upload_image(bob, "b-os", "b", b_os, None, "rhaas.scan=1")
 
             # Customer A: provision, and the node runs A's OS with A's data on its disk.
             alice.project.connect("a", "pq")
@@ -102,6 +115,10 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
             timings["A: provision -> OS up"] = time.monotonic() - started
             assert shown["path"] == "fast"
             assert f"RHAAS-DISK customer-data {nonce}" in node.console_text(offset)
+            console = node.console_text(offset)
+            assert f"RHAAS-PLANTED {len(planted)}" in console
+            assert f"RHAAS-SCAN found={len(planted)}" in console, "B's scan below can find them"
+            assert disk_bytes(node, workdir).count(b"RHAAS-NONCE a-os") == len(planted), "the host sees them"
             a_kb = a_os.memory_kb(node.console_text(offset))
             assert state(admin, "pq") == "deployed"
 
@@ -152,6 +169,10 @@ def test_deploy_return_and_reassign_without_firmware(site, fpbl):
             node.wait_for_console(b_os.up_regex, BOOT_TIMEOUT, offset=offset)
             timings["B: provision -> OS up"] = time.monotonic() - started
             assert "RHAAS-DISK" not in node.console_text(offset), "B's OS must not find A's data"
+            # The default wipe left none of A's nonces: not for B's OS scanning the whole disk, not for
+            # the host reading its whole logical content.
+            assert "RHAAS-SCAN found=0" in node.console_text(offset)
+            assert b"RHAAS-NONCE" not in disk_bytes(node, workdir)
             b_kb = b_os.memory_kb(node.console_text(offset))
             assert abs(b_kb - a_kb) < 0.02 * a_kb, f"B's OS has the memory A's had: {a_kb} kB, {b_kb} kB"
             assert fast.boots() == boots, "no firmware boot from the first ready to the end"

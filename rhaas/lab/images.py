@@ -25,6 +25,10 @@ What the test OS reads from the kernel command line and prints on the console (`
     rhaas.tcp=10.0.0.6            every ~1 s: RHAAS-TCP 10.0.0.6 OK|FAIL seq=N (HTTP to port 80)
     rhaas.disarm=1                defuse fast provisioning's return path as a root customer may: an NMI
                                   no longer panics into the crash kernel (RHAAS-TESTOS <name> DISARMED ...)
+    rhaas.plant=2097152,41943040  write "RHAAS-NONCE <name> <offset>" at each byte offset of /dev/vda,
+                                  synced (RHAAS-PLANTED <count>)
+    rhaas.scan=1                  read the whole of /dev/vda and count every RHAAS-NONCE on it
+                                  (RHAAS-SCAN found=<count>), after any planting
 
     RHAAS-DISK ...                       the first line of /dev/vda, if it starts so (before the UP line)
     <marker> UP ip=<cidr|none> kernel=<uname -r> mem_kb=<MemTotal>
@@ -115,10 +119,12 @@ mask2prefix() {
     echo "$p"
 }
 
-IP=""; GW=""; PINGS=""; TCPS=""; DISARM=""
+IP=""; GW=""; PINGS=""; TCPS=""; DISARM=""; PLANT=""; SCAN=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rhaas.disarm=1) DISARM=1 ;;
+        rhaas.plant=*) PLANT="$(echo "${arg#rhaas.plant=}" | tr ',' ' ')" ;;
+        rhaas.scan=1) SCAN=1 ;;
         rhaas.ip=*) IP="${arg#rhaas.ip=}" ;;
         rhaas.gw=*) GW="${arg#rhaas.gw=}" ;;
         rhaas.ping=*) PINGS="$PINGS $(echo "${arg#rhaas.ping=}" | tr ',' ' ')" ;;
@@ -158,6 +164,19 @@ fi
 if [ -b /dev/vda ]; then
     line=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
     case "$line" in RHAAS-DISK*) echo "$line" ;; esac
+fi
+
+if [ -b /dev/vda ] && [ -n "$PLANT" ]; then
+    planted=0
+    for off in $PLANT; do
+        printf 'RHAAS-NONCE %s %s' "$NAME" "$off" |
+            dd of=/dev/vda bs=1 seek="$off" conv=notrunc,fsync 2>/dev/null && planted=$((planted + 1))
+    done
+    echo "RHAAS-PLANTED $planted"
+fi
+if [ -b /dev/vda ] && [ -n "$SCAN" ]; then
+    echo 3 > /proc/sys/vm/drop_caches
+    echo "RHAAS-SCAN found=$(tr '\000' '\n' < /dev/vda | grep -c 'RHAAS-NONCE')"
 fi
 
 if [ -n "$DISARM" ]; then
