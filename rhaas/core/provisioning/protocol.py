@@ -12,6 +12,7 @@ agent (`agent_row`, `checkin_row`) and commit; nothing here knows HTTP or calls 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -49,6 +50,11 @@ from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError
 Event = states.Event
 #: The detail of the check-in stamp that proves a fast return (see `_return_checkin`).
 _EVIDENCE = "return FPBL checked in: the crash kernel armed for this deploy"
+#: While a return FPBL reports a wipe going on, the return's deadline stays at least this far ahead: a
+#: large disk the device cannot zero by itself takes hours to write, and that is work, not a hang. An agent
+#: that falls silent still meets the deadline, and the reboot path.
+WIPE_GRACE = dt.timedelta(seconds=120)
+_WIPE_PHASES = ("wipe", "verify-wipe", "scrub-memory")
 MAC_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 #: The script a network boot gets when the FPBL should not run: iPXE exits, the firmware boots the disk.
 EXIT_SCRIPT = "#!ipxe\necho rhaas: not booting the FPBL: {why}\nexit\n"
@@ -230,6 +236,8 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
     stamp(job, phase, state, str(body.get("detail", ""))[:2000], float(body["at"]))
     if "progress" in body:
         job.phases[-1]["progress"] = body["progress"]
+    if job.kind == RETURN and phase in _WIPE_PHASES and state == "start":
+        job.deadline = max(job.deadline or utcnow(), utcnow() + WIPE_GRACE)
     if state == "error":
         finish(job, ERROR, f"{phase}: {str(body.get('detail', ''))[:500]}")
         if job.kind == DEPLOY:
