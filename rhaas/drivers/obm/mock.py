@@ -18,13 +18,10 @@ state stays in this process's memory.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +29,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from rhaas.drivers.obm.base import OBMDriver, OBMSettings
+from rhaas.drivers.statefile import exclusive, replace_json
 from rhaas.errors import OBMError
 
 #: The calls a faults file may name.
@@ -74,7 +72,7 @@ class MockOBM(OBMDriver):
             return self.machines.setdefault(self.address, MockMachine())
 
     def _inject_faults(self, call: str, path: Path) -> None:
-        with _exclusive(path):
+        with exclusive(path):
             faults = self._read_faults(path)
             if call in faults.get("crash_calls", ()):
                 raise RuntimeError(f"injected crash in {call}, as a driver bug would")
@@ -84,7 +82,7 @@ class MockOBM(OBMDriver):
                 raise OBMError(f"mock BMC at {self.address}: {call} refused (injected from the faults file)")
             if faults.get("fail_next", 0) > 0:
                 faults["fail_next"] -= 1
-                _replace(path, faults)
+                replace_json(path, faults)
                 raise OBMError(f"mock BMC at {self.address}: {call} refused (injected, fail_next)")
 
     def _read_faults(self, path: Path) -> dict[str, Any]:
@@ -147,18 +145,3 @@ class MockOBM(OBMDriver):
     def forget_all(cls) -> None:
         with cls._lock:
             cls.machines.clear()
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold the lock beside ``path`` (``<name>.lock``), shared by every process using that file."""
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _replace(path: Path, data: object) -> None:
-    """Write ``data`` as JSON in one atomic rename: a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)

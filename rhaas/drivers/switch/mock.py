@@ -18,7 +18,6 @@ every call raises SwitchError naming the switch and port.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -30,6 +29,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from rhaas.drivers.statefile import exclusive, replace_json
 from rhaas.drivers.switch.base import SwitchDriver, SwitchSettings
 from rhaas.errors import SwitchError
 from rhaas.ports import PortState
@@ -68,7 +68,7 @@ class MockSwitch(SwitchDriver):
                 yield self._memory.setdefault(self.switch_name, {})
             return
         path = Path(self.settings.state_file)
-        with _exclusive(path):
+        with exclusive(path):
             text = path.read_text() if path.exists() else ""
             try:
                 raw = json.loads(text) if text else {}
@@ -80,7 +80,7 @@ class MockSwitch(SwitchDriver):
                 raise SwitchError(f"{self._where(port)}: the state file answered garbage ({exc})") from exc
             yield ports
             raw[self.switch_name] = {port: s.as_dict() for port, s in ports.items()}
-            _replace(path, raw)
+            replace_json(path, raw)
 
     def set_port(self, port: str, state: PortState) -> None:
         if self.settings.delay:
@@ -104,7 +104,7 @@ class MockSwitch(SwitchDriver):
     def _inject_faults(self, port: str) -> None:
         assert self.settings.faults_file is not None
         path = Path(self.settings.faults_file)
-        with _exclusive(path):
+        with exclusive(path):
             text = path.read_text() if path.exists() else ""
             faults = json.loads(text) if text.strip() else {}
             if port in faults.get("crash_ports", ()):
@@ -113,7 +113,7 @@ class MockSwitch(SwitchDriver):
                 raise SwitchError(f"{self._where(port)} refused the change (injected from the faults file)")
             if faults.get("fail_next", 0) > 0:
                 faults["fail_next"] -= 1
-                _replace(path, faults)
+                replace_json(path, faults)
                 raise SwitchError(f"{self._where(port)} refused the change (injected, fail_next)")
 
     @classmethod
@@ -121,19 +121,3 @@ class MockSwitch(SwitchDriver):
         """Drop the in-memory state of every mock switch (tests)."""
         with cls._lock:
             cls._memory.clear()
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold the lock beside ``path`` (``<name>.lock``), shared by every process using that file."""
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _replace(path: Path, data: object) -> None:
-    """Write ``data`` as JSON in one atomic rename: a process killed while writing (a worker's SIGKILL)
-    leaves the previous state, never a truncated file the next reader takes for garbage."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
