@@ -189,7 +189,8 @@ def network_boot_next(site: dict, fpbl) -> None:
     engine = make_engine(f"sqlite:///{site['workdir'] / 'rhaas.sqlite3'}")
     try:
         with Session(engine) as db:
-            script = provisioning.boot_script(db, site["node"].mac, "", agent_url(site["server"].port), "")
+            agent = agent_url(site["server"].agent_port)
+            script = provisioning.boot_script(db, site["node"].mac, "", agent, "")
             db.commit()
     finally:
         engine.dispose()
