@@ -7,20 +7,24 @@ Nothing here is a fixture; the tests' ``prov`` and ``netprov`` fixtures build on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from api_helpers import Api
+from api_helpers import Api, make_api, populate_site
 
 from rhaas.api.state import AppState
 from rhaas.core import provisioning
 from rhaas.drivers.obm.mock import MockMachine, MockOBM
 
 KERNEL, INITRD, DISK = b"kernel" * 100, b"initrd" * 100, b"RHAAS-DISK A-data\n" + bytes(5000)
+#: Where the network-boot sites' nodes boot from and their agents call (never reached: in-process).
+BOOT_URL = "http://10.0.0.1:8080"
 
 
 def machine(host: str) -> MockMachine:
@@ -143,3 +147,25 @@ def deploy(api: Api, agent: Agent, node: str) -> str:
     agent.report(job, "kexec", "done")
     agent.report(job, "kexec", "done", status=401)  # said twice (a retry): the secret died at the first
     return job
+
+
+@contextlib.contextmanager
+def network_boot_site(db_url: str, fpbl_dir: Path, **overrides: Any) -> Iterator[Api]:
+    """The site with fast provisioning, its provisioning network ``prov`` (of project infra) and the
+    network boot set up, a fake FPBL exported in ``fpbl_dir``, and p1's images; ``overrides`` as for
+    settings."""
+    settings = {
+        "provisioning__enabled": True,
+        "provisioning__agent_url": BOOT_URL,
+        "provisioning__boot_url": BOOT_URL,
+        "provisioning__fpbl_dir": str(fake_fpbl(fpbl_dir)),
+        "provisioning__network": "prov",
+        "provisioning__tick_seconds": 0.05,
+        **overrides,
+    }
+    with make_api(db_url, **settings) as api:
+        populate_site(api)
+        api.admin.ok("PUT", "/project/infra")
+        api.admin.ok("PUT", "/network/prov", {"owner": "admin", "access": "infra", "net_id": ""})
+        prov_images(api)
+        yield api

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from agent_helpers import DISK, Agent, fake_fpbl, machine, prov_images, sha, state
-from api_helpers import Api, make_api, populate_site
+from agent_helpers import DISK, Agent, machine, network_boot_site, sha, state
+from api_helpers import Api
 from click.testing import CliRunner
 from dbdump import dump
 
@@ -25,26 +25,13 @@ from rhaas.config import load_settings
 from rhaas.lab.polling import wait_for
 from rhaas.lab.servers import Server
 
-BOOT_URL = "http://10.0.0.1:8080"
 MAC1 = "52:54:00:00:00:01"
 
 
 @pytest.fixture
 def netprov(db_url: str, tmp_path: Path) -> Iterator[Api]:
     """The site with fast provisioning, its provisioning network and the network boot set up."""
-    overrides = {
-        "provisioning__enabled": True,
-        "provisioning__agent_url": BOOT_URL,
-        "provisioning__boot_url": BOOT_URL,
-        "provisioning__fpbl_dir": str(fake_fpbl(tmp_path / "fpbl")),
-        "provisioning__network": "prov",
-        "provisioning__tick_seconds": 0.05,
-    }
-    with make_api(db_url, **overrides) as api:
-        populate_site(api)
-        api.admin.ok("PUT", "/project/infra")
-        api.admin.ok("PUT", "/network/prov", {"owner": "admin", "access": "infra", "net_id": ""})
-        prov_images(api)
+    with network_boot_site(db_url, tmp_path / "fpbl") as api:
         yield api
 
 

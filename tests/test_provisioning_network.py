@@ -14,32 +14,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import Agent, deploy, fake_fpbl, machine, prov_images, state
+from agent_helpers import BOOT_URL, Agent, deploy, machine, network_boot_site, state
 from api_helpers import Api, make_api, populate_site
 from dbdump import dump
 
 from rhaas.lab.polling import wait_for
 
-BOOT_URL = "http://10.0.0.1:8080"
 MAC1 = "52:54:00:00:00:01"
 
 
 @pytest.fixture
 def netprov(db_url: str, tmp_path: Path) -> Iterator[Api]:
-    overrides = {
-        "provisioning__enabled": True,
-        "provisioning__agent_url": BOOT_URL,
-        "provisioning__boot_url": BOOT_URL,
-        "provisioning__fpbl_dir": str(fake_fpbl(tmp_path / "fpbl")),
-        "provisioning__network": "prov",
-        "provisioning__tick_seconds": 0.05,
-        "provisioning__return_timeout": 30.0,
-    }
-    with make_api(db_url, **overrides) as api:
-        populate_site(api)
-        api.admin.ok("PUT", "/project/infra")
-        api.admin.ok("PUT", "/network/prov", {"owner": "admin", "access": "infra", "net_id": ""})
-        prov_images(api)
+    with network_boot_site(db_url, tmp_path / "fpbl", provisioning__return_timeout=30.0) as api:
         yield api
 
 
