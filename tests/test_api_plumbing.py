@@ -90,6 +90,23 @@ def _hold(api: Api, status_id: str, got: dict[str, Any]) -> threading.Thread:
     return holder
 
 
+def _answer_held_request(api: Any, worker: NetworkWorker) -> tuple[dict[str, Any], float]:
+    """Hold ``GET /networking_action/<id>?wait=`` on a new action, let ``worker`` finish it: (what the
+    held request answered, seconds from the action's end to that answer)."""
+    notifier = AppState.of(api.client.app).notifier
+    try:
+        status_id = _connect(api).json()["status_id"]
+        got: dict[str, Any] = {}
+        holder = _hold(api, status_id, got)
+        wait_for("the request to be held", lambda: notifier.waiting(ACTIONS), 10)
+        finished = time.monotonic()
+        assert worker.run_once() == 1
+        holder.join(20)
+    finally:
+        worker.stop()
+    return got["answer"], got["at"] - finished
+
+
 def test_a_held_action_request_is_woken_by_this_process_worker(db_url: str, monkeypatch: Any) -> None:
     monkeypatch.setattr(network_routes, "ACTION_RECHECK", 10.0)  # only the notification can answer fast
     with make_api(db_url, worker__in_process=False) as api:
@@ -98,37 +115,17 @@ def test_a_held_action_request_is_woken_by_this_process_worker(db_url: str, monk
         worker = NetworkWorker(
             api.sessions, make_backend(api.settings), api.settings.worker, notifier=notifier
         )
-        try:
-            status_id = _connect(api).json()["status_id"]
-            got: dict[str, Any] = {}
-            holder = _hold(api, status_id, got)
-            wait_for("the request to be held", lambda: notifier.waiting(ACTIONS), 10)
-            finished = time.monotonic()
-            assert worker.run_once() == 1
-            holder.join(20)
-        finally:
-            worker.stop()
-        assert got["answer"]["status"] == "DONE"
-        assert got["at"] - finished < 2.0, "answered when the action finished, not at the next re-read"
+        answer, after = _answer_held_request(api, worker)
+        assert answer["status"] == "DONE"
+        assert after < 2.0, "answered when the action finished, not at the next re-read"
         assert notifier.waiting() == 0, "nothing left waiting"
 
 
 def test_a_held_action_request_sees_another_process_worker(db_url: str) -> None:
     with make_api(db_url, worker__in_process=False) as api:
         _prepare(populate_site(api))
-        notifier = AppState.of(api.client.app).notifier
-        elsewhere = NetworkWorker(
-            api.sessions, make_backend(api.settings), api.settings.worker
-        )  # its own notifier: another process
-        try:
-            status_id = _connect(api).json()["status_id"]
-            got: dict[str, Any] = {}
-            holder = _hold(api, status_id, got)
-            wait_for("the request to be held", lambda: notifier.waiting(ACTIONS), 10)
-            finished = time.monotonic()
-            assert elsewhere.run_once() == 1
-            holder.join(20)
-        finally:
-            elsewhere.stop()
-        assert got["answer"]["status"] == "DONE"
-        assert got["at"] - finished < 2.0, "seen by the held request's own re-reads"
+        # Its own notifier: a worker of another process.
+        elsewhere = NetworkWorker(api.sessions, make_backend(api.settings), api.settings.worker)
+        answer, after = _answer_held_request(api, elsewhere)
+        assert answer["status"] == "DONE"
+        assert after < 2.0, "seen by the held request's own re-reads"
