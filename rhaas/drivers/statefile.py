@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -30,3 +31,13 @@ def replace_json(path: Path, data: object) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def count_down(path: Path, data: dict[str, Any], key: str) -> bool:
+    """Whether ``data[key]`` (a count of injected faults still to come) is above zero; if so, one is
+    used up and ``path`` rewritten. Call it holding `exclusive` on ``path``."""
+    if data.get(key, 0) <= 0:
+        return False
+    data[key] -= 1
+    replace_json(path, data)
+    return True

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from rhaas.drivers.obm.base import OBMDriver, OBMSettings
-from rhaas.drivers.statefile import exclusive, replace_json
+from rhaas.drivers.statefile import count_down, exclusive
 from rhaas.errors import OBMError
 
 #: The calls a faults file may name.
@@ -80,9 +80,7 @@ class MockOBM(OBMDriver):
                 raise OBMError(f"mock BMC at {self.address}: no answer (injected from the faults file)")
             if call in faults.get("fail_calls", ()):
                 raise OBMError(f"mock BMC at {self.address}: {call} refused (injected from the faults file)")
-            if faults.get("fail_next", 0) > 0:
-                faults["fail_next"] -= 1
-                replace_json(path, faults)
+            if count_down(path, faults, "fail_next"):
                 raise OBMError(f"mock BMC at {self.address}: {call} refused (injected, fail_next)")
 
     def _read_faults(self, path: Path) -> dict[str, Any]:

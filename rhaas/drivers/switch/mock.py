@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from rhaas.drivers.statefile import exclusive, replace_json
+from rhaas.drivers.statefile import count_down, exclusive, replace_json
 from rhaas.drivers.switch.base import SwitchDriver, SwitchSettings
 from rhaas.errors import SwitchError
 from rhaas.ports import PortState
@@ -111,9 +111,7 @@ class MockSwitch(SwitchDriver):
                 raise RuntimeError("injected crash, as a driver bug would")
             if port in faults.get("fail_ports", ()):
                 raise SwitchError(f"{self._where(port)} refused the change (injected from the faults file)")
-            if faults.get("fail_next", 0) > 0:
-                faults["fail_next"] -= 1
-                replace_json(path, faults)
+            if count_down(path, faults, "fail_next"):
                 raise SwitchError(f"{self._where(port)} refused the change (injected, fail_next)")
 
     @classmethod
