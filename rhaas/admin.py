@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rhaas.config import Settings, load_settings, split_listen
+from rhaas.config import ProvisioningSettings, Settings, load_settings, split_listen
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -108,8 +108,20 @@ def create_admin_user(user: str, password: str, config: str | None, database: st
     "--agent-listen",
     default=None,
     callback=lambda _ctx, _param, value: _check_listen(value),
-    help="HOST:PORT of the FPBL agents' and network boot's listener ([provisioning] agent_listen): an "
-    "address on the provisioning network only.",
+    help="HOST:PORT of the FPBL agents' TLS listener ([provisioning] agent_listen): an address on the "
+    "provisioning network only.",
+)
+@click.option(
+    "--agent-tls-key",
+    default=None,
+    help="PEM file of the agents' listener's key and certificate, made if missing ([provisioning] "
+    "agent_tls_key, default rhaas-agent-tls.pem here).",
+)
+@click.option(
+    "--boot-listen",
+    default=None,
+    callback=lambda _ctx, _param, value: _check_listen(value, "boot_listen"),
+    help="HOST:PORT of the network boot's plain-HTTP listener ([provisioning] boot_listen).",
 )
 @config_option
 @database_option
@@ -127,16 +139,19 @@ def serve(
     node_filter: str | None,
     image_store: str | None,
     agent_listen: str | None,
+    agent_tls_key: str | None,
+    boot_listen: str | None,
     config: str | None,
     database: str | None,
 ) -> None:
     """Run the API server (and, unless --no-worker, the networking worker in-process).
 
     With --upstream it is a recursive instance: its nodes are those its project holds upstream. With fast
-    provisioning on, the FPBL agents' and network boot's routes are served on a second listener
-    (--agent-listen), never on the API's.
+    provisioning on, the FPBL agents' routes are served on a second listener (--agent-listen, TLS with the
+    key agents pin) and the network boot's on a third (--boot-listen, plain HTTP), never on the API's.
     """
     from rhaas.api.app import create_apps
+    from rhaas.api.state import AppState
 
     overrides: dict[str, object] = {
         "auth__mode": auth,
@@ -149,33 +164,66 @@ def serve(
         "pool__node_filter": node_filter,
         "images__store": image_store,
         "provisioning__agent_listen": agent_listen,
+        "provisioning__boot_listen": boot_listen,
+        "provisioning__agent_tls_key": agent_tls_key,
     }
     if no_worker:
         overrides["worker__in_process"] = False
     settings = _settings(config, database, **overrides)
     if settings.upstream.url and not settings.upstream.project:
         raise click.UsageError("--upstream needs --upstream-project (this instance's project upstream).")
-    listen = settings.provisioning.agent_listen
-    if settings.provisioning.enabled and listen is None:
-        # Secure by default: the agents' routes hand out agent secrets, so they are never served on the
-        # customer API's listener, and there is no default address to put them on.
-        raise click.UsageError(
-            "[provisioning] enabled needs [provisioning] agent_listen (or --agent-listen): HOST:PORT of the "
-            "listener for FPBL agents and network boot, on the provisioning network only."
-        )
+    prov = settings.provisioning
+    listeners: list[tuple[str, str | None]] = []  # (HOST:PORT, TLS key file or None) beside the API's
+    if prov.enabled:
+        listeners = _provisioning_listeners(prov)
     upgrade(settings.database.url)
     if settings.auth.mode == "null":
         click.echo("WARNING: --auth null: every caller is an administrator (development only).", err=True)
     app, agent_app = create_apps(settings)
-    sockets = [_listen(host, port)]
-    if listen is not None:
-        sockets.append(_listen(*split_listen(listen)))
-    _serve([app, agent_app][: len(sockets)], sockets)
+    boot_app = AppState.of(app).boot_app
+    assert boot_app is not None
+    served: list[tuple[ASGIApp, socket.socket, str | None]] = [(app, _listen(host, port), None)]
+    for other, (where, key) in zip((agent_app, boot_app), listeners, strict=False):
+        served.append((other, _listen(*split_listen(where)), key))
+    _serve(served)
 
 
-def _check_listen(value: str | None) -> str | None:
+def _provisioning_listeners(prov: ProvisioningSettings) -> list[tuple[str, str | None]]:
+    """The agents' TLS listener and, with a boot URL, the network boot's: (HOST:PORT, key file or None).
+    Makes the agents' key on the first start. Raises UsageError for settings that cannot work."""
+    from rhaas.provisioning.agenttls import AgentKeyError, ensure_key
+
+    if prov.agent_listen is None:
+        # Secure by default: the agents' routes hand out agent secrets, so they are never served on the
+        # customer API's listener, and there is no default address to put them on.
+        raise click.UsageError(
+            "[provisioning] enabled needs [provisioning] agent_listen (or --agent-listen): HOST:PORT of the "
+            "listener for FPBL agents, on the provisioning network only."
+        )
+    if prov.agent_url is not None and not prov.agent_url.startswith("https://"):
+        raise click.UsageError(
+            f"[provisioning] agent_url = {prov.agent_url!r}: agents reach the agents' listener over TLS,"
+            " so it is an https:// URL."
+        )
+    if prov.boot_url is not None and prov.boot_listen is None:
+        raise click.UsageError(
+            "[provisioning] boot_url needs [provisioning] boot_listen (or --boot-listen): HOST:PORT of the"
+            " network boot's plain-HTTP listener, where boot_url (or the boot service's relay) leads."
+        )
     try:
-        return None if value is None else (split_listen(value) and value)
+        pin = ensure_key(prov.agent_tls_key)
+    except AgentKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"agents' listener on {prov.agent_listen} (TLS), certificate SHA-256 {pin}", err=True)
+    listeners: list[tuple[str, str | None]] = [(prov.agent_listen, prov.agent_tls_key)]
+    if prov.boot_listen is not None:
+        listeners.append((prov.boot_listen, None))
+    return listeners
+
+
+def _check_listen(value: str | None, setting: str = "agent_listen") -> str | None:
+    try:
+        return None if value is None else (split_listen(value, setting) and value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -194,9 +242,10 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(apps: Sequence[ASGIApp], sockets: list[socket.socket]) -> None:
-    """Serve ``apps[i]`` on ``sockets[i]`` with uvicorn on one event loop until SIGINT or SIGTERM. Only the
-    first app's lifespan runs (the background threads); a listener that stops stops them all."""
+def _serve(listeners: Sequence[tuple[ASGIApp, socket.socket, str | None]]) -> None:
+    """Serve each (app, socket, TLS key file or None) with uvicorn on one event loop until SIGINT or
+    SIGTERM. Only the first app's lifespan runs (the background threads); a listener that stops stops
+    them all."""
     import asyncio
 
     import uvicorn
@@ -208,9 +257,16 @@ def _serve(apps: Sequence[ASGIApp], sockets: list[socket.socket]) -> None:
 
     servers = [
         Quiet(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="auto" if i == 0 else "off")
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                lifespan="auto" if i == 0 else "off",
+                ssl_certfile=key,
+                ssl_keyfile=key,
+            )  # fmt: skip
         )
-        for i, app in enumerate(apps)
+        for i, (app, _, key) in enumerate(listeners)
     ]
     received: list[int] = []
 
@@ -222,7 +278,8 @@ def _serve(apps: Sequence[ASGIApp], sockets: list[socket.socket]) -> None:
 
     async def run() -> None:
         tasks = [
-            asyncio.create_task(s.serve(sockets=[sock])) for s, sock in zip(servers, sockets, strict=True)
+            asyncio.create_task(s.serve(sockets=[sock]))
+            for s, (_, sock, _) in zip(servers, listeners, strict=True)
         ]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for server in servers:
@@ -303,8 +360,12 @@ def serve_networks(config: str | None, database: str | None) -> None:
 @main.command("boot-service")
 @click.option("--address", required=True, help="Our address on the provisioning network (10.0.0.1/24).")
 @click.option("--port", default=8080, show_default=True, type=int, help="The boot URL's (and relay's) port.")
-@click.option("--api", default=None, help="Relay to the instance's agents' listener, [provisioning] "
-              "agent_listen (http://127.0.0.1:5001); omit if it listens on ADDRESS:PORT itself.")  # fmt: skip
+@click.option("--api", default=None, help="Relay PORT to the instance's boot listener, [provisioning] "
+              "boot_listen (http://127.0.0.1:8081); omit if it listens on ADDRESS:PORT itself.")  # fmt: skip
+@click.option("--agent-port", default=8443, show_default=True, type=int, help="The agent URL's port, relayed "
+              "to --agent-api.")  # fmt: skip
+@click.option("--agent-api", default=None, help="Relay AGENT-PORT to the instance's agents' TLS listener, "
+              "[provisioning] agent_listen (https://127.0.0.1:5001).")  # fmt: skip
 @click.option("--netns", default=None, help="Serve inside this network namespace (the relay's far end "
               "stays here).")  # fmt: skip
 @click.option("--interface", default="eth0", show_default=True, help="The provisioning network's interface.")
@@ -312,11 +373,12 @@ def serve_networks(config: str | None, database: str | None) -> None:
 @click.option("--ipxe-dir", default="/usr/lib/ipxe", show_default=True, type=click.Path(file_okay=False),
               help="iPXE for plain PXE ROMs (undionly.kpxe, snponly.efi), served over TFTP.")  # fmt: skip
 def boot_service(
-    address: str, port: int, api: str | None, netns: str | None, interface: str, directory: str,
-    ipxe_dir: str,
+    address: str, port: int, api: str | None, agent_port: int, agent_api: str | None, netns: str | None,
+    interface: str, directory: str, ipxe_dir: str,
 ) -> None:  # fmt: skip
-    """Run the DHCP boot service of the provisioning network (dnsmasq, started and stopped here), with a
-    relay to the API. Set [provisioning] boot_url to http://ADDRESS:PORT and agent_url to the same."""
+    """Run the DHCP boot service of the provisioning network (dnsmasq, started and stopped here), with
+    relays to the instance's listeners. Set [provisioning] boot_url to http://ADDRESS:PORT and, with
+    --agent-api, agent_url to https://ADDRESS:AGENT-PORT."""
     from rhaas.procs import find_binary
     from rhaas.provisioning.bootservice import BootServiceError, serve
 
@@ -325,7 +387,8 @@ def boot_service(
         raise click.ClickException("dnsmasq is not installed (Debian: dnsmasq-base)")
     try:
         code = serve(Path(directory), address, port, api, netns, interface, dnsmasq,
-                     ready=lambda line: click.echo(line, err=True), ipxe_dir=Path(ipxe_dir))  # fmt: skip
+                     ready=lambda line: click.echo(line, err=True), ipxe_dir=Path(ipxe_dir),
+                     agent_relay=(agent_port, agent_api) if agent_api else None)  # fmt: skip
     except (BootServiceError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)

@@ -26,8 +26,11 @@ Example ``rhaas.toml``::
 
     [provisioning]           # fast provisioning: FPBL agents, kexec deploys, NMI returns
     enabled = true
-    agent_listen = "10.20.0.1:5001"  # the agents' and network boot's listener: provisioning network only
-    agent_url = "http://10.20.0.1:5001"
+    agent_listen = "10.20.0.1:5001"  # the agents' listener (TLS): provisioning network only
+    agent_url = "https://10.20.0.1:5001"
+    boot_listen = "10.20.0.1:8080"   # the network boot's (plain HTTP: what firmware fetches)
+    boot_url = "http://10.20.0.1:8080"
+    fpbl_dir = "/var/lib/rhaas/fpbl"
     return_timeout = 60      # seconds before a return falls back to power cycle → network boot
 
     [pool]
@@ -42,7 +45,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
@@ -107,13 +110,20 @@ class ProvisioningSettings(Section):
     """Fast provisioning (kexec deploys, NMI returns) of nodes enrolled with an FPBL agent."""
 
     enabled: bool = False
-    #: ``HOST:PORT`` of the listener serving the FPBL agents' API and the network boot (``rhaas-admin
-    #: serve`` runs it beside the customer API). Bind it to an address on the provisioning network only:
-    #: what it serves hands out agent secrets. Required when ``enabled``.
+    #: ``HOST:PORT`` of the listener serving the FPBL agents' API, over TLS (``rhaas-admin serve`` runs it
+    #: beside the customer API). Bind it to an address on the provisioning network only: what it serves
+    #: hands out agent secrets. Required when ``enabled``.
     agent_listen: str | None = None
+    #: The PEM file with that listener's private key and self-signed certificate, made on the first start
+    #: if missing. Agents are booted with the SHA-256 of the certificate (``rhaas.pin=``) and talk to no
+    #: server without it: replacing the file cuts off every FPBL booted before.
+    agent_tls_key: str = "rhaas-agent-tls.pem"
     #: The URL at which FPBL agents reach this instance (written into their kernel command line): the
-    #: ``agent_listen`` listener, directly or through the boot service's relay.
+    #: ``agent_listen`` listener, directly or through the boot service's relay: ``https://HOST:PORT``.
     agent_url: str | None = None
+    #: ``HOST:PORT`` of the network boot's plain-HTTP listener (iPXE scripts, the FPBL's kernel and
+    #: initrd: what a node's firmware fetches, with no TLS to speak of). Required with ``boot_url``.
+    boot_listen: str | None = None
     deploy_timeout: float = Field(default=600.0, gt=0, le=86400)
     #: How long the return FPBL may take to check in after the NMI before the reboot path is taken.
     return_timeout: float = Field(default=60.0, gt=0, le=86400)
@@ -145,22 +155,20 @@ class ProvisioningSettings(Section):
     #: The FPBL the boot routes serve: the directory ``rhaas-admin fpbl build --out`` wrote.
     fpbl_dir: str | None = None
 
-    @field_validator("agent_listen")
+    @field_validator("agent_listen", "boot_listen")
     @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
+    def _host_port(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            split_listen(value)
+            split_listen(value, str(info.field_name))
         return value
 
 
-def split_listen(value: str) -> tuple[str, int]:
+def split_listen(value: str, setting: str = "agent_listen") -> tuple[str, int]:
     """``"HOST:PORT"`` (``[v6]:PORT`` for an IPv6 address) → (host, port); ValueError naming the setting."""
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in "/ "):
-        raise ValueError(
-            f"[provisioning] agent_listen must be HOST:PORT (e.g. 10.20.0.1:5001), not {value!r}"
-        )
+        raise ValueError(f"[provisioning] {setting} must be HOST:PORT (e.g. 10.20.0.1:5001), not {value!r}")
     return host, int(port)
 
 

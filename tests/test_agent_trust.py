@@ -10,17 +10,21 @@ agent out. In-process first, then against a real ``rhaas-admin serve`` with both
 
 from __future__ import annotations
 
+import hashlib
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from agent_helpers import DISK, Agent, machine, network_boot_site, sha, state
-from api_helpers import Api
+from api_helpers import Api as Site
 from click.testing import CliRunner
 from dbdump import dump
 
 from rhaas.admin import main as admin_cli
+from rhaas.agent.api import Api
+from rhaas.agent.settings import parse_cmdline
 from rhaas.config import load_settings
 from rhaas.lab.polling import wait_for
 from rhaas.lab.servers import Server
@@ -29,13 +33,13 @@ MAC1 = "52:54:00:00:00:01"
 
 
 @pytest.fixture
-def netprov(db_url: str, tmp_path: Path) -> Iterator[Api]:
+def netprov(db_url: str, tmp_path: Path) -> Iterator[Site]:
     """The site with fast provisioning, its provisioning network and the network boot set up."""
     with network_boot_site(db_url, tmp_path / "fpbl") as api:
         yield api
 
 
-def ready_agent(api: Api) -> Agent:
+def ready_agent(api: Site) -> Agent:
     """Enrol n1, network-boot it on the provisioning network's listener, check its agent in."""
     api.admin.ok("PUT", "/node/n1/fpbl", {})
     wait_for("the network boot", lambda: machine("bmc1").power == "on", 30.0, every=0.02)
@@ -121,32 +125,61 @@ def test_agent_listen_takes_ipv4_ipv6_and_names():
         assert load_settings(None, provisioning__agent_listen=value).provisioning.agent_listen == value
 
 
-def test_a_real_server_serves_agents_on_the_agent_listener_only(tmp_path):
+def test_a_real_server_serves_agents_over_pinned_tls_and_the_boot_over_plain_http(tmp_path):
+    """``rhaas-admin serve`` with all three listeners: the customer API serves neither agents nor boot;
+    the agents' listener speaks TLS only, with the certificate whose SHA-256 every enrolment and network
+    boot hands out as ``rhaas.pin``; the boot listener serves ``/boot/v1`` only, in plain HTTP. The agent's
+    own client checks in through the pinned TLS listener."""
     config = tmp_path / "rhaas.toml"
-    config.write_text('[provisioning]\nenabled = true\nagent_url = "http://10.0.2.2:5000"\n')
+    config.write_text('[provisioning]\nenabled = true\nagent_url = "https://10.0.2.2:5000"\n')
     server = Server(f"sqlite:///{tmp_path / 'rhaas.sqlite3'}", tmp_path / "server.log", "--config",
                     str(config), agent=True)  # fmt: skip
     server.start()
     try:
+        assert server.agent_tls_key.stat().st_mode & 0o777 == 0o600, "the key is the server's alone"
+        host, port = server.agent_listen.split(":")
+        presented = ssl.get_server_certificate((host, int(port)))
+        assert hashlib.sha256(ssl.PEM_cert_to_DER_cert(presented)).hexdigest() == server.pin
         with server.client("admin", "adminpw") as admin:
             obm = {"type": "mock", "host": "trust-bmc", "user": "u", "password": "p"}
             admin.put("/node/t1", json={"obm": obm}).raise_for_status()
             admin.put("/node/t1/nic/eth0", json={"macaddr": "52:54:00:aa:00:01"}).raise_for_status()
             cmdline = admin.put("/node/t1/fpbl", json={}).json()["cmdline"]
-        secret = dict(w.split("=", 1) for w in cmdline.split())["rhaas.secret"]
-        headers = {"Authorization": f"Bearer {secret}"}
+            plain = admin.put("/node/t1/fpbl", json={"agent_url": "http://10.0.2.2:5000"})
+            assert plain.status_code == 400 and "https only" in plain.json()["msg"], plain.text
+        words = dict(w.split("=", 1) for w in cmdline.split())
+        assert words["rhaas.pin"] == server.pin and words["rhaas.agent"] == "https://10.0.2.2:5000"
+        headers = {"Authorization": f"Bearer {words['rhaas.secret']}"}
         body = {"mode": "ready", "boot_id": "b1", "kernel": "6.1", "memory_kb": 1}
         checkin, boot = "/agent/v1/nodes/t1/checkin", "/boot/v1/ipxe"
 
         refused = httpx.post(server.url + checkin, json=body, headers=headers)
         assert refused.status_code == 404 and refused.json()["type"] == "NotFoundError"
         assert httpx.get(server.url + boot).status_code == 404
-
-        assert httpx.post(server.agent_url + checkin, json=body, headers=headers).status_code == 200
-        unset = httpx.get(server.agent_url + boot)  # served: the network boot is not set up here
+        with pytest.raises(httpx.TransportError):  # no plain HTTP on the agents' listener
+            httpx.post(f"http://{server.agent_listen}{checkin}", json=body, headers=headers)
+        on_boot = httpx.post(server.boot_url + checkin, json=body, headers=headers)
+        assert on_boot.status_code == 404 and on_boot.json()["type"] == "NotFoundError"
+        unset = httpx.get(server.boot_url + boot)  # served: the network boot is not set up here
         assert unset.status_code == 409 and unset.json()["type"] == "IllegalStateError"
-        assert httpx.get(server.agent_url + "/v0/nodes/free").status_code == 404
+        assert httpx.get(server.boot_url + "/v0/nodes/free").status_code == 404
+
+        settings = parse_cmdline(cmdline.replace(words["rhaas.agent"], server.agent_url))
+        assert Api(settings).call("POST", "checkin", body) == {}
         with server.client("admin", "adminpw") as admin:
             assert admin.get("/node/t1/provisioning").json()["state"] == "ready"
     finally:
         server.stop()
+
+
+def test_serve_refuses_agents_over_plain_http_and_a_boot_url_without_its_listener(tmp_path):
+    database = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    config = tmp_path / "rhaas.toml"
+    for extra, expected in (
+        ('agent_url = "http://10.20.0.1:5001"', "https://"),
+        ('agent_url = "https://10.20.0.1:5001"\nboot_url = "http://10.20.0.1:8080"', "boot_listen"),
+    ):
+        config.write_text(f'[provisioning]\nenabled = true\nagent_listen = "127.0.0.1:1"\n{extra}\n')
+        result = CliRunner().invoke(admin_cli, ["serve", "--config", str(config), "--database", database])
+        assert result.exit_code == 2 and expected in result.output, result.output
+    assert not (tmp_path / "x.sqlite3").exists(), "it refused before touching the database"

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,8 +26,10 @@ from rhaas.agent import agent as ag
 from rhaas.agent import disk as dk
 from rhaas.agent import kexec as kx
 from rhaas.agent import memory as mem
+from rhaas.agent import wire
 from rhaas.lab import images
 from rhaas.lab.qemu import QemuNode
+from rhaas.provisioning import agenttls
 
 BOOT_TIMEOUT = 180  # TCG on a busy 2-core machine
 SECRET = "s3cret-one-time"
@@ -39,8 +42,10 @@ class FakeAgentApi:
     """The agent API of the protocol, in a thread: records check-ins, polls and reports, hands out queued
     work, serves files under /files/. Tests wait on it with `wait_for` (a condition, not a sleep)."""
 
-    def __init__(self, secret: str = SECRET, poll_after: float = 0.5) -> None:
+    def __init__(self, secret: str = SECRET, poll_after: float = 0.5, tls_key: Path | None = None) -> None:
         self.secret = secret
+        #: Requests that reached the handler (for TLS: after a handshake the client went on with).
+        self.requests = 0
         #: A return token good for one check-in, answered with ``token_secret`` (the agent's next secret).
         self.token: str | None = None
         self.token_secret = "s3cret-after-return"
@@ -83,6 +88,7 @@ class FakeAgentApi:
                 return False
 
             def do_GET(self) -> None:
+                api.requests += 1
                 if not self._authorized():
                     return
                 if self.path.startswith("/files/"):
@@ -109,6 +115,7 @@ class FakeAgentApi:
                 self._send(404, b"{}")
 
             def do_POST(self) -> None:
+                api.requests += 1
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 name = self.path.rsplit("/", 1)[-1]
@@ -127,6 +134,12 @@ class FakeAgentApi:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.pin: str | None = None
+        if tls_key is not None:  # the agents' listener as rhaas serves it: TLS with a self-signed key
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_key)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url, self.pin = f"https://127.0.0.1:{self.port}", agenttls.pin_of(tls_key)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -172,6 +185,8 @@ def fake_api() -> Iterator[FakeAgentApi]:
 
 
 def _settings(api: FakeAgentApi, **extra: str) -> ag.Settings:
+    if api.pin and "pin" not in extra:
+        extra["pin"] = api.pin
     words = " ".join(f"rhaas.{k}={v}" for k, v in extra.items())
     return ag.parse_cmdline(
         f"console=ttyS0 rhaas.agent={api.url} rhaas.node=n1 rhaas.secret={SECRET} {words}"
@@ -734,6 +749,82 @@ def test_a_crash_kernel_without_the_nodes_memory_map_refuses_to_deploy(fake_api,
     error = fake_api.report_of("j7", "restore-memory", "error")
     assert error and "only the crash region's memory" in error["detail"]
     assert system.kexecs == []
+
+
+class Stop(Exception):
+    """Ends an agent's loop from its sleep (it never ends on its own)."""
+
+
+def _stop_after(n: int) -> Callable[[float], None]:
+    calls = [0]
+
+    def sleep(_seconds: float) -> None:
+        calls[0] += 1
+        if calls[0] >= n:
+            raise Stop
+
+    return sleep
+
+
+@pytest.fixture(scope="module")
+def tls_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two agents' listener keys: the instance's, and an impostor's."""
+    root = tmp_path_factory.mktemp("tls")
+    for name in ("instance.pem", "impostor.pem"):
+        agenttls.ensure_key(root / name)
+    return root / "instance.pem", root / "impostor.pem"
+
+
+def test_the_agent_talks_tls_to_the_pinned_server(tls_keys, tmp_path):
+    server = FakeAgentApi(tls_key=tls_keys[0])
+    try:
+        system = FakeSystem(tmp_path)
+        _fake_fpbl(tmp_path)
+        server.push({"action": "wipe", "job": "j1", "policy": "metadata"})
+        _agent(server, system).run(rounds=2)
+        assert server.url.startswith("https://") and len(server.checkins) == 1
+        assert server.report_of("j1", "ready", "done"), server.reports
+    finally:
+        server.close()
+
+
+def test_the_agent_refuses_an_impostor_loudly_and_tells_it_nothing(tls_keys, tmp_path, capsys):
+    """Someone on the provisioning network answers at the server's address with another key, and hands
+    out a deploy: the agent sends it no request (so no secret), takes no work, and says why on the
+    console each time."""
+    impostor = FakeAgentApi(tls_key=tls_keys[1])
+    try:
+        system = FakeSystem(tmp_path)
+        kernel = impostor.artifact("k", b"EVIL KERNEL")
+        impostor.push({"action": "deploy", "job": "evil", "kernel": kernel, "initrd": kernel, "disk": None,
+                       "cmdline": ""})  # fmt: skip
+        settings = _settings(impostor, pin=agenttls.pin_of(tls_keys[0]))
+        agent = ag.Agent(settings, ag.Api(settings, timeout=5), system, sleep=_stop_after(3))
+        with pytest.raises(Stop):
+            agent.run(rounds=2)
+        with pytest.raises(wire.ImpostorError, match="REFUSED"):
+            agent.api.call("GET", "work")
+        assert impostor.requests == 0 and impostor.checkins == [] and impostor.polls == []
+        assert system.kexecs == [] and impostor.work, "the forged deploy was never taken"
+        console = capsys.readouterr().out
+        assert console.count("REFUSED") == 3 and agenttls.pin_of(tls_keys[1]) in console, console
+    finally:
+        impostor.close()
+
+
+def test_a_pinned_agent_never_falls_back_to_plain_http(tls_keys):
+    pin = agenttls.pin_of(tls_keys[0])
+    with pytest.raises(ValueError, match="needs rhaas.pin"):
+        ag.parse_cmdline("rhaas.agent=https://10.0.0.1:8443 rhaas.node=n rhaas.secret=s")
+    with pytest.raises(ValueError, match="needs an https"):
+        ag.parse_cmdline(f"rhaas.agent=http://10.0.0.1:8080 rhaas.node=n rhaas.secret=s rhaas.pin={pin}")
+    with pytest.raises(ValueError, match="not a SHA-256"):
+        ag.parse_cmdline("rhaas.agent=https://10.0.0.1:8443 rhaas.node=n rhaas.secret=s rhaas.pin=abc")
+    settings = ag.parse_cmdline(f"rhaas.agent=https://h:8443 rhaas.node=n rhaas.secret=s rhaas.pin={pin}")
+    assert f"rhaas.pin={pin}" in settings.passed_on(token="t"), "the return FPBL pins the same server"
+    api = ag.Api(settings)
+    with pytest.raises(ag.ProtocolError, match="only https"):
+        api.download(ag.Artifact("http://h:8080/blob", "00" * 32, 1), lambda b: None, lambda d, t: None)
 
 
 def test_the_agent_asks_for_work_with_a_long_poll_and_polls_where_the_server_refuses_it(fake_api, tmp_path):

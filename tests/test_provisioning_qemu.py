@@ -190,12 +190,14 @@ def network_boot_next(site: dict, fpbl) -> None:
     try:
         with Session(engine) as db:
             agent = agent_url(site["server"].agent_port)
-            script = provisioning.boot_script(db, site["node"].mac, "", agent, "")
+            script = provisioning.boot_script(db, site["node"].mac, "", agent, "", site["server"].pin)
             db.commit()
     finally:
         engine.dispose()
     words = " ".join(
-        w for w in script.split() if w.startswith(("rhaas.agent=", "rhaas.node=", "rhaas.secret="))
+        w
+        for w in script.split()
+        if w.startswith(("rhaas.agent=", "rhaas.node=", "rhaas.secret=", "rhaas.pin="))
     )
     site["fast"].append_file.write_text(f"{fpbl.cmdline} {words} rhaas.ip={NODE_IP} rhaas.gw={HOST_IP}\n")
 

@@ -1,5 +1,5 @@
-"""The agent API of one node, as the agent speaks it: JSON calls and streamed downloads over plain HTTP
-(standard library only).
+"""The agent API of one node, as the agent speaks it: JSON calls and streamed downloads over HTTPS to
+the server whose certificate the FPBL pins (plain HTTP without a pin, for tests; standard library only).
 
 The protocol is HTTP + JSON with ``Authorization: Bearer <secret>`` (docs/fast-provisioning.md); the
 return FPBL's first check-in presents its deploy's return token instead, and gets a secret back::
@@ -38,10 +38,11 @@ class ServerError(OSError):
 
 
 class Api:
-    """The agent API of one node: JSON requests and streamed downloads over plain HTTP."""
+    """The agent API of one node: JSON requests and streamed downloads, to the pinned server only."""
 
     def __init__(self, settings: Settings, timeout: float = HTTP_TIMEOUT) -> None:
         self.base = settings.agent
+        self.pin = settings.pin
         self.node_path = f"{API_PREFIX}/{urllib.parse.quote(settings.node, safe='')}"
         self.headers: dict[str, str] = {}
         self.use(settings.token or settings.secret)
@@ -59,10 +60,12 @@ class Api:
         self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
     ) -> wire.Response:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ProtocolError(f"cannot fetch {url}: only http:// URLs are supported")
+        scheme = "https" if self.pin else "http"  # a pinned agent never falls back to plain HTTP
+        if parts.scheme != scheme or not parts.hostname:
+            raise ProtocolError(f"cannot fetch {url}: only {scheme}:// URLs are used here")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return wire.request(method, parts.hostname, parts.port or 80, target, headers, body, self.timeout)
+        port = parts.port or (443 if self.pin else 80)
+        return wire.request(method, parts.hostname, port, target, headers, body, self.timeout, self.pin)
 
     def call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
         headers = dict(self.headers, Accept="application/json")

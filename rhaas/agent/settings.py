@@ -2,7 +2,9 @@
 
 The FPBL's boot loader (iPXE, or the agent itself before a kexec) puts them there::
 
-    rhaas.agent=http://10.0.2.2:8080   base URL of the agent API
+    rhaas.agent=https://10.0.2.2:8443  base URL of the agent API
+    rhaas.pin=<sha256 hex>             the SHA-256 of that listener's TLS certificate: the agent talks to
+                                       no other server (https:// needs it; http:// is for tests only)
     rhaas.node=n1                      this node's name
     rhaas.secret=...                   the agent's secret (a network boot's; replaced at each deploy)
     rhaas.token=...                    instead of a secret, in the return FPBL: the deploy's return token,
@@ -34,6 +36,8 @@ class Settings(NamedTuple):
     cmdline: str = ""
     #: The deploy's return token (the return FPBL has it instead of a secret; see `passed_on`).
     token: str | None = None
+    #: The SHA-256 of the agent API's TLS certificate (None: plain HTTP, which authenticates no server).
+    pin: str | None = None
 
     @property
     def crashed(self) -> bool:
@@ -45,7 +49,7 @@ class Settings(NamedTuple):
         FPBL's, which the customer's OS can read) that token stands in for the agent's secret."""
         credential = f"rhaas.token={token}" if token else f"rhaas.secret={self.secret}"
         args = [f"rhaas.agent={self.agent}", f"rhaas.node={self.node}", credential]
-        args += [f"rhaas.{k}={v}" for k, v in (("ip", self.ip), ("gw", self.gw)) if v]
+        args += [f"rhaas.{k}={v}" for k, v in (("pin", self.pin), ("ip", self.ip), ("gw", self.gw)) if v]
         return args
 
 
@@ -62,8 +66,17 @@ def parse_cmdline(text: str) -> Settings:
     if missing:
         raise ValueError("the kernel command line lacks " + ", ".join(f"rhaas.{k}=" for k in missing))
     url = urllib.parse.urlsplit(found["agent"])
-    if url.scheme != "http" or not url.hostname:
-        raise ValueError(f"rhaas.agent={found['agent']} is not an http:// URL")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"rhaas.agent={found['agent']} is not an https:// URL")
+    pin = found.get("pin") or None
+    if pin is not None and (len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin.lower())):
+        raise ValueError(f"rhaas.pin={pin[:80]} is not a SHA-256 (64 hex digits)")
+    if (url.scheme == "https") != (pin is not None):
+        raise ValueError(
+            f"rhaas.agent={found['agent']} needs rhaas.pin= (the SHA-256 of its certificate)"
+            if pin is None
+            else f"rhaas.pin= needs an https:// rhaas.agent=, not {found['agent']}"
+        )
     mode = found.get("mode", "ready")
     if mode not in ("ready", "return"):
         raise ValueError(f"rhaas.mode={mode} is neither ready nor return")
@@ -80,5 +93,5 @@ def parse_cmdline(text: str) -> Settings:
     return Settings(
         agent=found["agent"].rstrip("/"), node=found["node"], secret=found.get("secret", ""), mode=mode,
         ip=ip, gw=found.get("gw") or None, memmap=found.get("memmap"),
-        cmdline=text.strip(), token=found.get("token") or None,
+        cmdline=text.strip(), token=found.get("token") or None, pin=pin.lower() if pin else None,
     )  # fmt: skip

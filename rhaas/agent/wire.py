@@ -5,11 +5,18 @@ Why not ``http.client``: it imports the ``email`` package, which imports ``rando
 and that read waits for it (about a second under TCG; see docs/fast-provisioning.md), and the imports
 alone cost another quarter of a second there. The agent needs one request per connection, a status, a
 few headers and a body (``Content-Length``, chunked, or until the server closes), which is this module.
+
+With a pin (the SHA-256 of the server's certificate, which the FPBL is booted with) the connection is
+TLS, and nothing is sent before the server has shown that certificate: the pin, not a certificate
+authority, says who the server is (docs/fast-provisioning.md, "Trust").
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import socket
+from typing import Any
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -17,6 +24,42 @@ MAX_HEADERS = 100
 
 class HttpError(OSError):
     """The server's answer is not HTTP/1.x as this client reads it."""
+
+
+class ImpostorError(OSError):
+    """The server's TLS certificate is not the pinned one: it is not this instance. Nothing was sent."""
+
+
+_tls: list[Any] = []  # the one client context, made on first use (importing ssl loads OpenSSL)
+
+
+def _tls_context() -> Any:
+    if not _tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # No certificate authority vouches for the server: the pin does, checked in `pinned`.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _tls.append(context)
+    return _tls[0]
+
+
+def pinned(sock: socket.socket, where: str, pin: str) -> socket.socket:
+    """``sock`` wrapped in TLS, once the server has proven it holds the key of the certificate whose
+    SHA-256 is ``pin`` (the handshake checks the proof; this checks the certificate). Raises
+    `ImpostorError` (the socket closed, nothing sent) for any other certificate."""
+    tls = _tls_context().wrap_socket(sock)
+    der = tls.getpeercert(binary_form=True)
+    seen = hashlib.sha256(der).hexdigest() if der else "none"
+    if not hmac.compare_digest(seen, pin.lower()):
+        tls.close()
+        raise ImpostorError(
+            f"REFUSED {where}: its certificate has SHA-256 {seen}, this FPBL pins {pin}; it is not this"
+            " instance's agents' listener (nothing was sent to it)"
+        )
+    return tls
 
 
 class Response:
@@ -118,13 +161,17 @@ class Response:
 
 def request(
     method: str, host: str, port: int, target: str, headers: dict[str, str], body: bytes | None = None,
-    timeout: float = 30.0,
+    timeout: float = 30.0, pin: str | None = None,
 ) -> Response:  # fmt: skip
-    """Send one request (``Connection: close``) and return the answer with its status and headers read.
+    """Send one request (``Connection: close``) and return the answer with its status and headers read;
+    with ``pin``, over TLS to the server holding that certificate only (see `pinned`).
 
-    Raises OSError: the connection failed or timed out, or `HttpError` for an answer that is not HTTP."""
+    Raises OSError: the connection failed or timed out, `ImpostorError` for a server that is not the
+    pinned one, or `HttpError` for an answer that is not HTTP."""
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
+        if pin is not None:
+            sock = pinned(sock, f"{host}:{port}", pin)
         lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if body is not None:

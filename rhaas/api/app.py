@@ -5,7 +5,10 @@
   accept agent secrets, which a customer must never get (docs/fast-provisioning.md, "Trust").
 - the provisioning-network app (`create_agent_app`): ``/agent/v1`` (FPBL agents, authenticated by their
   node's secret) and ``/boot/v1`` (firmware in a network boot), and nothing else. ``rhaas-admin serve``
-  binds it to ``[provisioning] agent_listen``, an address on the provisioning network only.
+  binds it to ``[provisioning] agent_listen``, an address on the provisioning network only, over TLS
+  with the key agents pin (`rhaas.provisioning.agenttls`).
+- the network boot's app (`create_boot_app`): ``/boot/v1`` only, on ``[provisioning] boot_listen`` in
+  plain HTTP, which is all a node's firmware speaks.
 
 The background threads (networking worker, provisioning ticker) belong to the customer app's lifespan,
 so they run once however many listeners serve.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +36,7 @@ from rhaas.config import Settings
 from rhaas.core.images import BlobStore
 from rhaas.db.session import make_engine, make_sessionmaker
 from rhaas.notify import Notifier
+from rhaas.provisioning.agenttls import pin_of
 from rhaas.worker.networking import NetworkWorker
 from rhaas.worker.provisioning import ProvisioningTicker
 
@@ -101,8 +106,10 @@ def create_apps(settings: Settings, sessions: sessionmaker[Session] | None = Non
         description="HIL-compatible bare-metal API (base or recursive instance).",
         lifespan=lifespan,
     )
+    key = Path(settings.provisioning.agent_tls_key)
     state = AppState(
         settings=settings,
+        agent_pin=pin_of(key) if settings.provisioning.enabled and key.exists() else None,
         sessions=sessions,
         authenticator=Authenticator(settings.auth),
         blobs=BlobStore(settings.images.store, settings.images.max_blob_bytes),
@@ -130,4 +137,16 @@ def create_agent_app(state: AppState) -> FastAPI:
     errors.install(agent_app)
     agent_app.include_router(provisioning.agent_router)  # FPBL agents, authenticated by their node's secret
     agent_app.include_router(provisioning.boot_router)  # firmware in a network boot: iPXE scripts, the FPBL
+    create_boot_app(state)
     return agent_app
+
+
+def create_boot_app(state: AppState) -> FastAPI:
+    """The network boot's app over ``state``: ``/boot/v1`` and nothing else, no documents, no lifespan. It
+    is recorded as ``state.boot_app``."""
+    boot_app = FastAPI(title="rhaas network boot", docs_url=None, redoc_url=None, openapi_url=None)
+    state.install(boot_app)
+    state.boot_app = boot_app
+    errors.install(boot_app)
+    boot_app.include_router(provisioning.boot_router)
+    return boot_app

@@ -39,6 +39,10 @@ class AppState:
     ticker: ProvisioningTicker | None = None
     #: The provisioning-network app (agents, network boot) sharing this state; None until it is built.
     agent_app: Starlette | None = None
+    #: The network boot's plain-HTTP app (``/boot/v1`` only) sharing this state; None until it is built.
+    boot_app: Starlette | None = None
+    #: The SHA-256 of the agents' listener's certificate, which agents are booted with (None: no key).
+    agent_pin: str | None = None
 
     def install(self, app: Starlette) -> None:
         app.state.rhaas = self

@@ -129,4 +129,4 @@ class FastNode:
 
 def agent_url(port: int) -> str:
     """The agent API of an rhaas server on the host's loopback ``port``, as a `FastNode` reaches it."""
-    return f"http://{HOST_IP}:{port}"
+    return f"https://{HOST_IP}:{port}"

@@ -26,6 +26,8 @@ from rhaas.lab.servers import Server
 from rhaas.lab.site import Lab
 
 BOOT_PORT = 8080
+#: The agents' port on the headnode, relayed to the reseller's agents' TLS listener.
+AGENT_PORT = 8443
 #: The provisioning network's name in the reseller, and the admin project that owns it.
 PROVISIONING_NETWORK, INFRA_PROJECT = "prov", "infra"
 
@@ -100,7 +102,7 @@ def start_reseller(
         "agent_poll_seconds": 0.5,
         "network": PROVISIONING_NETWORK,
         "boot_url": boot_url,
-        "agent_url": boot_url,
+        "agent_url": f"https://{address}:{AGENT_PORT}",
         "fpbl_dir": str(fpbl_dir),
         "return_timeout": 240,
         **settings,
@@ -117,8 +119,9 @@ def start_reseller(
         admin=("admin", password),
         env={"RHAAS_UPSTREAM_PASSWORD": bot_password},
     )
-    # The agents' and network boot's listener: only the boot service's relay reaches it.
+    # The agents' and the network boot's listeners: only the boot service's relays reach them.
     values.setdefault("agent_listen", server.agent_listen)
+    values.setdefault("boot_listen", server.boot_listen)
     write_config(config, values)
     server.start()
     admin = Client(server.url, "admin", password)
@@ -140,19 +143,21 @@ def start_reseller(
             base.wait_networking_action(
                 base.node.connect_network(headnode, "eth0", upstream_net)["status_id"]
             )
-        reseller.boot_pid = _boot_service(reseller, head.ip, head.netns, f"http://{values['agent_listen']}")
+        relays = (f"http://{values['boot_listen']}", f"https://{values['agent_listen']}")
+        reseller.boot_pid = _boot_service(reseller, head.ip, head.netns, *relays)
     except BaseException:
         reseller.stop()
         raise
     return reseller
 
 
-def _boot_service(reseller: Reseller, address: str, netns: str, relay_to: str) -> int:
-    """Start the boot service on ``address`` in ``netns``, relaying to ``relay_to`` (the reseller's
-    agents' listener, never its customer API); its PID once it has started."""
+def _boot_service(reseller: Reseller, address: str, netns: str, boot: str, agents: str) -> int:
+    """Start the boot service on ``address`` in ``netns``, relaying to ``boot`` and ``agents`` (the
+    reseller's boot and agents' listeners, never its customer API); its PID once it has started."""
     log = reseller.workdir / f"{reseller.name}-boot-service.log"
     argv = [sys.executable, "-m", "rhaas.admin", "boot-service", "--address", address,
-            "--port", str(BOOT_PORT), "--api", relay_to, "--netns", netns,
+            "--port", str(BOOT_PORT), "--api", boot, "--agent-port", str(AGENT_PORT), "--agent-api", agents,
+            "--netns", netns,
             "--dir", str(reseller.workdir / f"{reseller.name}-boot")]  # fmt: skip
     pid = procs.spawn(argv, log)
     try:

@@ -22,9 +22,10 @@ def free_port() -> int:
 class Server:
     """``rhaas-admin serve`` in a subprocess; ``stop()`` ends it by PID (also on test failure).
 
-    ``agent_port`` is a free port on 127.0.0.1 for the listener of the FPBL agents and the network boot:
-    with ``agent=True`` the server is started with ``--agent-listen`` on it; otherwise a settings file may
-    name it (``[provisioning] agent_listen = server.agent_listen``)."""
+    ``agent_port`` and ``boot_port`` are free ports on 127.0.0.1 for the FPBL agents' TLS listener and the
+    network boot's: with ``agent=True`` the server is started with ``--agent-listen`` and
+    ``--boot-listen`` on them; otherwise a settings file may name them (``[provisioning] agent_listen =
+    server.agent_listen``). The agents' key is kept beside the log (``agent_tls_key``; `pin`)."""
 
     def __init__(
         self,
@@ -39,11 +40,16 @@ class Server:
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.agent, self.agent_port = agent, free_port()
-        while self.agent_port == self.port:  # the kernel may hand the same free port out twice
-            self.agent_port = free_port()
+        self.agent = agent
+        ports = {self.port}
+        while len(ports) < 3:  # the kernel may hand the same free port out twice
+            ports.add(free_port())
+        self.agent_port, self.boot_port = sorted(ports - {self.port})
         self.agent_listen = f"127.0.0.1:{self.agent_port}"
-        self.agent_url = f"http://{self.agent_listen}"
+        self.agent_url = f"https://{self.agent_listen}"
+        self.boot_listen = f"127.0.0.1:{self.boot_port}"
+        self.boot_url = f"http://{self.boot_listen}"
+        self.agent_tls_key = log.with_name(log.stem + "-agent-tls.pem")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Server:
@@ -70,7 +76,8 @@ class Server:
             self.db_url,
         ]
         if self.agent:
-            cmd += ["--agent-listen", self.agent_listen]
+            cmd += ["--agent-listen", self.agent_listen, "--boot-listen", self.boot_listen]
+        cmd += ["--agent-tls-key", str(self.agent_tls_key)]
         if "--image-store" not in self.args:  # not the default, which is the current directory
             cmd += ["--image-store", str(self.log_path.with_name(self.log_path.stem + "-images"))]
         self._log = self.log_path.open("ab")
@@ -90,6 +97,13 @@ class Server:
                 time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"server on port {self.port} did not answer within {timeout} s")
+
+    @property
+    def pin(self) -> str:
+        """The SHA-256 of the agents' listener's certificate (made at the first start with provisioning)."""
+        from rhaas.provisioning.agenttls import pin_of
+
+        return pin_of(self.agent_tls_key)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

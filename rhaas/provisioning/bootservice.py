@@ -6,16 +6,18 @@ has an interface on the provisioning network, and stops dnsmasq when it stops::
     plain PXE ROM        --DHCP--> dnsmasq: "boot undionly.kpxe" (BIOS) or "snponly.efi" (UEFI)
                          --TFTP--> dnsmasq: iPXE, which starts over as an iPXE client:
     node firmware (iPXE) --DHCP--> dnsmasq: "you are 10.0.0.100, boot http://10.0.0.1:8080/boot/v1/ipxe"
-                         --HTTP--> relay --> agents' listener: /boot/v1/ipxe → chain /boot/v1/ipxe/<MAC>
+                         --HTTP--> relay --> boot listener: /boot/v1/ipxe → chain /boot/v1/ipxe/<MAC>
                                                         → kernel /boot/v1/fpbl/vmlinuz <cmdline>; initrd …
-    FPBL agent           --HTTP--> relay --> agents' listener: /agent/v1/… (check-in, work, image blobs)
+    FPBL agent           --HTTPS-> relay --> agents' listener: /agent/v1/… (check-in, work, image blobs)
 
-The instance's agents' listener (``[provisioning] agent_listen``, never the customer API: see
-`rhaas.api.app.create_agent_app`) serves the scripts and the FPBL, so the relay is only needed where that
-listener is not on the provisioning network itself (``--api``): it forwards TCP connections from
-``<address>:<port>`` to it. With ``--netns`` the relay listens and dnsmasq runs in that network namespace
-while the relay's outgoing connections stay in this process's own: one process bridges a namespace on the
-provisioning network and an agents' listener on this machine's loopback.
+The instance's boot listener (``[provisioning] boot_listen``, plain HTTP) serves the scripts and the FPBL;
+its agents' listener (``agent_listen``, TLS with the certificate agents pin) the agents' API; neither is
+the customer API (see `rhaas.api.app`). The relay is only needed where those listeners are not on the
+provisioning network themselves: it forwards TCP connections from ``<address>:<port>`` to the boot
+listener (``--api``) and from ``<address>:<agent-port>`` to the agents' (``--agent-api``). TLS passes
+through it untouched: the relay sees no secret. With ``--netns`` the relay listens and dnsmasq runs in
+that network namespace while the relay's outgoing connections stay in this process's own: one process
+bridges a namespace on the provisioning network and listeners on this machine's loopback.
 
 iPXE clients (QEMU's NIC ROMs, iPXE-flashed NICs) get the boot URL straight away. Other PXE clients get
 iPXE itself over dnsmasq's TFTP server, from Debian's ``ipxe`` package (``--ipxe-dir``): ``undionly.kpxe``
@@ -203,15 +205,20 @@ def serve(
     dnsmasq: str = "dnsmasq",
     ready: Callable[[str], None] = print,
     ipxe_dir: Path = IPXE_DIR,
+    agent_relay: tuple[int, str] | None = None,
 ) -> int:
     """Run the boot service until SIGTERM/SIGINT or dnsmasq's end; dnsmasq's exit status (0 when we
-    stopped it). ``api`` is the API's own URL (None: it listens on ``address:port`` itself). Plain PXE
+    stopped it). ``api`` is the boot listener's own URL (None: it listens on ``address:port`` itself);
+    ``agent_relay`` (port, URL): also relay ``address:port`` to the agents' listener at URL. Plain PXE
     clients are served iPXE from ``ipxe_dir`` if it has the binaries."""
     ip = str(ipaddress.ip_interface(address).ip)
     boot_url = f"http://{ip}:{port}"
     have_ipxe = all((ipxe_dir / name).is_file() for name in (IPXE_BIOS, IPXE_UEFI))
     conf = dnsmasq_config(directory, interface, address, boot_url, ipxe_dir if have_ipxe else None)
-    listener = None
+    relays = [(port, api)] if api is not None else []
+    if agent_relay is not None:
+        relays.append(agent_relay)
+    listeners: list[tuple[socket.socket, tuple[str, int]]] = []
     with in_netns(netns):
         done = subprocess.run(
             ["ip", "addr", "replace", f"{RA_PREFIX}::1/64", "dev", interface, "nodad"],
@@ -219,20 +226,19 @@ def serve(
         )  # fmt: skip
         if done.returncode != 0:
             raise BootServiceError(f"cannot give {interface} an IPv6 address: {done.stderr.strip()}")
-        if api is not None:
-            listener = socket.create_server((ip, port), backlog=64)
+        for relay_port, url in relays:
+            target = urlsplit(url)
+            default = 443 if target.scheme == "https" else 80
+            sock = socket.create_server((ip, relay_port), backlog=64)
+            listeners.append((sock, (target.hostname or "127.0.0.1", target.port or default)))
         with open(directory / "dnsmasq.out", "ab") as err:  # the child keeps its own copy
             proc = subprocess.Popen(
                 [dnsmasq, "--keep-in-foreground", f"--conf-file={conf}", "--user=root"],
                 stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
     stop = threading.Event()
-    thread = None
-    if listener is not None:
-        assert api is not None
-        url = urlsplit(api)
-        target = (url.hostname or "127.0.0.1", url.port or 80)
-        thread = threading.Thread(target=relay, args=(listener, target, stop), daemon=True)
+    threads = [threading.Thread(target=relay, args=(*pair, stop), daemon=True) for pair in listeners]
+    for thread in threads:
         thread.start()
 
     def ending(signum: int, frame: object) -> None:
@@ -240,7 +246,7 @@ def serve(
 
     previous = {s: signal.signal(s, ending) for s in (signal.SIGTERM, signal.SIGINT)}
     where = f" in namespace {netns}" if netns else ""
-    relayed = f", relaying {ip}:{port} to {api}" if api else ""
+    relayed = "".join(f", relaying {ip}:{p} to {url}" for p, url in relays)
     pxe = f"plain PXE ROMs chain-load iPXE over TFTP ({IPXE_BIOS}, {IPXE_UEFI})"
     if not have_ipxe:
         pxe = f"iPXE clients only (no {IPXE_BIOS} and {IPXE_UEFI} in {ipxe_dir}: Debian's ipxe has them)"
@@ -255,9 +261,9 @@ def serve(
     finally:
         stop.set()
         procs.end(proc)
-        if listener is not None:
-            listener.close()
-        if thread is not None:
+        for sock, _ in listeners:
+            sock.close()
+        for thread in threads:
             thread.join(timeout=5)
         for s, handler in previous.items():
             signal.signal(s, handler)

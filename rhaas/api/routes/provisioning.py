@@ -54,7 +54,7 @@ def enroll(
     agent_url = (body.agent_url if body else None) or settings.agent_url
     if not agent_url:
         raise BadArgumentError("No agent_url given, and [provisioning] agent_url is not set.")
-    answer = provisioning.enroll(db, caller, node, agent_url.rstrip("/"), settings)
+    answer = provisioning.enroll(db, caller, node, agent_url.rstrip("/"), settings, state.agent_pin)
     after_commit(db, state.wake_ticker)
     return reply(answer)
 
@@ -204,7 +204,7 @@ def boot_node(mac: str, request: Request, db: DB, state: State) -> Response:
         cmdline = load_exported(Path(settings.fpbl_dir or "")).cmdline
     except (OSError, ValueError, KeyError) as exc:
         raise IllegalStateError(f"The FPBL in [provisioning] fpbl_dir cannot be read: {exc}") from None
-    text = provisioning.boot_script(db, mac, base, agent_url, cmdline)
+    text = provisioning.boot_script(db, mac, base, agent_url, cmdline, state.agent_pin)
     return _script(text)
 
 

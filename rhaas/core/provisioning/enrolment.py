@@ -58,10 +58,28 @@ def issue_return_token(row: NodeProvisioning) -> str:
     return token
 
 
-def agent_words(agent_url: str, node: str) -> tuple[str, str]:
-    """A fresh agent secret, and the kernel command-line words that tell the agent where and who it is."""
+def agent_words(agent_url: str, node: str, pin: str | None) -> tuple[str, str]:
+    """A fresh agent secret, and the kernel command-line words that tell the agent where and who it is,
+    and (``pin``: the SHA-256 of the agents' listener's certificate) which server to believe."""
     secret = secrets.token_urlsafe(32)
-    return secret, f"rhaas.agent={agent_url} rhaas.node={node} rhaas.secret={secret}"
+    words = f"rhaas.agent={agent_url} rhaas.node={node} rhaas.secret={secret}"
+    return secret, words + (f" rhaas.pin={pin}" if pin else "")
+
+
+def check_agent_url(agent_url: str, pin: str | None) -> None:
+    """Agents of an instance with a TLS key (``pin``) reach it over https only, and https needs a key."""
+    if not agent_url.startswith(("http://", "https://")) or any(c.isspace() for c in agent_url):
+        raise BadArgumentError(f"agent_url {agent_url[:100]!r} is not an https URL.")
+    if pin and not agent_url.startswith("https://"):
+        raise BadArgumentError(
+            f"agent_url {agent_url[:100]!r}: agents reach this instance over https only (the agents'"
+            " listener is TLS, its certificate pinned in each FPBL)."
+        )
+    if not pin and agent_url.startswith("https://"):
+        raise BadArgumentError(
+            f"agent_url {agent_url[:100]!r}: this instance has no agents' TLS key to pin"
+            " ([provisioning] agent_tls_key)."
+        )
 
 
 def bump_node_generation(db: Session) -> None:
@@ -70,8 +88,9 @@ def bump_node_generation(db: Session) -> None:
 
 
 def enroll(
-    db: Session, caller: Caller, node_name: str, agent_url: str, settings: ProvisioningSettings
-) -> dict[str, str]:
+    db: Session, caller: Caller, node_name: str, agent_url: str, settings: ProvisioningSettings,
+    pin: str | None = None,
+) -> dict[str, str]:  # fmt: skip
     """Put a node under fast provisioning (admin): a new agent secret, state ``booting``.
 
     Returns the kernel command-line words that tell the FPBL agent where to check in and as whom; the
@@ -84,8 +103,7 @@ def enroll(
     node = get_node(db, node_name)
     if node.project_id is not None:
         raise BlockedError(f"Node {node_name} is in a project; only a free node can be enrolled.")
-    if not agent_url.startswith(("http://", "https://")) or any(c.isspace() for c in agent_url):
-        raise BadArgumentError(f"agent_url {agent_url[:100]!r} is not an http(s) URL.")
+    check_agent_url(agent_url, pin)
     vlan = nic = None
     if settings.network is not None:
         network = db.scalar(select(Network).where(Network.label == settings.network))
@@ -97,7 +115,7 @@ def enroll(
                 f"Node {node_name} has no NIC {settings.nic} on a switch port for the provisioning network."
             )
         vlan, nic = network.network_id, found.label
-    secret, words = agent_words(agent_url, node.label)
+    secret, words = agent_words(agent_url, node.label, pin)
     row = db.get(NodeProvisioning, node.id)
     if row is None:
         row = NodeProvisioning(node_id=node.id, secret_sha256="")

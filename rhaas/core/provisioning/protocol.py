@@ -60,7 +60,9 @@ MAC_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 EXIT_SCRIPT = "#!ipxe\necho rhaas: not booting the FPBL: {why}\nexit\n"
 
 
-def boot_script(db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdline: str) -> str:
+def boot_script(
+    db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdline: str, pin: str | None = None
+) -> str:
     """The iPXE script for the network boot of the node with NIC ``mac``: the FPBL with a fresh secret.
 
     Each network boot gets its own secret (the previous one stops working), so the script is worth
@@ -80,7 +82,7 @@ def boot_script(db: Session, mac: str, base_url: str, agent_url: str, fpbl_cmdli
         return EXIT_SCRIPT.format(why=f"node {nic.node.label} is not enrolled")
     if row.state == states.DEPLOYED:
         return EXIT_SCRIPT.format(why=f"node {nic.node.label} runs its customer's OS")
-    secret, words = agent_words(agent_url, nic.node.label)
+    secret, words = agent_words(agent_url, nic.node.label, pin)
     # A network boot: no crash kernel armed for a deploy survives it, nor does its return token.
     row.secret_sha256, row.return_sha256, row.boot_id = secret_hash(secret), None, None
     net = "rhaas.ip=${ip} rhaas.netmask=${netmask} rhaas.gw=${gateway}"
