@@ -45,7 +45,31 @@ def _bytes(*args: str) -> bytes:
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """A hash of the file's allocated ranges and their bytes: any write shows, and holes cost nothing."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end, at = os.fstat(fd).st_size, 0
+        while at < end:
+            try:
+                at = os.lseek(fd, at, os.SEEK_DATA)
+            except OSError:  # no data after `at`
+                break
+            stop = os.lseek(fd, at, os.SEEK_HOLE)
+            digest.update(f"{at}-{stop}:".encode())
+            while at < stop:
+                chunk = os.pread(fd, min(stop - at, MIB), at)
+                digest.update(chunk)
+                at += len(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _read(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 def _gpt_disk(tmp_path: Path, sector_size: int, name: str = "disk") -> Path:
@@ -234,12 +258,12 @@ def test_a_seed_on_a_gpt_image_smaller_than_the_disk(tmp_path: Path, sector_size
     assert end <= last_usable and (last_usable - end) * sector_size < MIB  # at the end, 1 MiB aligned
     assert (done["table"], done["partition"], done["backup_moved"]) == ("gpt", 3, True)
 
-    raw = disk.read_bytes()
-    backup = raw[(sectors - 1) * sector_size : sectors * sector_size]
+    backup = _read(disk, (sectors - 1) * sector_size, sector_size)
     assert backup[:8] == b"EFI PART"
     assert int.from_bytes(backup[24:32], "little") == sectors - 1  # its own LBA: the disk's last
-    assert raw[IMAGE - sector_size : IMAGE] == bytes(sector_size)  # no stale backup at the image's end
-    assert int.from_bytes(raw[446 + 12 : 446 + 16], "little") == sectors - 1  # protective MBR: whole disk
+    assert _read(disk, IMAGE - sector_size, sector_size) == bytes(sector_size)  # no stale backup there
+    mbr = _read(disk, 0, 512)
+    assert int.from_bytes(mbr[446 + 12 : 446 + 16], "little") == sectors - 1  # protective MBR: whole disk
 
     volume = _volume(disk, done["start"], done["size"], tmp_path)  # type: ignore[arg-type]
     _check_volume(
@@ -252,6 +276,43 @@ def test_a_seed_on_a_gpt_image_smaller_than_the_disk(tmp_path: Path, sector_size
     )
     sizes = {"meta-data": len(cidata.meta_data(SEED)), "user-data": 47, "network-config": 46}
     assert done["files"] == sizes
+
+
+def test_a_gpt_whose_backup_is_already_at_the_disks_end_stays_there(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    with open(disk, "wb") as f:
+        f.truncate(DISK)
+    _run("sfdisk", "-q", str(disk), stdin="label: gpt\n,8M,U\n,56M,L\n")
+    first_usable_before = json.loads(_run("sfdisk", "--json", str(disk)))["partitiontable"]["lastlba"]
+    done = cidata.write_seed(str(disk), DISK, 512, SEED)
+    assert done["backup_moved"] is False
+    assert "No problems found" in _run("sgdisk", "-v", str(disk))
+    table = json.loads(_run("sfdisk", "--json", str(disk)))["partitiontable"]
+    assert table["lastlba"] == first_usable_before
+    assert table["partitions"][2]["start"] * 512 == done["start"]
+
+
+@pytest.mark.parametrize("table", ["gpt", "dos"])
+def test_on_a_disk_past_2_tib_the_tables_32_bit_fields_are_capped(tmp_path: Path, table: str) -> None:
+    """An MBR partition must end below 2^32 sectors; the protective MBR's size stops at 0xFFFFFFFF."""
+    disk = tmp_path / "disk"
+    with open(disk, "wb") as f:
+        f.truncate(IMAGE)
+    _run("sfdisk", "-q", str(disk), stdin=f"label: {table}\n,8M\n,\n")
+    size = 3 << 40  # sparse
+    os.truncate(disk, size)
+    done = cidata.write_seed(str(disk), size, 512, SEED)
+    raw = _read(disk, 0, 512)
+    if table == "gpt":
+        assert "No problems found" in _run("sgdisk", "-v", str(disk))
+        assert int.from_bytes(raw[446 + 12 : 446 + 16], "little") == 0xFFFFFFFF
+        assert size - done["start"] <= 2 * MIB  # type: ignore[operator]
+    else:
+        assert "No errors detected" in _run("sfdisk", "--verify", str(disk))
+        end = done["start"] + done["size"]  # type: ignore[operator]
+        assert (1 << 32) * 512 - 2 * MIB < end <= 0xFFFFFFFF * 512
+    volume = _volume(disk, done["start"], done["size"], tmp_path)  # type: ignore[arg-type]
+    assert _blkid(volume)["LABEL"] == "CIDATA"
 
 
 @pytest.mark.root
@@ -295,14 +356,14 @@ def test_a_seed_on_an_mbr_image(tmp_path: Path, sector_size: int) -> None:
 
 def test_the_same_seed_on_the_same_image_gives_the_same_disk(tmp_path: Path) -> None:
     first = _gpt_disk(tmp_path, 512, "one")
-    second = tmp_path / "two"
-    second.write_bytes(first.read_bytes())
-    third = tmp_path / "three"
-    third.write_bytes(first.read_bytes())
+    second, third = tmp_path / "two", tmp_path / "three"
+    for copy in (second, third):
+        _run("cp", "--sparse=always", str(first), str(copy))
     a = cidata.write_seed(str(first), DISK, 512, SEED)
     b = cidata.write_seed(str(second), DISK, 512, SEED)
     c = cidata.write_seed(str(third), DISK, 512, SEED._replace(instance_id="job-43"))
-    assert _sha(first) == _sha(second) and a == b
+    assert subprocess.run(["cmp", str(first), str(second)]).returncode == 0 and a == b
+    assert subprocess.run(["cmp", "-s", str(first), str(third)]).returncode == 1
     assert c["guid"] != a["guid"]
 
 
