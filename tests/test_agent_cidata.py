@@ -321,7 +321,7 @@ def test_a_4096_byte_sector_seed_passes_sgdisk_and_blkid_on_a_loop_device(tmp_pa
     """sgdisk reads a file as a 512-byte-sector disk; a loop device with 4096-byte sectors is a real one."""
     disk = _gpt_disk(tmp_path, 4096)
     done = cidata.write_seed(str(disk), DISK, 4096, SEED)
-    loop = _run("losetup", "--find", "--show", "--sector-size", "4096", "--partscan", str(disk)).strip()
+    loop = _run("losetup", "--find", "--show", "--sector-size", "4096", str(disk)).strip()
     try:
         assert _run("blockdev", "--getss", loop).strip() == "4096"
         assert "No problems found" in _run("sgdisk", "-v", loop)
