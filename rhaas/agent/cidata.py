@@ -9,8 +9,9 @@ files cloud-init's NoCloud data source reads, so that an unmodified cloud image 
   customer's SSH keys as ``public-keys``; JSON, which cloud-init's YAML reader takes as YAML;
 - ``user-data``: the customer's, byte for byte; without one, a ``#cloud-config`` holding the SSH keys
   (`user_data_for`);
-- ``network-config`` only if the customer gave one; without it cloud-init falls back to DHCP on the
-  interface that has a link;
+- ``network-config`` only if the customer gave one; without it cloud-init falls back to DHCP on one
+  interface: the first with a carrier (``eth0`` first), else, as before the network is up, the first that
+  is down, by name (docs/fast-provisioning.md, "The cloud-init seed");
 - ``vendor-data`` if the operator gives one.
 
 Why the keys go into ``public-keys``: cloud-init's ``ssh`` module authorises the data source's public keys
