@@ -110,7 +110,8 @@ def write_seed(disk_path: str, disk_size: int, sector_size: int, seed: Seed) -> 
     `disk_size` is in bytes and `sector_size` is the disk's logical sector size. Returns what was done
     (table, partition number, start and size in bytes, files and their sizes) for the deploy's report.
     Raises `SeedError`, having written nothing, if the seed is not valid or the disk has no partition
-    table, no room after its last partition or no free slot.
+    table, no room after its last partition or no free slot; `OSError` if the disk cannot be read or
+    written.
     """
     files = seed_files(seed)
     size = volume_size(files)
