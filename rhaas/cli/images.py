@@ -72,8 +72,10 @@ class _Progress:
         self.tty = sys.stderr.isatty()
         self.every = 0.25 if self.tty else 5.0
         self.last = 0.0
+        self.latest: DiskProgress | None = None
 
     def __call__(self, p: DiskProgress) -> None:
+        self.latest = p
         now = time.monotonic()
         if now - self.last < self.every:
             return
@@ -121,8 +123,8 @@ def _register_disk(
             cmdline=cmdline,
             progress=progress,
         )
-    if progress.tty and progress.last:
-        click.echo(err=True)  # end the line rewritten in place
+    if progress.latest is not None:
+        progress.show(progress.latest, end=True)  # where it ended
     mib = 2**20
     rate = result["virtual_size"] / max(result["seconds"], 1e-6) / 1e6
     emit(

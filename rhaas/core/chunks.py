@@ -227,7 +227,8 @@ def check_chunks(db: Session, caller: Caller, manifest: Manifest) -> None:
     for start in range(0, len(digests), MAX_QUERY):
         batch = digests[start : start + MAX_QUERY]
         have |= _available(db, caller, batch)
-        sizes.update(db.execute(select(Chunk.sha256, Chunk.size).where(Chunk.sha256.in_(batch))).tuples())
+        rows = db.execute(select(Chunk.sha256, Chunk.size).where(Chunk.sha256.in_(batch)))
+        sizes.update((digest, size) for digest, size in rows)
     missing = [d for d in digests if d not in have]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -256,21 +257,23 @@ def check_content(db: Session, manifest: Manifest) -> None:
 
     It only reads, a few chunks at a time, and ends the session's transaction after each few: on SQLite a
     transaction holds the write lock (taken at BEGIN), which must not be held over the hash of a large
-    image. So the caller must have nothing unflushed in ``db``, and must expect its objects expired.
+    image. So the caller must have nothing uncommitted in ``db``, and must expect its objects expired.
     """
     digest = hashlib.sha256()
     pending: list[tuple[int, Extent | None]] = []
 
     def drain() -> None:
         wanted = list({e.sha256 for _, e in pending if e is not None})
-        rows = db.execute(select(Chunk.sha256, Chunk.data).where(Chunk.sha256.in_(wanted))).tuples()
-        data = dict(rows)
+        rows = db.execute(select(Chunk.sha256, Chunk.data).where(Chunk.sha256.in_(wanted)))
+        data = {digest: chunk for digest, chunk in rows}
         db.rollback()
         for length, extent in pending:
             if extent is None:
                 digest.update(_ZEROS[:length])
                 continue
-            chunk = data[extent.sha256]
+            chunk = data.get(extent.sha256)
+            if chunk is None:  # deleted since check_chunks: its last image went
+                raise NotFoundError(f"Chunk {extent.sha256} is not uploaded: upload it again.")
             if is_zero(chunk):
                 raise BadArgumentError(f"The extent at offset {extent.offset} is all zeros: leave holes out.")
             digest.update(chunk)
@@ -354,6 +357,6 @@ def prune(db: Session, caller: Caller, min_age: int) -> dict[str, int]:
     recent = exists().where(ChunkUpload.sha256 == Chunk.sha256, ChunkUpload.created_at > cutoff)
     unused = ~exists().where(ImageExtent.chunk_sha256 == Chunk.sha256)
     rows = db.execute(select(Chunk.sha256, Chunk.size).where(unused, ~recent, Chunk.created_at <= cutoff))
-    found = dict(rows.tuples().all())
+    found = {digest: size for digest, size in rows}
     gone = collect(db, list(found))
     return {"chunks": len(gone), "bytes": sum(found[d] for d in gone)}
