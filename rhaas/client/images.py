@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ from rhaas.client.diskimage import CHUNK_SIZE, open_disk_image
 from rhaas.errors import BadArgumentError, NotFoundError
 
 _CHUNK = 1 << 20
-#: Windows handed to the uploading thread at a time; at most two such batches wait (memory bound).
+#: Windows handed to the uploading thread at a time: one batch is sent while one waits and the next is
+#: read, so about three batches of windows are in memory at most.
 _BATCH = 4
-#: Digests per "which are missing?" question (the server takes up to 1024).
-_QUERY = 512
+#: Chunk uploads in flight at once.
+_PARALLEL = 3
 _ZEROS = bytes(CHUNK_SIZE)
 #: The server hashes the whole image before it answers a registration: allow it this many bytes a second.
 _SERVER_HASH_RATE = 100 * 2**20
@@ -54,34 +56,40 @@ class DiskProgress:
 
 @dataclass
 class _Pipeline:
-    """The uploading thread's side: asks which chunks are missing, uploads those, records errors."""
+    """The uploading side: asks which chunks of a batch are missing and uploads those, `_PARALLEL` at a
+    time (a request's round trip, not the bandwidth, is what a chunk mostly waits for); records the
+    first error for the reader's thread to raise."""
 
     conn: Connection
     progress: DiskProgress
     known: set[str] = field(default_factory=set)  # digests the server has for us (sent, or it said so)
     error: BaseException | None = None
-    work: queue.Queue[list[tuple[str, bytes]] | None] = field(default_factory=lambda: queue.Queue(2))
+    work: queue.Queue[list[tuple[str, bytes]] | None] = field(default_factory=lambda: queue.Queue(1))
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
-        while (batch := self.work.get()) is not None:
-            if self.error is not None:
-                continue  # drain, so the reader is never stuck on a full queue
-            try:
-                self._send(batch)
-            except BaseException as exc:  # handed to the reader's thread, which raises it
-                self.error = exc
+        with ThreadPoolExecutor(_PARALLEL, thread_name_prefix="rhaas-chunk-put") as pool:
+            while (batch := self.work.get()) is not None:
+                if self.error is not None:
+                    continue  # drain, so the reader is never stuck on a full queue
+                try:
+                    self._send(batch, pool)
+                except BaseException as exc:  # handed to the reader's thread, which raises it
+                    self.error = exc
 
-    def _send(self, batch: list[tuple[str, bytes]]) -> None:
+    def _send(self, batch: list[tuple[str, bytes]], pool: ThreadPoolExecutor) -> None:
         fresh = {d: data for d, data in batch if d not in self.known}
         if not fresh:
             return
-        missing = set(self.conn.call("POST", "chunks/missing", json={"sha256": list(fresh)})["missing"])
-        for digest, data in fresh.items():
-            if digest in missing:
-                self.conn.put_bytes(f"chunk/{digest}", [data])
-                self.progress.uploaded_chunks += 1
-                self.progress.uploaded_bytes += len(data)
-            self.known.add(digest)
+        missing = self.conn.call("POST", "chunks/missing", json={"sha256": list(fresh)})["missing"]
+        list(pool.map(lambda digest: self._put(digest, fresh[digest]), missing))
+        self.known.update(fresh)
+
+    def _put(self, digest: str, data: bytes) -> None:
+        self.conn.put_bytes(f"chunk/{digest}", [data])
+        with self.lock:
+            self.progress.uploaded_chunks += 1
+            self.progress.uploaded_bytes += len(data)
 
 
 def _scan(

@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from rhaas.api.deps import DB, CurrentCaller, State
 from rhaas.api.routes.common import ok, reply
@@ -110,7 +111,7 @@ async def upload_blob(sha256: str, request: Request, db: DB, caller: CurrentCall
             pass
     else:
         size = await blobs.put(digest, request.stream())
-    images.record_blob(db, digest, size)
+    await run_in_threadpool(images.record_blob, db, digest, size)  # off the event loop: see upload_chunk
     return reply({"sha256": digest, "size": size})
 
 
@@ -161,7 +162,9 @@ async def upload_chunk(sha256: str, request: Request, db: DB, caller: CurrentCal
         data += piece
         if len(data) > chunks.CHUNK_SIZE:
             raise BadArgumentError(f"A chunk holds at most {chunks.CHUNK_SIZE} bytes: nothing was stored.")
-    size = chunks.store_chunk(db, caller, digest, bytes(data))
+    # In a worker thread, as the sync routes' work is: a database call that waits for a lock here would
+    # hold the event loop, and with it the commit of the request holding that lock.
+    size = await run_in_threadpool(chunks.store_chunk, db, caller, digest, bytes(data))
     return reply({"sha256": digest, "size": size})
 
 
