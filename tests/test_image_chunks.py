@@ -494,3 +494,20 @@ def test_two_api_servers_on_one_postgresql_share_the_chunk_store(db_url, tmp_pat
     finally:
         first.stop()
         second.stop()
+
+
+def test_concurrent_chunk_uploads_to_a_real_server_all_land(server):
+    """Uploads that wait for the database's write lock must not hold the server's event loop (they
+    would hold the commit of the upload holding the lock with it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pieces = [os.urandom(CHUNK_SIZE) for _ in range(8)]
+    with server.client("admin", "adminpw") as http:
+
+        def put(data: bytes) -> int:
+            return http.put(f"/chunk/{sha(data)}", content=data, timeout=60).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(put, pieces)) == [200] * 8
+        missing = http.post("/chunks/missing", json={"sha256": [sha(p) for p in pieces]}).json()
+    assert missing == {"missing": []}
