@@ -511,3 +511,15 @@ def test_concurrent_chunk_uploads_to_a_real_server_all_land(server):
             assert list(pool.map(put, pieces)) == [200] * 8
         missing = http.post("/chunks/missing", json={"sha256": [sha(p) for p in pieces]}).json()
     assert missing == {"missing": []}
+
+
+def test_deleting_a_user_forgets_what_they_uploaded_and_keeps_the_chunks_images_hold(site, disks):
+    body = {"project": "p1", "disk": uploaded_manifest(site, disks["raw"])}
+    site.alice.ok("PUT", "/image/a-disk", body)
+    stray = os.urandom(3000)
+    assert upload(site.alice, stray).status_code == 200
+    site.admin.ok("DELETE", "/auth/basic/user/alice")
+    with site.sessions() as db:
+        assert db.scalar(select(func.count()).select_from(ChunkUpload)) == 0
+    assert set(stored(site)) == {e["sha256"] for e in body["disk"]["extents"]} | {sha(stray)}
+    assert site.admin.ok("GET", "/image/a-disk/manifest")["extents"] == body["disk"]["extents"]

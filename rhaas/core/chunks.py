@@ -264,9 +264,11 @@ def check_content(db: Session, manifest: Manifest) -> None:
 
     def drain() -> None:
         wanted = list({e.sha256 for _, e in pending if e is not None})
-        rows = db.execute(select(Chunk.sha256, Chunk.data).where(Chunk.sha256.in_(wanted)))
-        data = {digest: chunk for digest, chunk in rows}
-        db.rollback()
+        data: dict[str, bytes] = {}
+        if wanted:
+            rows = db.execute(select(Chunk.sha256, Chunk.data).where(Chunk.sha256.in_(wanted)))
+            data = {name: chunk for name, chunk in rows}
+            db.rollback()
         for length, extent in pending:
             if extent is None:
                 digest.update(_ZEROS[:length])
@@ -279,10 +281,13 @@ def check_content(db: Session, manifest: Manifest) -> None:
             digest.update(chunk)
         pending.clear()
 
+    stored = 0  # chunks among the pending windows
     for window in _windows(manifest):
         pending.append(window)
-        if sum(1 for _, e in pending if e is not None) >= _READ_BATCH or len(pending) >= 256:
+        stored += window[1] is not None
+        if stored >= _READ_BATCH or len(pending) >= 256:
             drain()
+            stored = 0
     drain()
     if digest.hexdigest() != manifest.logical_sha256:
         raise BadArgumentError(
