@@ -32,7 +32,7 @@ from rhaas.core.access import ADMIN
 from rhaas.core.chunks import CHUNK_SIZE, check_manifest, store_chunk
 from rhaas.db.models import Chunk, ChunkUpload, ImageExtent
 from rhaas.db.session import alembic_config, make_engine, make_sessionmaker, upgrade
-from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError
+from rhaas.errors import BadArgumentError, DuplicateError, IllegalStateError, NotFoundError
 from rhaas.lab.servers import Server
 
 MIB = 2**20
@@ -523,3 +523,37 @@ def test_deleting_a_user_forgets_what_they_uploaded_and_keeps_the_chunks_images_
         assert db.scalar(select(func.count()).select_from(ChunkUpload)) == 0
     assert set(stored(site)) == {e["sha256"] for e in body["disk"]["extents"]} | {sha(stray)}
     assert site.admin.ok("GET", "/image/a-disk/manifest")["extents"] == body["disk"]["extents"]
+
+
+def test_a_taken_name_or_a_missing_project_is_refused_and_the_file_read_once_at_most(site, disks, wire):
+    with client(site) as c:
+        c.image.register_disk("taken", disks["raw"], project="p1")
+        sent = dict(wire)
+        with pytest.raises(DuplicateError, match="already exists"):
+            c.image.register_disk("taken", disks["gzip"], project="p1")
+        assert wire == sent  # refused before anything was read or sent
+        with pytest.raises(NotFoundError, match="Project nope does not exist"):
+            c.image.register_disk("other", disks["raw"], project="nope")
+        assert c.image.list() == ["taken"]
+
+
+def test_chunks_that_go_between_reading_and_registering_are_sent_again(site, disks, monkeypatch):
+    from rhaas.client import images as client_images
+
+    with client(site) as c:
+        c.image.register_disk("first", disks["raw"], project="p1")
+        real_scan = client_images._scan
+        scans = []
+
+        def scan_then_delete_first(*args, **kwargs):
+            manifest = real_scan(*args, **kwargs)
+            scans.append(args[2].uploaded_chunks)
+            if len(scans) == 1:  # the chunks it found on the server go with the last image holding them
+                site.alice.ok("DELETE", "/image/first")
+            return manifest
+
+        monkeypatch.setattr(client_images, "_scan", scan_then_delete_first)
+        result = c.image.register_disk("second", disks["raw"], project="p1")
+        assert scans == [0, DATA_WINDOWS] and result["uploaded_chunks"] == DATA_WINDOWS
+        assert c.image.list() == ["second"]
+        assert c.image.show("second")["disk"]["chunks"] == DATA_WINDOWS

@@ -23,7 +23,7 @@ from typing import Any
 
 from rhaas.client.base import Connection, Resource, check_name, segment
 from rhaas.client.diskimage import CHUNK_SIZE, open_disk_image
-from rhaas.errors import BadArgumentError, NotFoundError
+from rhaas.errors import BadArgumentError, DuplicateError, NotFoundError
 
 _CHUNK = 1 << 20
 #: Windows handed to the uploading thread at a time: one batch is sent while one waits and the next is
@@ -207,7 +207,9 @@ class Images(Resource):
         """
         path = Path(path)
         name = segment("image", image)
-        state = DiskProgress(file_size=path.stat().st_size if path.exists() else 0)
+        self._refuse_taken(image)  # before reading what may be gigabytes
+        size = path.stat().st_size if path.exists() else 0
+        state = DiskProgress(file_size=size)
         manifest = _scan(self._conn, path, state, progress)
         body = {"project": project, "disk": manifest, "cmdline": cmdline}
         if kernel is not None or initrd is not None:
@@ -215,10 +217,12 @@ class Images(Resource):
         timeout = max(self._conn.timeout, 30 + manifest["virtual_size"] / _SERVER_HASH_RATE)
         try:
             self._conn.call("PUT", f"image/{name}", json=body, timeout=timeout)
-        except NotFoundError:
+        except NotFoundError as exc:
+            if "not uploaded" not in str(exc):
+                raise  # a project that does not exist, a kernel blob never uploaded
             # A chunk the server had for us went (the last image holding it was deleted meanwhile):
             # read the file again, which sends only what is missing now, and register once more.
-            state.started = time.monotonic()
+            state = DiskProgress(file_size=size)
             manifest = _scan(self._conn, path, state, progress)
             body["disk"] = manifest
             self._conn.call("PUT", f"image/{name}", json=body, timeout=timeout)
@@ -226,6 +230,12 @@ class Images(Resource):
         figures = asdict(state)
         del figures["started"], figures["logical"]
         return {"name": image, **summary, **figures, "seconds": round(state.seconds, 3)}
+
+    def _refuse_taken(self, image: str) -> None:
+        """DuplicateError if the caller can see an image of that name already (one of another project's
+        is found only by the registration itself)."""
+        if image in self.list():
+            raise DuplicateError(f"Image {image} already exists.")
 
     def manifest(self, image: str) -> dict[str, Any]:
         """A whole-disk image's manifest: ``format``, ``virtual_size``, ``logical_sha256``,
