@@ -358,3 +358,13 @@ def test_zstd_without_the_zstandard_package_is_a_clear_error(tmp_path, monkeypat
     monkeypatch.setattr(builtins, "__import__", no_zstandard)
     with pytest.raises(DiskImageError, match="needs the Python package 'zstandard'"):
         open_disk_image(path)
+
+
+@needs_qemu_img
+def test_an_empty_qcow2_is_all_holes_read_from_its_l1_table_alone(tmp_path):
+    path = tmp_path / "empty.qcow2"
+    qemu_img("create", "-f", "qcow2", str(path), "64G")
+    with open_disk_image(path) as source:
+        windows = list(source.windows())
+    assert len(windows) == 64 * 2**30 // CHUNK_SIZE and set(windows) == {None}
+    assert source.consumed < 64 * 1024  # the header and the L1 table: no L2 table, no data

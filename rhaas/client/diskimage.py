@@ -419,6 +419,10 @@ class Qcow2Source(DiskSource):
         for offset in range(0, size, CHUNK_SIZE):
             end = min(offset + CHUNK_SIZE, size)
             first, last = offset // cs, (end - 1) // cs
+            tables = range(first // self.l2_entries, last // self.l2_entries + 1)
+            if not any(self.l1[t] & _OFFSET_MASK for t in tables):
+                yield None  # no L2 table at all there: a hole, known from the L1 table alone
+                continue
             entries = [(c, self._entry(c)) for c in range(first, last + 1)]
             data = [(c, e) for c, e in entries if not self._reads_as_zero(e)]
             if not data:
