@@ -32,7 +32,7 @@ from rhaas.core.access import ADMIN
 from rhaas.core.chunks import CHUNK_SIZE, check_manifest, store_chunk
 from rhaas.db.models import Chunk, ChunkUpload, ImageExtent
 from rhaas.db.session import alembic_config, make_engine, make_sessionmaker, upgrade
-from rhaas.errors import BadArgumentError, DuplicateError, IllegalStateError, NotFoundError
+from rhaas.errors import BadArgumentError, DuplicateError, NotFoundError
 from rhaas.lab.servers import Server
 
 MIB = 2**20
@@ -394,11 +394,10 @@ def test_prune_removes_only_old_uploads_that_no_image_holds(site, disks):
     assert set(stored(site)) == {e["sha256"] for e in used["extents"]}
 
 
-def test_a_whole_disk_image_is_not_provisioned_yet(site, disks):
+def test_a_whole_disk_image_is_one_to_provision_with(site, disks):
     site.alice.ok("PUT", "/image/a-disk", {"project": "p1", "disk": uploaded_manifest(site, disks["raw"])})
     with site.sessions() as db:
-        with pytest.raises(IllegalStateError, match="whole-disk image"):
-            images.get_image(db, ADMIN, "a-disk")
+        assert images.get_image(db, ADMIN, "a-disk").manifest is not None
         shown = images.show_image(db, ADMIN, "a-disk")
     assert shown["disk"]["chunks"] == DATA_WINDOWS
 

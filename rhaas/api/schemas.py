@@ -132,8 +132,22 @@ class ChunkPruneBody(Body):
     min_age: int = Field(default=86400, ge=0)
 
 
+#: How much first-boot data a provision request may carry (cloud-init reads it from a small volume).
+MAX_SEED_TEXT = 64 * 1024
+MAX_SSH_KEYS = 32
+
+
 class ProvisionBody(Body):
     image: str
+    #: SSH public keys for the image's default user (cloud-init ``ssh_authorized_keys``).
+    ssh_keys: list[str] = Field(default_factory=list, max_length=MAX_SSH_KEYS)
+    #: cloud-init user-data (``#cloud-config``, a script, ...) and network configuration (v1 or v2 YAML).
+    user_data: str | None = Field(default=None, max_length=MAX_SEED_TEXT)
+    network_config: str | None = Field(default=None, max_length=MAX_SEED_TEXT)
+    #: Overrides of the boot entry found on a whole-disk image: paths inside it, and the command line.
+    kernel: str | None = Field(default=None, max_length=4096)
+    initrd: str | None = Field(default=None, max_length=4096)
+    cmdline: str | None = Field(default=None, max_length=4096)
 
 
 class EnrollBody(Body):

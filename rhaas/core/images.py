@@ -231,17 +231,9 @@ def _find(db: Session, caller: Caller, name: str) -> Image:
 
 
 def get_image(db: Session, caller: Caller, name: str) -> Image:
-    """The image ``name`` for provisioning, if ``caller`` may use it (public, or its project's).
-
-    A whole-disk image is refused (IllegalStateError): fast provisioning delivers a kernel, an initrd
-    and a disk blob, not the chunk store, yet."""
-    image = _find(db, caller, name)
-    if image.manifest is not None:
-        raise IllegalStateError(
-            f"Image {name} is a whole-disk image: nodes cannot be provisioned with it yet (fast provisioning"
-            " deploys kernel + initrd images)."
-        )
-    return image
+    """The image ``name`` for provisioning, if ``caller`` may use it (public, or its project's): a kernel +
+    initrd image, or a whole-disk image (its extents in the chunk store)."""
+    return _find(db, caller, name)
 
 
 def _blob_view(blob: Blob | None) -> dict[str, Any] | None:

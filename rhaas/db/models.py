@@ -336,6 +336,9 @@ class NodeProvisioning(Base):
     port_dirty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     #: A network boot into the FPBL (boot device PXE, power cycle) is due once the port is synced.
     boot_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    #: The node's disks read zeroes: wiped (every block) and verified since a customer last wrote them.
+    #: A whole-disk deploy then skips the image's holes instead of zeroing them.
+    disk_zeroed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     node: Mapped[Node] = relationship()
 
 
@@ -358,6 +361,13 @@ class ProvisionJob(Base):
     path: Mapped[str] = mapped_column(String(16), default="fast")
     phases: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text)
+    #: A deploy's first-boot data for cloud-init (``ssh_keys``, ``user_data``, ``network_config``) and
+    #: its boot entry overrides (``kernel``, ``initrd``, ``cmdline``); None: none given.
+    seed: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: A return's wipe policy, as handed to the agent (None until then).
+    wipe_policy: Mapped[str | None] = mapped_column(String(16))
+    #: A deploy's: the node's disks read zeroes when it was first handed out (its holes need no writing).
+    disk_zeroed: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     deadline: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
