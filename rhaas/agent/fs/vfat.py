@@ -201,7 +201,7 @@ class Vfat(FileSystem):
         return None
 
     # FileSystem.
-    def _root(self) -> Node:
+    def _root(self) -> FatNode:
         return FatNode(stat.S_IFDIR | 0o755, 0, self.root_cluster, root=True)
 
     def _names(self, directory: Node) -> list[str]:
