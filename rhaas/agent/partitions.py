@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
 from rhaas.agent.fs.base import FsError, Volume, format_guid
@@ -49,7 +50,8 @@ class PartitionError(RuntimeError):
     """A partition table is there but cannot be read (bad CRCs on both GPT copies, a looping MBR chain)."""
 
 
-class Partition(NamedTuple):
+@dataclass(frozen=True)
+class Partition:
     #: The number Linux gives it (sda1, vda5, nvme0n1p2): GPT entry number, MBR 1-4 and logical from 5.
     index: int
     start: int
