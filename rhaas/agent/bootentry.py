@@ -438,14 +438,16 @@ class _Finder(grubcfg.GrubHost):
                     key, _, value = line.strip().partition(" ")
                     if key == "default" and value.strip() and not value.strip().startswith("@"):
                         return value.strip()
+        return self._grubenv().get("saved_entry", "")
+
+    def _grubenv(self) -> dict[str, str]:
+        """The first grubenv on the disk: GRUB's saved default, and Fedora's ``kernelopts``."""
         for volume in self.readable:
             for path in ("/grub2/grubenv", "/boot/grub2/grubenv", "/grub/grubenv", "/boot/grub/grubenv"):
                 data = self._fs_read(volume, path, 65536)
                 if data is not None:
-                    saved = grubcfg.parse_grubenv(data).get("saved_entry", "")
-                    if saved:
-                        return saved
-        return ""
+                    return grubcfg.parse_grubenv(data)
+        return {}
 
     def _find_bls(self) -> BootEntry | None:
         entries = self._all_bls()
@@ -458,7 +460,7 @@ class _Finder(grubcfg.GrubHost):
                 if fnmatch.fnmatchcase(entry.id, pattern) or fnmatch.fnmatchcase(f"{entry.id}.conf", pattern):
                     chosen = entry
                     break
-        return self._bls_boot(chosen, {}, "bls")
+        return self._bls_boot(chosen, self._grubenv(), "bls")
 
     def _bls_boot(self, entry: BlsEntry, env: dict[str, str], method: str) -> BootEntry | None:
         volume = entry.where.volume
@@ -519,7 +521,9 @@ class _Finder(grubcfg.GrubHost):
         return None
 
     def _grub_boot(self, choice: grubcfg.Choice, volume: DiskVolume, path: str) -> BootEntry | None:
-        where = f"{choice.where}" if choice.where else f"{path} on {volume.name}"
+        where = choice.where or f"{path} on {volume.device}"
+        for each in self.volumes:  # GRUB's device names are the image's; ours are shorter
+            where = where.replace(f" on {each.device}", f" on {each.name}")
         if isinstance(choice.bls, BlsEntry):
             entry = self._bls_boot(choice.bls, choice.env, "bls")
             if entry is not None:
