@@ -393,6 +393,84 @@ def test_a_kernel_override_boots_an_image_with_no_boot_loader(tmp_path: Path) ->
     disk = Disk(tmp_path / "disk.img", 20, "label: gpt\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n")
     disk.put(1, ext4(tmp_path / "root.img", 16, tree))
     entry = _find(disk.path, kernel="/opt/k")
+    assert (entry.method, entry.cmdline) == ("override", "root=LABEL=r ro")
+    assert entry._kernel_bytes == KERNEL_OLD  # type: ignore[attr-defined]
+    with pytest.raises(BootEntryError, match="override '/nope': no volume has it"):
+        _find(disk.path, kernel="/nope")
+
+
+# Pure functions: no images needed.
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("6.1.0-18-amd64", "6.1.0-17-amd64", 1),
+        ("6.5.10-300.fc39", "6.5.6-300.fc39", 1),
+        ("1.0~rc1", "1.0", -1),
+        ("1.0", "1.0.1", -1),
+        ("123-9", "123.1-1", -1),
+        ("00123", "123", 0),
+        ("1.0a", "1.0", 1),
+        ("a", "1", -1),
+        ("1.0^p1", "1.0", 1),
+    ],
+)
+def test_version_compare_follows_the_uapi_rules(a: str, b: str, expected: int) -> None:
+    assert bootentry.version_compare(a, b) == expected
+    assert bootentry.version_compare(b, a) == -expected
+
+
+def test_bls_sort_puts_sort_keys_first_and_used_up_entries_last() -> None:
+    ref = bootentry.FileRef(bootentry.DiskVolume("p1", None, None, None), "/x")
+
+    def entry(name: str, text: str) -> bootentry.BlsEntry:
+        return bootentry.parse_bls(text + "linux /k\n", name, ref)
+
+    entries = [
+        entry("a-5.conf", "version 5\n"),
+        entry("a-10.conf", "version 10\n"),
+        entry("z+0-3.conf", "sort-key aaa\nversion 99\n"),
+        entry("c.conf", "sort-key xx\nversion 5\n"),
+        entry("cx.conf", "sort-key xx\nversion 10\n"),
+        entry("d.conf", "sort-key kk\nversion 100\n"),
+    ]
+    assert [e.id for e in bootentry.sort_bls(entries)] == ["d", "cx", "c", "a-10", "a-5", "z"]
+
+
+class _Files(grubcfg.GrubHost):
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    def read(self, device: str, path: str) -> bytes | None:
+        text = self.files.get(f"{device}:{path}")
+        return None if text is None else text.encode()
+
+    def size(self, device: str, path: str) -> int | None:
+        data = self.read(device, path)
+        return None if data is None else len(data)
+
+    def search(self, kind: str, value: str) -> str | None:
+        return "hd0,gpt9" if (kind, value) == ("fs_uuid", "1234") else None
+
+
+def test_grub_variables_ifs_and_quoting() -> None:
+    cfg = r"""
+set params="quiet splash"
+opt='$notexpanded'
+menuentry "Linux" --id lin {
+    search --fs-uuid --set=root 1234
+    linux ($root)/vmlinuz root=/dev/sda1 $params ${extra} $opt
+    initrd /initrd.img /microcode.img
+}
+if [ "$grub_platform" = "efi" ]; then set params=efi; menuentry 'Firmware' { fwsetup; }; fi
+if [ -z "$nothing" -a -n x ]; then set params=unknown; fi
+if true; then set extra="a\"b"; fi
+"""
+    host = _Files({"hd0,gpt1:/boot/grub/grub.cfg": cfg})
+    choice = grubcfg.default_entry(host, "hd0,gpt1", "/boot/grub/grub.cfg")
+    assert choice.title == "Linux"
+    assert choice.kernel == ("hd0,gpt9", "/vmlinuz")
+    assert choice.initrds == [("hd0,gpt9", "/initrd.img"), ("hd0,gpt9", "/microcode.img")]
+    assert choice.cmdline == 'BOOT_IMAGE=(hd0,gpt9)/vmlinuz root=/dev/sda1 quiet splash a"b $notexpanded'
     # Entry 1 is the firmware's (defined under an if on $grub_platform): counted, and not Linux.
     with pytest.raises(grubcfg.GrubError, match="'Firmware' .* loads no Linux kernel"):
         grubcfg.default_entry(
