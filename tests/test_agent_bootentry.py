@@ -24,7 +24,7 @@ from disk_images import (
     xfs,
 )
 
-from rhaas.agent import bootentry, grubcfg
+from rhaas.agent import bls, bootentry, grubcfg
 from rhaas.agent.bootentry import BootEntryError, find_boot_entry, scan
 
 NEW, OLD = "6.1.0-18-amd64", "6.1.0-17-amd64"
@@ -415,15 +415,15 @@ def test_a_kernel_override_boots_an_image_with_no_boot_loader(tmp_path: Path) ->
     ],
 )
 def test_version_compare_follows_the_uapi_rules(a: str, b: str, expected: int) -> None:
-    assert bootentry.version_compare(a, b) == expected
-    assert bootentry.version_compare(b, a) == -expected
+    assert bls.version_compare(a, b) == expected
+    assert bls.version_compare(b, a) == -expected
 
 
 def test_bls_sort_puts_sort_keys_first_and_used_up_entries_last() -> None:
     ref = bootentry.FileRef(bootentry.DiskVolume("p1", None, None, None), "/x")
 
-    def entry(name: str, text: str) -> bootentry.BlsEntry:
-        return bootentry.parse_bls(text + "linux /k\n", name, ref)
+    def entry(name: str, text: str) -> bls.BlsEntry:
+        return bls.parse_bls(text + "linux /k\n", name, ref)
 
     entries = [
         entry("a-5.conf", "version 5\n"),
@@ -433,7 +433,7 @@ def test_bls_sort_puts_sort_keys_first_and_used_up_entries_last() -> None:
         entry("cx.conf", "sort-key xx\nversion 10\n"),
         entry("d.conf", "sort-key kk\nversion 100\n"),
     ]
-    assert [e.id for e in bootentry.sort_bls(entries)] == ["d", "cx", "c", "a-10", "a-5", "z"]
+    assert [e.id for e in bls.sort_bls(entries)] == ["d", "cx", "c", "a-10", "a-5", "z"]
 
 
 class _Files(grubcfg.GrubHost):

@@ -22,11 +22,10 @@ searched and every volume that could not be read (encrypted, btrfs, LVM…).
 from __future__ import annotations
 
 import fnmatch
-import functools
-from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from rhaas.agent import grubcfg
+from rhaas.agent.bls import BlsEntry, parse_bls, sort_bls
 from rhaas.agent.fs import DESCRIPTIONS, MAX_READ, FileSystem, FsError, Volume, identify, open_fs
 from rhaas.agent.partitions import MBR_EXTENDED, Partition, PartitionError, read_table
 
@@ -49,16 +48,23 @@ class BootEntryError(RuntimeError):
         self.unreadable = unreadable
 
 
-@dataclass
 class DiskVolume:
-    """A partition (or the whole disk, when it has no table) and what it holds."""
+    """A partition (or the whole disk, when it has no table) and what it holds: ``kind`` is what
+    `identify` found, ``fs`` its reader if readable, ``problem`` why not if it holds something else."""
 
-    name: str  # "p2", or "disk"
-    partition: Partition | None
-    kind: str | None  # what `identify` found
-    fs: FileSystem | None
-    #: Why it cannot be read, if it holds something but not a readable file system.
-    problem: str = ""
+    def __init__(
+        self,
+        name: str,
+        partition: Partition | None,
+        kind: str | None,
+        fs: FileSystem | None,
+        problem: str = "",
+    ) -> None:
+        self.name = name  # "p2", or "disk"
+        self.partition = partition
+        self.kind = kind
+        self.fs = fs
+        self.problem = problem
 
     @property
     def device(self) -> str:
@@ -71,9 +77,12 @@ class DiskVolume:
     def __str__(self) -> str:
         return f"{self.name} ({self.kind or 'no file system'})"
 
+    __repr__ = __str__
 
-@dataclass(frozen=True)
-class FileRef:
+
+class FileRef(NamedTuple):
+    """A file on one of the disk's volumes."""
+
     volume: DiskVolume
     path: str
 
@@ -87,18 +96,21 @@ class FileRef:
         return f"{self.path} on {self.volume.name}"
 
 
-@dataclass
 class BootEntry:
-    """What to kexec: the kernel, the initrds (concatenated in order), and the command line."""
+    """What to kexec: the kernel, the initrds (concatenated in order), and the command line; ``method``
+    is "bls", "grub", "links" or "override", ``source`` where it was found (an entry file, a grub.cfg
+    line), ``overridden`` what the caller replaced."""
 
-    method: str  # "bls", "grub", "links" or "override"
-    title: str
-    kernel: FileRef
-    initrds: list[FileRef]
-    cmdline: str
-    #: Where it was found (an entry file, a grub.cfg line) and what the caller overrode.
-    source: str = ""
-    overridden: list[str] = field(default_factory=list)
+    def __init__(
+        self, method: str, title: str, kernel: FileRef, initrds: list[FileRef], cmdline: str, source: str = ""
+    ) -> None:
+        self.method = method
+        self.title = title
+        self.kernel = kernel
+        self.initrds = initrds
+        self.cmdline = cmdline
+        self.source = source
+        self.overridden: list[str] = []
 
     def read_kernel(self, limit: int = MAX_READ) -> bytes:
         return self.kernel.read(limit)
@@ -118,6 +130,8 @@ class BootEntry:
             f"{self.method} entry {self.title!r} ({self.source}): kernel {self.kernel}, initrd {initrd}, "
             f"cmdline {self.cmdline!r}{extra}"
         )
+
+    __repr__ = describe
 
 
 def scan(dev: BinaryIO, sector_size: int | None = None) -> list[DiskVolume]:
@@ -194,138 +208,6 @@ def find_boot_entry(
 def find_on_disk(dev: BinaryIO, **overrides: str | None) -> BootEntry:
     """`scan` then `find_boot_entry`."""
     return find_boot_entry(scan(dev), **overrides)
-
-
-# Boot Loader Specification entries.
-@dataclass
-class BlsEntry:
-    id: str
-    where: FileRef
-    title: str = ""
-    version: str = ""
-    machine_id: str = ""
-    sort_key: str = ""
-    linux: str = ""
-    initrds: list[str] = field(default_factory=list)
-    options: list[str] = field(default_factory=list)
-    #: Boot counting (``+LEFT-DONE`` in the file name): an entry with no tries left sorts last.
-    tries_left: int | None = None
-
-
-def parse_bls(text: str, filename: str, where: FileRef) -> BlsEntry:
-    """One entry file: ``key value`` lines; ``initrd`` and ``options`` may repeat."""
-    stem = filename[: -len(".conf")] if filename.endswith(".conf") else filename
-    tries_left = None
-    if "+" in stem:
-        base, counter = stem.rsplit("+", 1)
-        left = counter.split("-", 1)[0]
-        if left.isdigit():
-            stem, tries_left = base, int(left)
-    entry = BlsEntry(stem, where, tries_left=tries_left)
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition(" ")
-        key, value = key.strip(), value.strip()
-        if key == "title":
-            entry.title = value
-        elif key == "version":
-            entry.version = value
-        elif key == "machine-id":
-            entry.machine_id = value
-        elif key == "sort-key":
-            entry.sort_key = value
-        elif key == "linux":
-            entry.linux = value
-        elif key == "initrd":
-            entry.initrds.extend(value.split())
-        elif key == "options":
-            entry.options.append(value)
-    return entry
-
-
-def version_compare(a: str, b: str) -> int:
-    """The UAPI version comparison (systemd's ``strverscmp_improved``): <0, 0 or >0.
-
-    Separators are ``~`` (sorts before everything, pre-releases), ``-``, ``^`` and ``.``; digit runs
-    compare as numbers and are newer than letters; other characters are ignored."""
-    i = j = 0
-    valid = "~-^."
-
-    def ok(c: str) -> bool:
-        return c.isascii() and (c.isalnum() or c in valid)
-
-    while True:
-        while i < len(a) and not ok(a[i]):
-            i += 1
-        while j < len(b) and not ok(b[j]):
-            j += 1
-        ca, cb = a[i : i + 1], b[j : j + 1]
-        for sep in "~":
-            if ca == sep or cb == sep:
-                if ca != cb:
-                    return -1 if ca == sep else 1
-                i, j = i + 1, j + 1
-                ca, cb = a[i : i + 1], b[j : j + 1]
-        if not ca or not cb:
-            return (ca > cb) - (ca < cb) if (ca or cb) else 0
-        for sep in "-^.":
-            if ca == sep or cb == sep:
-                if ca != cb:
-                    return -1 if ca == sep else 1
-                i, j = i + 1, j + 1
-                ca, cb = a[i : i + 1], b[j : j + 1]
-        if ca.isdigit() or cb.isdigit():
-            ea, eb = i, j
-            while ea < len(a) and a[ea].isdigit():
-                ea += 1
-            while eb < len(b) and b[eb].isdigit():
-                eb += 1
-            if (ea > i) != (eb > j):
-                return 1 if ea > i else -1
-            na, nb = a[i:ea].lstrip("0"), b[j:eb].lstrip("0")
-            if len(na) != len(nb):
-                return 1 if len(na) > len(nb) else -1
-            if na != nb:
-                return 1 if na > nb else -1
-        else:
-            ea, eb = i, j
-            while ea < len(a) and a[ea].isascii() and a[ea].isalpha():
-                ea += 1
-            while eb < len(b) and b[eb].isascii() and b[eb].isalpha():
-                eb += 1
-            sa, sb = a[i:ea], b[j:eb]
-            common = min(len(sa), len(sb))
-            if sa[:common] != sb[:common]:
-                return 1 if sa[:common] > sb[:common] else -1
-            if len(sa) != len(sb):
-                return 1 if len(sa) > len(sb) else -1
-            if ea == i and eb == j:  # neither advanced (cannot happen with valid characters): stop
-                return 0
-        i, j = ea, eb
-
-
-def _bls_order(x: BlsEntry, y: BlsEntry) -> int:
-    """The specification's order: entries out of tries last; with sort-key first, by sort-key, machine-id,
-    then version newest first; the rest by id, newest first."""
-    bad = (x.tries_left == 0) - (y.tries_left == 0)
-    if bad:
-        return bad
-    if bool(x.sort_key) != bool(y.sort_key):
-        return -1 if x.sort_key else 1
-    if x.sort_key:
-        for p, q in ((x.sort_key, y.sort_key), (x.machine_id, y.machine_id)):
-            if p != q:
-                return -1 if p < q else 1
-        by_version = -version_compare(x.version, y.version)
-        if by_version:
-            return by_version
-    return -version_compare(x.id, y.id)
-
-
-def sort_bls(entries: list[BlsEntry]) -> list[BlsEntry]:
-    return sorted(entries, key=functools.cmp_to_key(_bls_order))
 
 
 class _Finder(grubcfg.GrubHost):
@@ -463,8 +345,10 @@ class _Finder(grubcfg.GrubHost):
         return self._bls_boot(chosen, self._grubenv(), "bls")
 
     def _bls_boot(self, entry: BlsEntry, env: dict[str, str], method: str) -> BootEntry | None:
-        volume = entry.where.volume
-        base = "/boot" if entry.where.path.startswith("/boot/loader/") else ""
+        where = entry.where
+        assert isinstance(where, FileRef)
+        volume = where.volume
+        base = "/boot" if where.path.startswith("/boot/loader/") else ""
         kernel = self._bls_file(volume, entry.linux, base)
         if kernel is None:
             self.searched.append(f"{entry.where}: its linux {entry.linux} is missing")

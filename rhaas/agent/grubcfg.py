@@ -21,7 +21,7 @@ would need the disk for is asked of a `GrubHost`.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: Variables GRUB sets itself. ``grub_platform`` is unknown: it depends on how the node boots.
 BUILTIN = {
@@ -48,14 +48,12 @@ class GrubError(RuntimeError):
 Word = list[tuple[str, str]]
 
 
-@dataclass
-class Cmd:
+class Cmd(NamedTuple):
     words: list[Word]
     line: int
 
 
-@dataclass
-class Block:
+class Block(NamedTuple):
     """A ``menuentry``, ``submenu`` or ``function`` and its body."""
 
     kind: str
@@ -64,8 +62,7 @@ class Block:
     line: int
 
 
-@dataclass
-class If:
+class If(NamedTuple):
     #: (condition, body) for the ``if`` and each ``elif``.
     branches: list[tuple[list[Node], list[Node]]]
     otherwise: list[Node]
@@ -94,31 +91,44 @@ class GrubHost:
         return []
 
 
-@dataclass
 class MenuItem:
-    title: str
-    id: str
-    kind: str  # "menuentry", "submenu", or "bls"
-    body: list[Node] = field(default_factory=list)
-    children: list[MenuItem] = field(default_factory=list)
-    #: A Boot Loader Specification entry (``kind == "bls"``), as the host gave it.
-    bls: object = None
-    where: str = ""
+    """An entry of the menu: a ``menuentry`` (its body), a ``submenu`` (its entries), or a Boot Loader
+    Specification entry that ``blscfg`` added (``bls``, as the host gave it)."""
+
+    def __init__(
+        self,
+        title: str,
+        id: str,
+        kind: str,
+        body: list[Node] | None = None,
+        bls: object = None,
+        where: str = "",
+    ) -> None:
+        self.title = title
+        self.id = id
+        self.kind = kind  # "menuentry", "submenu", or "bls"
+        self.body = body or []
+        self.children: list[MenuItem] = []
+        self.bls = bls
+        self.where = where
+
+    def __repr__(self) -> str:
+        return f"MenuItem({self.kind} {self.title!r} id={self.id!r} at {self.where})"
 
 
-@dataclass
 class Choice:
     """What the default entry boots: the ``linux`` and ``initrd`` files as (device, path) and the
-    arguments, or (``bls``) the Boot Loader Specification entry that ``blscfg`` made of it."""
+    command line GRUB passes (``BOOT_IMAGE=<path as written>`` and the ``linux`` line's arguments), or
+    (``bls``) the Boot Loader Specification entry that ``blscfg`` made of it, with GRUB's variables."""
 
-    title: str
-    where: str
-    kernel: tuple[str, str] | None = None
-    initrds: list[tuple[str, str]] = field(default_factory=list)
-    #: The command line GRUB passes: ``BOOT_IMAGE=<path as written>`` and the ``linux`` line's arguments.
-    cmdline: str = ""
-    bls: object = None
-    env: dict[str, str] = field(default_factory=dict)
+    def __init__(self, title: str, where: str, bls: object = None, env: dict[str, str] | None = None) -> None:
+        self.title = title
+        self.where = where
+        self.kernel: tuple[str, str] | None = None
+        self.initrds: list[tuple[str, str]] = []
+        self.cmdline = ""
+        self.bls = bls
+        self.env = env or {}
 
 
 # Parsing.

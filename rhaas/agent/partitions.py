@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
 from rhaas.agent.fs.base import FsError, Volume, format_guid
@@ -50,17 +49,32 @@ class PartitionError(RuntimeError):
     """A partition table is there but cannot be read (bad CRCs on both GPT copies, a looping MBR chain)."""
 
 
-@dataclass(frozen=True)
 class Partition:
-    #: The number Linux gives it (sda1, vda5, nvme0n1p2): GPT entry number, MBR 1-4 and logical from 5.
-    index: int
-    start: int
-    size: int
-    #: GPT: the type GUID, lower case; MBR: the type byte as ``0x83``.
-    type: str
-    #: GPT partition name (may be empty); MBR: empty.
-    name: str
-    partuuid: str
+    """One partition: ``index`` is the number Linux gives it (sda1, vda5, nvme0n1p2: the GPT entry's
+    number, MBR 1-4 and logical ones from 5); ``type`` the GPT type GUID (lower case) or the MBR type byte
+    as ``0x83``; ``name`` the GPT partition name (MBR: empty); offsets in bytes."""
+
+    __slots__ = ("index", "start", "size", "type", "name", "partuuid")
+
+    def __init__(self, index: int, start: int, size: int, type: str, name: str, partuuid: str) -> None:
+        self.index = index
+        self.start = start
+        self.size = size
+        self.type = type
+        self.name = name
+        self.partuuid = partuuid
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Partition) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__
+        )
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, k) for k in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"Partition({fields})"
 
     @property
     def kind(self) -> str:
