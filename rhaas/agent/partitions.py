@@ -17,7 +17,7 @@ import struct
 import zlib
 from typing import BinaryIO, NamedTuple
 
-from rhaas.agent.fs.base import FsError, Volume, format_guid
+from rhaas.agent.fs.base import FsError, Volume, format_guid, utf16le
 from rhaas.agent.fs.vfat import looks_like_fat
 
 GPT_SIGNATURE = b"EFI PART"
@@ -178,7 +178,7 @@ def _gpt_copy(disk: Volume, header: bytes, sector: int) -> PartitionTable:
         first, last = struct.unpack_from("<QQ", entry, 32)
         if last < first:
             raise PartitionError(f"entry {i + 1} ends before it starts")
-        name = entry[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
+        name = utf16le(entry[56:128])
         parts.append(
             Partition(
                 index=i + 1,

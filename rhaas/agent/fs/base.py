@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from typing import BinaryIO
 
 #: Largest file `FileSystem.read` returns unless told otherwise: a distribution's kernel and initrd fit.
@@ -247,6 +248,27 @@ class FileSystem:
 
     def __repr__(self) -> str:
         return f"<{self.fstype} uuid={self.uuid!r} label={self.label!r}>"
+
+
+def utf16le(raw: bytes) -> str:
+    """UTF-16LE text (GPT partition names, vfat long names), up to the first NUL.
+
+    Decoded by hand: ``bytes.decode("utf-16-le")`` loads a codec module the FPBL does not ship (only
+    UTF-8, Latin-1 and ASCII are built into the interpreter). Unpaired surrogates become U+FFFD."""
+    units = struct.unpack(f"<{len(raw) // 2}H", raw[: len(raw) // 2 * 2])
+    out = []
+    i = 0
+    while i < len(units):
+        unit = units[i]
+        if unit == 0:
+            break
+        if 0xD800 <= unit < 0xDC00 and i + 1 < len(units) and 0xDC00 <= units[i + 1] < 0xE000:
+            out.append(chr(0x10000 + ((unit - 0xD800) << 10) + (units[i + 1] - 0xDC00)))
+            i += 2
+            continue
+        out.append("\ufffd" if 0xD800 <= unit < 0xE000 else chr(unit))
+        i += 1
+    return "".join(out)
 
 
 def format_guid(raw: bytes) -> str:

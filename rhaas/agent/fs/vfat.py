@@ -13,7 +13,7 @@ from __future__ import annotations
 import stat
 import struct
 
-from rhaas.agent.fs.base import FileSystem, FsError, Node, Volume
+from rhaas.agent.fs.base import FileSystem, FsError, Node, Volume, utf16le
 
 ATTR_VOLUME = 0x08
 ATTR_DIR = 0x10
@@ -165,8 +165,7 @@ class Vfat(FileSystem):
                 order = first & 0x1F
                 if first & 0x40:
                     long_parts, long_sum = {}, raw[13]
-                text = (raw[1:11] + raw[14:26] + raw[28:32]).decode("utf-16-le", "replace")
-                long_parts[order] = text.split("\0", 1)[0]
+                long_parts[order] = utf16le(raw[1:11] + raw[14:26] + raw[28:32]).split("\uffff", 1)[0]
                 continue
             if attr & ATTR_VOLUME:
                 long_parts, long_sum = {}, -1
@@ -229,8 +228,10 @@ def _checksum(short: bytes) -> int:
 
 
 def _short_name(short: bytes, case: int) -> str:
-    base = short[:8].rstrip(b" ").decode("cp437", "replace")
-    ext = short[8:11].rstrip(b" ").decode("cp437", "replace")
+    """An 8.3 name, decoded as Latin-1 rather than its OEM code page (cp437 is a codec module the FPBL
+    does not ship): boot files have ASCII names, and a long name, where there is one, is what counts."""
+    base = short[:8].rstrip(b" ").decode("latin-1")
+    ext = short[8:11].rstrip(b" ").decode("latin-1")
     if case & LOWER_BASE:
         base = base.lower()
     if case & LOWER_EXT:
@@ -239,5 +240,5 @@ def _short_name(short: bytes, case: int) -> str:
 
 
 def _label(raw: bytes) -> str:
-    label = raw.rstrip(b" \0").decode("cp437", "replace")
+    label = raw.rstrip(b" \0").decode("latin-1")
     return "" if label == "NO NAME" else label
