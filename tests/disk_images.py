@@ -165,18 +165,29 @@ class Part:
 
 
 class Disk:
-    """A sparse disk image with a partition table written by sfdisk."""
+    """A sparse disk image with a partition table written by sfdisk.
 
-    def __init__(self, path: Path, size_mib: int, script: str) -> None:
+    ``sector=4096``: sfdisk takes the sector size from the device, so the table is written through a
+    loop device of 4096-byte sectors (root; nothing is mounted), detached right after."""
+
+    def __init__(self, path: Path, size_mib: int, script: str, sector: int = 512) -> None:
         self.path = sparse(path, size_mib)
-        run("sfdisk", "-q", "--no-reread", "--no-tell-kernel", path, stdin=script)
-        table = json.loads(run("sfdisk", "--json", path))["partitiontable"]
+        target = str(path)
+        if sector != 512:
+            target = run("losetup", "--find", "--show", "--sector-size", str(sector), path).strip()
+        try:
+            run("sfdisk", "-q", "--no-reread", "--no-tell-kernel", target, stdin=script)
+            table = json.loads(run("sfdisk", "--json", target))["partitiontable"]
+        finally:
+            if target != str(path):
+                run("losetup", "--detach", target)
         self.sector = table.get("sectorsize", 512)
+        assert self.sector == sector
         self.label = table["label"]
         self.id = table.get("id", "")
         self.parts: dict[int, Part] = {}
         for p in table["partitions"]:
-            number = int(p["node"][len(str(path)) :])
+            number = int(p["node"][len(target) :].lstrip("p"))
             self.parts[number] = Part(
                 p["start"] * self.sector, p["size"] * self.sector, p.get("uuid", ""), p["node"]
             )
