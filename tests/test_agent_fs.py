@@ -321,3 +321,19 @@ def test_a_64_mib_file_reads_back_exactly(tmp_path: Path) -> None:
             f = fs.open_fs(dev)
             assert f is not None
             assert hashlib.sha256(f.read("/boot/initrd.img")).hexdigest() == digest
+
+
+def test_whatever_corrupt_metadata_raises_is_reported_as_fs_error(tmp_path: Path) -> None:
+    """Parsing errors deep in a reader (a short struct, an index past a table) reach the caller as FsError
+    naming the path, never as a crash of the agent."""
+
+    class Broken(fs.FileSystem):
+        fstype = "broken"
+
+        def _root(self) -> fs.base.Node:
+            raise struct.error("unpack requires a buffer of 4 bytes")
+
+    with open(sparse(tmp_path / "x.img", 1), "rb") as dev:
+        broken = Broken(fs.Volume(dev))
+        with pytest.raises(fs.FsError, match=r"/boot/x: broken metadata is corrupt \(error: unpack requires"):
+            broken.read("/boot/x")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import BinaryIO, TypeVar
 
 #: Largest file `FileSystem.read` returns unless told otherwise: a distribution's kernel and initrd fit.
 MAX_READ = 512 << 20
@@ -25,12 +26,34 @@ _CACHED_READ = 64 << 10
 _CACHE_ENTRIES = 4096
 
 
+#: What parsing corrupt metadata can raise besides FsError: turned into FsError at the public methods, so
+#: a damaged image is reported as such rather than as a crash of the agent.
+_CORRUPT = (struct.error, IndexError, ValueError, KeyError, OverflowError, RecursionError)
+
+
 class FsError(RuntimeError):
     """A file system cannot be read as it should: corrupt, unsupported, or the path is not there."""
 
 
 class NotFoundError(FsError):
     """A path names nothing (a component is missing, or a file is used as a directory)."""
+
+
+_T = TypeVar("_T")
+
+
+def guarded(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Make a public method raise FsError, naming the path, for whatever corrupt metadata causes."""
+
+    def call(self: FileSystem, path: str, *args: object, **kwargs: object) -> _T:
+        try:
+            return method(self, path, *args, **kwargs)
+        except _CORRUPT as exc:
+            raise FsError(f"{path}: {self.fstype} metadata is corrupt ({type(exc).__name__}: {exc})") from exc
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
 
 
 class Volume:
@@ -168,6 +191,7 @@ class FileSystem:
         raise FsError(f"{self.fstype} has no symbolic links")
 
     # Paths.
+    @guarded
     def resolve(self, path: str, follow: bool = True) -> Node:
         """The node ``path`` names, following links (the last one too unless ``follow`` is false)."""
         root = self._root()
@@ -200,6 +224,7 @@ class FileSystem:
             node = found
         return node
 
+    @guarded
     def read(self, path: str, limit: int = MAX_READ) -> bytes:
         """A regular file's bytes; FsError if it is larger than ``limit`` or not a regular file."""
         node = self.resolve(path)
@@ -209,6 +234,7 @@ class FileSystem:
             raise FsError(f"{path}: {node.size} bytes, more than the {limit} allowed")
         return self._read(node, limit)
 
+    @guarded
     def readlink(self, path: str) -> str:
         """Where a symbolic link points (as written in the link)."""
         node = self.resolve(path, follow=False)
@@ -216,6 +242,7 @@ class FileSystem:
             raise FsError(f"{path}: not a symbolic link")
         return self._readlink(node)
 
+    @guarded
     def listdir(self, path: str) -> list[str]:
         """The names in a directory, sorted, without ``.`` and ``..``."""
         node = self.resolve(path)

@@ -33,6 +33,8 @@ EXTENT_MAGIC = 0xF30A
 #: Deeper extent trees or block maps than this are corrupt (ext4 allows depth 5).
 MAX_DEPTH = 8
 ROOT_INO = 2
+#: Largest directory read (a corrupt size must not make the FPBL allocate gigabytes).
+MAX_DIRECTORY = 64 << 20
 #: The "system." namespace of extended attributes, which holds inline data as "system.data".
 XATTR_SYSTEM = 7
 XATTR_MAGIC = 0xEA020000
@@ -275,7 +277,7 @@ class Ext4(FileSystem):
             entries = [("..", struct.unpack_from("<I", data, 0)[0])]
             blocks = [data[4:60], data[60:]]
         else:
-            data = self._data(directory, 1 << 30)
+            data = self._data(directory, MAX_DIRECTORY)
             bs = self.block_size
             entries = []
             blocks = [data[i : i + bs] for i in range(0, len(data), bs)]
