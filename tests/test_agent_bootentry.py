@@ -336,7 +336,7 @@ def test_luks_root_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(BootEntryError) as caught:
         _find(disk.path)
     message = str(caught.value)
-    assert message.startswith("no bootable Linux found")
+    assert message.startswith("no bootable Linux found: no file system on the disk can be read")
     assert "p2 is encrypted (LUKS)" in message
     assert "p1 is BIOS boot, no file system" in message
 

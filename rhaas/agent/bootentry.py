@@ -223,7 +223,10 @@ class _Finder(grubcfg.GrubHost):
             if entry is not None:
                 return entry
         unreadable = [f"{v.name} is {v.problem}" for v in self.volumes if v.problem]
-        message = "no bootable Linux found: searched " + "; ".join(self.searched)
+        if self.searched:
+            message = "no bootable Linux found: searched " + "; ".join(self.searched)
+        else:
+            message = "no bootable Linux found: no file system on the disk can be read"
         if unreadable:
             message += "; could not read: " + "; ".join(unreadable)
         raise BootEntryError(message, self.searched, unreadable)
