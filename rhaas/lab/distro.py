@@ -39,6 +39,7 @@ This module only builds files; it starts no machine (see `rhaas.lab.qemu`).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -250,11 +251,18 @@ class ReleaseApt:
         return conf
 
     def has_lists(self) -> bool:
-        return any((self.dir / "lists").glob("*_Packages*"))
+        """Whether the release's lists were fetched from the mirror now configured."""
+        for line in self.sources:
+            uri, suite = line.split()[:2]
+            prefix = re.sub(r"^[a-z]+://", "", uri).rstrip("/").replace("/", "_") + f"_dists_{suite}_"
+            if not any((self.dir / "lists").glob(f"{glob.escape(prefix)}*Packages*")):
+                return False
+        return True
 
     def update(self) -> None:
         """Fetch the release's package lists (``apt-get update`` on this state only)."""
-        run(["apt-get", "-c", str(self._config()), "-q", "update"])
+        with locked(self.dir):
+            run(["apt-get", "-c", str(self._config()), "-q", "update"])
 
     def show(self, *names: str) -> dict[str, dict[str, str]]:
         """The candidate version's control fields of each package (`rhaas.imaging.debs.apt_show`)."""
@@ -313,8 +321,9 @@ def resolve_packages(flavour: Flavour, apt: ReleaseApt) -> dict[str, str]:
     return versions
 
 
-def cache_key(flavour: Flavour, packages: dict[str, str]) -> str:
-    """The build's cache key: builder version, flavour, configuration texts and package versions."""
+def cache_key(flavour: Flavour, packages: dict[str, str], sources: Sequence[str] = ()) -> str:
+    """The build's cache key: builder version, flavour, configuration texts, package versions and the
+    image's apt sources."""
     config = "\0".join([CLOUD_CFG, INITRAMFS_CONF, _GRUB_EARLY, _GRUB_CFG, CMDLINE, HOSTS, *INCLUDE,
                         *DPKG_OPTIONS, *_GRUB_CORE_MODULES, str(DISK_BYTES)])  # fmt: skip
     data = {
@@ -322,6 +331,7 @@ def cache_key(flavour: Flavour, packages: dict[str, str]) -> str:
         "flavour": dataclasses.asdict(flavour),
         "packages": packages,
         "config": hashlib.sha256(config.encode()).hexdigest(),
+        "sources": list(sources),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -385,7 +395,10 @@ def mmdebstrap_command(flavour: Flavour, rootdir: Path, mirror: str, security: s
 def _run_logged(cmd: Sequence[str], log: Path, say: Say, what: str) -> None:
     """Run a long build step with its output in ``log``; a failure quotes the log's end."""
     with open(log, "ab") as out:
-        done = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, check=False)
+        try:
+            done = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, check=False)
+        except FileNotFoundError as exc:
+            raise ImageBuildError(f"{cmd[0]} is not installed") from exc
     if done.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-25:]
         raise ImageBuildError(f"{what} failed ({done.returncode}):\n" + "\n".join(tail))
@@ -595,7 +608,22 @@ def _image_from_manifest(out: Path, cached: bool) -> DistroImage | None:
         return None
     packages = data.get("packages")
     boot_entry = data.get("boot_entry")
-    assert isinstance(packages, dict) and isinstance(boot_entry, dict)
+    if not isinstance(packages, dict) or not isinstance(boot_entry, dict):
+        return None  # damaged: built again
+    try:
+        return _image(data, disk, manifest, packages, boot_entry, cached)
+    except (KeyError, ValueError):
+        return None
+
+
+def _image(
+    data: dict[str, object],
+    disk: Path,
+    manifest: Path,
+    packages: dict[object, object],
+    boot_entry: dict[object, object],
+    cached: bool,
+) -> DistroImage:
     return DistroImage(
         flavour=str(data["flavour"]), release=str(data["release"]), key=str(data["key"]), disk=disk,
         manifest=manifest, kernel_package=str(data["kernel_package"]),
@@ -636,7 +664,7 @@ def build_debian(
     if fresh:
         say(f"fetching {spec.release}'s package lists")
         apt.update()
-    key = cache_key(spec, resolve_packages(spec, apt))
+    key = cache_key(spec, resolve_packages(spec, apt), apt.sources)
     hit = _image_from_manifest(base / key, cached=True)
     if hit is not None:
         return hit
@@ -647,14 +675,31 @@ def build_debian(
         if not fresh:  # a miss builds from the archive as it is now
             say(f"fetching {spec.release}'s package lists")
             apt.update()
-            key = cache_key(spec, resolve_packages(spec, apt))
+            key = cache_key(spec, resolve_packages(spec, apt), apt.sources)
             hit = _image_from_manifest(base / key, cached=True)
             if hit is not None:
                 return hit
         return _build(spec, apt, base, mirror, security_mirror, say)
 
 
+#: What a build runs, besides apt and dpkg (``scripts/bootstrap`` installs them).
+BUILD_TOOLS = {"mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs",
+               "grub-mkimage": "grub-common"}  # fmt: skip
+
+
+def _check_can_build() -> None:
+    """Fail before a long build, not in the middle of it, when the machine cannot make an image."""
+    if os.geteuid() != 0:
+        raise ImageBuildError("building a distribution image needs root (mmdebstrap installs in a chroot)")
+    missing = sorted({package for tool, package in BUILD_TOOLS.items() if not shutil.which(tool)})
+    if not (GRUB_DIR / "boot.img").is_file():
+        missing.append(GRUB_PACKAGE)
+    if missing:
+        raise ImageBuildError(f"missing tools: apt-get install {' '.join(missing)}")
+
+
 def _build(spec: Flavour, apt: ReleaseApt, base: Path, mirror: str, security: str, say: Say) -> DistroImage:
+    _check_can_build()
     started = time.monotonic()
     planned = resolve_packages(spec, apt)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=base))
@@ -674,7 +719,7 @@ def _build(spec: Flavour, apt: ReleaseApt, base: Path, mirror: str, security: st
         packages = {**installed, GRUB_PACKAGE: planned[GRUB_PACKAGE]}
         if packages != planned:
             say(f"the archive moved while building: {sorted(set(packages.items()) - set(planned.items()))}")
-        key = cache_key(spec, packages)
+        key = cache_key(spec, packages, apt.sources)
         root_uuid = root_uuid_for(key)
         boot_entry = configure_root(rootdir, spec, root_uuid, release)
         out = work / "out"
