@@ -288,8 +288,8 @@ def test_flavours_are_different_operating_systems(images):
     a, b = images["bookworm"], images["trixie"]
     assert a.kernel_release != b.kernel_release and a.kernel_package != b.kernel_package
     assert a.root_uuid != b.root_uuid
-    assert "VERSION_CODENAME=bookworm" in _root_text(a, "/etc/os-release")
-    assert "VERSION_CODENAME=trixie" in _root_text(b, "/etc/os-release")
+    assert "VERSION_CODENAME=bookworm" in _root_text(a, "/usr/lib/os-release")
+    assert "VERSION_CODENAME=trixie" in _root_text(b, "/usr/lib/os-release")
     assert a.packages["systemd"] != b.packages["systemd"]
     for image in (a, b):
         print(f"{image.flavour}: {image.kernel_release}, systemd {image.packages['systemd']}, "

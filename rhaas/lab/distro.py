@@ -230,8 +230,9 @@ class ReleaseApt:
             f'Dir::State::Lists "{self.dir}/lists";',
             f'Dir::State::status "{self.dir}/status";',
             f'Dir::Cache "{self.dir}/cache";',
-            'Dir::Cache::pkgcache "";',
-            'Dir::Cache::srcpkgcache "";',
+            # A binary cache, even where this machine's apt keeps none: a key costs one apt-cache call.
+            'Dir::Cache::pkgcache "pkgcache.bin";',
+            'Dir::Cache::srcpkgcache "srcpkgcache.bin";',
             f'Dir::Etc::SourceList "{self.dir}/sources.list";',
             f'Dir::Etc::SourceParts "{self.dir}/sources.list.d";',
             f'Dir::Etc::Preferences "{self.dir}/preferences";',
