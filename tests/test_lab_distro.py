@@ -1,6 +1,6 @@
 """Real Debian images for the lab (`rhaas.lab.distro`): two releases built from Debian packages, small,
-cached by package versions, a valid GPT with GRUB for BIOS, and one that boots on its own in QEMU until
-SSH answers as the default user.
+cached by package versions, a valid GPT with GRUB for BIOS; and each boots on its own in QEMU until SSH
+answers as the default user and systemd says the system is running.
 
 The images are built into the default cache ($RHAAS_CACHE or ~/.cache/rhaas): a few minutes per flavour
 the first time on a machine, a cache hit after. Files of the images are read with ``debugfs`` at the root
@@ -251,6 +251,11 @@ class TestBuiltImage:
         )
         wants = _debugfs(image.disk, "ls -l /etc/systemd/system/multi-user.target.wants")
         assert "ssh.service" in wants and "systemd-networkd.service" in wants
+        for tool in (
+            "/usr/sbin/e2fsck",
+            "/usr/sbin/resize2fs",
+        ):  # fsck of the root at boot; cloud-init's resizefs
+            assert "Type: regular" in _debugfs(image.disk, f"stat {tool}"), tool
         conf = _root_text(image, "/etc/initramfs-tools/conf.d/rhaas-lab")
         assert re.search(r"^MODULES=most$", conf, re.M)
 
@@ -337,10 +342,10 @@ def _seed(tmp_path: Path, hostname: str, public_key: str) -> Path:
 
 
 @pytest.fixture
-def booted(images, tmp_path) -> Iterator[dict[str, object]]:
-    """The bookworm image booted straight from (a copy of) its disk, with a NoCloud seed; QEMU is
+def booted(images, flavour, tmp_path) -> Iterator[dict[str, object]]:
+    """The ``flavour`` image booted straight from (a copy of) its disk, with a NoCloud seed; QEMU is
     killed by its PID however the test ends."""
-    image = images["bookworm"]
+    image = images[flavour]
     disk = tmp_path / "disk.raw"
     subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
     key = tmp_path / "id_ed25519"
@@ -376,7 +381,8 @@ def _ssh(booted: dict[str, object], command: str, timeout: float = 60) -> subpro
 @pytest.mark.timeout(2700)  # builds, then up to 10 min to SSH and 5 more to settle under TCG
 @pytest.mark.skipif(not shutil.which("qemu-system-x86_64") or not shutil.which("genisoimage"),
                     reason="needs qemu-system-x86 and genisoimage")  # fmt: skip
-def test_image_boots_from_its_own_disk_until_ssh_answers(booted):
+@pytest.mark.parametrize("flavour", list(distro.FLAVOURS))
+def test_image_boots_from_its_own_disk_until_ssh_answers(booted, flavour):
     image = booted["image"]
     assert isinstance(image, DistroImage)
     qemu = booted["qemu"]
@@ -396,7 +402,7 @@ def test_image_boots_from_its_own_disk_until_ssh_answers(booted):
     state = _ssh(booted, "systemctl is-system-running --wait", timeout=300)
     settled = time.monotonic() - float(str(booted["started"]))
     failed = _ssh(booted, "systemctl --failed --no-legend").stdout.strip()
-    print(f"bookworm image: QEMU start to SSH {to_ssh:.0f} s, to '{state.stdout.strip()}' {settled:.0f} s "
+    print(f"{flavour} image: QEMU start to SSH {to_ssh:.0f} s, to '{state.stdout.strip()}' {settled:.0f} s "
           f"(TCG, 1 CPU); build {image.build_seconds:.0f} s; "
           f"data {image.data_bytes / 2**20:.0f} MiB")  # fmt: skip
     assert state.stdout.strip() == "running", f"system {state.stdout.strip()}; failed units:\n{failed}"
@@ -405,7 +411,7 @@ def test_image_boots_from_its_own_disk_until_ssh_answers(booted):
                          "findmnt -n -o SOURCE,UUID /; systemctl is-active ssh systemd-networkd")  # fmt: skip
     lines = facts.stdout.split()
     assert facts.returncode == 0, facts.stderr
-    assert lines[:4] == ["distro-boot", image.kernel_release, "0", "bookworm"], lines
+    assert lines[:4] == ["distro-boot", image.kernel_release, "0", image.release], lines
     assert lines[5] == image.root_uuid and lines[6:] == ["active", "active"], lines
     text = console.read_text(errors="replace")
     assert "Loading Linux " + image.kernel_release in text, "GRUB's entry did not show on the serial console"

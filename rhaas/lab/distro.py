@@ -83,6 +83,7 @@ KEYED_PACKAGES = ("systemd", "cloud-init", "openssh-server", "initramfs-tools")
 INCLUDE = (
     "systemd-sysv", "udev", "dbus", "iproute2", "systemd-resolved", "initramfs-tools", "cloud-init",
     "openssh-server", "sudo",
+    "e2fsprogs",  # the root's fsck and cloud-init's resize2fs; trixie's minbase no longer has it
 )  # fmt: skip
 #: Documentation and translations are left out of the image (copyright files stay), to keep it small.
 DPKG_OPTIONS = (
