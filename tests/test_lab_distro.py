@@ -230,6 +230,13 @@ class TestBuiltImage:
         assert linux.group(2) == image.boot_entry["cmdline"]
         assert f"root=UUID={image.root_uuid}" in linux.group(2) and "console=ttyS0" in linux.group(2)
         assert re.search(rf"^\s*initrd\s+/boot/initrd\.img-{re.escape(release)}$", cfg, re.M)
+        for copy, inside in (
+            (image.kernel, f"/boot/vmlinuz-{release}"),
+            (image.initrd, f"/boot/initrd.img-{release}"),
+        ):
+            assert copy.read_bytes() == distro.read_root_file(image.disk, inside), (
+                f"{copy.name} is not {inside}"
+            )
         fstab = [line.split() for line in _root_text(image, "/etc/fstab").splitlines() if line[:1] != "#"]
         assert fstab == [[f"UUID={image.root_uuid}", "/", "ext4", "errors=remount-ro", "0", "1"]]
 

@@ -190,3 +190,4 @@ def image_build(
                f"{built.data_bytes / 2**20:.0f} MiB of data in {built.virtual_bytes / 2**30:.0f} GiB"
                f"{' (cached)' if built.cached else f', built in {built.build_seconds:.0f} s'}")  # fmt: skip
     click.echo(f"root UUID {built.root_uuid}; manifest {built.manifest}")
+    click.echo(f"kernel {built.kernel}, initrd {built.initrd}, command line: {built.boot_entry['cmdline']}")
