@@ -10,7 +10,7 @@ them: TLS pays a full handshake every time).
 
 from __future__ import annotations
 
-import _sha256
+import _sha256  # type: ignore[import-not-found]
 import argparse
 import hashlib
 import http.server

@@ -566,7 +566,7 @@ def test_a_whole_disk_deploy_hands_out_its_extents_its_chunks_and_the_first_boot
     agent = enroll(prov, "n1")
     agent.checkin()
     prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
-    body = {"image": "debian", "ssh_keys": [KEY], "user_data": "#cloud-config\npackages: [htop]\n",
+    body = {"image": "debian", "ssh_keys": [KEY + "\n"], "user_data": "#cloud-config\npackages: [htop]\n",
             "cmdline": "console=ttyS0 quiet"}  # fmt: skip
     job = prov.alice.ok("POST", "/node/n1/provision", body, status=202)["job_id"]
     item = agent.work()

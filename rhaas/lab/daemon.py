@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = parser.add_mutually_exclusive_group(required=True)
     net.add_argument("--tap", help="the node's NIC is this tap device (on the lab's switch)")
     net.add_argument("--user-net", action="store_true", help="the NIC is on QEMU's user-mode network")
+    parser.add_argument("--ssh-port", type=int, default=None,
+                        help="with --user-net: forward 127.0.0.1:PORT to the guest's SSH port")  # fmt: skip
     parser.add_argument("--netns", help="network namespace holding the tap")
     parser.add_argument("--memory", type=int, default=1024, help="MB")
     parser.add_argument("--disk-size", default="4G")
@@ -93,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s bmc {args.node} %(message)s")
     node = NetnsQemuNode(
         args.node, args.workdir, netns=args.netns, memory_mb=args.memory, mac=args.mac, tap=args.tap,
-        user_net=args.user_net, disk_size=args.disk_size, kernel=args.kernel, initrd=args.initrd,
-        append_file=args.append_file,
+        user_net=args.user_net, ssh_port=args.ssh_port, disk_size=args.disk_size, kernel=args.kernel,
+        initrd=args.initrd, append_file=args.append_file,
     )  # fmt: skip
     bmc = VirtualBMC(
         # QemuNode types its boot device as a Literal and checks it at run time; Machine says str.

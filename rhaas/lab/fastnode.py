@@ -46,16 +46,20 @@ class FastNode:
         memory_mb: int = 1536,
         disk_size: str = "64M",
         timeout: float = 30.0,
+        ssh_port: int | None = None,
     ) -> None:
         self.name, self.bmc_password = name, bmc_password
         self.state_file = workdir / f"{name}.bmc.json"
         self.append_file = workdir / f"{name}.append"
         self.append_file.write_text("")
         self.state_file.unlink(missing_ok=True)
-        self.node = QemuNode(name, workdir, memory_mb=memory_mb, user_net=True, disk_size=disk_size)
+        self.node = QemuNode(
+            name, workdir, memory_mb=memory_mb, user_net=True, disk_size=disk_size, ssh_port=ssh_port
+        )
         cmd = [sys.executable, "-m", "rhaas.lab.daemon", "--workdir", str(workdir), "--node", name]
         cmd += ["--port", "0", "--user", BMC_USER, "--mac", mac_for(name), "--user-net"]
         cmd += ["--memory", str(memory_mb), "--disk-size", disk_size]
+        cmd += ["--ssh-port", str(ssh_port)] if ssh_port else []
         cmd += ["--kernel", str(kernel), "--initrd", str(initrd), "--append-file", str(self.append_file)]
         self._log = open(workdir / f"{name}.bmc.log", "ab")  # noqa: SIM115 - closed in close()
         env = {**os.environ, "RHAAS_LAB_BMC_PASSWORD": bmc_password}

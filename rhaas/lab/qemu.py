@@ -165,6 +165,7 @@ class QemuNode:
         mac: str | None = None,
         tap: str | None = None,
         user_net: bool = False,
+        ssh_port: int | None = None,
         disk: Path | str | None = None,
         disk_size: str | None = "4G",
         boot_device: BootDevice = "none",
@@ -190,6 +191,7 @@ class QemuNode:
         self.mac = mac or mac_for(name)
         self.tap = tap
         self.user_net = user_net
+        self.ssh_port = ssh_port
         self.disk: Path | None = None
         if disk is not None:
             self.disk = Path(disk).resolve()
@@ -268,8 +270,11 @@ class QemuNode:
         if self.tap:
             netdev = f"tap,id=net0,ifname={self.tap},script=no,downscript=no,vnet_hdr=off"
         elif self.user_net:
-            # QEMU's user-mode network: the guest (10.0.2.15) reaches the host's loopback at 10.0.2.2.
+            # QEMU's user-mode network: the guest (10.0.2.15) reaches the host's loopback at 10.0.2.2;
+            # with ``ssh_port``, 127.0.0.1:ssh_port here reaches the guest's port 22.
             netdev = "user,id=net0"
+            if self.ssh_port:
+                netdev += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
         else:
             # A hub with one port: the NIC exists (and iPXE runs) but reaches nothing.
             netdev = "hubport,id=net0,hubid=0"

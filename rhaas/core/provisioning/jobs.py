@@ -88,6 +88,8 @@ def check_seed(seed: dict[str, Any] | None) -> dict[str, Any] | None:
     if not seed:
         return None
     out = {k: v for k, v in seed.items() if v not in (None, [], "")}
+    if "ssh_keys" in out:  # as read from a .pub file: one line, its newline dropped
+        out["ssh_keys"] = [key.strip() for key in out["ssh_keys"]]
     for n, key in enumerate(out.get("ssh_keys", [])):
         words = key.strip().split()
         if "\n" in key.strip() or len(words) < 2 or not words[0].startswith(SSH_KEY_TYPES):
