@@ -19,6 +19,20 @@ ROLES = ("member", "other", "anon", "admin")
 OBM = {"type": "mock", "host": "bmc9", "user": "u", "password": "p"}
 EMPTY = hashlib.sha256(b"").hexdigest()  # the blob a body-less PUT uploads
 BLOB_A, BLOB_B = hashlib.sha256(b"kernel").hexdigest(), hashlib.sha256(b"spare").hexdigest()
+#: The one chunk of whole-disk image disk1 (p1's), and the body that registers disk1 once it is uploaded.
+CHUNK = b"chunk"
+CHUNK_A = hashlib.sha256(CHUNK).hexdigest()
+DISK1 = {
+    "project": "p1",
+    "disk": {
+        "format": "raw",
+        "virtual_size": len(CHUNK),
+        "logical_sha256": CHUNK_A,
+        "extents": [{"offset": 0, "length": len(CHUNK), "sha256": CHUNK_A}],
+    },
+}
+#: A chunk upload's body is raw bytes; the callers send a case's body as JSON: the string's JSON form.
+CHUNK_PUT = hashlib.sha256(b'"a chunk"').hexdigest()
 
 
 class Case(NamedTuple):
@@ -99,6 +113,11 @@ CASES = [
     Case("PUT", f"/blob/{EMPTY}", None, "other", 200),
     Case("GET", f"/blob/{BLOB_A}", None, "member", 200),
     Case("DELETE", f"/blob/{BLOB_B}", None, "admin", 200),
+    Case("PUT", f"/chunk/{CHUNK_PUT}", "a chunk", "other", 200),
+    Case("GET", f"/chunk/{CHUNK_A}", None, "member", 200),
+    Case("POST", "/chunks/missing", {"sha256": [CHUNK_A]}, "other", 200),
+    Case("POST", "/chunks/prune", {"min_age": 0}, "admin", 200),
+    Case("GET", "/image/disk1/manifest", None, "member", 200),
     Case("PUT", "/node/n2/fpbl", {}, "admin", 200),
     Case("POST", "/node/n3/provision", {"image": "img1"}, "member", 202),
     Case("GET", "/node/n1/provisioning", None, "member", 200),

@@ -138,8 +138,13 @@ def test_importing_the_agent_reads_no_randomness_and_loads_nothing_heavy():
 
 def test_the_fpbl_ships_every_module_of_the_agent():
     """The FPBL's list of the agent's modules is the package's: a new module there ships."""
-    on_disk = {f"rhaas.agent.{p.stem}" for p in Path("rhaas/agent").glob("*.py") if p.stem != "__init__"}
-    assert {"rhaas.agent.agent", "rhaas.agent.cpio", "rhaas.agent.deploy", "rhaas.agent.wipe"} <= on_disk
+    on_disk = {
+        "rhaas.agent."
+        + ".".join(p.relative_to("rhaas/agent").with_suffix("").parts).removesuffix(".__init__")
+        for p in Path("rhaas/agent").rglob("*.py")
+        if p != Path("rhaas/agent/__init__.py")
+    }
+    assert {"rhaas.agent.agent", "rhaas.agent.cpio", "rhaas.agent.fs", "rhaas.agent.fs.ext4"} <= on_disk
     assert set(AGENT_MODULES) == {"rhaas", "rhaas.agent", *on_disk}
 
 

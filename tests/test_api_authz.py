@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 from api_helpers import make_api
-from authz_matrix import BLOB_A, CASES, OBM, api_routes, check_case, covered_routes
+from authz_matrix import BLOB_A, CASES, CHUNK, CHUNK_A, DISK1, OBM, api_routes, check_case, covered_routes
 from dbdump import dump
 
 
@@ -57,6 +57,8 @@ def matrix(site):
         digest = hashlib.sha256(data).hexdigest()
         site.client.put(f"/v0/blob/{digest}", content=data, headers=alice.headers).raise_for_status()
     alice.ok("PUT", "/image/img1", {"project": "p1", "kernel": BLOB_A, "initrd": BLOB_A})
+    site.client.put(f"/v0/chunk/{CHUNK_A}", content=CHUNK, headers=alice.headers).raise_for_status()
+    alice.ok("PUT", "/image/disk1", DISK1)
     site.job = alice.ok("POST", "/node/n1/provision", {"image": "img1"}, status=202)["job_id"]
     site.callers = {"admin": admin, "member": alice, "other": site.bob, "anon": site.anon}
     return site

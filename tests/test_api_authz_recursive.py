@@ -22,7 +22,18 @@ from typing import Any
 import httpx
 import pytest
 from api_helpers import Caller
-from authz_matrix import BLOB_A, CASES, OBM, Case, api_routes, check_case, covered_routes
+from authz_matrix import (
+    BLOB_A,
+    CASES,
+    CHUNK,
+    CHUNK_A,
+    DISK1,
+    OBM,
+    Case,
+    api_routes,
+    check_case,
+    covered_routes,
+)
 from dbdump import dump
 from recursion_helpers import Level, ok, start_level
 from sqlalchemy.orm import Session, sessionmaker
@@ -264,6 +275,8 @@ def build_site(st: Stack) -> None:
         st.http.put(f"/v0/blob/{digest}", content=data, headers=alice.headers).raise_for_status()
     for image in ("img1", "img2"):
         alice.ok("PUT", f"/image/{image}", {"project": "p1", "kernel": BLOB_A, "initrd": BLOB_A})
+    st.http.put(f"/v0/chunk/{CHUNK_A}", content=CHUNK, headers=alice.headers).raise_for_status()
+    alice.ok("PUT", "/image/disk1", DISK1)
     st.job = alice.ok("POST", "/node/n1/provision", {"image": "img1"}, status=202)["job_id"]
     snapshot = st.snapshot()
     for depth in range(1, len(st.levels) + 1):  # the snapshot sees every level's nodes

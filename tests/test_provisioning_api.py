@@ -533,3 +533,99 @@ def test_a_bad_wait_is_refused_before_any_work_is_handed_out(prov, query):
     shown = prov.alice.ok("GET", f"/provision_job/{job}")
     assert shown["status"] == "PENDING" and shown["phases"] == [], "nothing handed out"
     assert agent.call("GET", "work?wait=100")["job"] == job, "a long wait is cut, not refused"
+
+
+# -- whole-disk images ---------------------------------------------------------------------------------
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPrcnJ8nCk/4Ez0kWhmYBn/EyjD4Q+fCkTPcYv6V7Crq alice@laptop"
+MIB = 1 << 20
+
+
+def whole_disk(api: Api, name: str, windows: dict[int, bytes], size: int, project: str = "p1") -> list[str]:
+    """Register a whole-disk image of ``size`` bytes holding ``windows`` (offset → 4 MiB of data) as the
+    project's member; the chunks' digests."""
+    caller = api.alice if project == "p1" else api.bob
+    logical = bytearray(size)
+    for offset, data in windows.items():
+        logical[offset : offset + len(data)] = data
+        headers = {**caller.headers, "Content-Type": "application/octet-stream"}
+        caller.client.put(f"/v0/chunk/{sha(data)}", content=data, headers=headers).raise_for_status()
+    extents = [{"offset": o, "length": len(d), "sha256": sha(d)} for o, d in sorted(windows.items())]
+    manifest = {
+        "format": "raw",
+        "virtual_size": size,
+        "logical_sha256": sha(bytes(logical)),
+        "extents": extents,
+    }
+    caller.ok("PUT", f"/image/{name}", {"project": project, "disk": manifest, "cmdline": "console=ttyS0"})
+    return [sha(d) for _, d in sorted(windows.items())]
+
+
+def test_a_whole_disk_deploy_hands_out_its_extents_its_chunks_and_the_first_boot_seed(prov):
+    chunks = whole_disk(prov, "debian", {0: b"A" * 4 * MIB, 8 * MIB: b"B" * 4 * MIB}, 16 * MIB)
+    other = whole_disk(prov, "elsewhere", {0: b"C" * 4 * MIB}, 8 * MIB, project="p2")
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    body = {"image": "debian", "ssh_keys": [KEY], "user_data": "#cloud-config\npackages: [htop]\n",
+            "cmdline": "console=ttyS0 quiet"}  # fmt: skip
+    job = prov.alice.ok("POST", "/node/n1/provision", body, status=202)["job_id"]
+    item = agent.work()
+    image = item["image"]
+    assert item["action"] == "deploy" and item["job"] == job and "kernel" not in item
+    assert image["virtual_size"] == 16 * MIB and not image["zeroed"], "a new node's disk is not known zero"
+    assert [(e["offset"], e["sha256"]) for e in image["extents"]] == [(0, chunks[0]), (8 * MIB, chunks[1])]
+    assert item["boot"] == {"cmdline": "console=ttyS0 quiet"}, "the request's command line wins"
+    assert item["seed"] == {"instance_id": job, "hostname": "n1", "ssh_keys": [KEY],
+                            "user_data": "#cloud-config\npackages: [htop]\n"}  # fmt: skip
+
+    url = image["chunk_url"].replace("http://testserver", "").replace("{sha256}", chunks[1])
+    got = agent.client.get(url, headers=agent.headers)
+    assert got.status_code == 200 and got.content == b"B" * 4 * MIB
+    for digest in (other[0], sha(b"nothing")):  # another image's chunk, or none: not this deploy's
+        refused = agent.client.get(url.replace(chunks[1], digest), headers=agent.headers)
+        assert refused.status_code == 404 and refused.json()["type"] == "NotFoundError"
+    stranger = agent.client.get(url, headers={"Authorization": "Bearer not-the-secret"})
+    assert stranger.status_code == 401
+    assert prov.client.get(url).status_code == 404, "the customer API does not serve agents' routes"
+
+
+def test_bad_first_boot_data_is_refused_and_queues_nothing(prov):
+    whole_disk(prov, "debian", {0: b"A" * 4 * MIB}, 8 * MIB)
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    before = dump(prov.sessions)
+    for extra, kind, words in (
+        ({"ssh_keys": ["not a key"]}, "BadArgumentError", "SSH public key"),
+        ({"ssh_keys": [KEY + "\nssh-rsa AAAA injected"]}, "BadArgumentError", "SSH public key"),
+        ({"kernel": "boot/vmlinuz"}, "BadArgumentError", "absolute path"),
+        ({"user_data": "x" * (64 * 1024 + 1)}, "ValidationError", "user_data"),
+        ({"ssh_keys": "ssh-ed25519 AAAA"}, "ValidationError", "ssh_keys"),
+    ):
+        msg = prov.alice.error("POST", "/node/n1/provision", {"image": "debian", **extra}, 400, kind)
+        assert words in msg, msg
+    assert dump(prov.sessions) == before
+
+
+def test_holes_are_skipped_only_after_a_verified_whole_disk_wipe(prov):
+    whole_disk(prov, "debian", {0: b"A" * 4 * MIB}, 8 * MIB)
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    zeroed, bmc = [], machine("bmc1")
+    bmc.power = "on"
+    for _ in range(2):
+        job = prov.alice.ok("POST", "/node/n1/provision", {"image": "debian"}, status=202)["job_id"]
+        zeroed.append(agent.work()["image"]["zeroed"])
+        agent.report(job, "kexec", "done")
+        nmis = bmc.nmis
+        prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+        wait_for("the NMI", lambda n=nmis: bmc.nmis == n + 1, 10.0, every=0.02)
+        agent.checkin("return")
+        wipe = agent.work()
+        assert wipe["action"] == "wipe" and wipe["policy"] == "full"
+        for phase in ("wipe", "verify-wipe", "ready"):
+            agent.report(wipe["job"], phase, "done")
+        assert state(prov, "n1") == "ready"
+        prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    assert zeroed == [False, True]

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from rhaas.agent import bootentry, cidata, extents, kexec
 from rhaas.agent import disk as disks
-from rhaas.agent import kexec
+from rhaas.agent.fs import FsError
 from rhaas.agent.system import System, log
 from rhaas.agent.work import AgentError, Artifact, Deploy
 
@@ -84,16 +85,36 @@ class Deployment:
             if not agent.memmap:
                 raise AgentError(self.phase, "no rhaas.memmap= on the command line: the customer would get "
                                  "only the crash region's memory")  # fmt: skip
-            need, available = self._memory_needed()
-            if available is None or need > available:
-                # The full FPBL checks in and is handed this deploy again (the server expects it).
-                have = "unknown" if available is None else f"{available >> 20} MiB"
-                why = f"the deploy needs {need >> 20} MiB, the return FPBL has {have} available"
-                self._restore_memory(why)
-            agent.publish_memmap()
+            if job.kernel is not None and job.initrd is not None:
+                self._check_memory(job.kernel.size + job.initrd.size)
         os.makedirs(agent.system.tmp, exist_ok=True)
         kernel = os.path.join(agent.system.tmp, "kernel")
         initrd = os.path.join(agent.system.tmp, "initrd")
+        if job.image is not None:
+            cmdline = self._deploy_image(kernel, initrd)
+        else:
+            self._download_boot_files(kernel, initrd)
+            cmdline = job.cmdline
+        self.phase = "kexec"
+        self._report("start", "arming the return path")
+        self._arm_return(kernel, initrd, cmdline)
+        self._report("done", "jumping into the customer kernel")
+        agent.system.kexec_exec()
+
+    def _check_memory(self, boot_files: int) -> None:
+        """In the return FPBL: boot the full FPBL first unless the deploy fits (see `_memory_needed`)."""
+        need, available = self._memory_needed(boot_files)
+        if available is None or need > available:
+            # The full FPBL checks in and is handed this deploy again (the server expects it).
+            have = "unknown" if available is None else f"{available >> 20} MiB"
+            why = f"the deploy needs {need >> 20} MiB, the return FPBL has {have} available"
+            self._restore_memory(why)
+        self.agent.publish_memmap()
+
+    def _download_boot_files(self, kernel: str, initrd: str) -> None:
+        """A kernel + initrd image: download both (checked) and its disk image, if any."""
+        job = self.job
+        assert job.kernel is not None and job.initrd is not None
         for name, artifact, path in (("kernel", job.kernel, kernel), ("initrd", job.initrd, initrd)):
             self.phase = f"download-{name}"
             self._report("start", artifact.url)
@@ -112,11 +133,60 @@ class Deployment:
             detail = f"{writer.written} bytes written, {writer.skipped} zero bytes skipped (already zero)"
             self._report("done", detail)
 
-        self.phase = "kexec"
-        self._report("start", "arming the return path")
-        self._arm_return(kernel, initrd, job.cmdline)
-        self._report("done", "jumping into the customer kernel")
-        agent.system.kexec_exec()
+    def _deploy_image(self, kernel: str, initrd: str) -> str:
+        """A whole-disk image: write its extents, find the boot entry its own boot loader would take, copy
+        that kernel and initrd out, write cloud-init's seed; the entry's command line."""
+        job, agent = self.job, self.agent
+        image: extents.DiskImage = job.image
+        target = self._target_disk("write-disk")
+        self.phase = "write-disk"
+        self._report("start", f"{image.data_bytes} bytes of data in {len(image.extents)} chunks of a "
+                     f"{image.virtual_size}-byte image -> {target.path}")  # fmt: skip
+        try:
+            written = extents.write_image(image, target, self._fetch, agent.progress(job.job, self.phase))
+        except BaseException:
+            _scrub(target)
+            raise
+        self._report("done", f"{written.data} bytes written; {written.holes}")
+
+        self.phase = "find-boot"
+        self._report("start", f"looking for the image's default boot entry on {target.path}")
+        try:
+            with open(target.path, "rb") as dev:
+                entry = bootentry.find_on_disk(dev, **job.boot)
+                if not entry.initrds:
+                    raise AgentError(self.phase, f"{entry.describe()}: no initrd; the way back rides in "
+                                     "the initramfs, so an image must boot with one")  # fmt: skip
+                with open(kernel, "wb") as out:
+                    out.write(entry.read_kernel())
+                with open(initrd, "wb") as out:
+                    out.write(entry.read_initrd())
+        except (bootentry.BootEntryError, FsError, OSError) as exc:
+            raise AgentError(self.phase, str(exc)) from exc
+        self._report("done", entry.describe())
+        if agent.settings.crashed:
+            self._check_memory(os.path.getsize(kernel) + os.path.getsize(initrd))
+
+        if job.seed is not None:
+            self.phase = "seed"
+            seed = cidata.Seed(
+                instance_id=job.seed["instance_id"], hostname=job.seed["hostname"],
+                user_data=_bytes(job.seed.get("user_data")), ssh_keys=tuple(job.seed.get("ssh_keys", ())),
+                network_config=_bytes(job.seed.get("network_config")),
+            )  # fmt: skip
+            try:
+                done = cidata.write_seed(target.path, target.size, agent.system.sector_size(target), seed)
+            except (cidata.SeedError, OSError) as exc:
+                raise AgentError(self.phase, str(exc)) from exc
+            self._report("done", f"cloud-init NoCloud volume: partition {done['partition']} of the "
+                         f"{done['table']} table, {done['size']} bytes")  # fmt: skip
+        return entry.cmdline
+
+    def _fetch(self, artifact: Artifact, sink: Callable[[bytes], object]) -> str:
+        try:
+            return self.agent.api.download(artifact, sink, lambda done, total: None)
+        except OSError as exc:
+            raise AgentError(self.phase, f"downloading {artifact.url} failed: {exc}") from exc
 
     def _download_disk(self) -> disks.ImageWriter | None:
         """Stream the disk image onto the node's disk, checked; its writer (None: no disk image)."""
@@ -142,14 +212,14 @@ class Deployment:
         self._check("disk", image, digest, None, target)
         return writer
 
-    def _memory_needed(self) -> tuple[int, int | None]:
+    def _memory_needed(self, boot_files: int) -> tuple[int, int | None]:
         """Bytes a deploy needs in this (crash) kernel, and bytes available: at ``kexec -l`` the kernel
-        and the initrd with the return payload are in tmpfs, in kexec's buffers and in the kernel's
-        segment pages (three copies), less the prepared return payload, which is counted as used
-        already once made, plus room to spare."""
+        and the initrd (``boot_files`` bytes) with the return payload are in tmpfs, in kexec's buffers and
+        in the kernel's segment pages (three copies), less the prepared return payload, which is counted
+        as used already once made, plus room to spare."""
         static = self.agent.payload.path
         made = os.path.getsize(static) if os.path.exists(static) else 0
-        files = self.job.kernel.size + self.job.initrd.size + (made or STATIC_PAYLOAD_BYTES)
+        files = boot_files + (made or STATIC_PAYLOAD_BYTES)
         available = self.agent.system.memory_available_kb()
         return 3 * files - made + DEPLOY_HEADROOM_BYTES, None if available is None else available * 1024
 
@@ -172,13 +242,13 @@ class Deployment:
             _scrub(target)
         raise AgentError("verify", f"{name}: sha256 {digest} is not the expected {artifact.sha256}; refused")
 
-    def _target_disk(self) -> disks.Disk:
+    def _target_disk(self, phase: str = "download-disk") -> disks.Disk:
         found = self.agent.system.disks()
         for d in found:
             if d.name == "vda":
                 return d
         if not found:
-            raise AgentError("download-disk", "this node has no disk")
+            raise AgentError(phase, "this node has no disk")
         return found[0]
 
     def _arm_return(self, kernel: str, initrd: str, cmdline: str) -> None:
@@ -211,6 +281,10 @@ class Deployment:
         agent.system.kexec_load(os.path.join(agent.system.fpbl_dir, "vmlinuz"), fpbl_initrd, " ".join(args))
         agent.report(job, "restore-memory", "done", "jumping into the full FPBL")
         agent.system.kexec_exec()
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
 
 
 def _scrub(target: disks.Disk) -> None:

@@ -216,6 +216,12 @@ def wipe(disk: Disk, policy: str, progress: Progress | None = None) -> Wiped:
     return Wiped(regions, how)
 
 
+def zero_regions(fd: int, path: str, regions: list[tuple[int, int]]) -> bool:
+    """Zero ``regions`` of the open disk ``fd``: True if the device did it all (BLKZEROOUT)."""
+    block = stat.S_ISBLK(os.fstat(fd).st_mode)
+    return _zero(fd, path, regions, block, sum(length for _, length in regions), None)
+
+
 def _zero(fd: int, path: str, regions: list[tuple[int, int]], block: bool, total: int,
           progress: Progress | None) -> bool:  # fmt: skip
     """Zero ``regions``: True if the device did it all (BLKZEROOUT), False if any was written."""

@@ -11,6 +11,7 @@ import subprocess
 
 from rhaas.agent import disk as disks
 from rhaas.agent import kexec
+from rhaas.agent.disk import Disk
 
 
 def log(message: str) -> None:
@@ -74,6 +75,14 @@ class System:
 
     def disks(self) -> list[disks.Disk]:
         return disks.list_disks(self.path("sys"), self.path("dev"))
+
+    def sector_size(self, disk: Disk) -> int:
+        """The disk's logical sector size (512 where the kernel does not say)."""
+        try:
+            with open(self.path("sys", "block", disk.name, "queue", "logical_block_size")) as f:
+                return int(f.read().strip() or 512)
+        except (OSError, ValueError):
+            return 512
 
     def memmap(self) -> list[kexec.MemRange]:
         return kexec.read_firmware_memmap(self.path("sys"))

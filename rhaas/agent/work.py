@@ -5,6 +5,9 @@ An answer is one of::
     {"action": "wait", "poll_after": 5}
     {"action": "deploy", "job", "kernel": ARTIFACT, "initrd": ARTIFACT, "disk": ARTIFACT|null, "cmdline",
      "secret"?, "return_token"?}
+    {"action": "deploy", "job", "image": IMAGE, "boot"?: {"kernel"?, "initrd"?, "cmdline"?},
+     "seed"?: {"instance_id", "hostname", "ssh_keys"?, "user_data"?, "network_config"?}, "secret"?,
+     "return_token"?}                       # a whole-disk image: see rhaas.agent.extents for IMAGE
     {"action": "wipe", "job", "policy": "full"|"discard"|"metadata", "verify"?: "sample"|"full",
      "scrub_memory"?: bool}
 
@@ -47,13 +50,19 @@ class Wait(NamedTuple):
 
 class Deploy(NamedTuple):
     job: str
-    kernel: Artifact
-    initrd: Artifact
+    #: The kernel and initrd to boot; None for a whole-disk image (its own boot entry is booted).
+    kernel: Artifact | None
+    initrd: Artifact | None
     disk: Artifact | None
     cmdline: str
     #: The agent's secret from now on, and the return token for the crash kernel (None: not given).
     secret: str | None = None
     return_token: str | None = None
+    #: A whole-disk image (an `rhaas.agent.extents.DiskImage`), the overrides of its boot entry
+    #: (``kernel``, ``initrd``: paths in it; ``cmdline``), and cloud-init's seed (None: none).
+    image: Any = None
+    boot: dict[str, str] = {}
+    seed: dict[str, Any] | None = None
 
 
 class Wipe(NamedTuple):
@@ -89,6 +98,38 @@ def _credential(data: dict[str, Any], key: str) -> str | None:
     return value
 
 
+def _strings(data: Any, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or any(k not in keys for k in data):
+        raise ProtocolError(f"{what} is not an object of {', '.join(keys)}")
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _image_deploy(
+    data: dict[str, Any], job: str, cmdline: str, secret: str | None, token: str | None
+) -> Deploy:
+    from rhaas.agent.extents import parse_image  # here: it imports this module
+
+    boot = _strings(data.get("boot"), "boot", ("kernel", "initrd", "cmdline"))
+    if any(not isinstance(v, str) for v in boot.values()):
+        raise ProtocolError("boot overrides are not strings")
+    seed = _strings(data.get("seed"), "seed", SEED_KEYS) or None
+    if seed is not None:
+        texts = [seed.get(k, "") for k in ("instance_id", "hostname", "user_data", "network_config")]
+        keys = seed.get("ssh_keys", [])
+        named = seed.get("instance_id") and seed.get("hostname")
+        if not named or any(not isinstance(t, str) for t in texts):
+            raise ProtocolError("seed needs an instance_id and a hostname, and text values")
+        if not isinstance(keys, list) or any(not isinstance(k, str) for k in keys):
+            raise ProtocolError("seed.ssh_keys is not a list of strings")
+    return Deploy(job, None, None, None, cmdline, secret, token, parse_image(data["image"]), boot, seed)
+
+
+#: What a whole-disk deploy's seed may hold.
+SEED_KEYS = ("instance_id", "hostname", "ssh_keys", "user_data", "network_config")
+
+
 def parse_work(data: Any) -> Work:
     """One answer of GET .../work. Raises `ProtocolError` if it is malformed."""
     if not isinstance(data, dict):
@@ -108,6 +149,8 @@ def parse_work(data: Any) -> Work:
             raise ProtocolError("cmdline is not a string")
         image = data.get("disk")
         secret, token = _credential(data, "secret"), _credential(data, "return_token")
+        if data.get("image") is not None:
+            return _image_deploy(data, job, cmdline, secret, token)
         return Deploy(
             job, _artifact(data.get("kernel"), "kernel"), _artifact(data.get("initrd"), "initrd"),
             None if image is None else _artifact(image, "disk"), cmdline, secret, token,

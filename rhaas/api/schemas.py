@@ -93,18 +93,61 @@ class ProjectBody(Body):
     project: str
 
 
+class ExtentBody(Body):
+    """Bytes ``offset`` to ``offset + length`` of a whole-disk image are the chunk ``sha256``."""
+
+    offset: int = Field(ge=0)
+    length: int = Field(gt=0)
+    sha256: str
+
+
+class DiskManifestBody(Body):
+    """A whole-disk image: its logical content as chunks already uploaded, holes (zeros) left out."""
+
+    format: str
+    virtual_size: int = Field(gt=0)
+    logical_sha256: str
+    extents: list[ExtentBody]
+
+
 class ImageRegisterBody(Body):
-    """Blobs by sha256 (upload them first); ``project`` null makes a public image (admins only)."""
+    """Blobs by sha256 (upload them first); ``project`` null makes a public image (admins only).
+
+    ``disk`` is a raw disk image's blob (with ``kernel`` and ``initrd``), or a whole-disk image's manifest
+    (``kernel`` and ``initrd`` then optional)."""
 
     project: str | None
-    kernel: str
-    initrd: str
-    disk: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    disk: str | DiskManifestBody | None = None
     cmdline: str = ""
+
+
+class ChunkQueryBody(Body):
+    sha256: list[str]
+
+
+class ChunkPruneBody(Body):
+    #: Keep what was uploaded less than this many seconds ago (an upload whose image is not registered yet).
+    min_age: int = Field(default=86400, ge=0)
+
+
+#: How much first-boot data a provision request may carry (cloud-init reads it from a small volume).
+MAX_SEED_TEXT = 64 * 1024
+MAX_SSH_KEYS = 32
 
 
 class ProvisionBody(Body):
     image: str
+    #: SSH public keys for the image's default user (cloud-init ``ssh_authorized_keys``).
+    ssh_keys: list[str] = Field(default_factory=list, max_length=MAX_SSH_KEYS)
+    #: cloud-init user-data (``#cloud-config``, a script, ...) and network configuration (v1 or v2 YAML).
+    user_data: str | None = Field(default=None, max_length=MAX_SEED_TEXT)
+    network_config: str | None = Field(default=None, max_length=MAX_SEED_TEXT)
+    #: Overrides of the boot entry found on a whole-disk image: paths inside it, and the command line.
+    kernel: str | None = Field(default=None, max_length=4096)
+    initrd: str | None = Field(default=None, max_length=4096)
+    cmdline: str | None = Field(default=None, max_length=4096)
 
 
 class EnrollBody(Body):

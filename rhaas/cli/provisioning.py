@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -66,18 +67,36 @@ def wait_jobs(
 @click.command("provision")
 @click.argument("nodes", nargs=-1, required=True)
 @click.option("--image", required=True, help="The image to deploy (rhaas image list).")
+@click.option("--ssh-key", "ssh_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="A public key file for the image's default user (repeatable; cloud-init).")  # fmt: skip
+@click.option("--user-data", type=click.Path(dir_okay=False), help="cloud-init user-data for the first boot.")
+@click.option("--network-config", type=click.Path(dir_okay=False),
+              help="cloud-init network configuration (default: DHCP on the connected NIC).")  # fmt: skip
+@click.option("--kernel", help="Boot this kernel (a path in a whole-disk image), not the image's default.")
+@click.option("--initrd", help="Boot this initrd (a path in a whole-disk image), not the image's default.")
+@click.option("--cmdline", help="Boot with this kernel command line, not the image's default entry's.")
 @click.option("--wait", is_flag=True, help="Show each node's progress until its OS runs.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=900.0, show_default=True)
 @json_option
 @pass_client
 def provision(
-    client: Client, nodes: tuple[str, ...], image: str, wait: bool, timeout: float, as_json: bool
-) -> None:
-    """Deploy IMAGE on ready NODES of your project, all in parallel (kexec: no firmware reboot)."""
+    client: Client, nodes: tuple[str, ...], image: str, ssh_keys: tuple[str, ...],
+    user_data: str | None, network_config: str | None, kernel: str | None, initrd: str | None,
+    cmdline: str | None, wait: bool, timeout: float, as_json: bool,
+) -> None:  # fmt: skip
+    """Deploy IMAGE on ready NODES of your project, all in parallel (kexec: no firmware reboot). A
+    whole-disk image boots its own default entry, with the SSH keys, user-data and network configuration
+    given here handed to cloud-init; each node's hostname is its name."""
+    keys = [line.strip() for path in ssh_keys for line in _read(path).splitlines() if line.strip()]
+    seed = {
+        "ssh_keys": keys or None, "user_data": _read(user_data) if user_data else None,
+        "network_config": _read(network_config) if network_config else None, "kernel": kernel,
+        "initrd": initrd, "cmdline": cmdline,
+    }  # fmt: skip
     jobs: dict[str, str] = {}
     for name in nodes:
         try:
-            jobs[name] = client.node.provision(name, image)
+            jobs[name] = client.node.provision(name, image, **seed)
         except RhaasError as exc:
             if not jobs:
                 raise
@@ -96,6 +115,13 @@ def provision(
     failed = sorted(n for n, j in final.items() if j["status"] != "DONE")
     if failed or len(jobs) < len(nodes):
         raise click.ClickException(f"not provisioned: {', '.join(failed or sorted(set(nodes) - set(jobs)))}")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}") from None
 
 
 def _render_provisioning(data: dict[str, Any]) -> str:

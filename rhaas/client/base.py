@@ -134,10 +134,18 @@ class Connection:
 
     # -- requests ---------------------------------------------------------------------------------------
     def call(
-        self, method: str, path: str, *, json: Any = _NO_BODY, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = _NO_BODY,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """Send one request; return the parsed JSON body (None if empty) or raise an `rhaas.errors` class."""
-        request = self._build(method, path, json, params)
+        """Send one request; return the parsed JSON body (None if empty) or raise an `rhaas.errors` class.
+
+        ``timeout``: seconds for this request, when the server's work takes longer than usual."""
+        request = self._build(method, path, json, params, timeout)
         response = self._send(request, stream=False)
         if not response.is_success:
             self._raise(response)
@@ -202,8 +210,15 @@ class Connection:
         finally:
             response.close()
 
-    def _build(self, method: str, path: str, json: Any, params: Mapping[str, str] | None) -> httpx.Request:
-        kwargs: dict[str, Any] = {"params": params, "timeout": self.timeout}
+    def _build(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: Mapping[str, str] | None,
+        timeout: float | None = None,
+    ) -> httpx.Request:
+        kwargs: dict[str, Any] = {"params": params, "timeout": timeout or self.timeout}
         if json is not _NO_BODY:
             kwargs["json"] = json
         return self.http.build_request(method, self.url(path), **kwargs)

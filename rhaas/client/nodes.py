@@ -139,9 +139,13 @@ class Nodes(Resource):
         result: dict[str, Any] = self._conn.call("PUT", f"{_node(node)}/fpbl", json=body)
         return result
 
-    def provision(self, node: str, image: str) -> str:
-        """Deploy ``image`` on a ready node of the caller's project; returns the job id."""
-        result: dict[str, Any] = self._conn.call("POST", f"{_node(node)}/provision", json={"image": image})
+    def provision(self, node: str, image: str, **seed: Any) -> str:
+        """Deploy ``image`` on a ready node of the caller's project; returns the job id. ``seed``: first-boot
+        data for cloud-init (``ssh_keys`` a list of public key lines, ``user_data``, ``network_config``) and
+        boot entry overrides (``kernel``, ``initrd`` paths in the image, ``cmdline``); None values are left
+        out."""
+        body = {"image": image, **{k: v for k, v in seed.items() if v is not None}}
+        result: dict[str, Any] = self._conn.call("POST", f"{_node(node)}/provision", json=body)
         return str(result["job_id"])
 
     def provisioning(self, node: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -233,22 +234,80 @@ class Image(Base):
     """An OS image a node can be provisioned with: kernel, initrd, optional disk image, command line.
 
     ``owner`` is the project that registered it (private to that project), or NULL for a public image
-    registered by an administrator.
+    registered by an administrator. A whole-disk image (a `DiskManifest` and its `ImageExtent` rows in
+    the chunk store) needs no kernel or initrd: those two are then NULL, or overrides kept for later.
     """
 
     __tablename__ = "image"
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     label: Mapped[str] = mapped_column(String(255), unique=True)
     owner_id: Mapped[int | None] = mapped_column(Id, ForeignKey("project.id"), index=True)
-    kernel_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blob.sha256"))
-    initrd_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    kernel_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    initrd_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     disk_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     cmdline: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     owner: Mapped[Project | None] = relationship()
-    kernel: Mapped[Blob] = relationship(foreign_keys=[kernel_sha256])
-    initrd: Mapped[Blob] = relationship(foreign_keys=[initrd_sha256])
+    kernel: Mapped[Blob | None] = relationship(foreign_keys=[kernel_sha256])
+    initrd: Mapped[Blob | None] = relationship(foreign_keys=[initrd_sha256])
     disk: Mapped[Blob | None] = relationship(foreign_keys=[disk_sha256])
+    #: A whole-disk image's manifest (its extents are `ImageExtent` rows); None for a kernel + initrd image.
+    manifest: Mapped[DiskManifest | None] = relationship(
+        back_populates="image", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Chunk(Base):
+    """Up to 4 MiB of a whole-disk image's data, named by the sha256 of its bytes.
+
+    The bytes live in the database itself, not in a directory of one server: every API server sharing the
+    database reads the same store, and a backup of the database holds the images. A chunk is never all
+    zeros (a hole is neither stored nor sent) and is shared by every image holding the same bytes.
+    """
+
+    __tablename__ = "chunk"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ChunkUpload(Base):
+    """A user sent a chunk's bytes: proof that the user has them, so the user may name the chunk in an
+    image without sending it again. Nobody else learns from the store that the chunk exists."""
+
+    __tablename__ = "chunk_upload"
+    sha256: Mapped[str] = mapped_column(
+        String(64), ForeignKey("chunk.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(Id, ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DiskManifest(Base):
+    """What a whole-disk image is: its logical size and content digest (zeros in holes included), and the
+    format it was uploaded in (``raw``, ``qcow2``, ``gzip``, ``xz``, ``zstd``: for the record; the store
+    holds the logical content, whatever the format)."""
+
+    __tablename__ = "disk_manifest"
+    image_id: Mapped[int] = mapped_column(Id, ForeignKey("image.id", ondelete="CASCADE"), primary_key=True)
+    format: Mapped[str] = mapped_column(String(16))
+    virtual_size: Mapped[int] = mapped_column(BigInteger)
+    logical_sha256: Mapped[str] = mapped_column(String(64))
+    image: Mapped[Image] = relationship(back_populates="manifest")
+
+
+class ImageExtent(Base):
+    """One stored chunk of a whole-disk image: bytes ``start`` to ``start + length`` of its logical content.
+
+    ``start`` is a multiple of the chunk size; a chunk-sized range with no row is a hole (zeros). A chunk
+    cannot be deleted while a row names it (the foreign key has no cascade)."""
+
+    __tablename__ = "image_extent"
+    image_id: Mapped[int] = mapped_column(Id, ForeignKey("image.id", ondelete="CASCADE"), primary_key=True)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    length: Mapped[int] = mapped_column(Integer)
+    chunk_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("chunk.sha256"), index=True)
 
 
 class NodeProvisioning(Base):
@@ -277,6 +336,9 @@ class NodeProvisioning(Base):
     port_dirty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     #: A network boot into the FPBL (boot device PXE, power cycle) is due once the port is synced.
     boot_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    #: The node's disks read zeroes: wiped (every block) and verified since a customer last wrote them.
+    #: A whole-disk deploy then skips the image's holes instead of zeroing them.
+    disk_zeroed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     node: Mapped[Node] = relationship()
 
 
@@ -299,6 +361,13 @@ class ProvisionJob(Base):
     path: Mapped[str] = mapped_column(String(16), default="fast")
     phases: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text)
+    #: A deploy's first-boot data for cloud-init (``ssh_keys``, ``user_data``, ``network_config``) and
+    #: its boot entry overrides (``kernel``, ``initrd``, ``cmdline``); None: none given.
+    seed: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: A return's wipe policy, as handed to the agent (None until then).
+    wipe_policy: Mapped[str | None] = mapped_column(String(16))
+    #: A deploy's: the node's disks read zeroes when it was first handed out (its holes need no writing).
+    disk_zeroed: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     deadline: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

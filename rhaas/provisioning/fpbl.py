@@ -80,6 +80,9 @@ mkdir -p /proc /sys /dev /tmp /run
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# The agent's files (a deploy's kernel, initrd and return payload: several copies of the FPBL) go to /tmp.
+# In the initramfs they could take only half the memory, too little for them in a crash kernel.
+mount -t tmpfs -o size=90%,mode=1777 tmpfs /tmp
 echo
 MODE=ready; IP=""; GW=""; MASK=""
 for arg in $(cat /proc/cmdline); do

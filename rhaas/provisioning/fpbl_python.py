@@ -49,7 +49,12 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _agent_modules() -> tuple[str, ...]:
     agent = _REPO_ROOT / "rhaas" / "agent"
-    names = sorted(p.stem for p in agent.glob("*.py") if p.stem != "__init__")
+    # Subpackages too (rhaas.agent.fs): a package is its __init__ module.
+    names = sorted(
+        ".".join(p.relative_to(agent).with_suffix("").parts).removesuffix(".__init__")
+        for p in agent.rglob("*.py")
+        if p != agent / "__init__.py"
+    )
     return ("rhaas", "rhaas.agent", *(f"rhaas.agent.{name}" for name in names))
 
 
@@ -61,7 +66,7 @@ EXERCISE = r"""
 import json, os, sys
 src, work, keyfile, pin = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 sys.path.insert(0, src)
-from rhaas.agent import agent, api, cpio, disk, kexec, memory, settings, system, work as works
+from rhaas.agent import agent, api, bootentry, cpio, disk, kexec, memory, settings, system, work as works
 import io, runpy, socket, threading  # runpy: the init starts the agent with -m
 
 body = b'{"action": "wait", "poll_after": 1}'

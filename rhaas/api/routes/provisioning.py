@@ -61,7 +61,8 @@ def enroll(
 
 @router.post("/node/{node}/provision", summary="rhaas extension: deploy an image on a ready node")
 def provision(node: str, body: ProvisionBody, db: DB, caller: CurrentCaller, state: State) -> Response:
-    job = provisioning.provision(db, caller, node, body.image, _settings(state))
+    seed = body.model_dump(exclude={"image"})
+    job = provisioning.provision(db, caller, node, body.image, _settings(state), seed)
     after_commit(db, state.notify_work, node)
     return reply({"job_id": job}, status=202)
 
@@ -171,6 +172,14 @@ def agent_blob(node: str, sha256: str, request: Request, db: DB, state: State) -
     if digest not in allowed:
         raise NotFoundError(f"Blob {digest} is not part of this node's deploy.")
     return blob_response(request, state.blobs, db, digest)
+
+
+@agent_router.get("/nodes/{node}/chunks/{sha256}")
+def agent_chunk(node: str, sha256: str, request: Request, db: DB, state: State) -> Response:
+    """A chunk of the whole-disk image the node is being deployed with; nothing else."""
+    row = _agent(request, state, node, db)
+    data = provisioning.deploy_chunk(db, row, images.check_sha256(sha256))
+    return Response(data, media_type="application/octet-stream")
 
 
 # --- network boot ------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from rhaas.core.provisioning.protocol import (
     boot_script,
     checkin,
     deploy_blobs,
+    deploy_chunk,
     report,
     work,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "checkin",
     "checkin_row",
     "deploy_blobs",
+    "deploy_chunk",
     "enroll",
     "holds_port",
     "job_view",

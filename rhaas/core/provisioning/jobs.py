@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,7 +24,7 @@ from rhaas.core.access import Caller, get_node, node_project, require_project_ac
 from rhaas.core.images import get_image
 from rhaas.core.provisioning.enrolment import bump_node_generation, hand_over
 from rhaas.db.models import ERROR, PENDING, Node, NodeProvisioning, ProvisionJob, utcnow
-from rhaas.errors import BlockedError, IllegalStateError, ProjectMismatchError
+from rhaas.errors import BadArgumentError, BlockedError, IllegalStateError, ProjectMismatchError
 
 RUNNING = "RUNNING"
 DEPLOY, RETURN = "deploy", "return"
@@ -77,10 +78,40 @@ def wiped(job: ProvisionJob) -> bool:
     return any(p["phase"] == WIPE_VERIFIED and p["state"] == "done" for p in job.phases)
 
 
+#: What an SSH public key line starts with (OpenSSH's key types, and options-free lines only).
+SSH_KEY_TYPES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-")
+
+
+def check_seed(seed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A deploy's first-boot data, checked: SSH public keys one line each, of a known type; text without
+    NUL bytes. Returns only what was given (None: nothing). Raises BadArgumentError."""
+    if not seed:
+        return None
+    out = {k: v for k, v in seed.items() if v not in (None, [], "")}
+    for n, key in enumerate(out.get("ssh_keys", [])):
+        words = key.strip().split()
+        if "\n" in key.strip() or len(words) < 2 or not words[0].startswith(SSH_KEY_TYPES):
+            raise BadArgumentError(
+                f"ssh_keys[{n}] is not an SSH public key line (TYPE BASE64 [COMMENT], e.g."
+                " ssh-ed25519 AAAA…)."
+            )
+    for name in ("user_data", "network_config", "kernel", "initrd", "cmdline"):
+        if "\0" in out.get(name, ""):
+            raise BadArgumentError(f"{name} holds a NUL byte.")
+    for name in ("kernel", "initrd"):
+        if name in out and not out[name].startswith("/"):
+            raise BadArgumentError(f"{name} {out[name][:100]!r} is not an absolute path inside the image.")
+    return out or None
+
+
 def provision(
-    db: Session, caller: Caller, node_name: str, image_name: str, settings: ProvisioningSettings
-) -> str:
-    """Queue a deploy of ``image_name`` on a ready node of the caller's project; returns the job id."""
+    db: Session, caller: Caller, node_name: str, image_name: str, settings: ProvisioningSettings,
+    seed: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
+    """Queue a deploy of ``image_name`` on a ready node of the caller's project; returns the job id.
+
+    ``seed``: the first-boot data cloud-init finds in the image (SSH keys, user-data, network
+    configuration) and overrides of the image's boot entry (see `check_seed`)."""
     node = get_node(db, node_name)
     project = node_project(node)
     if project is None:
@@ -103,6 +134,7 @@ def provision(
         status=PENDING,
         path=FAST,
         phases=[],
+        seed=check_seed(seed),
         deadline=deadline_of(DEPLOY, FAST, settings),
     )
     db.add(job)

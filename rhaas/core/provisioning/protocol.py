@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from rhaas import states
 from rhaas.config import ProvisioningSettings
+from rhaas.core import chunks
 from rhaas.core.provisioning.enrolment import (
     agent_words,
     bump_node_generation,
@@ -44,7 +45,7 @@ from rhaas.core.provisioning.jobs import (
     stamp,
     wiped,
 )
-from rhaas.db.models import DONE, ERROR, PENDING, Blob, Nic, NodeProvisioning, ProvisionJob, utcnow
+from rhaas.db.models import DONE, ERROR, PENDING, Blob, Image, Nic, NodeProvisioning, ProvisionJob, utcnow
 from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError
 
 Event = states.Event
@@ -55,6 +56,8 @@ _EVIDENCE = "return FPBL checked in: the crash kernel armed for this deploy"
 #: that falls silent still meets the deadline, and the reboot path.
 WIPE_GRACE = dt.timedelta(seconds=120)
 _WIPE_PHASES = ("wipe", "verify-wipe", "scrub-memory")
+#: Wipe policies after which every block of the disks reads zeroes.
+WHOLE_DISK_WIPES = ("full", "discard")
 MAC_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 #: The script a network boot gets when the FPBL should not run: iPXE exits, the firmware boots the disk.
 EXIT_SCRIPT = "#!ipxe\necho rhaas: not booting the FPBL: {why}\nexit\n"
@@ -194,6 +197,8 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
         if wiped(job):
             return wait  # the agent restores memory and boots the full FPBL, which checks in
         job.status = RUNNING
+        job.wipe_policy = settings.wipe_policy
+        row.disk_zeroed = False  # until this wipe is read back clean
         return {
             "action": "wipe", "job": job.uuid, "policy": settings.wipe_policy,
             "verify": settings.wipe_verify, "scrub_memory": settings.memory_scrub,
@@ -206,16 +211,48 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
     if job.status == PENDING:
         job.status = RUNNING
         stamp(job, "handed-out", "done", f"image {image.label}")
+        job.disk_zeroed, row.disk_zeroed = row.disk_zeroed, False  # this deploy writes the disk
     # Each hand-out: the secret this FPBL booted with dies, and the customer's OS will hold only the token.
-    return {
+    answer = {
         "action": "deploy",
         "job": job.uuid,
         "secret": rotate_secret(row),
         "return_token": issue_return_token(row),
+        "cmdline": image.cmdline,
+    }
+    if image.manifest is not None:
+        return {**answer, **_whole_disk(db, job, image, f"{base_url}/agent/v1/nodes/{node.label}")}
+    return {
+        **answer,
         "kernel": _blob_ref(image.kernel, base_url, node.label),
         "initrd": _blob_ref(image.initrd, base_url, node.label),
         "disk": _blob_ref(image.disk, base_url, node.label),
-        "cmdline": image.cmdline,
+    }
+
+
+def _whole_disk(db: Session, job: ProvisionJob, image: Image, node_url: str) -> dict[str, Any]:
+    """A whole-disk deploy's part of the work answer: the image's extents, which the agent fetches chunk by
+    chunk; the boot entry overrides (the provision request's, else the image's command line); the seed
+    cloud-init reads on first boot (host name = node name)."""
+    assert image.manifest is not None
+    seed = job.seed or {}
+    boot = {k: seed[k] for k in ("kernel", "initrd", "cmdline") if k in seed}
+    if "cmdline" not in boot and image.cmdline:
+        boot["cmdline"] = image.cmdline
+    first_boot = {"instance_id": job.uuid, "hostname": job.node.label}
+    first_boot |= {k: seed[k] for k in ("ssh_keys", "user_data", "network_config") if k in seed}
+    return {
+        "image": {
+            "virtual_size": image.manifest.virtual_size,
+            "zeroed": bool(job.disk_zeroed),
+            "chunk_url": f"{node_url}/chunks/{{sha256}}",
+            "extents": [
+                {"offset": e.offset, "length": e.length, "sha256": e.sha256}
+                for e in chunks.extents(db, image.id)
+            ],
+        },
+        "boot": boot,
+        "seed": first_boot,
     }
 
 
@@ -251,6 +288,9 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
         revoke_secret(row)  # the customer's kernel runs now: only the return token is left
         hand_over(row)
     elif job.kind == RETURN and phase == READY_PHASE and state == "done" and wiped(job):
+        # Every block zeroed (or discarded and what still read non-zero zeroed) and read back: the next
+        # whole-disk deploy need not write the image's holes. A metadata wipe leaves data: it must.
+        row.disk_zeroed = job.wipe_policy in WHOLE_DISK_WIPES
         finish(job, DONE)
         states.transition(row, Event.RETURNED)
         bump_node_generation(db)
@@ -263,3 +303,11 @@ def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
         return set()
     image = job.image
     return {b.sha256 for b in (image.kernel, image.initrd, image.disk) if b is not None}
+
+
+def deploy_chunk(db: Session, row: NodeProvisioning, sha256: str) -> bytes:
+    """A chunk of the node's open deploy's whole-disk image; nothing else (NotFoundError)."""
+    job = open_job(db, row.node, DEPLOY)
+    if job is None or job.image is None or sha256 not in chunks.image_chunks(db, job.image.id):
+        raise NotFoundError(f"Chunk {sha256} is not part of this node's deploy.")
+    return chunks.chunk_data(db, sha256)

@@ -1,0 +1,147 @@
+"""A whole-disk image as the agent writes it: its data extents, one verified chunk each (standard library
+only).
+
+The image store keeps a whole-disk image as the chunks of its logical content that hold data, each named
+by its SHA-256; the rest of the image reads as zeroes (holes) and is neither stored nor sent. A deploy's
+work answer carries the list (``"image"``)::
+
+    {"virtual_size": N, "zeroed": bool, "chunk_url": "chunks/{sha256}",
+     "extents": [{"offset": O, "length": L, "sha256": S}, ...]}   # ordered, not overlapping
+
+The agent refuses, before writing anything, an image larger than the disk. It fetches each chunk,
+checks its digest before a byte of it reaches the disk, and writes it at its offset. Holes are skipped
+where the server says the disk reads zeroes (``zeroed``: a verified wipe since the last customer, or a
+new disk); otherwise they are zeroed, by the device where it can (BLKZEROOUT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+from rhaas.agent import disk as disks
+from rhaas.agent.work import AgentError, Artifact, ProtocolError
+
+#: The largest chunk the agent accepts (the store's chunks are 4 MiB).
+MAX_CHUNK = 16 << 20
+
+
+class Extent(NamedTuple):
+    offset: int
+    length: int
+    sha256: str
+
+
+class DiskImage(NamedTuple):
+    virtual_size: int
+    extents: tuple[Extent, ...]
+    #: True: the disk reads zeroes wherever the image has a hole, so holes need no writing.
+    zeroed: bool
+    #: Where a chunk is fetched, ``{sha256}`` standing for its digest (relative to the agent API's URL).
+    chunk_url: str
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(e.length for e in self.extents)
+
+    def holes(self) -> list[tuple[int, int]]:
+        """(offset, length) of every range no extent covers, up to the virtual size."""
+        out, at = [], 0
+        for e in self.extents:
+            if e.offset > at:
+                out.append((at, e.offset - at))
+            at = e.offset + e.length
+        if at < self.virtual_size:
+            out.append((at, self.virtual_size - at))
+        return out
+
+
+def _count(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"{what} is not a byte count")
+    return value
+
+
+def parse_image(data: object) -> DiskImage:
+    """The ``image`` of a deploy's work answer. Raises `ProtocolError` if it is malformed: extents out of
+    order, overlapping, empty, too long, or past the virtual size."""
+    if not isinstance(data, dict):
+        raise ProtocolError("image is not an object")
+    size = _count(data.get("virtual_size"), "image.virtual_size")
+    url = data.get("chunk_url")
+    if not isinstance(url, str) or "{sha256}" not in url:
+        raise ProtocolError("image.chunk_url has no {sha256}")
+    zeroed = data.get("zeroed", False)
+    if not isinstance(zeroed, bool):
+        raise ProtocolError("image.zeroed is not true or false")
+    raw = data.get("extents")
+    if not isinstance(raw, list):
+        raise ProtocolError("image.extents is not a list")
+    extents, end = [], 0
+    for n, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"image.extents[{n}] is not an object")
+        offset = _count(item.get("offset"), f"image.extents[{n}].offset")
+        length = _count(item.get("length"), f"image.extents[{n}].length")
+        sha = item.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ProtocolError(f"image.extents[{n}].sha256 is not a SHA-256 hex digest")
+        if not 0 < length <= MAX_CHUNK:
+            raise ProtocolError(f"image.extents[{n}] is {length} bytes long (1 to {MAX_CHUNK})")
+        if offset < end or offset + length > size:
+            raise ProtocolError(f"image.extents[{n}] overlaps the one before or ends past the image")
+        extents.append(Extent(offset, length, sha))
+        end = offset + length
+    return DiskImage(size, tuple(extents), zeroed, url)
+
+
+class Written(NamedTuple):
+    data: int
+    #: Bytes of holes zeroed (0 where the disk was known to read zeroes).
+    zeroed: int
+    #: How the holes were handled, for the report.
+    holes: str
+
+
+def write_image(
+    image: DiskImage, disk: disks.Disk, fetch: Callable[[Artifact, Callable[[bytes], object]], str],
+    progress: Callable[[int, int], None],
+) -> Written:  # fmt: skip
+    """Write ``image`` onto ``disk``: each chunk fetched (``fetch(artifact, sink) -> sha256``) into
+    memory, checked, then written at its offset; holes zeroed unless ``image.zeroed``. Raises
+    `AgentError` (phase ``write-disk``) if the image is larger than the disk (nothing written) or a chunk
+    does not match its digest (written no further)."""
+    if image.virtual_size > disk.size:
+        raise AgentError(
+            "write-disk",
+            f"the image is {image.virtual_size} bytes, larger than {disk.path} ({disk.size} bytes): refused",
+        )
+    fd = os.open(disk.path, os.O_WRONLY)
+    try:
+        done, total = 0, image.data_bytes
+        for extent in image.extents:
+            url = image.chunk_url.replace("{sha256}", extent.sha256)
+            buf = bytearray()
+            digest = fetch(Artifact(url, extent.sha256, extent.length), buf.extend)
+            if digest != extent.sha256 or hashlib.sha256(buf).hexdigest() != extent.sha256:
+                raise AgentError("write-disk", f"chunk {extent.sha256} at {extent.offset} does not match its "
+                                 "digest: refused, nothing of it written")  # fmt: skip
+            view, at = memoryview(buf), 0
+            while at < len(view):
+                at += os.pwrite(fd, view[at:], extent.offset + at)
+            done += extent.length
+            progress(done, total)
+        holes = image.holes()
+        if image.zeroed or not holes:
+            how = "holes skipped: the disk reads zeroes there" if holes else "no holes"
+            zeroed = 0
+        else:
+            zeroed = sum(length for _, length in holes)
+            by_device = disks.zero_regions(fd, disk.path, holes)
+            how = "holes zeroed by the device (BLKZEROOUT)" if by_device else "holes written with zeros"
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Written(done, zeroed, how)

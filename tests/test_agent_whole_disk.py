@@ -1,0 +1,116 @@
+"""A whole-disk image deployed by the real agent against a fake (but real HTTP) agent API: the image's
+data chunks written, its own GRUB default entry found and kexec'd with the return payload, cloud-init's
+seed written as a CIDATA partition. The disk is a real one: sfdisk's GPT, mkfs's ext4, grub-mkconfig's
+grub.cfg shape."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from disk_images import Disk, Link, blkid, debian_grub_cfg, ext4, make_tree, require_tools
+from test_fpbl import FakeAgentApi, FakeSystem, _agent, _fake_fpbl
+
+from rhaas.lab import images
+
+MIB = 1 << 20
+VERSION = "6.1.0-18-amd64"
+GPT_BIOS_ROOT = """label: gpt
+size=1MiB, type=21686148-6449-6E6F-744E-656564454649
+type=0FC63DAF-8483-4772-8E79-3D69D8477DE4
+"""
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPrcnJ8nCk/4Ez0kWhmYBn/EyjD4Q+fCkTPcYv6V7Crq alice@laptop"
+
+
+@pytest.fixture
+def fake_api():
+    api = FakeAgentApi()
+    yield api
+    api.close()
+
+
+def debian_disk(tmp_path: Path, kernel: bytes, initrd: bytes) -> tuple[Path, str]:
+    """A 24 MiB disk: GPT with BIOS boot and an ext4 root holding /boot, grub.cfg and the links."""
+    require_tools()
+    tree = make_tree(tmp_path / "root", {
+        f"/boot/vmlinuz-{VERSION}": kernel, f"/boot/initrd.img-{VERSION}": initrd,
+        "/vmlinuz": Link(f"boot/vmlinuz-{VERSION}"), "/initrd.img": Link(f"boot/initrd.img-{VERSION}"),
+        "/etc/fstab": "UUID=placeholder / ext4 errors=remount-ro 0 1\n",
+    })  # fmt: skip
+    uuid = blkid(ext4(tmp_path / "root.img", 20, tree))["UUID"]
+    (tree / "boot/grub").mkdir(parents=True, exist_ok=True)
+    (tree / "boot/grub/grub.cfg").write_text(debian_grub_cfg(uuid, uuid, [VERSION]))
+    image = ext4(tmp_path / "root.img", 20, tree, "-U", uuid)
+    disk = Disk(tmp_path / "disk.img", 24, GPT_BIOS_ROOT)
+    disk.put(2, image)
+    return disk.path, uuid
+
+
+def chunked(api: FakeAgentApi, path: Path, size: int = 4 * MIB) -> dict:
+    """The image as the store keeps it: its non-zero 4 MiB windows, served by the fake API."""
+    data, extents = path.read_bytes(), []
+    for offset in range(0, len(data), size):
+        window = data[offset : offset + size]
+        if window.count(0) == len(window):
+            continue
+        digest = hashlib.sha256(window).hexdigest()
+        api.files[digest] = window
+        extents.append({"offset": offset, "length": len(window), "sha256": digest})
+    return {"virtual_size": len(data), "zeroed": False, "chunk_url": "files/{sha256}", "extents": extents}
+
+
+def test_a_whole_disk_image_boots_its_own_grub_default_with_the_way_back_and_a_seed(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    kernel = b"DEBIAN-KERNEL" * 5000
+    initrd = images.write_cpio([images.file_entry("init", b"#!/bin/sh\n", 0o755)])
+    path, uuid = debian_disk(tmp_path / "img", kernel, initrd)
+    image = chunked(fake_api, path)
+    holes = 24 * MIB - sum(e["length"] for e in image["extents"])
+    assert holes > 0, "the test image has holes"
+    fake_api.push({
+        "action": "deploy", "job": "j1", "image": image, "cmdline": "",
+        "boot": {"cmdline": None}, "secret": "s3cret-of-j1", "return_token": "token-of-j1",
+        "seed": {"instance_id": "j1", "hostname": "n1", "ssh_keys": [KEY], "user_data": None},
+    })  # fmt: skip
+    _agent(fake_api, system).run(rounds=2)
+
+    done = {r["phase"]: r["detail"] for r in fake_api.reports if r["job"] == "j1" and r["state"] == "done"}
+    assert "holes written with zeros" in done["write-disk"], done  # the disk held 0xee: holes are written
+    assert "grub entry" in done["find-boot"] and f"vmlinuz-{VERSION}" in done["find-boot"], done
+    [(k, i, cmdline)] = system.kexecs
+    assert Path(k).read_bytes() == kernel
+    assert Path(i).read_bytes().startswith(initrd), "the image's initrd, the return payload after it"
+    assert f"root=UUID={uuid}" in cmdline.split() and "rdinit=/rhaas/init" in cmdline.split()
+
+    disk = (tmp_path / "dev/vda").read_bytes()
+    written = path.read_bytes()
+    # The partitions' bytes, holes included (the tables before them gained the seed's partition).
+    assert disk[MIB : 23 * MIB] == written[MIB : 23 * MIB] and disk[:446] == written[:446]
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(tmp_path / "dev/vda")], check=True,
+                                      capture_output=True, text=True).stdout)["partitiontable"]  # fmt: skip
+    seed = table["partitions"][-1]
+    assert seed["name"] == "cidata" and len(table["partitions"]) == 3
+    part = tmp_path / "cidata.img"
+    part.write_bytes(disk[seed["start"] * 512 : (seed["start"] + seed["size"]) * 512])
+    assert blkid(part)["LABEL"] == "CIDATA"
+    meta = subprocess.run(["mtype", "-i", str(part), "::meta-data"], check=True, capture_output=True).stdout
+    assert json.loads(meta) == {"instance-id": "j1", "local-hostname": "n1", "public-keys": [KEY]}
+
+
+def test_an_image_with_no_bootable_linux_says_what_was_searched(fake_api, tmp_path):
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    require_tools()
+    disk = Disk(tmp_path / "blank.img", 8, GPT_BIOS_ROOT)
+    disk.put(2, ext4(tmp_path / "empty.img", 5, make_tree(tmp_path / "empty", {"/etc/hostname": "x\n"})))
+    fake_api.push({"action": "deploy", "job": "j1", "image": chunked(fake_api, disk.path), "cmdline": ""})
+    _agent(fake_api, system).run(rounds=2)
+    error = fake_api.report_of("j1", "find-boot", "error")
+    searched = error["detail"] if error else ""
+    assert "no bootable Linux found" in searched and "/boot/grub/grub.cfg" in searched, error
+    assert "/loader/entries" in searched and "/etc/fstab" in searched, error
+    assert system.kexecs == []
