@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from rhaas.agent import bootentry
 from rhaas.cli import lab as cli_lab
 from rhaas.imaging import ImageBuildError
 from rhaas.lab import distro
@@ -271,6 +272,18 @@ class TestBuiltImage:
             )
         fstab = [line.split() for line in _root_text(image, "/etc/fstab").splitlines() if line[:1] != "#"]
         assert fstab == [[f"UUID={image.root_uuid}", "/", "ext4", "errors=remount-ro", "0", "1"]]
+
+    def test_the_agents_boot_entry_finder_boots_grubs_default(self, images, flavour):
+        """What a whole-disk deploy would kexec is what GRUB boots from the image's own disk."""
+        image = images[flavour]
+        with open(image.disk, "rb") as disk:
+            entry = bootentry.find_on_disk(disk)
+            assert entry.method == "grub" and entry.title == image.boot_entry["title"]
+            assert entry.kernel.path == image.boot_entry["linux"]
+            assert [ref.path for ref in entry.initrds] == [image.boot_entry["initrd"]]
+            assert entry.cmdline.split() == [f"BOOT_IMAGE={image.boot_entry['linux']}",
+                                             *image.boot_entry["cmdline"].split()]  # fmt: skip
+            assert entry.read_kernel() == image.kernel.read_bytes()
 
     def test_first_boot_is_left_to_cloud_init(self, images, flavour):
         image = images[flavour]
