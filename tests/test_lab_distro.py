@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from rhaas.agent import bootentry
 from rhaas.cli import lab as cli_lab
 from rhaas.imaging import ImageBuildError
 from rhaas.lab import distro
@@ -134,6 +135,38 @@ def test_root_password_is_locked_once(tmp_path):
     assert shadow.read_text() == "root:!*:20000:0:99999:7:::\ndebian:$y$hash:20000:0:99999:7:::\n"
 
 
+def test_files_of_the_root_replace_symlinks_instead_of_following_them(tmp_path):
+    outside = tmp_path / "this-machine"
+    outside.write_text("the build machine's file\n")
+    root_etc = tmp_path / "root" / "etc"
+    root_etc.mkdir(parents=True)
+    (root_etc / "hostname").symlink_to(outside)
+    distro.write_in_root(root_etc / "hostname", "")
+    assert outside.read_text() == "the build machine's file\n"
+    assert not (root_etc / "hostname").is_symlink() and (root_etc / "hostname").read_text() == ""
+    (root_etc / "shadow").symlink_to(outside)
+    with pytest.raises(ImageBuildError, match="symlink"):
+        distro.lock_root_password(root_etc / "shadow")
+    assert outside.read_text() == "the build machine's file\n"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_a_build_directory_is_unmounted_before_it_is_deleted(tmp_path):
+    work = tmp_path / ".build-x"
+    mounted = work / "root" / "dev"
+    mounted.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mounted)], check=True)
+    try:
+        (mounted / "node").write_text("inside the mount")
+        assert distro._mounts_under(work) == [str(mounted.resolve())]
+        distro._remove_build_dir(work)
+        assert not work.exists()
+        assert distro._mounts_under(tmp_path) == []
+    finally:
+        subprocess.run(["umount", "--lazy", str(mounted)], capture_output=True)
+
+
 @needs_grub
 def test_bios_boot_sector_and_core_image_in_a_small_gpt_disk(tmp_path):
     disk = tmp_path / "disk.raw"
@@ -239,6 +272,18 @@ class TestBuiltImage:
             )
         fstab = [line.split() for line in _root_text(image, "/etc/fstab").splitlines() if line[:1] != "#"]
         assert fstab == [[f"UUID={image.root_uuid}", "/", "ext4", "errors=remount-ro", "0", "1"]]
+
+    def test_the_agents_boot_entry_finder_boots_grubs_default(self, images, flavour):
+        """What a whole-disk deploy would kexec is what GRUB boots from the image's own disk."""
+        image = images[flavour]
+        with open(image.disk, "rb") as disk:
+            entry = bootentry.find_on_disk(disk)
+            assert entry.method == "grub" and entry.title == image.boot_entry["title"]
+            assert entry.kernel.path == image.boot_entry["linux"]
+            assert [ref.path for ref in entry.initrds] == [image.boot_entry["initrd"]]
+            assert entry.cmdline.split() == [f"BOOT_IMAGE={image.boot_entry['linux']}",
+                                             *image.boot_entry["cmdline"].split()]  # fmt: skip
+            assert entry.read_kernel() == image.kernel.read_bytes()
 
     def test_first_boot_is_left_to_cloud_init(self, images, flavour):
         image = images[flavour]

@@ -446,11 +446,11 @@ def grub_cfg(title: str, release: str, root_uuid: str, cmdline: str = CMDLINE) -
 def configure_root(rootdir: Path, flavour: Flavour, root_uuid: str, release: str) -> dict[str, str]:
     """What makes the root a bootable, first-boot-clean system; the default boot entry."""
     etc = rootdir / "etc"
-    (etc / "fstab").write_text(f"# <file system> <mount point> <type> <options> <dump> <pass>\n"
-                               f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")  # fmt: skip
-    (etc / "hostname").write_text("")  # unset: cloud-init sets it from the seed
-    (etc / "hosts").write_text(HOSTS)
-    (etc / "machine-id").write_text("")  # made at first boot, different on every copy
+    write_in_root(etc / "fstab", f"# <file system> <mount point> <type> <options> <dump> <pass>\n"
+                                 f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")  # fmt: skip
+    write_in_root(etc / "hostname", "")  # unset: cloud-init sets it from the seed
+    write_in_root(etc / "hosts", HOSTS)
+    write_in_root(etc / "machine-id", "")  # made at first boot, different on every copy
     dbus_id = rootdir / "var/lib/dbus/machine-id"
     if dbus_id.is_file() and not dbus_id.is_symlink():
         dbus_id.unlink()
@@ -459,7 +459,7 @@ def configure_root(rootdir: Path, flavour: Flavour, root_uuid: str, release: str
     resolv = etc / "resolv.conf"
     if resolv.is_file() and not resolv.is_symlink():
         resolv.write_text("")  # the build machine's resolver means nothing on a node
-    (etc / "cloud/cloud.cfg.d/99_rhaas_lab.cfg").write_text(CLOUD_CFG)
+    write_in_root(etc / "cloud/cloud.cfg.d/99_rhaas_lab.cfg", CLOUD_CFG)
     lock_root_password(etc / "shadow")
     _check_default_user(etc / "cloud/cloud.cfg")
     # Symlinks Debian's kernel package makes; made here if a release stops making them.
@@ -474,7 +474,7 @@ def configure_root(rootdir: Path, flavour: Flavour, root_uuid: str, release: str
     for module in GRUB_DIR.iterdir():
         if module.suffix in (".mod", ".lst", ".img") and module.is_file():
             shutil.copy2(module, grub / "i386-pc" / module.name)
-    (grub / "grub.cfg").write_text(grub_cfg(flavour.title, release, root_uuid))
+    write_in_root(grub / "grub.cfg", grub_cfg(flavour.title, release, root_uuid))
     return {
         "title": flavour.title,
         "linux": f"/boot/vmlinuz-{release}",
@@ -483,15 +483,25 @@ def configure_root(rootdir: Path, flavour: Flavour, root_uuid: str, release: str
     }
 
 
+def write_in_root(path: Path, text: str) -> None:
+    """Write a file of the image's root. A symlink there is replaced, not followed: its target would be
+    a path of this machine."""
+    if path.is_symlink():
+        path.unlink()
+    path.write_text(text)
+
+
 def lock_root_password(shadow: Path) -> None:
     """Lock root's password (``passwd -l``): a node is reached by SSH key, as the default user."""
+    if shadow.is_symlink():
+        raise ImageBuildError(f"{shadow} is a symlink: not reading this machine's file through it")
     lines = shadow.read_text().splitlines(keepends=True)
     for index, line in enumerate(lines):
         fields = line.split(":")
         if fields[0] == "root" and not fields[1].startswith("!"):
             fields[1] = "!" + fields[1]
             lines[index] = ":".join(fields)
-    shadow.write_text("".join(lines))
+    write_in_root(shadow, "".join(lines))
 
 
 def _check_default_user(cloud_cfg: Path) -> None:
@@ -707,7 +717,10 @@ def _check_can_build() -> None:
 
 
 def _build(spec: Flavour, apt: ReleaseApt, base: Path, mirror: str, security: str, say: Say) -> DistroImage:
+    """One build, under the cache's lock: nothing else writes under ``base`` meanwhile."""
     _check_can_build()
+    for stale in base.glob(".build-*"):  # left by a build that was killed
+        _remove_build_dir(stale)
     started = time.monotonic()
     planned = resolve_packages(spec, apt)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=base))
