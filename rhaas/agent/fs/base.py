@@ -112,6 +112,18 @@ class Volume:
                 raise FsError(f"short read: {done} of {length} bytes at {pos}")
             done += n
 
+    def read_runs(self, size: int, block_size: int, runs: list[tuple[int, int, int, bool]]) -> bytes:
+        """A file of ``size`` bytes from its runs (first logical block, byte offset on the volume, block
+        count, unwritten): what no written run covers reads as zeroes, as a hole does."""
+        out = bytearray(size)
+        view = memoryview(out)
+        for logical, offset, count, unwritten in runs:
+            start = logical * block_size
+            if unwritten or start >= size:
+                continue
+            self.read_into(offset, view[start : min(size, start + count * block_size)])
+        return bytes(out)
+
     def _raw(self, pos: int, length: int) -> bytes:
         if self._fd is not None:
             parts = []

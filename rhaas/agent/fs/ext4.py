@@ -206,16 +206,12 @@ class Ext4(FileSystem):
             raise FsError(f"ext4: inode {inode.ino} has {size} bytes, more than the {limit} allowed")
         if inode.flags & FLAG_INLINE_DATA:
             return self._inline(inode)[:size]
-        out = bytearray(size)
-        view = memoryview(out)
         bs = self.block_size
-        for logical, physical, count, unwritten in self._runs(inode):
-            start = logical * bs
-            if unwritten or start >= size:
-                continue
-            end = min(size, start + count * bs)
-            self.volume.read_into(physical * bs, view[start:end])
-        return bytes(out)
+        runs = [
+            (logical, physical * bs, count, unwritten)
+            for logical, physical, count, unwritten in self._runs(inode)
+        ]
+        return self.volume.read_runs(size, bs, runs)
 
     def _inline(self, inode: Inode) -> bytes:
         """Inline data: the first 60 bytes in i_block, the rest in the in-inode "system.data" attribute."""

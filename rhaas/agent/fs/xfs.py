@@ -142,16 +142,9 @@ class Xfs(FileSystem):
             raise FsError(f"xfs: inode {inode.ino} has {size} bytes, more than the {limit} allowed")
         if inode.format == FMT_LOCAL:
             return inode.fork[:size]
-        out = bytearray(size)
-        view = memoryview(out)
-        bs = self.block_size
-        for logical, fsb, count, unwritten in self._extents(inode):
-            start = logical * bs
-            if unwritten or start >= size:
-                continue
-            end = min(size, start + count * bs)
-            self.volume.read_into(self._fsb_offset(fsb), view[start:end])
-        return bytes(out)
+        runs = [(logical, self._fsb_offset(fsb), count, unwritten)
+                for logical, fsb, count, unwritten in self._extents(inode)]  # fmt: skip
+        return self.volume.read_runs(size, self.block_size, runs)
 
     # FileSystem.
     def _root(self) -> Node:
