@@ -30,17 +30,22 @@ class Package:
     version: str
 
 
-def apt_show(*names: str) -> dict[str, dict[str, str]]:
-    """The candidate version's control fields of each package, in one ``apt-cache show`` run.
-
-    One run, because ``apt-cache`` can take a second where apt keeps no binary package cache.
-    """
-    out = run(["apt-cache", "show", "--no-all-versions", *names])
+def parse_show(out: str) -> dict[str, dict[str, str]]:
+    """Package name -> control fields of the first stanza naming it in ``apt-cache show``'s output."""
     found: dict[str, dict[str, str]] = {}
     for stanza in re.split(r"\n\s*\n", out):
         fields = dict(re.findall(r"^([A-Za-z0-9-]+):[ \t]*(.*)$", stanza, re.MULTILINE))
         if "Package" in fields and "Version" in fields:
             found.setdefault(fields["Package"], fields)
+    return found
+
+
+def apt_show(*names: str) -> dict[str, dict[str, str]]:
+    """The candidate version's control fields of each package, in one ``apt-cache show`` run.
+
+    One run, because ``apt-cache`` can take a second where apt keeps no binary package cache.
+    """
+    found = parse_show(run(["apt-cache", "show", "--no-all-versions", *names]))
     missing = [n for n in names if n not in found]
     if missing:
         names_text = ", ".join(missing)

@@ -57,6 +57,7 @@ from pathlib import Path
 
 from rhaas.imaging import ImageBuildError, run
 from rhaas.imaging.cache import cache_dir, locked, read_manifest, write_manifest
+from rhaas.imaging.debs import parse_show
 
 #: Bump when the image's layout changes in a way the configuration texts below do not show.
 _BUILDER_VERSION = 2
@@ -273,12 +274,7 @@ class ReleaseApt:
 
     def show(self, *names: str) -> dict[str, dict[str, str]]:
         """The candidate version's control fields of each package (`rhaas.imaging.debs.apt_show`)."""
-        out = run(["apt-cache", "-c", str(self._config()), "show", "--no-all-versions", *names])
-        found: dict[str, dict[str, str]] = {}
-        for stanza in re.split(r"\n\s*\n", out):
-            fields = dict(re.findall(r"^([A-Za-z0-9-]+):[ \t]*(.*)$", stanza, re.MULTILINE))
-            if "Package" in fields and "Version" in fields:
-                found.setdefault(fields["Package"], fields)
+        found = parse_show(run(["apt-cache", "-c", str(self._config()), "show", "--no-all-versions", *names]))
         missing = [n for n in names if n not in found]
         if missing:
             raise ImageBuildError(f"{self.release} has no {', '.join(missing)}")
