@@ -314,6 +314,14 @@ def add_extents(db: Session, image_id: int, manifest: Manifest) -> None:
         db.execute(insert(ImageExtent), rows[start : start + 1000])
 
 
+def image_holds(db: Session, image_id: int, sha256: str) -> bool:
+    """Whether image ``image_id`` holds chunk ``sha256`` (one indexed lookup, for each chunk a node asks)."""
+    held = select(ImageExtent.start).where(
+        ImageExtent.image_id == image_id, ImageExtent.chunk_sha256 == sha256
+    )
+    return bool(db.scalar(select(exists(held))))
+
+
 def image_chunks(db: Session, image_id: int) -> list[str]:
     """The distinct chunks image ``image_id`` holds."""
     query = select(ImageExtent.chunk_sha256).where(ImageExtent.image_id == image_id).distinct()

@@ -308,6 +308,6 @@ def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
 def deploy_chunk(db: Session, row: NodeProvisioning, sha256: str) -> bytes:
     """A chunk of the node's open deploy's whole-disk image; nothing else (NotFoundError)."""
     job = open_job(db, row.node, DEPLOY)
-    if job is None or job.image is None or sha256 not in chunks.image_chunks(db, job.image.id):
+    if job is None or job.image is None or not chunks.image_holds(db, job.image.id, sha256):
         raise NotFoundError(f"Chunk {sha256} is not part of this node's deploy.")
     return chunks.chunk_data(db, sha256)
