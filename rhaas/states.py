@@ -18,6 +18,8 @@ only way to change it is `transition`, which looks the move up in `TRANSITIONS` 
                                  └─────────────────────detach───────────────────┘
 
     enrol again from booting, ready or error: back to booting, with a new agent secret.
+    rebuild takes detach's moves out of deployed and error; once returned, its waiting deploy starts
+    (ready ──provision──► deploying) with no call from the project.
 
 What each event is (the code that fires it):
 
@@ -28,6 +30,8 @@ What each event is (the code that fires it):
 - ``kexec``: the agent reports ``kexec`` done, its last words before the customer's kernel runs.
 - ``deploy-failed``: the agent reports an error, restarts mid-deploy, or the image is gone.
 - ``detach``: the node leaves its project and its return starts (`core.provisioning.start_return`).
+- ``rebuild``: a project provisions its node that already runs an OS (or failed): the node's return
+  starts and a deploy waits for it (`core.provisioning.provision`); the node stays in its project.
 - ``returned``: the return's wipe was verified and the full FPBL is up (check-in or ``ready`` report).
 - ``deadline``: the worker's ticker ends a job past its deadline with nothing left to try.
 
@@ -73,6 +77,7 @@ class Event(StrEnum):
     KEXEC = "kexec"
     DEPLOY_FAILED = "deploy-failed"
     DETACH = "detach"
+    REBUILD = "rebuild"
     RETURNED = "returned"
     DEADLINE = "deadline"
 
@@ -92,6 +97,8 @@ LIFECYCLE: Mapping[tuple[str | None, Event], str] = {
     (DEPLOYING, Event.DETACH): RETURNING,
     (DEPLOYED, Event.DETACH): RETURNING,
     (FAILED, Event.DETACH): RETURNING,
+    (DEPLOYED, Event.REBUILD): RETURNING,
+    (FAILED, Event.REBUILD): RETURNING,
     (RETURNING, Event.RETURNED): READY,
     (RETURNING, Event.DEADLINE): FAILED,
 }

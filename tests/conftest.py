@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 import pytest
+from agent_helpers import prov_images
 from api_helpers import Api, make_api, populate_site
 from ipmi_helpers import BmcProcess
 
@@ -135,6 +136,30 @@ def site(api: Api) -> Api:
     """A small site: projects p1/p2, users alice (p1) and bob (p2), mock switch sw0 with four ports,
     nodes n1..n4 with eth0 wired to sw0 ports, mock BMCs with OBM enabled."""
     return populate_site(api)
+
+
+@pytest.fixture
+def return_path() -> str:
+    """The instance's ``[provisioning] return_path`` for `prov` (a test parametrizes it to change it)."""
+    return "fast"
+
+
+@pytest.fixture
+def prov(db_url: str, return_path: str) -> Iterator[Api]:
+    """An API with fast provisioning on (short deadlines, a fast ticker), the site populated and the
+    provisioning test images registered; agents are spoken for by `agent_helpers.Agent`."""
+    overrides = {
+        "provisioning__enabled": True,
+        "provisioning__agent_url": "http://10.0.2.2:5000",
+        "provisioning__return_timeout": 3.0,
+        "provisioning__reboot_timeout": 3.0,
+        "provisioning__tick_seconds": 0.05,
+        "provisioning__return_path": return_path,
+    }
+    with make_api(db_url, **overrides) as api:
+        populate_site(api)
+        prov_images(api)
+        yield api
 
 
 @pytest.fixture

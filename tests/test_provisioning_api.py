@@ -5,7 +5,6 @@ tests). Mock BMCs record the NMIs and power cycles the server sends."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from agent_helpers import (
@@ -27,27 +26,6 @@ from dbdump import dump
 from rhaas.api.state import AppState
 from rhaas.lab.polling import wait_for
 from rhaas.notify import work_key
-
-
-@pytest.fixture
-def return_path() -> str:
-    return "fast"
-
-
-@pytest.fixture
-def prov(db_url: str, return_path: str) -> Iterator[Api]:
-    overrides = {
-        "provisioning__enabled": True,
-        "provisioning__agent_url": "http://10.0.2.2:5000",
-        "provisioning__return_timeout": 3.0,
-        "provisioning__reboot_timeout": 3.0,
-        "provisioning__tick_seconds": 0.05,
-        "provisioning__return_path": return_path,
-    }
-    with make_api(db_url, **overrides) as api:
-        populate_site(api)
-        prov_images(api)
-        yield api
 
 
 def test_enrolled_node_is_not_free_until_its_agent_checks_in(prov):
@@ -274,8 +252,12 @@ def test_an_agent_restarted_mid_deploy_ends_the_deploy_in_error_and_the_node_is_
     shown = prov.alice.ok("GET", f"/provision_job/{job}")
     assert shown["status"] == "ERROR" and "checked in again" in shown["error"]
     assert state(prov, "n1") == "error"
-    prov.alice.error("POST", "/node/n1/provision", {"image": "a-os"}, 409, "BlockedError")
+    # Provisioning it again rebuilds it (return, wipe, then deploy); leaving the project cancels that
+    # deploy, and the return goes on.
+    rebuilt = prov.alice.ok("POST", "/node/n1/provision", {"image": "a-os"}, status=202)["job_id"]
+    assert state(prov, "n1") == "returning"
     prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    assert prov.alice.ok("GET", f"/provision_job/{rebuilt}")["status"] == "ERROR"
     item = agent.work()
     assert item["action"] == "wipe"
     agent.report(item["job"], "verify-wipe", "done")

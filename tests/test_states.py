@@ -1,8 +1,9 @@
 """The node lifecycle's transition table, as data: every (state, event) pair, its move or its refusal.
 
-The matrix below is the specification, written out by hand: one row per from-state, one column per
-event; a cell is the state the event moves the node to, ``-`` for a refused move, and a trailing ``*``
-for a move that only concurrent transactions bring about (`rhaas.states.AFTER_A_RACE`).
+The matrix below is the specification, written out by hand: one row per from-state ("(none)": not
+enrolled), one column per event; a cell is the state the event moves the node to, ``-`` for a refused
+move, and a trailing ``*`` for a move that only concurrent transactions bring about
+(`rhaas.states.AFTER_A_RACE`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from rhaas.errors import IllegalStateError
 from rhaas.states import Event
 
 MATRIX = """
-state          enrol   checkin boot-failed provision kexec     deploy-failed detach    returned deadline
-(not-enrolled) booting -       -           -         -         -             -         -        -
-booting        booting ready   error       -         -         -             -         -        error*
-ready          booting -       -           deploying -         -             -         -        error*
-deploying      -       -       -           -         deployed  error         returning -        error
-deployed       -       -       -           -         deployed* error*        returning -        error*
-returning      -       -       -           -         -         -             -         ready    error
-error          booting -       -           -         deployed* error*        returning ready*   error*
+state     enrol   checkin boot-failed provision kexec     deploy-failed detach    rebuild   returned deadline
+(none)    booting -       -           -         -         -             -         -         -        -
+booting   booting ready   error       -         -         -             -         -         -        error*
+ready     booting -       -           deploying -         -             -         -         -        error*
+deploying -       -       -           -         deployed  error         returning -         -        error
+deployed  -       -       -           -         deployed* error*        returning returning -        error*
+returning -       -       -           -         -         -             -         -         ready    error
+error     booting -       -           -         deployed* error*        returning returning ready*   error*
 """
 
 
@@ -40,7 +41,7 @@ def _cases() -> list[tuple[str | None, Event, str | None, bool]]:
         assert len(cells) == len(events), line
         for event, cell in zip(events, cells, strict=True):
             to = None if cell == "-" else cell.rstrip("*")
-            cases.append((None if state == "(not-enrolled)" else state, event, to, cell.endswith("*")))
+            cases.append((None if state == "(none)" else state, event, to, cell.endswith("*")))
     return cases
 
 

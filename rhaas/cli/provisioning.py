@@ -84,7 +84,8 @@ def provision(
     user_data: str | None, network_config: str | None, kernel: str | None, initrd: str | None,
     cmdline: str | None, wait: bool, timeout: float, as_json: bool,
 ) -> None:  # fmt: skip
-    """Deploy IMAGE on ready NODES of your project, all in parallel (kexec: no firmware reboot). A
+    """Deploy IMAGE on ready NODES of your project, all in parallel (kexec: no firmware reboot). A node
+    that runs an OS already is rebuilt: returned (NMI, wiped) and deployed again, in this one request. A
     whole-disk image boots its own default entry, with the SSH keys, user-data and network configuration
     given here handed to cloud-init; each node's hostname is its name."""
     keys = [line.strip() for path in ssh_keys for line in _read(path).splitlines() if line.strip()]

@@ -125,7 +125,7 @@ def agent_checkin(node: str, body: AgentCheckinBody, request: Request, db: DB, s
     trades here for a fresh secret (``{"secret"}`` in the answer)."""
     row, by_token = provisioning.checkin_row(db, node, request.headers.get("authorization"))
     _agent_settings(request, state)
-    return reply(provisioning.checkin(db, row, body.model_dump(), by_token))
+    return reply(provisioning.checkin(db, row, body.model_dump(), by_token, _settings(state)))
 
 
 @agent_router.get("/nodes/{node}/work")
@@ -158,7 +158,7 @@ async def agent_work(node: str, request: Request, state: State) -> Response:
 @agent_router.post("/nodes/{node}/report")
 def agent_report(node: str, body: AgentReportBody, request: Request, db: DB, state: State) -> Response:
     row = _agent(request, state, node, db)
-    provisioning.report(db, row, body.model_dump(exclude_none=True))
+    provisioning.report(db, row, body.model_dump(exclude_none=True), _settings(state))
     after_commit(db, state.wake_ticker)
     return reply({})
 

@@ -21,7 +21,17 @@ from sqlalchemy.orm import Session
 from rhaas import states
 from rhaas.config import ProvisioningSettings
 from rhaas.core.networks import SYNC_PORT
-from rhaas.core.provisioning.jobs import DEPLOY, FAST, REBOOT, RETURN, RUNNING, deadline_of, finish, stamp
+from rhaas.core.provisioning.jobs import (
+    DEPLOY,
+    FAST,
+    REBOOT,
+    RETURN,
+    RUNNING,
+    cancel_queued,
+    deadline_of,
+    finish,
+    stamp,
+)
 from rhaas.db.models import ERROR, PENDING, NetworkingAction, Nic, NodeProvisioning, ProvisionJob, utcnow
 
 #: Seconds between two tries of a power cycle that failed (a BMC that did not answer, an upstream error).
@@ -176,3 +186,5 @@ def fail_at_deadline(db: Session, job: ProvisionJob) -> None:
     finish(job, ERROR, f"The {what} did not finish within its deadline.")
     if row is not None:
         states.transition(row, states.Event.DEADLINE)
+        if job.kind == RETURN:
+            cancel_queued(db, row.node, f"The return before this rebuild failed: {job.error}")

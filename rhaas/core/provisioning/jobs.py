@@ -2,7 +2,8 @@
 
 A job is a ``provision_job`` row: its kind, its path (``fast``: kexec / NMI; ``reboot``: a firmware
 boot; ``unexpected-reset``: a fast return the node left by a reset of its own), its status (PENDING →
-RUNNING → DONE or ERROR), its deadline and the phases reported so far.
+RUNNING → DONE or ERROR; a rebuild's deploy is QUEUED behind its node's return first), its deadline and
+the phases reported so far.
 Here: opening one (`provision`, `start_return`), finding the open one, stamping a phase, finishing it,
 and how long each kind may take (`timeout_of`). Nothing here sends an NMI or waits for a deadline: the
 worker's ticker does, by the rules of `rhaas.core.provisioning.clock`.
@@ -27,6 +28,8 @@ from rhaas.db.models import ERROR, PENDING, Node, NodeProvisioning, ProvisionJob
 from rhaas.errors import BadArgumentError, BlockedError, IllegalStateError, ProjectMismatchError
 
 RUNNING = "RUNNING"
+#: A rebuild's deploy, waiting for its node's return (wipe verified) to finish: then PENDING.
+QUEUED = "QUEUED"
 DEPLOY, RETURN = "deploy", "return"
 FAST, REBOOT = "fast", "reboot"
 #: The path of a fast return whose node came back to the FPBL without the crash kernel's evidence.
@@ -110,7 +113,11 @@ def provision(
     db: Session, caller: Caller, node_name: str, image_name: str, settings: ProvisioningSettings,
     seed: dict[str, Any] | None = None,
 ) -> str:  # fmt: skip
-    """Queue a deploy of ``image_name`` on a ready node of the caller's project; returns the job id.
+    """Queue a deploy of ``image_name`` on a node of the caller's project; returns the job id.
+
+    A ready node deploys at once. A node that runs an OS already (or whose last job failed) is rebuilt:
+    its return (NMI, wipe, verified) starts now, with no firmware boot on the fast path, and the deploy
+    waits for it (QUEUED), then starts by itself; the node stays in its project throughout.
 
     ``seed``: the first-boot data cloud-init finds in the image (SSH keys, user-data, network
     configuration) and overrides of the image's boot entry (see `check_seed`)."""
@@ -125,24 +132,58 @@ def provision(
     row = db.get(NodeProvisioning, node.id)
     if row is None:
         raise IllegalStateError(f"Node {node_name} is not under fast provisioning.")
-    if not states.allows(row.state, states.Event.PROVISION):
-        raise BlockedError(f"Node {node_name} is {row.state}, not ready: it cannot be provisioned now.")
+    rebuild = states.allows(row.state, states.Event.REBUILD)
+    if not rebuild and not states.allows(row.state, states.Event.PROVISION):
+        raise BlockedError(
+            f"Node {node_name} is {row.state}: it cannot be provisioned now (a node is provisioned when "
+            "ready, and rebuilt when deployed or in error)."
+        )
+    was = row.state
+    back = _open_return(db, node, row, settings, states.Event.REBUILD) if rebuild else None
     job = ProvisionJob(
         uuid=str(uuid.uuid4()),
         node=node,
         kind=DEPLOY,
         image=image,
         project=node.project,
-        status=PENDING,
+        status=QUEUED if rebuild else PENDING,
         path=FAST,
         phases=[],
         seed=check_seed(seed),
-        deadline=deadline_of(DEPLOY, FAST, settings),
+        deadline=None if rebuild else deadline_of(DEPLOY, FAST, settings),
     )
     db.add(job)
-    states.transition(row, states.Event.PROVISION)
+    if back is not None:
+        stamp(back, "rebuild", "start", f"the node was {was}: returned and wiped first, then deploy "
+              f"{job.uuid} of {image_name}")  # fmt: skip
+    else:
+        states.transition(row, states.Event.PROVISION)
     bump_node_generation(db)
     return job.uuid
+
+
+def start_queued_deploy(db: Session, row: NodeProvisioning, settings: ProvisioningSettings | None) -> bool:
+    """A node's return ended with its wipe verified: start the rebuild's deploy waiting for it, if any
+    (its deadline from now; without ``settings``, from its hand-out to the agent)."""
+    job = _queued(db, row.node)
+    if job is None:
+        return False
+    job.status = PENDING
+    job.deadline = None if settings is None else deadline_of(DEPLOY, FAST, settings)
+    states.transition(row, states.Event.PROVISION)
+    return True
+
+
+def cancel_queued(db: Session, node: Node, why: str) -> None:
+    """The return a rebuild waits for ended another way (failed, or the node left its project)."""
+    job = _queued(db, node)
+    if job is not None:
+        finish(job, ERROR, why)
+
+
+def _queued(db: Session, node: Node) -> ProvisionJob | None:
+    query = select(ProvisionJob).where(ProvisionJob.node_id == node.id, ProvisionJob.status == QUEUED)
+    return db.scalars(query.order_by(ProvisionJob.id.desc()).limit(1)).first()
 
 
 def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> ProvisionJob | None:
@@ -151,12 +192,20 @@ def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> Pro
 
     The NMI itself is sent by the worker's ticker, after this transaction commits.
     """
+    cancel_queued(db, node, "Cancelled: the node left its project before its rebuild's return ended.")
     row = db.get(NodeProvisioning, node.id)
     if row is None or not states.allows(row.state, states.Event.DETACH):
         return None
+    return _open_return(db, node, row, settings, states.Event.DETACH)
+
+
+def _open_return(
+    db: Session, node: Node, row: NodeProvisioning, settings: ProvisioningSettings, event: states.Event
+) -> ProvisionJob:
+    why = "the node left its project" if event == states.Event.DETACH else "the node is rebuilt"
     for job in db.scalars(select(ProvisionJob).where(ProvisionJob.node_id == node.id)):
         if job.status in (PENDING, RUNNING):
-            finish(job, ERROR, "Cancelled: the node left its project.")
+            finish(job, ERROR, f"Cancelled: {why}.")
     job = ProvisionJob(
         uuid=str(uuid.uuid4()),
         node=node,
@@ -168,7 +217,7 @@ def start_return(db: Session, node: Node, settings: ProvisioningSettings) -> Pro
         deadline=deadline_of(RETURN, settings.return_path, settings),
     )
     db.add(job)
-    states.transition(row, states.Event.DETACH)
+    states.transition(row, event)
     hand_over(row)
     bump_node_generation(db)
     return job

@@ -40,9 +40,11 @@ from rhaas.core.provisioning.jobs import (
     RETURN,
     RUNNING,
     UNEXPECTED_RESET,
+    deadline_of,
     finish,
     open_job,
     stamp,
+    start_queued_deploy,
     wiped,
 )
 from rhaas.db.models import DONE, ERROR, PENDING, Blob, Image, Nic, NodeProvisioning, ProvisionJob, utcnow
@@ -96,8 +98,9 @@ def boot_script(
 
 
 def checkin(
-    db: Session, row: NodeProvisioning, facts: dict[str, Any], by_token: bool = False
-) -> dict[str, Any]:
+    db: Session, row: NodeProvisioning, facts: dict[str, Any], by_token: bool = False,
+    settings: ProvisioningSettings | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The agent says it runs: ``mode`` ready (the full FPBL) or return (the crash kernel after an NMI).
 
     ``by_token``: it presented its deploy's return token, which is good only while that node's return
@@ -122,9 +125,7 @@ def checkin(
         evidence = by_token and mode == "return" and facts.get("elfcorehdr") is True
         _return_checkin(job, str(mode), evidence, same_boot)
         if mode == "ready" and wiped(job):
-            finish(job, DONE)
-            states.transition(row, Event.RETURNED)
-            bump_node_generation(db)
+            _returned(db, row, job, settings)
         return answer
     if job is not None and job.kind == DEPLOY and job.status == RUNNING and mode == "ready":
         if _restoring_memory(job):
@@ -210,6 +211,7 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
         return wait
     if job.status == PENDING:
         job.status = RUNNING
+        job.deadline = job.deadline or deadline_of(DEPLOY, FAST, settings)  # a rebuild's, if not set
         stamp(job, "handed-out", "done", f"image {image.label}")
         job.disk_zeroed, row.disk_zeroed = row.disk_zeroed, False  # this deploy writes the disk
     # Each hand-out: the secret this FPBL booted with dies, and the customer's OS will hold only the token.
@@ -256,7 +258,9 @@ def _whole_disk(db: Session, job: ProvisionJob, image: Image, node_url: str) -> 
     }
 
 
-def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
+def report(
+    db: Session, row: NodeProvisioning, body: dict[str, Any], settings: ProvisioningSettings | None = None
+) -> None:
     """Record a phase the agent reports.
 
     A deploy ends with ``kexec`` done (the agent's last words before it jumps into the customer's
@@ -291,9 +295,18 @@ def report(db: Session, row: NodeProvisioning, body: dict[str, Any]) -> None:
         # Every block zeroed (or discarded and what still read non-zero zeroed) and read back: the next
         # whole-disk deploy need not write the image's holes. A metadata wipe leaves data: it must.
         row.disk_zeroed = job.wipe_policy in WHOLE_DISK_WIPES
-        finish(job, DONE)
-        states.transition(row, Event.RETURNED)
-        bump_node_generation(db)
+        _returned(db, row, job, settings)
+
+
+def _returned(
+    db: Session, row: NodeProvisioning, job: ProvisionJob, settings: ProvisioningSettings | None
+) -> None:
+    """A return ended, its wipe verified: the node is ready, or deploys at once for a rebuild."""
+    finish(job, DONE)
+    states.transition(row, Event.RETURNED)
+    if start_queued_deploy(db, row, settings):
+        stamp(job, "rebuild", "done", "the waiting deploy starts")
+    bump_node_generation(db)
 
 
 def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
