@@ -22,7 +22,9 @@ meets when its upstream is a real HIL:
 
 State lives in `HilState`, which outlives the API server: `HilDouble.stop_api` / `start_api` take the API
 down and up again on the same port while the daemon goes on applying what was queued (outage tests).
-Fault injection: ``state.fail_ports`` (switch ports whose changes end in ERROR), ``daemon.pause()``.
+Fault injection: ``state.fail_ports`` (switch ports whose changes end in ERROR), ``daemon.pause()``;
+``extensions`` can be changed (say, to list an extension whose route the double does not have). ``log``
+holds every request served, for tests that count round trips or check a route was never called.
 """
 
 from __future__ import annotations
@@ -268,7 +270,8 @@ class HilDouble:
         self.obmd = Obmd()
         self.delay = delay
         self.threaded = threaded
-        self.requests = 0  # API requests served, for tests that count round trips
+        self.extensions = list(EXTENSIONS)  # what GET /active_extensions lists (to admins)
+        self.log: list[tuple[str, str, int]] = []  # (method, path, status) of every API request served
         self._server: HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
@@ -394,6 +397,7 @@ class _ApiHandler(BaseHTTPRequestHandler):
         status, body, headers = self.api.handle(
             method, unquote(url.path), parse_qsl(url.query, keep_blank_values=True), raw, self._credentials()
         )
+        self.api.double.log.append((method, url.path, status))
         self._send(status, body, headers)
 
     def _credentials(self) -> tuple[str, str] | None:

@@ -14,7 +14,6 @@ from typing import Any
 from hil_double import (
     _MOCK_PORT,
     _NATIVE,
-    EXTENSIONS,
     METHOD_PAGE,
     MOCK_SWITCH,
     NOT_FOUND_PAGE,
@@ -56,7 +55,6 @@ class HilApi:
     def handle(
         self, method: str, path: str, query: list[tuple[str, str]], raw: bytes, creds: tuple[str, str] | None
     ) -> Reply:
-        self.double.requests += 1
         if self.double.delay:
             time.sleep(self.double.delay)  # HIL's per-request password hash
         matches = [(r, m) for r in self.routes if (m := r.regex.match(path))]
@@ -650,7 +648,7 @@ def user_remove_project(api: HilApi, user: User, a: dict[str, Any]) -> Any:
 
 def active_extensions(api: HilApi, user: User, a: dict[str, Any]) -> Any:
     require_admin(user)
-    return list(EXTENSIONS)
+    return list(api.double.extensions)
 
 
 def _table() -> list[tuple[str, str, Any, Schema]]:
