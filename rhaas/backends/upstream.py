@@ -68,6 +68,8 @@ class Upstream:
         if not settings.url:
             raise ValueError("an upstream needs a url")
         self.settings = settings
+        #: How long a NIC change may take here, outages included (the upstream switch's retry window).
+        self.action_timeout = settings.action_timeout
         self.url = settings.url.rstrip("/")
         self.project = settings.project
         self.key = f"{self.url}#{self.project}"
@@ -101,7 +103,8 @@ class Upstream:
             raise
         except RhaasError as exc:
             kind = type(exc).__name__
-            raise UpstreamError(f"upstream {self.url} refused {what}: {kind}: {exc.msg}") from exc
+            message = f"upstream {self.url} refused {what}: {kind}: {exc.msg}"
+            raise UpstreamError(message, transient=exc.transient) from exc
 
     # -- nodes ----------------------------------------------------------------------------------------
     def project_nodes(self) -> list[str]:
