@@ -330,7 +330,7 @@ class Upstream:
         try:
             return self.call(what, fn, *args, passthrough=(BlockedError,))
         except BlockedError as exc:
-            if "pending" in exc.msg:
+            if "pending" in exc.msg or "already active" in exc.msg:  # rhaas's words, and HIL's
                 raise _Busy(exc.msg) from exc
             raise UpstreamError(f"upstream {self.url} refused {what}: BlockedError: {exc.msg}") from exc
 
