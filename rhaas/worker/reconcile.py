@@ -32,8 +32,6 @@ class Reconciler:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Passes run so far (finished or failed), for whoever waits for one.
-        self.passes = 0
 
     @staticmethod
     def of(sessions: sessionmaker[Session], backend: Backend, interval: float) -> Reconciler | None:
@@ -79,6 +77,4 @@ class Reconciler:
             )
         except Exception:  # a bug or the database away: the thread must live on
             log.exception("background reconcile failed")
-        finally:
-            self.passes += 1
         return None
