@@ -144,6 +144,10 @@ def claim_unknown_node(db: Session, backend: Backend, name: str) -> Node | None:
         return None
     total, _free = node_counts(db)
     if policy.max_nodes is not None and total >= policy.max_nodes:
+        # HIL's precedence: a node that does not exist (or could not be claimed anyway) is not found,
+        # whatever the pool's limit; only a claimable node is refused for the limit.
+        if name not in backend.upstream.free_nodes():
+            return None
         raise AllocationError(f"The pool is at its limit of {policy.max_nodes} nodes.")
     if not backend.upstream.claim_node(name):
         return None
