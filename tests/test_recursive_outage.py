@@ -58,8 +58,8 @@ def two_levels(tmp_path: Path, db_url: str, action_timeout: float) -> Iterator[S
             )
         )
         ok(base.admin.put("/node/n1/nic/eth0", json={"macaddr": "52:54:00:00:00:01"}))
-        ok(base.admin.put("/switch/slow/port/p1"))
-        ok(base.admin.post("/switch/slow/port/p1/connect_nic", json={"node": "n1", "nic": "eth0"}))
+        ok(base.admin.put("/switch/slow/port/gi1/0/1"))
+        ok(base.admin.post("/switch/slow/port/gi1/0/1/connect_nic", json={"node": "n1", "nic": "eth0"}))
         ok(base.admin.put("/project/reseller2"))
         base.user("l2bot", "l2bot-pw", "reseller2")
         config = tmp_path / "l2.toml"
@@ -97,7 +97,7 @@ def base_actions(base: Level) -> list[str]:
 
 
 def port(base: Level) -> dict:
-    return ok(base.admin.get("/switch/slow/port/p1/state"))  # type: ignore[no-any-return]
+    return ok(base.admin.get("/switch/slow/port/gi1/0/1/state"))  # type: ignore[no-any-return]
 
 
 def in_sync(mid: Level) -> bool:

@@ -176,8 +176,10 @@ class Drift:
         }
 
 
-def reconcile(db: Session, caller: Caller, backend: Backend, fix: bool = False) -> Drift:
+def reconcile(db: Session, caller: Caller, backend: Backend, fix: bool = False, nodes: bool = True) -> Drift:
     """Compare local state with the upstream and, with ``fix``, repair the drift (each change logged).
+    ``nodes=False`` repairs NICs only and leaves nodes held or gone upstream to an administrator: a pool
+    grow or shrink in flight looks like such drift for a moment (the background reconciler's passes).
 
     A NIC is in sync when the upstream port carries exactly the networks its committed attachments say
     (NICs with a pending action are skipped: the worker is on them). Fixing makes the upstream match. A
@@ -215,6 +217,10 @@ def reconcile(db: Session, caller: Caller, backend: Backend, fix: bool = False) 
                 drift.nics_out_of_sync.append(f"{name}/{nic.label}")
                 desired[(name, nic.label)] = (nic.id, want)
     if fix:
+        if not nodes and (drift.untracked or drift.missing):
+            log.info("reconcile: node drift left to an administrator (rhaas pool reconcile --fix): held "
+                     "upstream only %s, gone upstream %s", drift.untracked, drift.missing)  # fmt: skip
+            drift.untracked, drift.missing = [], []
         _repair(db, backend, drift, local, desired, started)
     return drift
 

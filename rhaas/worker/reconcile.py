@@ -1,11 +1,13 @@
 """The background reconciler of a recursive instance: drift with the upstream is repaired, unasked.
 
-Every ``[upstream] reconcile_interval`` seconds (0: never) it runs `rhaas.core.pool.reconcile` with
-``fix``, the code behind ``rhaas pool reconcile --fix``, so what an upstream outage left behind (a change
-the upstream applied after this instance gave up on it, a node taken away or handed over upstream) is
-repaired without a manual step. `reconcile` logs each change it makes; a pass that fails (the upstream
-away, a node taken away while in a project, which only an admin can settle) is logged and tried again at
-the next one. What counts as drift, and how it is fixed, is core's business, not this module's.
+Every ``[upstream] reconcile_interval`` seconds (0: never) it runs `rhaas.core.pool.reconcile` with ``fix``,
+the code behind ``rhaas pool reconcile --fix``, so what an upstream outage left behind (a change the
+upstream applied after this instance gave up on it) is repaired without a manual step. Nodes held or gone
+upstream are logged and left to an administrator's ``rhaas pool reconcile --fix``: a pool grow or shrink in
+flight looks like that drift for a moment, and a pass must not forget a node being imported. `reconcile`
+logs each change it makes; a pass that fails (the upstream away, a node taken away while in a project, which
+only an admin can settle) is logged and tried again at the next one. What counts as drift, and how it is
+fixed, is core's business, not this module's.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Reconciler:
         """One pass: the drift found (and fixed), or None if the pass failed (logged)."""
         try:
             with self.sessions() as db:
-                drift = reconcile(db, ADMIN, self.backend, fix=True)
+                drift = reconcile(db, ADMIN, self.backend, fix=True, nodes=False)
                 db.commit()
             return drift
         except UpstreamUnavailableError as exc:
