@@ -94,7 +94,13 @@ class OBMError(DriverError):
 
 
 class UpstreamError(RhaasError):
-    """The upstream HIL-compatible service answered a call with an error."""
+    """The upstream HIL-compatible service answered a call with an error.
+
+    ``http_status``: the HTTP status of an answer without HIL's error body (HIL answers a route it does
+    not have with an HTML 404, a wrong method with an HTML 405), set by the client library; None otherwise.
+    """
+
+    http_status: int | None = None
 
 
 class UpstreamUnavailableError(UpstreamError):

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from agent_helpers import prov_images
 from api_helpers import Api, make_api, populate_site
+from hil_double import HilDouble
 from ipmi_helpers import BmcProcess
 
 from rhaas.db.session import upgrade
@@ -190,3 +191,14 @@ def fpbl() -> Any:
     from rhaas.provisioning.fpbl import build_fpbl
 
     return build_fpbl()
+
+
+@pytest.fixture
+def hil() -> Iterator[HilDouble]:
+    """A HIL master double (API, networking daemon, obmd) on 127.0.0.1, admin/adminpw, no per-request
+    delay (set ``hil.delay = 0.2`` for HIL's real cost); stopped however the test ends."""
+    double = HilDouble().start()
+    try:
+        yield double
+    finally:
+        double.stop()

@@ -61,13 +61,16 @@ def wait_done(client: httpx.Client, status_id: str, timeout: float = 60) -> dict
     return wait_for(f"action {status_id} to end", ended, timeout, every=0.05)
 
 
-def start_level(db_url: str, log: Path, upstream: Level | None, project: str, bot: str, *extra: str) -> Level:
-    """A level on ``db_url``: recursive on ``upstream`` as ``bot`` of ``project`` there, if given;
-    ``extra``: more ``rhaas-admin serve`` flags."""
+def start_level(
+    db_url: str, log: Path, upstream: Level | str | None, project: str, bot: str, *extra: str
+) -> Level:
+    """A level on ``db_url``: recursive on ``upstream`` (a level, or the URL of a HIL double) as ``bot`` of
+    ``project`` there (password ``<bot>-pw``), if given; ``extra``: more ``rhaas-admin serve`` flags."""
     args: list[str] = ["--vlans", "100-199", *extra]
     env = {}
     if upstream is not None:
-        args += ["--upstream", upstream.server.url, "--upstream-project", project, "--upstream-user", bot]
+        url = upstream if isinstance(upstream, str) else upstream.server.url
+        args += ["--upstream", url, "--upstream-project", project, "--upstream-user", bot]
         env["RHAAS_UPSTREAM_PASSWORD"] = f"{bot}-pw"
     server = Server(db_url, log, *args, env=env).start()
     return Level(server, server.client("admin", "adminpw"))

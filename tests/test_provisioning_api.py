@@ -349,6 +349,9 @@ def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov,
         name, address = "upstream", "http://hil.example:5000"
         calls: list[str] = []
 
+        def nmi_unavailable(self) -> None:
+            return None
+
         def send_nmi(self) -> None:
             self.calls.append("nmi")
             raise UpstreamError("upstream http://hil.example:5000 refused the NMI: OBMError: no answer")
@@ -370,6 +373,43 @@ def test_an_upstream_refusing_the_nmi_is_recorded_and_the_fallback_follows(prov,
     assert RefusingUpstream.calls == ["nmi", "bootdev pxe", "cycle"]
 
 
+def test_behind_a_hil_upstream_a_return_takes_the_reboot_path_from_the_start(prov, monkeypatch, hil):
+    """HIL master and its obmd have no NMI: the ticker learns it from the upstream's extensions and power
+    cycles at once, without trying an NMI, and the job's history says why."""
+    from recursion_helpers import UpstreamDrivers
+
+    from rhaas.backends.upstream import Upstream
+    from rhaas.config import UpstreamSettings
+
+    hil.add_project("reseller")
+    hil.add_user("bot", "botpw", "reseller")
+    hil.add_node("n1", ("eth0", "52:54:00:00:00:01", "gi1/0/1"))
+    up = Upstream(UpstreamSettings(url=hil.url, project="reseller", user="bot", password="botpw"))
+    try:
+        assert up.claim(1) == ["n1"]
+        drivers = UpstreamDrivers(up)
+        monkeypatch.setattr(AppState.of(prov.client.app).ticker, "obm_for", lambda node: drivers.obm("n1"))
+        agent = deploy_then_detach(prov, "n1")
+        wait_for("the power cycle", lambda: ("power-cycle", "done") in last_job_phases(prov, "n1"), 15.0)
+    finally:
+        up.client.close()
+    job = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
+    assert job["path"] == "reboot"
+    assert [(p["phase"], p["state"]) for p in job["phases"]] == [
+        ("reboot-path", "start"),
+        ("power-cycle", "done"),
+    ]
+    assert "rhaas.ext.power_nmi" in job["phases"][0]["detail"], job["phases"][0]
+    assert hil.obmd_calls("n1") == ["boot_device pxe", "power_cycle force=True"]
+    assert not [path for _m, path, _s in hil.log if "nmi" in path]  # the NMI was never tried
+    network_boot(prov, agent, 1)  # the reboot path goes on as usual
+    agent.checkin("ready")
+    item = agent.work()
+    agent.report(item["job"], "verify-wipe", "done")
+    agent.report(item["job"], "ready", "done")
+    assert prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]["status"] == "DONE"
+
+
 def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
     """A BMC that misses one call (a busy machine, a lost UDP packet) must not leave the return stuck
     until its deadline: the reboot path tries the power cycle again."""
@@ -381,6 +421,9 @@ def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
     class FlakyBMC:
         name, address = "ipmi", "bmc.example"
         calls: list[str] = []
+
+        def nmi_unavailable(self) -> None:
+            return None
 
         def send_nmi(self) -> None:
             self.calls.append("nmi")

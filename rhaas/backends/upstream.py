@@ -57,6 +57,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: The local switch of a recursive instance: its ports are the NICs of the nodes held upstream.
 UPSTREAM_SWITCH = "upstream"
+#: The upstream's extensions this module uses, each only when the upstream lists it in its
+#: ``/active_extensions`` (a HIL lists none of them, and answers their routes with an HTML 404).
+CONNECT_NODES = "rhaas.ext.connect_nodes"
+POWER_NMI = "rhaas.ext.power_nmi"
+LONG_POLL = "rhaas.ext.long_poll"
+
+
+def route_refused(exc: RhaasError) -> bool:
+    """Whether an error says the upstream has no such route or argument (so: not that extension): an
+    HTML 404/405 (HIL), rhaas's JSON 404 ``No such route`` or 405, or HIL's 400 for an unknown argument."""
+    if isinstance(exc, UpstreamError) and exc.http_status in (404, 405):
+        return True
+    return isinstance(exc, ValidationError) or (isinstance(exc, NotFoundError) and "route" in exc.msg)
 
 
 class _Busy(Exception):
@@ -77,10 +90,10 @@ class Upstream:
         self.client = client or Client(self.url, settings.user, settings.password, timeout=settings.timeout)
         self._vlans: dict[str, str] = {}  # upstream network label → VLAN id
         self._obm_enabled: set[str] = set()
-        self._nic_cache: dict[tuple[str, str], dict[str, str]] = {}
-        self._long_poll = (
-            True  # until the upstream refuses ?wait= (a HIL upstream)  # (node, nic) → channel → label
-        )
+        self._nic_cache: dict[tuple[str, str], dict[str, str]] = {}  # (node, nic) → channel → label
+        self._extensions: frozenset[str] | None = None  # what /active_extensions listed, once read
+        self._listing_note = ""  # why the listing is empty, when it was refused
+        self._refused: dict[str, str] = {}  # extension → the refusal that turned it off for good
         self._lock = threading.Lock()
 
     # -- error mapping --------------------------------------------------------------------------------
@@ -103,6 +116,42 @@ class Upstream:
             kind = type(exc).__name__
             raise UpstreamError(f"upstream {self.url} refused {what}: {kind}: {exc.msg}") from exc
 
+    # -- extensions -----------------------------------------------------------------------------------
+    def extensions(self) -> frozenset[str]:
+        """The upstream's active extensions, read once. HIL lists them to admins only: a refusal means
+        none (plain HIL calls), an unreachable upstream raises UpstreamUnavailableError."""
+        with self._lock:
+            if self._extensions is not None:
+                return self._extensions
+        try:
+            listed = self.call("listing its extensions", self.client.extensions.list_active)
+            note = ""
+        except UpstreamUnavailableError:
+            raise
+        except UpstreamError as exc:
+            listed, note = [], f" (its /active_extensions was refused: {exc.msg})"
+        found = frozenset(str(name) for name in listed or [])
+        log.info("upstream %s: active extensions %s%s", self.url, sorted(found), note)
+        with self._lock:
+            self._extensions, self._listing_note = found, note
+        return found
+
+    def lacks(self, extension: str) -> str | None:
+        """Why the upstream cannot serve ``extension`` (it does not list it, or refused it once), or None."""
+        listed = self.extensions()
+        with self._lock:
+            if extension in self._refused:
+                return f"upstream {self.url} refused {extension}: {self._refused[extension]}"
+            if extension not in listed:
+                return f"upstream {self.url} does not list {extension}{self._listing_note}"
+        return None
+
+    def refuse(self, extension: str, exc: RhaasError) -> None:
+        """Record that the upstream refused an extension it listed: it is not tried again."""
+        log.warning("upstream %s refused %s (not tried again): %s", self.url, extension, exc.msg)
+        with self._lock:
+            self._refused[extension] = f"{type(exc).__name__}: {exc.msg}"
+
     # -- nodes ----------------------------------------------------------------------------------------
     def project_nodes(self) -> list[str]:
         return list(self.call("listing our nodes", self.client.project.nodes_in, self.project))
@@ -113,27 +162,30 @@ class Upstream:
     def show_node(self, node: str) -> dict[str, Any]:
         return dict(self.call(f"showing node {node}", self.client.node.show, node))
 
-    def claim(self, count: int, name_filter: str = ".*", exclude: set[str] | None = None) -> list[str]:
-        """Claim up to ``count`` free upstream nodes; returns the names claimed.
+    def claim(
+        self, count: int, name_filter: str = ".*", exclude: set[str] | None = None, *, exact: bool = False
+    ) -> list[str]:
+        """Claim up to ``count`` free upstream nodes (``exact``: all ``count`` or none); returns their names.
 
-        An rhaas upstream serves the whole request with its ``connect_nodes`` extension (growing its own
-        pool from its upstream if it must); a plain HIL upstream is asked node by node from its free list.
+        An upstream listing ``rhaas.ext.connect_nodes`` serves an unfiltered request in one call (growing
+        its own pool from its upstream if it must); otherwise, or if it refuses that call, free nodes are
+        claimed one by one. With ``exact``, a shortfall gives back what was claimed and raises
+        AllocationError: the upstream is left as it was.
         """
-        if name_filter == ".*" and not exclude:
+        if name_filter == ".*" and not exclude and self.lacks(CONNECT_NODES) is None:
             try:
-                return list(
-                    self.call(
-                        f"claiming {count} nodes",
-                        self.client.project.connect_nodes,
-                        self.project,
-                        count,
-                        passthrough=(NotFoundError, AllocationError),
-                    )
-                )
-            except NotFoundError:
-                pass  # not an rhaas upstream: no extension
-            except AllocationError as exc:
-                raise AllocationError(f"upstream {self.url} has no {count} free nodes: {exc.msg}") from exc
+                return list(self.client.project.connect_nodes(self.project, count))
+            except UpstreamUnavailableError as exc:
+                raise UpstreamUnavailableError(
+                    f"upstream {self.url} is unreachable (claiming {count} nodes): {exc.msg}"
+                ) from exc
+            except AllocationError as exc:  # the upstream claims all or nothing
+                if exact:
+                    raise AllocationError(
+                        f"upstream {self.url} has no {count} free nodes: {exc.msg}"
+                    ) from exc
+            except RhaasError as exc:
+                self.refuse(CONNECT_NODES, exc)
         pattern = re.compile(name_filter)
         claimed: list[str] = []
         for name in self.free_nodes():
@@ -143,7 +195,21 @@ class Upstream:
                 continue
             if self.claim_node(name):
                 claimed.append(name)
+        if exact and len(claimed) < count:
+            self.give_back(claimed)
+            raise AllocationError(
+                f"upstream {self.url} had only {len(claimed)} free nodes to claim; {count} asked for."
+            )
         return claimed
+
+    def give_back(self, names: list[str]) -> None:
+        """Detach nodes just claimed (no networks, no OBM yet) from our upstream project, best effort: one
+        that stays is found by reconcile (held upstream, unknown here)."""
+        for name in names:
+            try:
+                self.call(f"giving back {name}", self.client.project.detach, self.project, name)
+            except UpstreamError as exc:
+                log.warning("upstream %s: could not give back %s: %s", self.url, name, exc.msg)
 
     def claim_node(self, name: str) -> bool:
         """Claim one named node; False if someone else got it first (or it does not exist)."""
@@ -181,10 +247,34 @@ class Upstream:
                 self._obm_enabled.add(node)
         return self.client
 
+    def set_obm(self, node: str, enabled: bool) -> None:
+        """Enable or disable the node's OBM upstream (a downstream ``PUT /node/<n>/obm``)."""
+        method = self.client.node.enable_obm if enabled else self.client.node.disable_obm
+        self.call(f"{'enabling' if enabled else 'disabling'} OBM of {node}", method, node)
+        with self._lock:
+            if enabled:
+                self._obm_enabled.add(node)
+            else:
+                self._obm_enabled.discard(node)
+
+    def nmi_unavailable(self) -> str | None:
+        """Why the upstream cannot send an NMI (HIL and its obmd have no such call), or None."""
+        return self.lacks(POWER_NMI)
+
     def node_call(self, node: str, what: str, method: str, *args: object) -> object:
         """Call the client's ``node.<method>(node, *args)`` (a power or console route), the node's OBM
-        enabled upstream first."""
-        return self.call(f"{what} {node}", getattr(self.obm(node).node, method), node, *args)
+        enabled upstream first. An NMI is not even tried on an upstream without one."""
+        if method == "power_nmi":
+            why = self.nmi_unavailable()
+            if why is not None:
+                raise UpstreamError(f"{why}: it cannot send an NMI to {node}")
+        try:
+            return self.call(f"{what} {node}", getattr(self.obm(node).node, method), node, *args)
+        except UpstreamError as exc:
+            cause = exc.__cause__
+            if method == "power_nmi" and isinstance(cause, RhaasError) and route_refused(cause):
+                self.refuse(POWER_NMI, cause)
+            raise
 
     # -- networks -------------------------------------------------------------------------------------
     def create_network(self) -> tuple[str, str]:
@@ -346,18 +436,17 @@ class Upstream:
                 raise UpstreamError(
                     f"upstream {self.url}: {what} still pending after {self.settings.action_timeout:.0f} s"
                 )
-            if not self._long_poll:
+            if self.lacks(LONG_POLL) is not None:
                 time.sleep(delay)
                 delay = min(delay * 1.3, 0.5)
 
     def _show_action(self, status_id: str, what: str, wait: float) -> dict[str, Any]:
         show = self.client.node.show_networking_action
-        if self._long_poll:
+        if self.lacks(LONG_POLL) is None:
             try:
                 return dict(self.call(what, show, status_id, wait=wait, passthrough=(ValidationError,)))
-            except ValidationError:
-                log.info("upstream %s has no long-poll: polling instead", self.url)
-                self._long_poll = False
+            except ValidationError as exc:
+                self.refuse(LONG_POLL, exc)
         return dict(self.call(what, show, status_id))
 
 

@@ -256,12 +256,16 @@ class Connection:
             raise _error_class(data["type"])(str(data["msg"]))
         # A bare 500 is the server's own crash page (HIL answers its ServerErrors that way); anything else
         # without an API body (a proxy's 502, a wrong endpoint's 404) says nothing about the call.
-        cls = ServerError if status == 500 else UpstreamError
         request = response.request
-        raise cls(
+        msg = (
             f"{self.endpoint} answered HTTP {status} {response.reason_phrase} to {request.method} "
             f"{request.url.path}: {_snippet(response)!r}"
         )
+        if status == 500:
+            raise ServerError(msg)
+        error = UpstreamError(msg)
+        error.http_status = status  # a HIL without the route: HTML 404 / 405
+        raise error
 
 
 class Resource:

@@ -196,10 +196,15 @@ def _require_node_control(caller: Caller, node: Node) -> None:
     require_project_access(caller, node_project(node))
 
 
-def set_obm_enabled(db: Session, caller: Caller, node_name: str, enabled: bool) -> None:
+def set_obm_enabled(db: Session, caller: Caller, backend: Backend, node_name: str, enabled: bool) -> None:
+    """Enable or disable a node's OBM. Its driver hears of it first (on a recursive instance, the
+    upstream's OBM follows): if that fails, nothing changes here."""
     node = get_node(db, node_name)
     _require_node_control(caller, node)
-    node.obm_enabled = enabled
+    driver = backend.obm_driver(node)
+    db.rollback()  # no transaction stays open while the BMC, or an upstream, answers
+    driver.set_enabled(enabled)
+    get_node(db, node_name).obm_enabled = enabled
 
 
 def node_obm(db: Session, caller: Caller, backend: Backend, node_name: str) -> OBMDriver:

@@ -63,16 +63,21 @@ def grow(db: Session, caller: Caller, backend: Backend, count: int) -> list[str]
     return _grow(db, backend, count)
 
 
-def _grow(db: Session, backend: UpstreamBackend, count: int) -> list[str]:
+def _grow(db: Session, backend: UpstreamBackend, count: int, exact: bool = False) -> list[str]:
+    """Claim up to ``count`` nodes upstream and import them; ``exact``: all ``count`` or none (then
+    AllocationError, and the upstream is left as it was)."""
     if count < 1:
         raise BadArgumentError("count must be at least 1.")
     up, policy = backend.upstream, backend.policy
     total, _free = node_counts(db)
     if policy.max_nodes is not None:
-        count = min(count, policy.max_nodes - total)
-        if count <= 0:
-            raise AllocationError(f"The pool is at its limit of {policy.max_nodes} nodes.")
-    claimed = up.claim(count, policy.node_filter)
+        room = policy.max_nodes - total
+        if room <= 0 or (exact and room < count):
+            raise AllocationError(
+                f"The pool is at its limit of {policy.max_nodes} nodes: it cannot take {count} more."
+            )
+        count = min(count, room)
+    claimed = up.claim(count, policy.node_filter, exact=exact)
     for name in claimed:
         backend.import_node(db, name)
     db.commit()  # the nodes are ours upstream now: record that whatever happens next
@@ -121,7 +126,10 @@ def ensure_free(db: Session, backend: Backend, wanted: int) -> None:
         return
     if not isinstance(backend, UpstreamBackend) or not backend.policy.auto_grow:
         raise AllocationError(f"Only {free} free nodes; {wanted} asked for.")
-    _grow(db, backend, wanted - free)
+    try:
+        _grow(db, backend, wanted - free, exact=True)  # a claim the pool cannot serve takes nothing
+    except AllocationError as exc:
+        raise AllocationError(f"Only {free} free nodes; {wanted} asked for ({exc.msg})") from exc
 
 
 def claim_unknown_node(db: Session, backend: Backend, name: str) -> Node | None:

@@ -1,12 +1,12 @@
 """The provisioning clock: a thread that moves provisioning jobs on that need no agent.
 
 Each pass (`tick`) programs the NIC of a node that changed hands (FPBL ↔ customer) through a networking
-action, boots newly enrolled nodes from the network, sends the NMI of each new return (or power cycles
-it, on the reboot path), and acts on deadlines: the reboot path for a fast return whose FPBL did not
-check in, the end of a deploy or a return by reboot that did not finish. The rules (what is due, what a
-deadline means) are `rhaas.core.provisioning.clock`'s; this module holds the transactions and the BMC
-calls, made outside any transaction after the job was claimed with a conditional UPDATE, so a ticker in
-every API server is safe; a restarted server picks up where the rows say.
+action, boots newly enrolled nodes from the network, sends the NMI of each new return (or power cycles it, on
+the reboot path or when its BMC can send no NMI at all, as behind a HIL upstream), and acts on deadlines: the
+reboot path for a fast return whose FPBL did not check in, the end of a deploy or a return by reboot that did
+not finish. The rules (what is due, what a deadline means) are `rhaas.core.provisioning.clock`'s; this module
+holds the transactions and the BMC calls, made outside any transaction after the job was claimed with a
+conditional UPDATE, so a ticker in every API server is safe; a restarted server picks up where the rows say.
 
 A node's BMC driver comes from ``obm_for`` (by default `rhaas.core.nodes.obm_of`), the one way this
 module reaches a BMC. It must not decide a node's next state itself: `rhaas.states` does.
@@ -152,6 +152,16 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings, ob
     if power_cycle:
         _power_cycle(sessions, job_id, driver)
         return 1
+    no_nmi = _nmi_unavailable(driver)
+    if no_nmi is not None:
+        # An upstream that cannot send NMIs at all (HIL and its obmd): the reboot path from the start.
+        with sessions() as db:
+            why = f"no NMI: {no_nmi}: power cycle, network boot"
+            if clock.fall_back(db, job_id, RUNNING, settings, why, phase="reboot-path") is None:
+                return 1
+            db.commit()
+        _power_cycle(sessions, job_id, driver)
+        return 1
     try:
         driver.send_nmi()
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
@@ -166,6 +176,16 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings, ob
         return 1
     record(sessions, job_id, "nmi", "done", f"NMI sent through {driver.name} at {driver.address}")
     return 1
+
+
+def _nmi_unavailable(driver: OBMDriver) -> str | None:
+    """Why the driver can never send an NMI, or None; an upstream that cannot say now (unreachable)
+    gets the NMI tried, whose failure falls back as usual."""
+    try:
+        return driver.nmi_unavailable()
+    except RhaasError as exc:
+        log.info("could not learn whether %s at %s has NMIs: %s", driver.name, driver.address, exc)
+        return None
 
 
 def record(sessions: Any, job_id: int, phase: str, outcome: str, detail: str) -> None:

@@ -76,8 +76,10 @@ def delete_metadata(node: str, label: str, db: DB, caller: CurrentCaller) -> Res
 
 
 @router.put("/node/{node}/obm")
-def set_obm(node: str, body: ObmEnableBody, db: DB, caller: CurrentCaller) -> Response:
-    nodes.set_obm_enabled(db, caller, node, body.enabled)
+def set_obm(
+    node: str, body: ObmEnableBody, db: DB, caller: CurrentCaller, backend: CurrentBackend
+) -> Response:
+    nodes.set_obm_enabled(db, caller, backend, node, body.enabled)
     return ok()
 
 

@@ -152,16 +152,21 @@ def power_cycles_first(job: ProvisionJob) -> bool:
 
 
 def fall_back(
-    db: Session, job_id: int, was_status: str, settings: ProvisioningSettings, why: str
+    db: Session,
+    job_id: int,
+    was_status: str,
+    settings: ProvisioningSettings,
+    why: str,
+    phase: str = "fallback",
 ) -> ProvisionJob | None:
-    """Put a fast return on the reboot path (power cycle, network boot) with a new deadline; None if
-    another server moved the job meanwhile."""
+    """Put a fast return on the reboot path (power cycle, network boot) with a new deadline, stamping
+    ``phase`` with ``why``; None if another server moved the job meanwhile."""
     deadline = deadline_of(RETURN, REBOOT, settings)
     if not claim(db, job_id, was_status, FAST, path=REBOOT, status=RUNNING, deadline=deadline):
         return None
     job = db.get(ProvisionJob, job_id, populate_existing=True)
     assert job is not None
-    stamp(job, "fallback", "start", why)
+    stamp(job, phase, "start", why)
     return job
 
 

@@ -67,6 +67,16 @@ class OBMDriver(ABC):
     def send_nmi(self) -> None:
         """Pulse the diagnostic interrupt (an NMI to the running OS)."""
 
+    def set_enabled(self, enabled: bool) -> None:
+        """The node's OBM was enabled or disabled by its project (HIL's ``PUT /node/<n>/obm``). A BMC
+        driven directly needs nothing; a driver over another service passes it on."""
+        return None
+
+    def nmi_unavailable(self) -> str | None:
+        """Why this BMC cannot send an NMI at all (so a return takes the reboot path from the start), or
+        None if it can (whether one NMI goes through is `send_nmi`'s business)."""
+        return None
+
     def console(self) -> Iterator[bytes]:
         """Stream the node's serial console. Drivers without one raise OBMError."""
         raise OBMError(f"{self.name} BMC at {self.address} has no console support.")

@@ -25,6 +25,14 @@ class UpstreamPower(Protocol):
         """Call the client's ``node.<method>(node, *args)`` upstream, the node's OBM enabled first."""
         ...
 
+    def set_obm(self, node: str, enabled: bool) -> None:
+        """Enable or disable the node's OBM upstream."""
+        ...
+
+    def nmi_unavailable(self) -> str | None:
+        """Why the upstream cannot send NMIs, or None."""
+        ...
+
 
 class UpstreamOBMSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +41,9 @@ class UpstreamOBMSettings(BaseModel):
 
 
 class UpstreamOBM(OBMDriver):
-    """Forwards power, boot device, NMI and console to the upstream (enabling its OBM there first).
+    """Forwards OBM enable/disable, power, boot device, NMI and console to the upstream (enabling its OBM
+    there before a power call, as HIL requires). On an upstream without NMI (HIL), `nmi_unavailable` says
+    so and `send_nmi` raises UpstreamError without trying.
 
     Errors come back as UpstreamError (502) or UpstreamUnavailableError (503) naming the upstream;
     built without an upstream, or with another one than its settings name, every call raises
@@ -54,12 +64,21 @@ class UpstreamOBM(OBMDriver):
     def address(self) -> str:
         return f"{self.settings.upstream} node {self.settings.node}"
 
-    def _do(self, what: str, method: str, *args: object) -> object:
+    def _upstream(self) -> UpstreamPower:
         if self.upstream is None or self.upstream.key != self.settings.upstream:
             raise UpstreamUnavailableError(
                 f"No upstream {self.settings.upstream} is configured in this process."
             )
-        return self.upstream.node_call(self.settings.node, what, method, *args)
+        return self.upstream
+
+    def _do(self, what: str, method: str, *args: object) -> object:
+        return self._upstream().node_call(self.settings.node, what, method, *args)
+
+    def set_enabled(self, enabled: bool) -> None:
+        self._upstream().set_obm(self.settings.node, enabled)
+
+    def nmi_unavailable(self) -> str | None:
+        return self._upstream().nmi_unavailable()
 
     def power_on(self) -> None:
         self._do("powering on", "power_on")
