@@ -1,6 +1,7 @@
 """Fast provisioning figures on the lab: provision and return by the fast path and by the reboot path (root).
 
     .venv/bin/python bench/provision.py [--nodes 4] [--rounds 2] [--memory 1024] [--disk-mb 64] [--json]
+    .venv/bin/python bench/provision.py --image debian [--nodes 2] [--rounds 1]   # bench/real_os.py
 
 The lab's QEMU nodes (TCG) sit behind Open vSwitch with virtual BMCs speaking IPMI, under the lab's base
 instance; a reseller's recursive instance with fast provisioning holds them, and its boot service in a
@@ -195,13 +196,21 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--image", choices=["testos", "debian"], default="testos")
+    chosen, rest = pick.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if chosen.image == "debian":  # a real distribution's whole-disk image: bench/real_os.py
+        from real_os import main as real_os  # bench/ is on sys.path: this file runs as a script
+
+        return real_os(rest)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", type=int, default=1024, help="MB per node")
     parser.add_argument("--disk-mb", type=int, default=64, help="size of the customer's disk image")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--image", choices=["testos"], default="testos", help="debian: bench/real_os.py")
+    args = parser.parse_args(rest)
     samples: dict[str, list[float]] = {}
     boots: dict[str, list[int]] = {}
 

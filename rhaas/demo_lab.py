@@ -137,12 +137,13 @@ class _Story:
         )
         self.stack.callback(self.reseller.stop)
         self.admin = self.reseller.admin
+        self.base.project.connect("reseller", DESK)  # the customers' machine: theirs, not a node to resell
         self.pool = self.step("the reseller takes 2 nodes from the base", lambda: self.admin.pool.grow(2))
         held = sorted(self.base.project.nodes_in("reseller"))
         holds = ", ".join(held)
         self.check(
             "the nodes are the reseller's at the base",
-            f"{', '.join(self.pool)}; the base's project 'reseller' holds {holds} (with the headnode)",
+            f"{', '.join(self.pool)}; the base's project 'reseller' holds {holds} (with the headnodes)",
             set(self.pool) <= set(held) and len(self.pool) == 2,
         )
 
@@ -183,7 +184,6 @@ class _Story:
         alice.network.create("a-net", "customer-a", "customer-a", "")
         bob.network.create("b-net", "customer-b", "customer-b", "")
         self.keys = {who: keypair(self.workdir, who) for who in ("alice", "bob")}
-        self.base.project.connect("reseller", DESK)
         ips = {n: (self.macs[n], f"{NODE_NET}.{11 + i}") for i, n in enumerate(self.pool)}
         self.desk = Desk(self.desk_ns, self.workdir, ips)
         self.stack.callback(self.desk.stop)
