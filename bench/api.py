@@ -74,12 +74,9 @@ def populate(server: Server, nodes: int) -> float:
                             json={"macaddr": f"52:54:00:00:{i // 256:02x}:{i % 256:02x}"},
                         )
                     )
-                    check(c.put(f"/switch/sw0/port/p{i}"))
-                    check(
-                        c.post(
-                            f"/switch/sw0/port/p{i}/connect_nic", json={"node": f"node{i:05d}", "nic": "eth0"}
-                        )
-                    )
+                    check(c.put(f"/switch/sw0/port/gi1/0/{i}"))
+                    nic = {"node": f"node{i:05d}", "nic": "eth0"}
+                    check(c.post(f"/switch/sw0/port/gi1/0/{i}/connect_nic", json=nic))
 
     workers = 4
     with ThreadPoolExecutor(workers) as pool:

@@ -80,10 +80,10 @@ def setup(tmp: Path) -> list[tuple[Server, httpx.Client]]:
                 obm = {"type": "mock", "host": f"b{i}", "user": "u", "password": "p"}
                 ok(admin.put(f"/node/n{i:02d}", json={"obm": obm}))
                 ok(admin.put(f"/node/n{i:02d}/nic/eth0", json={"macaddr": f"52:54:00:00:00:{i:02x}"}))
-                ok(admin.put(f"/switch/sw0/port/p{i}"))
+                ok(admin.put(f"/switch/sw0/port/gi1/0/{i}"))
                 ok(
                     admin.post(
-                        f"/switch/sw0/port/p{i}/connect_nic", json={"node": f"n{i:02d}", "nic": "eth0"}
+                        f"/switch/sw0/port/gi1/0/{i}/connect_nic", json={"node": f"n{i:02d}", "nic": "eth0"}
                     )
                 )
         else:

@@ -339,20 +339,28 @@ def reconcile(fix: bool) -> None:
 @config_option
 @database_option
 def serve_networks(config: str | None, database: str | None) -> None:
-    """Run a networking worker on its own (several may share one PostgreSQL database)."""
+    """Run a networking worker on its own (several may share one PostgreSQL database); on a recursive
+    instance, also the background reconciler ([upstream] reconcile_interval)."""
     from rhaas.backends import make_backend
     from rhaas.worker.networking import NetworkWorker
+    from rhaas.worker.reconcile import Reconciler
 
     settings = _settings(config, database)
     upgrade(settings.database.url)
     sessions = make_sessionmaker(make_engine(settings.database.url))
-    worker = NetworkWorker(sessions, make_backend(settings), settings.worker)
+    backend = make_backend(settings)
+    worker = NetworkWorker(sessions, backend, settings.worker)
+    reconciler = Reconciler.of(sessions, backend, settings.upstream.reconcile_interval)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     worker.start()
+    if reconciler is not None:
+        reconciler.start()
     click.echo(f"networking worker {worker.worker_id} running", err=True)
     stop.wait()
+    if reconciler is not None:
+        reconciler.stop()
     worker.stop()
     sys.exit(0)
 

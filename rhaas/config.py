@@ -83,8 +83,12 @@ class UpstreamSettings(Section):
     #: Prefix of the upstream networks this instance creates (unique per instance on one upstream).
     network_prefix: str | None = None
     timeout: float = Field(default=30.0, gt=0, le=600)
-    #: How long a networking action upstream may take before it counts as failed.
+    #: How long a networking action upstream may take, outages included, before it counts as failed
+    #: (an upstream that is unreachable or answers 5xx is tried again, with backoff, within it).
     action_timeout: float = Field(default=120.0, gt=0, le=3600)
+    #: Seconds between background reconciles with the upstream, which repair drift as
+    #: ``rhaas pool reconcile --fix`` does (0: none; run by the process that runs the networking worker).
+    reconcile_interval: float = Field(default=60.0, ge=0, le=86400)
 
 
 class PoolSettings(Section):

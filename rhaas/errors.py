@@ -22,6 +22,10 @@ format (HIL's names), so renaming one is an API change.
     ├── UpstreamError            502  the upstream HIL/rhaas answered with an error
     │   └── UpstreamUnavailableError 503  the upstream could not be reached
     └── ServerError              500  a bug; the message shown to callers is generic
+
+An error may be ``transient``: the failure may pass by itself (an upstream that could not be reached,
+timed out, or answered a 5xx), so the same call is worth making again later. A definite refusal (a 4xx
+in HIL's error shape) is not. Whoever raises an error says which; a wrapper keeps the flag it wraps.
 """
 
 from __future__ import annotations
@@ -30,9 +34,14 @@ from __future__ import annotations
 class RhaasError(Exception):
     """Base class of every rhaas error. ``str(err)`` is the message shown to the caller."""
 
-    def __init__(self, msg: str = "") -> None:
+    #: The failure may pass by itself: asking again later may succeed (see the module's docstring).
+    transient: bool = False
+
+    def __init__(self, msg: str = "", *, transient: bool | None = None) -> None:
         super().__init__(msg)
         self.msg = msg
+        if transient is not None:
+            self.transient = transient
 
     def __str__(self) -> str:
         return self.msg
@@ -105,6 +114,8 @@ class UpstreamError(RhaasError):
 
 class UpstreamUnavailableError(UpstreamError):
     """The upstream HIL-compatible service could not be reached."""
+
+    transient = True
 
 
 class ServerError(RhaasError):

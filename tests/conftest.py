@@ -26,6 +26,7 @@ from agent_helpers import prov_images
 from api_helpers import Api, make_api, populate_site
 from hil_double import HilDouble
 from ipmi_helpers import BmcProcess
+from obmd_helpers import running_obmd
 
 from rhaas.db.session import upgrade
 from rhaas.drivers.obm.mock import MockOBM
@@ -33,6 +34,7 @@ from rhaas.drivers.switch.mock import MockSwitch
 from rhaas.lab.servers import Server
 
 if TYPE_CHECKING:
+    from rhaas.lab.obmd import FakeObmd
     from rhaas.lab.qemu import QemuNode
 
 PG_ADMIN_URL = os.environ.get("RHAAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -172,6 +174,13 @@ def bmc(tmp_path: Path) -> Iterator[BmcProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def obmd() -> Iterator[FakeObmd]:
+    """A fake obmd (HIL master's power daemon) on 127.0.0.1, in a thread, stopped however the test ends."""
+    with running_obmd() as daemon:
+        yield daemon
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ provides two fixtures:
 The tests only go through the `OBMDriver` interface. Counters are compared before and after, so a node
 may have a history (a BMC shared by a module's tests). Class attributes say what differs by design:
 `errors` (the classes a failing device raises: `OBMError` naming the BMC; the upstream driver raises its
-upstream's errors) and `has_console`.
+upstream's errors), `has_console` and `has_nmi` (obmd has no NMI call).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class OBMConformance:
     errors: tuple[type[Exception], ...] = (OBMError,)
     #: False for a driver without a console: `console` then raises OBMError.
     has_console: bool = True
+    #: False for a driver that cannot send an NMI: `send_nmi` then raises OBMError naming the BMC.
+    has_nmi: bool = True
 
     def names_the_bmc(self, obm: OBMDriver, message: str) -> bool:
         """Whether an error message says which BMC failed."""
@@ -110,6 +112,12 @@ class OBMConformance:
         assert self.names_the_bmc(obm, str(raised.value)), raised.value
         assert node.since(before) == (0, 0)
         obm.power_on()
+        if not self.has_nmi:
+            with pytest.raises(OBMError) as raised:
+                obm.send_nmi()
+            assert self.names_the_bmc(obm, str(raised.value)), raised.value
+            assert node.since(before) == (1, 0)
+            return
         obm.send_nmi()
         assert node.since(before) == (1, 1)
         assert obm.power_status() == "on", "an NMI is not a reset"

@@ -216,8 +216,8 @@ def build_base(base: Level) -> None:
         for nic in NICS.get(node, ("eth0",)):
             port += 1
             ok(base.admin.put(f"/node/{node}/nic/{nic}", json={"macaddr": f"52:54:00:00:{i:02x}:{port:02x}"}))
-            ok(base.admin.put(f"/switch/sw0/port/p{port}"))
-            ok(base.admin.post(f"/switch/sw0/port/p{port}/connect_nic", json={"node": node, "nic": nic}))
+            ok(base.admin.put(f"/switch/sw0/port/gi1/0/{port}"))
+            ok(base.admin.post(f"/switch/sw0/port/gi1/0/{port}/connect_nic", json={"node": node, "nic": nic}))
 
 
 def enroll_ready(st: Stack, node: str) -> None:
@@ -285,7 +285,7 @@ def build_site(st: Stack) -> None:
     for depth in range(1, len(st.levels) + 1):  # the snapshot sees every level's nodes
         assert len(snapshot[f"level {depth}"]["database"]["node"]) >= len(BASE_NODES) - len(UPSTREAM_ONLY)
     vlan = alice.ok("GET", "/network/net1")["channels"][1].removeprefix("vlan/")
-    assert snapshot["level 1 switch"]["sw0"]["p1"] == {"native": vlan, "tagged": []}  # net1 reached it
+    assert snapshot["level 1 switch"]["sw0"]["gi1/0/1"] == {"native": vlan, "tagged": []}  # net1 reached it
 
 
 def finished(caller: Caller, status_id: str) -> dict[str, Any]:

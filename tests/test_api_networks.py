@@ -164,9 +164,9 @@ def test_one_pending_action_per_nic(site):
     alice = site.alice
     admin = site.admin
     admin.ok("PUT", "/switch/slow", {"type": "mock", "delay": 0.5})
-    admin.ok("PUT", "/switch/slow/port/p1")
+    admin.ok("PUT", "/switch/slow/port/gi1/0/1")
     admin.ok("PUT", "/node/n1/nic/eth1", {"macaddr": "52:54:00:00:01:01"})
-    admin.ok("POST", "/switch/slow/port/p1/connect_nic", {"node": "n1", "nic": "eth1"})
+    admin.ok("POST", "/switch/slow/port/gi1/0/1/connect_nic", {"node": "n1", "nic": "eth1"})
     alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
     alice.ok("PUT", "/network/a", {"owner": "p1", "access": "p1", "net_id": ""})
     alice.ok("PUT", "/network/b", {"owner": "p1", "access": "p1", "net_id": ""})
@@ -188,15 +188,15 @@ def test_one_pending_action_per_nic(site):
 
 def test_switch_failure_ends_in_error_with_a_message(site):
     admin, alice = site.admin, site.alice
-    admin.ok("PUT", "/switch/bad", {"type": "mock", "fail_ports": ["p9"]})
-    admin.ok("PUT", "/switch/bad/port/p9")
+    admin.ok("PUT", "/switch/bad", {"type": "mock", "fail_ports": ["gi1/0/9"]})
+    admin.ok("PUT", "/switch/bad/port/gi1/0/9")
     admin.ok("PUT", "/node/n1/nic/eth1", {"macaddr": "52:54:00:00:01:01"})
-    admin.ok("POST", "/switch/bad/port/p9/connect_nic", {"node": "n1", "nic": "eth1"})
+    admin.ok("POST", "/switch/bad/port/gi1/0/9/connect_nic", {"node": "n1", "nic": "eth1"})
     alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
     alice.ok("PUT", "/network/a", {"owner": "p1", "access": "p1", "net_id": ""})
     action = connect(alice, "n1", "a", nic="eth1")
     assert action["status"] == "ERROR"
-    assert "bad" in action["error"] and "p9" in action["error"]
+    assert "bad" in action["error"] and "gi1/0/9" in action["error"]
     assert alice.ok("GET", "/node/n1")["nics"][1]["networks"] == {}
     # The NIC is not stuck: the next action is accepted.
     assert connect(alice, "n1", "a", nic="eth1")["status"] == "ERROR"

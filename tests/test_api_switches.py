@@ -11,11 +11,11 @@ def test_switch_register_show_delete(api):
     admin.error("PUT", "/switch/sw3", {"type": "mock", "speed": 9}, 400, "ValidationError")
     admin.error("PUT", "/switch/sw3", {}, 400, "ValidationError")
     admin.ok("PUT", "/switch/sw1/port/gi1/0/1")
-    admin.ok("PUT", "/switch/sw1/port/te1:2")
+    admin.ok("PUT", "/switch/sw1/port/te1/2")
     assert admin.ok("GET", "/switch/sw1") == {
         "capabilities": ["nativeless-trunk-mode"],
         "name": "sw1",
-        "ports": [{"label": "gi1/0/1"}, {"label": "te1:2"}],
+        "ports": [{"label": "gi1/0/1"}, {"label": "te1/2"}],
     }
     assert "ports" in admin.error("DELETE", "/switch/sw1", None, 409, "BlockedError")
     admin.ok("DELETE", "/switch/sw2")
@@ -63,3 +63,17 @@ def test_switch_routes_are_admin_only(site):
         caller.error("GET", "/switches", None, 401, "AuthorizationError")
         caller.error("GET", "/switch/sw0", None, 401, "AuthorizationError")
         caller.error("GET", "/switch/sw0/port/gi1/0/1/state", None, 401, "AuthorizationError")
+
+
+def test_mock_switch_takes_only_hil_mock_port_names(api):
+    """HIL's mock switch refuses other port names; a HIL script relying on that refusal behaves the same."""
+    admin = api.admin
+    admin.ok("PUT", "/switch/sw1", {"type": "mock"})
+    for port in ("gi1/0/11", "te1/0/12", "gi1/12", "te1/3"):
+        admin.ok("PUT", f"/switch/sw1/port/{port}")
+    for port in ("badport", "p1", "eth0", "gi1", "ge1/0/1", "gi1/0/1/2", "gi1/x", "Gi1/0/1", "gi１/0/1"):
+        msg = admin.error("PUT", f"/switch/sw1/port/{port}", None, 400, "BadArgumentError")
+        assert msg.startswith("Invalid port name. Valid port names for this switch are of the form gi1/0/11")
+    assert [p["label"] for p in admin.ok("GET", "/switch/sw1")["ports"]] == sorted(
+        ["gi1/0/11", "te1/0/12", "gi1/12", "te1/3"]
+    )

@@ -405,6 +405,41 @@ def test_other_non_api_errors_are_upstream_errors(
     assert type(info.value) is e.UpstreamError
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "transient"),
+    [
+        (409, {"type": "BlockedError", "msg": "pending"}, False),  # a definite refusal in HIL's shape
+        (404, {"type": "NotFoundError", "msg": "no such node"}, False),
+        (404, "<html>not here</html>", False),  # HIL's HTML 404: a route it does not have
+        (500, "<html>Internal Server Error</html>", True),  # HIL's crash page
+        (502, "Bad Gateway", True),  # a proxy in front of an upstream that is away
+        (503, {"type": "UpstreamUnavailableError", "msg": "its own upstream is away"}, True),
+        (504, "Gateway Timeout", True),
+        (429, "slow down", True),
+    ],
+)
+def test_errors_say_whether_asking_again_may_help(
+    client: Client, rec: Recorder, status: int, body: Any, transient: bool
+) -> None:
+    if isinstance(body, dict):
+        rec.answer(status, body)
+    else:
+        rec.answer(status, content=body.encode())
+    with pytest.raises(e.RhaasError) as info:
+        client.node.show("n1")
+    assert info.value.transient is transient
+
+
+def test_an_unreachable_endpoint_is_transient(client: Client, rec: Recorder) -> None:
+    def fail(_request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    rec.respond = fail
+    with pytest.raises(e.UpstreamUnavailableError) as info:
+        client.node.connect_network("n1", "eth0", "net", "vlan/native")
+    assert info.value.transient is True
+
+
 def test_success_with_a_body_that_is_not_json(client: Client, rec: Recorder) -> None:
     rec.answer(200, content=b"<html>proxy login</html>")
     with pytest.raises(e.UpstreamError, match="not JSON"):

@@ -251,14 +251,14 @@ def database_port_state(api: Any, node: str, nic: str) -> PortState:
 
 @pytest.fixture
 def flaky(site, tmp_path: Path) -> FlakySwitch:
-    """Switch ``flaky`` (mock, faults from a file) with port p1 wired to n1's eth1; n1 in project p1."""
+    """Switch ``flaky`` (mock, faults from a file) with port gi1/0/1 wired to n1's eth1; n1 in project p1."""
     admin = site.admin
     switch = FlakySwitch(site, tmp_path / "faults.json", tmp_path / "switch.json")
     settings = {"type": "mock", "state_file": str(switch.state), "faults_file": str(switch.faults)}
     admin.ok("PUT", "/switch/flaky", settings)
-    admin.ok("PUT", "/switch/flaky/port/p1")
+    admin.ok("PUT", "/switch/flaky/port/gi1/0/1")
     admin.ok("PUT", "/node/n1/nic/eth1", {"macaddr": "52:54:00:00:01:01"})
-    admin.ok("POST", "/switch/flaky/port/p1/connect_nic", {"node": "n1", "nic": "eth1"})
+    admin.ok("POST", "/switch/flaky/port/gi1/0/1/connect_nic", {"node": "n1", "nic": "eth1"})
     site.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
     site.alice.ok("PUT", "/network/a", {"owner": "p1", "access": "p1", "net_id": ""})
     return switch
@@ -268,20 +268,20 @@ def test_switch_refusing_every_attempt_ends_in_error_and_the_nic_recovers(flaky)
     flaky.inject(fail_next=ATTEMPTS + 1)
     action = flaky.connect("a")
     assert action["status"] == "ERROR"
-    assert "flaky" in action["error"] and "p1" in action["error"], action
+    assert "flaky" in action["error"] and "gi1/0/1" in action["error"], action
     # Exactly ATTEMPTS changes were tried, then the worker gave up.
     assert json.loads(flaky.faults.read_text())["fail_next"] == 1
-    assert flaky.database_state() == PortState() == flaky.driver().get_port("p1")
+    assert flaky.database_state() == PortState() == flaky.driver().get_port("gi1/0/1")
     flaky.inject()  # the fault is gone
     assert flaky.connect("a")["status"] == "DONE"
-    assert flaky.driver().get_port("p1") == flaky.database_state() != PortState()
+    assert flaky.driver().get_port("gi1/0/1") == flaky.database_state() != PortState()
 
 
 def test_switch_failing_fewer_times_than_the_attempts_is_retried_to_done(flaky):
     flaky.inject(fail_next=ATTEMPTS - 1)
     assert flaky.connect("a")["status"] == "DONE"
     assert json.loads(flaky.faults.read_text())["fail_next"] == 0
-    assert flaky.driver().get_port("p1") == flaky.database_state() != PortState()
+    assert flaky.driver().get_port("gi1/0/1") == flaky.database_state() != PortState()
 
 
 @pytest.mark.parametrize("fault", ["crash", "garbage", "refuse"])
@@ -289,14 +289,14 @@ def test_switch_crashing_or_answering_garbage_ends_in_error_naming_switch_and_po
     assert flaky.connect("a")["status"] == "DONE"
     before = flaky.database_state()
     if fault == "crash":
-        flaky.inject(crash_ports=["p1"])  # a RuntimeError: what a driver bug looks like
+        flaky.inject(crash_ports=["gi1/0/1"])  # a RuntimeError: what a driver bug looks like
     elif fault == "refuse":
-        flaky.inject(fail_ports=["p1"])
+        flaky.inject(fail_ports=["gi1/0/1"])
     else:
-        flaky.state.write_text('{"flaky": {"p1": "\x00garbage')
+        flaky.state.write_text('{"flaky": {"gi1/0/1": "\x00garbage')
     action = flaky.detach("a")
     assert action["status"] == "ERROR", action
-    assert "flaky" in action["error"] and "p1" in action["error"], action
+    assert "flaky" in action["error"] and "gi1/0/1" in action["error"], action
     expected = {"crash": "unexpected failure: RuntimeError", "garbage": "garbage", "refuse": "refused"}
     assert expected[fault] in action["error"], action
     print(f"{fault}: {action['error']}")
@@ -304,9 +304,9 @@ def test_switch_crashing_or_answering_garbage_ends_in_error_naming_switch_and_po
     # The fault goes away (the garbage is overwritten with the state the database knows).
     flaky.inject()
     if fault == "garbage":
-        flaky.state.write_text(json.dumps({"flaky": {"p1": before.as_dict()}}))
+        flaky.state.write_text(json.dumps({"flaky": {"gi1/0/1": before.as_dict()}}))
     assert flaky.detach("a")["status"] == "DONE"
-    assert flaky.driver().get_port("p1") == flaky.database_state() == PortState()
+    assert flaky.driver().get_port("gi1/0/1") == flaky.database_state() == PortState()
 
 
 # -- switch faults: a real Open vSwitch whose daemons die ---------------------------------------------------
@@ -565,12 +565,12 @@ def test_postgresql_restart_under_load(private_pg, tmp_path):
             state_file = tmp_path / "switch.json"
             settings = {"type": "mock", "state_file": str(state_file), "delay": 1.5}
             assert admin.put("/switch/sw", json=settings).status_code == 200
-            assert admin.put("/switch/sw/port/p1").status_code == 200
+            assert admin.put("/switch/sw/port/gi1/0/1").status_code == 200
             obm = {"type": "mock", "host": "b1", "user": "u", "password": "p"}
             assert admin.put("/node/n1", json={"obm": obm}).status_code == 200
             assert admin.put("/node/n1/nic/eth0", json={"macaddr": "52:54:00:00:99:01"}).status_code == 200
             body = {"node": "n1", "nic": "eth0"}
-            assert admin.post("/switch/sw/port/p1/connect_nic", json=body).status_code == 200
+            assert admin.post("/switch/sw/port/gi1/0/1/connect_nic", json=body).status_code == 200
             assert admin.put("/project/p").status_code == 200
             assert admin.post("/project/p/connect_node", json={"node": "n1"}).status_code == 200
             net = {"owner": "p", "access": "p", "net_id": ""}
@@ -635,7 +635,7 @@ def test_postgresql_restart_under_load(private_pg, tmp_path):
             assert all(s.ended - s.started < Load.TIMEOUT for s in samples)
             assert load.samples[-1].status == 200
             assert action["status"] == "DONE", action
-            assert json.loads(state_file.read_text())["sw"]["p1"]["native"] is not None
+            assert json.loads(state_file.read_text())["sw"]["gi1/0/1"]["native"] is not None
             nic = admin.get("/node/n1").json()["nics"][0]
             assert nic["networks"] == {"vlan/native": "net"}, nic
             assert restart_recovery < 10 and outage_recovery < 10

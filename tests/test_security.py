@@ -1,4 +1,5 @@
-"""Credentials stay secret: never in API answers, server logs or the process list; an admin rotates them."""
+"""Credentials stay secret: never in API answers, server logs or the process list; an admin rotates them.
+obmd's admin token and the node tokens it hands out are kept the same way."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from obmd_helpers import obmd_form
 
 from rhaas.drivers.obm.mock import MockOBM
+from rhaas.lab.obmd import FakeObmd
 from rhaas.lab.servers import Server
 
 BMC_SECRET = "bmc-s3cret-value"
@@ -73,3 +76,24 @@ def test_upstream_password_is_not_in_ps_or_logs(tmp_path: Path):
     for log in (tmp_path / "b.log", tmp_path / "r.log"):
         text = log.read_text()
         assert secret not in text and BMC_SECRET not in text, log
+
+
+def test_obmd_tokens_are_not_in_answers_nor_the_server_log(server: Server, obmd: FakeObmd) -> None:
+    """A real server (logging at INFO, httpx's request lines included) drives an obmd node."""
+    form = obmd_form(obmd, "o1")
+    with server.client("admin", "adminpw") as admin:
+        answers = [admin.put("/node/o1", json={"obmd": form})]
+        answers.append(admin.put("/node/o1/obm", json={"enabled": True}))
+        token = obmd.machines["o1"].token
+        assert token
+        answers.append(admin.post("/node/o1/power_on"))
+        answers += [admin.get("/node/o1/power_status"), admin.get("/node/o1")]
+        obmd.machines["o1"].fail = True
+        answers.append(admin.post("/node/o1/power_off"))
+        assert [a.status_code for a in answers] == [200] * 5 + [502]
+        assert answers[3].json() == {"power_status": "on"}
+    for answer in answers:
+        assert token not in answer.text and form["admin_token"] not in answer.text
+    log = server.log_path.read_text()
+    assert "token=<redacted>" in log, "httpx's request lines are in the log, blanked"
+    assert token not in log and form["admin_token"] not in log

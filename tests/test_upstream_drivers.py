@@ -28,12 +28,12 @@ from rhaas.errors import UpstreamError, UpstreamUnavailableError
 #: The VLANs switch_conformance's states use: the base's admin makes a network for each.
 VLANS = ["10", "20", "30", *(str(v) for v in range(100, 141))]
 #: Nodes held by the reseller: n1..n3 work, nf's BMC fails, n9's switch port fails.
-NODES = {"n1": "p1", "n2": "p2", "n3": "p3", "nf": "p4", "n9": "p9"}
+NODES = {"n1": "gi1/0/1", "n2": "gi1/0/2", "n3": "gi1/0/3", "nf": "gi1/0/4", "n9": "gi1/0/9"}
 
 
 def _build_base(base: Level) -> None:
     admin = base.admin
-    ok(admin.put("/switch/sw0", json={"type": "mock", "fail_ports": ["p9"]}))
+    ok(admin.put("/switch/sw0", json={"type": "mock", "fail_ports": ["gi1/0/9"]}))
     ok(admin.put("/project/reseller"))
     base.user("bot", "bot-pw", "reseller")
     for i, (node, port) in enumerate(NODES.items(), 1):
@@ -92,9 +92,9 @@ def test_the_upstream_port_is_what_the_base_switch_carries(base: Level, drivers:
     from switch_conformance import NATIVE_TRUNK
 
     drivers.switch().set_port("n3/eth0", NATIVE_TRUNK)
-    assert ok(base.admin.get("/switch/sw0/port/p3/state")) == NATIVE_TRUNK.as_dict()
+    assert ok(base.admin.get("/switch/sw0/port/gi1/0/3/state")) == NATIVE_TRUNK.as_dict()
     drivers.switch().reset_port("n3/eth0")
-    assert ok(base.admin.get("/switch/sw0/port/p3/state")) == {"native": None, "tagged": []}
+    assert ok(base.admin.get("/switch/sw0/port/gi1/0/3/state")) == {"native": None, "tagged": []}
 
 
 # -- the BMC -------------------------------------------------------------------------------------------

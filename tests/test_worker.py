@@ -41,8 +41,8 @@ def site(client: httpx.Client, nodes: int, delay: float, state_file: Path) -> No
             )
         )
         ok(client.put(f"/node/n{i}/nic/eth0", json={"macaddr": f"52:54:00:00:01:{i:02x}"}))
-        ok(client.put(f"/switch/sw/port/p{i}"))
-        ok(client.post(f"/switch/sw/port/p{i}/connect_nic", json={"node": f"n{i}", "nic": "eth0"}))
+        ok(client.put(f"/switch/sw/port/gi1/0/{i}"))
+        ok(client.post(f"/switch/sw/port/gi1/0/{i}/connect_nic", json={"node": f"n{i}", "nic": "eth0"}))
         ok(client.post("/project/p/connect_node", json={"node": f"n{i}"}))
 
 
@@ -91,7 +91,7 @@ def test_server_killed_mid_action_completes_it_on_restart(server, tmp_path):
     with server.client("admin", "adminpw") as admin:
         assert wait(admin, sid)["status"] == "DONE"
         assert ok(admin.get("/node/n0"))["nics"][0]["networks"] == {"vlan/native": "net"}
-        assert ok(admin.get("/switch/sw/port/p0/state")) == {"native": "100", "tagged": []}
+        assert ok(admin.get("/switch/sw/port/gi1/0/0/state")) == {"native": "100", "tagged": []}
 
 
 @pytest.fixture

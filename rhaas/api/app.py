@@ -10,8 +10,8 @@
 - the network boot's app (`create_boot_app`): ``/boot/v1`` only, on ``[provisioning] boot_listen`` in
   plain HTTP, which is all a node's firmware speaks.
 
-The background threads (networking worker, provisioning ticker) belong to the customer app's lifespan,
-so they run once however many listeners serve.
+The background threads (networking worker, provisioning ticker, reconciler) belong to the customer
+app's lifespan, so they run once however many listeners serve.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from rhaas.notify import Notifier
 from rhaas.provisioning.agenttls import pin_of
 from rhaas.worker.networking import NetworkWorker
 from rhaas.worker.provisioning import ProvisioningTicker
+from rhaas.worker.reconcile import Reconciler
 
 log = logging.getLogger("rhaas")
 
@@ -81,6 +82,8 @@ def create_apps(settings: Settings, sessions: sessionmaker[Session] | None = Non
         if settings.worker.in_process
         else None
     )
+    # Drift with an upstream is repaired where the worker runs (the process that gives up on actions).
+    reconciler = Reconciler.of(sessions, backend, settings.upstream.reconcile_interval) if worker else None
     ticker = None
     if settings.provisioning.enabled:
         wake = worker.wake if worker is not None else None
@@ -90,13 +93,13 @@ def create_apps(settings: Settings, sessions: sessionmaker[Session] | None = Non
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        for background in (worker, ticker):
+        for background in (worker, ticker, reconciler):
             if background is not None:
                 background.start()
         try:
             yield
         finally:
-            for background in (worker, ticker):
+            for background in (worker, ticker, reconciler):
                 if background is not None:
                     background.stop()
 

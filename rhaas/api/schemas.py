@@ -22,8 +22,18 @@ class ObmForm(BaseModel):
     type: str = Field(description='driver: "ipmi", "mock", or a HIL type URL')
 
 
+class ObmdForm(Body):
+    """HIL master's OBM form: the node's URL in obmd and obmd's admin token."""
+
+    uri: str = Field(description="the node's URL in obmd, http(s)://host:port/node/<id>")
+    admin_token: str = Field(description="obmd's admin token (a secret: never shown again)")
+
+
 class NodeRegisterBody(Body):
-    obm: ObmForm
+    """Exactly one of ``obm`` (HIL's in-tree form) and ``obmd`` (HIL master's)."""
+
+    obm: ObmForm | None = None
+    obmd: ObmdForm | None = None
     metadata: dict[str, Any] | None = None
 
 

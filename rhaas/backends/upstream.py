@@ -81,6 +81,8 @@ class Upstream:
         if not settings.url:
             raise ValueError("an upstream needs a url")
         self.settings = settings
+        #: How long a NIC change may take here, outages included (the upstream switch's retry window).
+        self.action_timeout = settings.action_timeout
         self.url = settings.url.rstrip("/")
         self.project = settings.project
         self.key = f"{self.url}#{self.project}"
@@ -114,7 +116,8 @@ class Upstream:
             raise
         except RhaasError as exc:
             kind = type(exc).__name__
-            raise UpstreamError(f"upstream {self.url} refused {what}: {kind}: {exc.msg}") from exc
+            message = f"upstream {self.url} refused {what}: {kind}: {exc.msg}"
+            raise UpstreamError(message, transient=exc.transient) from exc
 
     # -- extensions -----------------------------------------------------------------------------------
     def extensions(self) -> frozenset[str]:
@@ -417,7 +420,7 @@ class Upstream:
         try:
             return self.call(what, fn, *args, passthrough=(BlockedError,))
         except BlockedError as exc:
-            if "pending" in exc.msg:
+            if "pending" in exc.msg or "already active" in exc.msg:  # rhaas's words, and HIL's
                 raise _Busy(exc.msg) from exc
             raise UpstreamError(f"upstream {self.url} refused {what}: BlockedError: {exc.msg}") from exc
 

@@ -8,7 +8,8 @@ Every call goes through `Connection.call` (or `Connection.stream`), which
 * returns the parsed JSON body, or None for an empty one;
 * raises the `rhaas.errors` class the server named in its ``{"type", "msg"}`` body, a `ServerError`
   (HTTP 500) or `UpstreamError` (any other status) quoting an error body that is not HIL's JSON, or
-  `UpstreamUnavailableError` naming the endpoint when it cannot be reached at all.
+  `UpstreamUnavailableError` naming the endpoint when it cannot be reached at all; errors of a 5xx,
+  408 or 429 answer, and unreachable endpoints, are ``transient`` (worth trying again), others not.
 
 It must not know any route: the resource modules (`projects`, `nodes`, ...) do.
 """
@@ -252,8 +253,11 @@ class Connection:
             data = response.json()
         except ValueError:
             data = None
+        # A 5xx (a crash page, a proxy's 502/503/504, an upstream's own upstream away), a 408 or a 429 may
+        # pass by itself; a 4xx in HIL's shape is the server's definite answer.
+        transient = status >= 500 or status in (408, 429)
         if isinstance(data, dict) and isinstance(data.get("type"), str) and "msg" in data:
-            raise _error_class(data["type"])(str(data["msg"]))
+            raise _error_class(data["type"])(str(data["msg"]), transient=transient)
         # A bare 500 is the server's own crash page (HIL answers its ServerErrors that way); anything else
         # without an API body (a proxy's 502, a wrong endpoint's 404) says nothing about the call.
         request = response.request
@@ -262,8 +266,8 @@ class Connection:
             f"{request.url.path}: {_snippet(response)!r}"
         )
         if status == 500:
-            raise ServerError(msg)
-        error = UpstreamError(msg)
+            raise ServerError(msg, transient=transient)
+        error = UpstreamError(msg, transient=transient)
         error.http_status = status  # a HIL without the route: HTML 404 / 405
         raise error
 

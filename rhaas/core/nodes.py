@@ -29,7 +29,7 @@ from rhaas.core.access import (
 )
 from rhaas.db.models import PENDING, Generation, NetworkAttachment, NetworkingAction, Nic, Node, NodeMetadata
 from rhaas.drivers.obm.base import OBMDriver
-from rhaas.drivers.registry import obm_driver
+from rhaas.drivers.registry import OBM_FORMS, obm_driver
 from rhaas.errors import (
     BadArgumentError,
     BlockedError,
@@ -63,8 +63,20 @@ def list_nodes(db: Session, caller: Caller, is_free: str) -> list[str]:
     return names
 
 
-def validate_obm(obm: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """HIL's in-tree OBM form → (driver name, settings). Raises 400 errors naming what is wrong."""
+def validate_obm(
+    obm: dict[str, Any] | None, obmd: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A node's OBM as registered → (driver name, settings). Raises 400 errors naming what is wrong.
+
+    ``obm`` is HIL's in-tree form (``{"type", …settings}``); ``obmd`` HIL master's (``{"uri",
+    "admin_token"}``, driven by the ``obmd`` driver). Exactly one of the two is given."""
+    if (obm is None) == (obmd is None):
+        raise ValidationError(
+            "A node is registered with exactly one of 'obm' ({\"type\": …}) and 'obmd' "
+            '({"uri": …, "admin_token": …}).'
+        )
+    if obmd is not None:
+        return _validated(OBM_FORMS["obmd"], obmd, "obmd")
     if not isinstance(obm, dict) or not isinstance(obm.get("type"), str):
         raise ValidationError("obm must be an object with a string 'type'.")
     cls = obm_driver(obm["type"])
@@ -72,11 +84,19 @@ def validate_obm(obm: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise BadArgumentError(
             "Nodes of a recursive instance come from its upstream (pool grow), not registration."
         )
-    fields = {k: v for k, v in obm.items() if k != "type"}
+    if cls.registration_form != "obm":
+        raise BadArgumentError(
+            f"A node of OBM type {cls.name} is registered with {{{cls.registration_form!r}: …}}, not 'obm'."
+        )
+    return _validated(cls.name, {k: v for k, v in obm.items() if k != "type"}, "obm")
+
+
+def _validated(type_name: str, fields: dict[str, Any], form: str) -> tuple[str, dict[str, Any]]:
+    cls = obm_driver(type_name)
     try:
         settings = cls.settings_model.model_validate(fields)
     except pydantic.ValidationError as exc:
-        raise ValidationError(f"obm settings are not valid for type {cls.name}: {_brief(exc)}") from exc
+        raise ValidationError(f"{form} settings are not valid for type {cls.name}: {_brief(exc)}") from exc
     return cls.name, settings.model_dump()
 
 
@@ -85,11 +105,18 @@ def _brief(exc: pydantic.ValidationError) -> str:
 
 
 def register_node(
-    db: Session, caller: Caller, name: str, obm: dict[str, Any], metadata: dict[str, Any] | None = None
+    db: Session,
+    caller: Caller,
+    name: str,
+    obm: dict[str, Any] | None,
+    metadata: dict[str, Any] | None = None,
+    *,
+    obmd: dict[str, Any] | None = None,
 ) -> None:
+    """Register a node with HIL's ``obm`` form or HIL master's ``obmd`` form (see `validate_obm`)."""
     require_admin(caller)
     check_label("Node", name)
-    obm_type, settings = validate_obm(obm)
+    obm_type, settings = validate_obm(obm, obmd)
     if db.scalar(select(Node.id).where(Node.label == name)) is not None:
         raise DuplicateError(f"Node {name} already exists.")
     node = Node(label=name, obm_type=obm_type, obm_settings=settings, obm_enabled=False)
@@ -197,14 +224,18 @@ def _require_node_control(caller: Caller, node: Node) -> None:
 
 
 def set_obm_enabled(db: Session, caller: Caller, backend: Backend, node_name: str, enabled: bool) -> None:
-    """Enable or disable a node's OBM. Its driver hears of it first (on a recursive instance, the
-    upstream's OBM follows): if that fails, nothing changes here."""
+    """Enable or disable a node's OBM (idempotent). The driver is told every time (obmd hands out a new
+    node token on each enable and revokes it on disable, as under HIL) and may give new settings to
+    store. The node's row stays locked meanwhile, so that concurrent calls store the token obmd handed
+    out last; a driver that fails changes nothing."""
     node = get_node(db, node_name)
     _require_node_control(caller, node)
+    db.refresh(node, with_for_update=True)
     driver = backend.obm_driver(node)
-    db.rollback()  # no transaction stays open while the BMC, or an upstream, answers
-    driver.set_enabled(enabled)
-    get_node(db, node_name).obm_enabled = enabled
+    settings = driver.enable() if enabled else driver.disable()
+    if settings is not None:
+        node.obm_settings = settings.model_dump()
+    node.obm_enabled = enabled
 
 
 def node_obm(db: Session, caller: Caller, backend: Backend, node_name: str) -> OBMDriver:
@@ -213,7 +244,7 @@ def node_obm(db: Session, caller: Caller, backend: Backend, node_name: str) -> O
     _require_node_control(caller, node)
     if not node.obm_enabled:
         raise BlockedError(
-            f"Node {node_name} has its OBM disabled; enable it first (PUT /node/{{node}}/obm)."
+            f"OBM is not enabled on node {node_name}; enable it first (PUT /node/{{node}}/obm)."
         )
     return backend.obm_driver(node)
 
@@ -232,9 +263,8 @@ def rotate_obm_credentials(db: Session, caller: Caller, node_name: str, user: st
     node = get_node(db, node_name)
     cls = obm_driver(node.obm_type)
     if not cls.has_credentials:
-        raise BadArgumentError(
-            f"Node {node_name} is powered through the upstream: it has no BMC credentials here."
-        )
+        why = "is powered through the upstream" if not cls.registrable else f"is driven through {cls.name}"
+        raise BadArgumentError(f"Node {node_name} {why}: it has no BMC credentials here.")
     try:
         settings = cls.settings_model.model_validate(
             {**node.obm_settings, "user": user, "password": password}

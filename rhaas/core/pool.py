@@ -10,19 +10,20 @@ but unknown here, which `reconcile` finds and repairs.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from rhaas.backends.base import Backend
 from rhaas.backends.upstream import UpstreamBackend
 from rhaas.core.access import Caller, free_node, require_admin
 from rhaas.core.networks import port_state
-from rhaas.db.models import PENDING, Network, NetworkingAction, Node
+from rhaas.db.models import PENDING, Network, NetworkingAction, Node, utcnow
 from rhaas.errors import AllocationError, BadArgumentError, BlockedError
 from rhaas.ports import PortState
 
@@ -143,6 +144,10 @@ def claim_unknown_node(db: Session, backend: Backend, name: str) -> Node | None:
         return None
     total, _free = node_counts(db)
     if policy.max_nodes is not None and total >= policy.max_nodes:
+        # HIL's precedence: a node that does not exist (or could not be claimed anyway) is not found,
+        # whatever the pool's limit; only a claimable node is refused for the limit.
+        if name not in backend.upstream.free_nodes():
+            return None
         raise AllocationError(f"The pool is at its limit of {policy.max_nodes} nodes.")
     if not backend.upstream.claim_node(name):
         return None
@@ -172,49 +177,80 @@ class Drift:
 
 
 def reconcile(db: Session, caller: Caller, backend: Backend, fix: bool = False) -> Drift:
-    """Compare local state with the upstream and, with ``fix``, repair the drift.
+    """Compare local state with the upstream and, with ``fix``, repair the drift (each change logged).
 
     A NIC is in sync when the upstream port carries exactly the networks its committed attachments say
     (NICs with a pending action are skipped: the worker is on them). Fixing makes the upstream match. A
     NIC registered here that the upstream node lacks is reported, not fixed: only an admin knows whether
     the registration or the upstream is wrong.
+
+    The upstream is read before the database: the worker changes a NIC upstream first and commits here
+    after, so a change it makes meanwhile looks, at worst, like drift toward what it already is. A NIC
+    whose action started or finished after this pass began is not touched by the fix (the next pass
+    judges it). The background reconciler (`rhaas.worker.reconcile`) runs this with ``fix`` too.
     """
     require_admin(caller)
     backend = _upstream(backend, "This is a base instance: there is no upstream to reconcile with.")
     up = backend.upstream
+    started = utcnow()
     held = set(up.project_nodes())
+    upstream_networks = set(up.call("listing our networks", up.client.project.networks_in, up.project))
+    upstream_nics = {name: up.nic_states(name) for name in sorted(held)}
     local = {n.label: n for n in db.scalars(select(Node).where(backend.held_upstream()))}
     drift = Drift(untracked=sorted(held - set(local)), missing=sorted(set(local) - held))
-    upstream_networks = set(up.call("listing our networks", up.client.project.networks_in, up.project))
     for net in db.scalars(select(Network).where(Network.upstream_label.is_not(None))):
         if net.upstream_label not in upstream_networks:
             drift.network_missing.append(net.label)
     pending = set(db.scalars(select(NetworkingAction.nic_id).where(NetworkingAction.status == PENDING)))
-    desired: dict[tuple[str, str], PortState] = {}
+    desired: dict[tuple[str, str], tuple[int, PortState]] = {}
     for name in sorted(held & set(local)):
-        upstream_nics = up.nic_states(name)
         for nic in local[name].nics:
-            if nic.label not in upstream_nics:
+            if nic.label not in upstream_nics[name]:
                 drift.nics_missing_upstream.append(f"{name}/{nic.label}")
                 continue
             if nic.id in pending:
                 continue
             want = port_state({a.channel: a.network for a in nic.attachments})
-            if upstream_nics[nic.label] != want:
+            if upstream_nics[name][nic.label] != want:
                 drift.nics_out_of_sync.append(f"{name}/{nic.label}")
-                desired[(name, nic.label)] = want
+                desired[(name, nic.label)] = (nic.id, want)
     if fix:
-        for name in drift.untracked:
-            backend.import_node(db, name)
-        for name in drift.missing:
-            node = local[name]
-            if node.project_id is not None:
-                project = node.project.label if node.project else "?"
-                raise BlockedError(
-                    f"Node {name} was taken away upstream while in project {project}; detach it there first."
-                )
-            forget_node(db, node)
-        for (name, nic_label), want in desired.items():
-            up.set_nic_state(name, nic_label, want)
-        drift.fixed = True
+        _repair(db, backend, drift, local, desired, started)
     return drift
+
+
+def _repair(
+    db: Session,
+    backend: UpstreamBackend,
+    drift: Drift,
+    local: dict[str, Node],
+    desired: dict[tuple[str, str], tuple[int, PortState]],
+    since: dt.datetime,
+) -> None:
+    """Repair what `reconcile` found; refuses (changing nothing) a node taken away while in a project."""
+    for name in drift.missing:
+        node = local[name]
+        if node.project_id is not None:
+            project = node.project.label if node.project else "?"
+            raise BlockedError(
+                f"Node {name} was taken away upstream while in project {project}; detach it there first."
+            )
+    for name in drift.untracked:
+        backend.import_node(db, name)
+        log.info("reconcile: imported node %s (held upstream, unknown here)", name)
+    for name in drift.missing:
+        forget_node(db, local[name])
+        log.info("reconcile: forgot node %s (no longer held upstream)", name)
+    for (name, nic_label), (nic_id, want) in desired.items():
+        touched = select(NetworkingAction.id).where(
+            NetworkingAction.nic_id == nic_id,
+            or_(NetworkingAction.status == PENDING, NetworkingAction.finished_at >= since),
+        )
+        if db.scalar(touched.limit(1)) is not None:
+            log.info("reconcile: %s/%s changed during the pass; left to the next one", name, nic_label)
+            continue
+        backend.upstream.set_nic_state(name, nic_label, want)
+        log.info(
+            "reconcile: %s/%s made to carry %s upstream, as committed here", name, nic_label, want.as_dict()
+        )
+    drift.fixed = True

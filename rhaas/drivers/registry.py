@@ -21,8 +21,11 @@ SWITCH_DRIVERS: dict[str, str] = {
 OBM_DRIVERS: dict[str, str] = {
     "mock": "rhaas.drivers.obm.mock:MockOBM",
     "ipmi": "rhaas.drivers.obm.ipmi:IPMIOBM",
+    "obmd": "rhaas.drivers.obm.obmd:ObmdOBM",
     "upstream": "rhaas.drivers.obm.upstream:UpstreamOBM",
 }
+#: Registration forms other than HIL's ``{"obm": {"type": …}}``: the body's key → the driver it names.
+OBM_FORMS: dict[str, str] = {"obmd": "obmd"}
 HIL_SWITCH_URL = "http://schema.massopencloud.org/haas/v0/switches/"
 HIL_OBM_URL = "http://schema.massopencloud.org/haas/v0/obm/"
 

@@ -11,6 +11,12 @@ same state again and commits. Independent NICs are applied concurrently on a thr
 A database outage strands nothing: an action whose outcome could not be committed is committed once the
 database is back (retried while the lease lasts), and an action this worker claimed but could not start
 is claimable again by this same worker in its next batch, not only after the lease.
+
+An outage of the device strands nothing either. A failed change is tried again as `rhaas.worker.retry`
+decides (an upstream that is away: with backoff, within its action timeout, the lease renewed before
+each try). Before an action ends in ERROR, the port is read back: a change that failed to answer but was
+applied (an upstream whose API stopped while its networking daemon went on) ends DONE, and otherwise the
+NIC's attachments are made to say what the port really carries.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,6 +46,7 @@ from rhaas.db.models import (
     DONE,
     ERROR,
     PENDING,
+    Network,
     NetworkAttachment,
     NetworkingAction,
     NodeProvisioning,
@@ -48,12 +56,16 @@ from rhaas.db.models import (
 from rhaas.drivers.switch.base import SwitchDriver
 from rhaas.errors import DriverError
 from rhaas.notify import ACTIONS, Notifier
-from rhaas.ports import PortState
+from rhaas.ports import NATIVE, PortState
+from rhaas.worker.retry import ATTEMPTS, Backoff, Retry
+
+__all__ = ["ATTEMPTS", "NetworkWorker", "Plan", "carried", "plan"]
 
 log = logging.getLogger(__name__)
 
-#: How often a failed switch change is tried before the action ends in ERROR (changes are idempotent).
-ATTEMPTS = 3
+
+class _Abandoned(Exception):
+    """The worker stops, or lost its lease, while it waits to try a change again: it finishes nothing."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class Plan:
     port: str
     state: PortState
     attachments: dict[str, int]  # channel → network row id, after the action
+    #: The FPBL holds the port: it carries the provisioning network, not the attachments.
+    held: bool = False
 
 
 def plan(db: Session, action: NetworkingAction) -> Plan | str:
@@ -85,7 +99,18 @@ def plan(db: Session, action: NetworkingAction) -> Plan | str:
     held = holds_port(db.get(NodeProvisioning, nic.node_id), nic.label)
     if held is not None:  # the FPBL owns the node: the NIC stays on the provisioning network
         state = PortState(native=held)
-    return Plan(action.id, nic.port.switch, nic.port.label, state, {ch: n.id for ch, n in channels.items()})
+    attachments = {ch: n.id for ch, n in channels.items()}
+    return Plan(action.id, nic.port.switch, nic.port.label, state, attachments, held=held is not None)
+
+
+def carried(db: Session, state: PortState) -> dict[str, int]:
+    """channel → network row id of the networks a port carrying ``state`` is attached to; a VLAN that
+    is no network of this instance has none (it is left out)."""
+    vlans = {NATIVE: state.native} if state.native is not None else {}
+    vlans.update({f"vlan/{vlan}": vlan for vlan in state.tagged})
+    rows = db.execute(select(Network.network_id, Network.id).where(Network.network_id.in_(vlans.values())))
+    by_vlan = dict(rows.all())
+    return {channel: by_vlan[vlan] for channel, vlan in vlans.items() if vlan in by_vlan}
 
 
 def _process_alive(pid: int) -> bool:
@@ -112,8 +137,14 @@ class NetworkWorker:
         backend: Backend,
         settings: WorkerSettings | None = None,
         notifier: Notifier | None = None,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sessions = sessions
+        #: The pauses between tries of a change an upstream failed transiently, and the clock they run on.
+        self.backoff = backoff or Backoff()
+        self.clock = clock
         self.backend = backend
         self.settings = settings or WorkerSettings()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -253,7 +284,6 @@ class NetworkWorker:
         )
 
     def apply(self, action_id: int) -> bool:
-        lease_end = time.monotonic() + self.settings.lease_seconds
         if not self.renew(action_id):
             return False  # finished or taken over while it waited in this worker's queue
         with self.sessions() as db:
@@ -262,9 +292,21 @@ class NetworkWorker:
                 return False
             the_plan = plan(db, action)
         t0 = time.perf_counter()
-        error = the_plan if isinstance(the_plan, str) else self._program(the_plan)
+        actual: PortState | None = None
+        if isinstance(the_plan, str):
+            error: str | None = the_plan
+        else:
+            try:
+                error = self._program(the_plan)
+            except _Abandoned as why:
+                log.info("action %d: left for later: %s", action_id, why)
+                return False
+            if error is not None:
+                error, actual = self._read_back(the_plan, error)
         t1 = time.perf_counter()
-        finished = self._commit(action_id, the_plan, error, lease_end)
+        finished = self._commit(
+            action_id, the_plan, error, actual, time.monotonic() + self.settings.lease_seconds
+        )
         if finished:
             self.notifier.notify(ACTIONS)
         log.debug(
@@ -276,35 +318,73 @@ class NetworkWorker:
         return finished
 
     def _program(self, the_plan: Plan) -> str | None:
-        """Apply the plan to the switch, trying `ATTEMPTS` times; None, or the last error's message.
+        """Apply the plan to the switch, tried again as `Retry` says; None, or the last error's message.
 
         The message always names the switch and the port, whatever the driver raised (drivers should
         raise DriverError, but a bug or a library exception it failed to translate must not leave the
-        action unfinished)."""
+        action unfinished). Raises `_Abandoned` if the worker stops or loses the lease between tries."""
         where = f"switch {the_plan.switch.label}, port {the_plan.port}"
-        for attempt in range(1, ATTEMPTS + 1):
+        retry: Retry | None = None
+        while True:
+            transient = False
             try:
-                self._driver(the_plan.switch).set_port(the_plan.port, the_plan.state)
+                driver = self._driver(the_plan.switch)
+                retry = retry or Retry(driver.retry_window, self.backoff, self.clock)
+                driver.set_port(the_plan.port, the_plan.state)
                 return None
             except DriverError as exc:
                 message = str(exc)
                 if the_plan.switch.label not in message or the_plan.port not in message:
                     message = f"{where}: {message}"
+                transient = exc.transient
             except Exception as exc:
                 log.exception("%s: unexpected driver failure", where)
                 message = f"{where}: unexpected failure: {type(exc).__name__}: {exc}"
-            log.warning("switch change failed (attempt %d/%d): %s", attempt, ATTEMPTS, message)
-            if attempt < ATTEMPTS:
-                time.sleep(0.2 * attempt)
-        return message
+            retry = retry or Retry(0.0, self.backoff, self.clock)
+            pause = retry.after_failure(transient)
+            if pause is None:
+                if retry.window > 0:
+                    kind = "still failing" if transient else "refused"
+                    message = f"{message} ({kind} after {retry.summary()})"
+                log.warning("switch change failed for good: %s", message)
+                return message
+            log.warning(
+                "switch change failed (attempt %d; next in %.1f s): %s", retry.failures, pause, message
+            )
+            if self._stop.wait(pause):
+                raise _Abandoned("the worker is stopping")
+            if not self.renew(the_plan.action_id):
+                raise _Abandoned("its lease was taken over")
 
-    def _commit(self, action_id: int, the_plan: Plan | str, error: str | None, lease_end: float) -> bool:
+    def _read_back(self, the_plan: Plan, error: str) -> tuple[str | None, PortState | None]:
+        """Before an action ends in ERROR: what the port really carries. (None, None) if the change is
+        there after all (the action is DONE); else the error and the port's state, or (error, None) if
+        the port cannot be read either."""
+        where = f"switch {the_plan.switch.label}, port {the_plan.port}"
+        try:
+            actual = self._driver(the_plan.switch).get_port(the_plan.port)
+        except Exception as exc:
+            log.warning("%s: cannot read the port back after a failed change: %s", where, exc)
+            return f"{error}; the port could not be read back: {exc}", None
+        if actual == the_plan.state:
+            log.warning("%s: the change reported a failure but is in place: done (%s)", where, error)
+            return None, None
+        return error, actual
+
+    def _commit(
+        self,
+        action_id: int,
+        the_plan: Plan | str,
+        error: str | None,
+        actual: PortState | None,
+        lease_end: float,
+    ) -> bool:
         """`_finish`, retried while the database is unreachable and the lease lasts: the switch has
         been programmed, so the outcome is recorded as soon as the database is back."""
         pause = 0.1
         while True:
             try:
-                return self._finish(action_id, the_plan, error)
+                return self._finish(action_id, the_plan, error, actual)
             except DBAPIError as exc:
                 if self._stop.is_set() or time.monotonic() + pause > lease_end:
                     raise
@@ -312,7 +392,11 @@ class NetworkWorker:
             self._stop.wait(pause)
             pause = min(pause * 2, 1.0)
 
-    def _finish(self, action_id: int, the_plan: Plan | str, error: str | None) -> bool:
+    def _finish(
+        self, action_id: int, the_plan: Plan | str, error: str | None, actual: PortState | None = None
+    ) -> bool:
+        """Record the outcome. DONE: the NIC's attachments become the plan's. ERROR with ``actual`` (the
+        port read back) on a port the FPBL does not hold: they become what the port really carries."""
         with self.sessions() as db, db.begin():
             result = db.execute(
                 self._held(action_id).values(
@@ -321,12 +405,26 @@ class NetworkWorker:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False  # our lease was taken over; the new holder finishes it
+            if not isinstance(the_plan, Plan):
+                return True
             if error is None:
-                assert isinstance(the_plan, Plan)
-                nic_id = db.get(NetworkingAction, action_id).nic_id  # type: ignore[union-attr]
-                db.execute(delete(NetworkAttachment).where(NetworkAttachment.nic_id == nic_id))
-                db.add_all(
-                    NetworkAttachment(nic_id=nic_id, network_id=net, channel=ch)
-                    for ch, net in the_plan.attachments.items()
+                attachments = the_plan.attachments
+            elif actual is not None and not the_plan.held:
+                attachments = carried(db, actual)
+            else:
+                return True  # what the port carries is unknown (or the FPBL's): the attachments stay
+            nic_id = db.get(NetworkingAction, action_id).nic_id  # type: ignore[union-attr]
+            query = select(NetworkAttachment.channel, NetworkAttachment.network_id)
+            before = dict(db.execute(query.where(NetworkAttachment.nic_id == nic_id)).all())
+            if before == attachments:
+                return True
+            if error is not None:
+                log.warning(
+                    "action %d failed; the NIC's attachments now say what its port carries", action_id
                 )
+            db.execute(delete(NetworkAttachment).where(NetworkAttachment.nic_id == nic_id))
+            db.add_all(
+                NetworkAttachment(nic_id=nic_id, network_id=net, channel=ch)
+                for ch, net in attachments.items()
+            )
         return True

@@ -30,7 +30,9 @@ def list_nodes(is_free: str, db: DB, caller: CurrentCaller) -> Response:
 
 @router.put("/node/{node}")
 def register_node(node: str, body: NodeRegisterBody, db: DB, caller: CurrentCaller) -> Response:
-    nodes.register_node(db, caller, node, body.obm.model_dump(), body.metadata)
+    obm = body.obm.model_dump() if body.obm is not None else None
+    obmd = body.obmd.model_dump() if body.obmd is not None else None
+    nodes.register_node(db, caller, node, obm, body.metadata, obmd=obmd)
     return ok()
 
 

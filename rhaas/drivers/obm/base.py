@@ -36,6 +36,9 @@ class OBMDriver(ABC):
     registrable: ClassVar[bool] = True
     #: Whether the settings hold credentials of a BMC that an admin may rotate.
     has_credentials: ClassVar[bool] = True
+    #: The key of ``PUT /node/<node>``'s body that registers a node of this type: ``"obm"`` (HIL's
+    #: in-tree form, ``{"type": …, …settings}``) or ``"obmd"`` (HIL master's, the settings alone).
+    registration_form: ClassVar[str] = "obm"
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
@@ -44,6 +47,15 @@ class OBMDriver(ABC):
     def address(self) -> str:
         """Where the BMC is, for error messages."""
         return f"{self.settings.host}:{self.settings.port}"
+
+    def enable(self) -> BaseModel | None:
+        """Called when the node's OBM is enabled (every time, as HIL does): the settings to store from
+        now on (e.g. with a session token), or None to keep them. Raises OBMError naming the BMC."""
+        return None
+
+    def disable(self) -> BaseModel | None:
+        """Called when the node's OBM is disabled (every time): the settings to store, or None."""
+        return None
 
     @abstractmethod
     def power_on(self) -> None: ...
@@ -66,11 +78,6 @@ class OBMDriver(ABC):
     @abstractmethod
     def send_nmi(self) -> None:
         """Pulse the diagnostic interrupt (an NMI to the running OS)."""
-
-    def set_enabled(self, enabled: bool) -> None:
-        """The node's OBM was enabled or disabled by its project (HIL's ``PUT /node/<n>/obm``). A BMC
-        driven directly needs nothing; a driver over another service passes it on."""
-        return None
 
     def nmi_unavailable(self) -> str | None:
         """Why this BMC cannot send an NMI at all (so a return takes the reboot path from the start), or

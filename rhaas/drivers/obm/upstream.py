@@ -74,8 +74,12 @@ class UpstreamOBM(OBMDriver):
     def _do(self, what: str, method: str, *args: object) -> object:
         return self._upstream().node_call(self.settings.node, what, method, *args)
 
-    def set_enabled(self, enabled: bool) -> None:
-        self._upstream().set_obm(self.settings.node, enabled)
+    def enable(self) -> None:
+        """The upstream's OBM of the node follows (HIL's ``PUT /node/<n>/obm``): nothing to store here."""
+        self._upstream().set_obm(self.settings.node, True)
+
+    def disable(self) -> None:
+        self._upstream().set_obm(self.settings.node, False)
 
     def nmi_unavailable(self) -> str | None:
         return self._upstream().nmi_unavailable()

@@ -28,8 +28,9 @@ class SwitchSettings(BaseModel):
 class SwitchDriver(ABC):
     """One switch. Subclasses set the class attributes and implement `set_port` and `get_port`.
 
-    Methods raise `rhaas.errors.SwitchError` (naming the switch) when the device fails, and
-    `rhaas.errors.BadArgumentError` for a port name the switch cannot have.
+    Methods raise `rhaas.errors.SwitchError` (naming the switch) when the device fails (``transient``
+    if the failure may pass by itself), and `rhaas.errors.BadArgumentError` for a port name the switch
+    cannot have.
     """
 
     #: Short name used in the API and CLI (``"ovs"``).
@@ -45,6 +46,10 @@ class SwitchDriver(ABC):
     #: Whether an admin may register a switch of this type through the API. False for a switch that
     #: rhaas creates and manages itself (a recursive instance's upstream).
     registrable: ClassVar[bool] = True
+    #: Seconds during which the networking worker keeps retrying a change that failed with a transient
+    #: error (``SwitchError(transient=True)``), with a capped exponential backoff; a definite error then
+    #: fails at once. 0: a few quick attempts, whatever the error.
+    retry_window: float = 0.0
 
     def __init__(self, switch_name: str, settings: SwitchSettings) -> None:
         self.switch_name = switch_name

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from pydantic import Field
 
 from rhaas.drivers.statefile import count_down, exclusive, replace_json
 from rhaas.drivers.switch.base import SwitchDriver, SwitchSettings
-from rhaas.errors import SwitchError
+from rhaas.errors import BadArgumentError, SwitchError
 from rhaas.ports import PortState
 
 
@@ -48,9 +49,21 @@ class MockSwitchSettings(SwitchSettings):
 
 
 class MockSwitch(SwitchDriver):
+    """Port names are those HIL's mock switch accepts (``gi1/0/11``, ``te1/0/12``, ``gi1/12``, ``te1/3``),
+    so that a script written against HIL's mock switch meets the same refusals here."""
+
     name = "mock"
     type_urls = ("http://schema.massopencloud.org/haas/v0/switches/mock",)
     settings_model = MockSwitchSettings
+    port_pattern = re.compile(r"(gi|te)[0-9]+/[0-9]+(/[0-9]+)?")
+
+    @classmethod
+    def validate_port_name(cls, port: str) -> None:
+        if not cls.port_pattern.fullmatch(port):
+            raise BadArgumentError(
+                "Invalid port name. Valid port names for this switch are of the form gi1/0/11, "
+                "te1/0/12, gi1/12, or te1/3"
+            )
 
     #: In-memory state of every mock switch without a state file: switch name → port → state.
     _memory: ClassVar[dict[str, dict[str, PortState]]] = {}

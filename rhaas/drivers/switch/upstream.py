@@ -19,6 +19,8 @@ class UpstreamNics(Protocol):
 
     #: Which upstream this is (its URL and project), as the switch's settings name it.
     key: str
+    #: How long a NIC change may take there, outages included ([upstream] action_timeout).
+    action_timeout: float
 
     def nic_state(self, node: str, nic: str) -> PortState: ...
 
@@ -34,6 +36,8 @@ class UpstreamSwitch(SwitchDriver):
 
     Built without an upstream, or with another one than its settings name (the instance's upstream
     changed since the switch was created), every call raises UpstreamUnavailableError as a SwitchError.
+    A SwitchError is ``transient`` when the upstream's failure was (unreachable, timed out, a 5xx), so
+    the worker retries it within the upstream's action timeout, and fails a definite refusal at once.
     """
 
     name = "upstream"
@@ -55,6 +59,11 @@ class UpstreamSwitch(SwitchDriver):
             )
         return self.upstream
 
+    @property
+    def retry_window(self) -> float:  # type: ignore[override]
+        """An upstream that is away may come back: its changes are retried within its action timeout."""
+        return self.upstream.action_timeout if self.upstream is not None else 0.0
+
     def _split(self, port: str) -> tuple[str, str]:
         node, _, nic = port.partition("/")
         return node, nic
@@ -63,10 +72,10 @@ class UpstreamSwitch(SwitchDriver):
         try:
             self._up().set_nic_state(*self._split(port), state)
         except UpstreamError as exc:
-            raise SwitchError(f"upstream switch, port {port}: {exc.msg}") from exc
+            raise SwitchError(f"upstream switch, port {port}: {exc.msg}", transient=exc.transient) from exc
 
     def get_port(self, port: str) -> PortState:
         try:
             return self._up().nic_state(*self._split(port))
         except UpstreamError as exc:
-            raise SwitchError(f"upstream switch, port {port}: {exc.msg}") from exc
+            raise SwitchError(f"upstream switch, port {port}: {exc.msg}", transient=exc.transient) from exc
