@@ -37,14 +37,12 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rhaas.lab import images
-from rhaas.lab.polling import wait_for
+from rhaas.lab.polling import in_parallel, wait_for
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.site import Lab
 from rhaas.provisioning.fpbl import build_fpbl, export
@@ -52,27 +50,6 @@ from rhaas.provisioning.phases import phase_durations
 
 TIMEOUT = 600.0
 HEADNODE, HEAD_IP = "head", "10.0.0.1/24"
-
-
-def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, float]:
-    """Run ``action(name)`` for every name at once; each returns its own seconds."""
-    results: dict[str, float] = {}
-    errors: list[BaseException] = []
-
-    def run(name: str) -> None:
-        try:
-            results[name] = action(name)
-        except BaseException as exc:  # reported below, after every thread ended
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def phase_times(job: dict[str, Any], end: float | None = None, last: str = "") -> dict[str, float]:

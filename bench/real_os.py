@@ -26,16 +26,14 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rhaas.client import Client
 from rhaas.lab import distro
 from rhaas.lab.desk import Desk, keypair, put_on
-from rhaas.lab.polling import wait_for
+from rhaas.lab.polling import in_parallel, wait_for
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.site import Lab
 from rhaas.lab.straight import Straight
@@ -44,26 +42,6 @@ from rhaas.provisioning.fpbl import build_fpbl, export
 TIMEOUT = 1500.0  # TCG: a Debian first boot, on up to four nodes sharing two cores
 HEADNODE, HEAD_IP, DESK, DESK_IP = "head", "10.0.0.1/24", "desk", "10.0.1.1/24"
 NETWORK, PROJECT, IMAGE = "bnet", "bench", "debian12"
-
-
-def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, float]:
-    results: dict[str, float] = {}
-    errors: list[BaseException] = []
-
-    def run(name: str) -> None:
-        try:
-            results[name] = action(name)
-        except BaseException as exc:  # noqa: BLE001 - raised again below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 class RealOsBench:

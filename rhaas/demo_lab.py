@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import secrets
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -33,6 +32,7 @@ from rhaas.cli.provisioning import wait_jobs
 from rhaas.client import Client
 from rhaas.lab import distro
 from rhaas.lab.desk import Desk, keypair, put_on
+from rhaas.lab.polling import in_parallel
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.servers import Server
 from rhaas.lab.site import SWITCH, Lab
@@ -282,7 +282,7 @@ class _Story:
         found: dict[str, list[str]] = {}
         self.step(
             "B scans every byte of both disks for A's data",
-            lambda: found.update(_side_by_side(self.pool, lambda n: self._on("bob", n, scan, 900).split())),
+            lambda: found.update(in_parallel(self.pool, lambda n: self._on("bob", n, scan, 900).split())),
         )
         refused = {n: self.desk.ssh(self.keys["alice"][0], n, "true").returncode for n in self.pool}
         self.check(
@@ -426,27 +426,6 @@ def play(
         rows = story.table()
         reach = story.reach(level3) if keep else []
     return rows, reach
-
-
-def _side_by_side(names: list[str], what: Callable[[str], Any]) -> dict[str, Any]:
-    """``what(name)`` for every name at once (the nodes' CPUs are this machine's: run them together)."""
-    out: dict[str, Any] = {}
-    errors: list[BaseException] = []
-
-    def run(name: str) -> None:
-        try:
-            out[name] = what(name)
-        except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
 
 
 def _median(values: Any) -> float:
