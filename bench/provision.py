@@ -1,6 +1,7 @@
 """Fast provisioning figures on the lab: provision and return by the fast path and by the reboot path (root).
 
     .venv/bin/python bench/provision.py [--nodes 4] [--rounds 2] [--memory 1024] [--disk-mb 64] [--json]
+    .venv/bin/python bench/provision.py --image debian [--nodes 2] [--rounds 1]   # bench/real_os.py
 
 The lab's QEMU nodes (TCG) sit behind Open vSwitch with virtual BMCs speaking IPMI, under the lab's base
 instance; a reseller's recursive instance with fast provisioning holds them, and its boot service in a
@@ -36,14 +37,12 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rhaas.lab import images
-from rhaas.lab.polling import wait_for
+from rhaas.lab.polling import in_parallel, wait_for
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.site import Lab
 from rhaas.provisioning.fpbl import build_fpbl, export
@@ -51,27 +50,6 @@ from rhaas.provisioning.phases import phase_durations
 
 TIMEOUT = 600.0
 HEADNODE, HEAD_IP = "head", "10.0.0.1/24"
-
-
-def in_parallel(names: list[str], action: Callable[[str], float]) -> dict[str, float]:
-    """Run ``action(name)`` for every name at once; each returns its own seconds."""
-    results: dict[str, float] = {}
-    errors: list[BaseException] = []
-
-    def run(name: str) -> None:
-        try:
-            results[name] = action(name)
-        except BaseException as exc:  # reported below, after every thread ended
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def phase_times(job: dict[str, Any], end: float | None = None, last: str = "") -> dict[str, float]:
@@ -195,13 +173,21 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--image", choices=["testos", "debian"], default="testos")
+    chosen, rest = pick.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if chosen.image == "debian":  # a real distribution's whole-disk image: bench/real_os.py
+        from real_os import main as real_os  # bench/ is on sys.path: this file runs as a script
+
+        return real_os(rest)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", type=int, default=1024, help="MB per node")
     parser.add_argument("--disk-mb", type=int, default=64, help="size of the customer's disk image")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--image", choices=["testos"], default="testos", help="debian: bench/real_os.py")
+    args = parser.parse_args(rest)
     samples: dict[str, list[float]] = {}
     boots: dict[str, list[int]] = {}
 

@@ -113,7 +113,7 @@ def _switch_vlans(base: Instance, ports: dict[str, str], nodes: list[str]) -> di
 @click.option("--mock", is_flag=True, help="Mock switch and BMCs, no fast provisioning: no root, seconds.")
 @click.option("--nodes", default=4, show_default=True, type=click.IntRange(4, 16),
               help="Nodes of the mock site.")  # fmt: skip
-@click.option("--memory", default=1024, show_default=True, type=click.IntRange(768, 4096),
+@click.option("--memory", default=1536, show_default=True, type=click.IntRange(1024, 4096),
               help="MB of memory per lab node.")  # fmt: skip
 @click.option("--keep", is_flag=True, help="Leave the instances running and print how to reach them.")
 @click.option(
@@ -123,9 +123,10 @@ def demo(mock: bool, nodes: int, memory: int, keep: bool, workdir: Path | None) 
     """Play the rhaas story: a base site, a reseller on it, customers A and B, and a third level.
 
     As root, on the lab: three QEMU nodes behind Open vSwitch and IPMI BMCs; the reseller provisions
-    customer A's OS on two nodes by kexec, takes them back through an NMI and wipes them, provisions
-    customer B's OS, with no firmware boot; then returns them once by the reboot path to compare. With
-    --mock (or without root) the story runs on mock hardware, without fast provisioning."""
+    customer A's Debian 12 whole-disk image on two nodes by kexec (A logs in over SSH), takes them back
+    through an NMI and wipes them, provisions customer B's Debian 13, with no firmware boot; then B
+    reboots one node, which comes back and returns by the reboot path beside the other's fast return.
+    With --mock (or without root) the story runs on mock hardware, without fast provisioning."""
     from rhaas.lab.site import missing
 
     why = None if mock else missing()
@@ -152,6 +153,7 @@ def demo(mock: bool, nodes: int, memory: int, keep: bool, workdir: Path | None) 
         for what, fast, slow, boots in [header, *rows]:
             click.echo(f"  {what:<{width}}  {fast:>9}  {slow:>11}  {boots}")
         click.echo("  * the reboot path's provision: the network boot to the FPBL, then the same deploy")
+        click.echo("  the reboot path's return: the node B rebooted during its lease (see the checks)")
     seed = [(claim, evidence) for claim, evidence in story.checks if claim.startswith("seed ")]
     if seed:
         click.echo("\n" + click.style("the seed's acceptance criteria", bold=True))

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,10 @@ from rhaas.agent import bootentry
 from rhaas.cli import lab as cli_lab
 from rhaas.imaging import ImageBuildError
 from rhaas.lab import distro
+from rhaas.lab.desk import keypair
 from rhaas.lab.distro import DistroImage
 from rhaas.lab.polling import wait_for
+from rhaas.lab.straight import Straight
 
 _TOOLS = ("mmdebstrap", "grub-mkimage", "sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs", "apt-get")
 _MISSING = [tool for tool in _TOOLS if not shutil.which(tool)]
@@ -56,8 +57,6 @@ def _built(test: Callable[..., None]) -> Callable[..., None]:
 
 
 DATA_LIMIT = 600 * 10**6
-SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=15"]  # fmt: skip
 
 
 def _say(line: str) -> None:
@@ -375,57 +374,16 @@ def test_cli_writes_the_cached_image(images, tmp_path):
 # --- booted --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _seed(tmp_path: Path, hostname: str, public_key: str) -> Path:
-    """A NoCloud seed: an ISO labelled ``cidata`` with meta-data and user-data."""
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    (seed / "meta-data").write_text(f"instance-id: {hostname}-1\nlocal-hostname: {hostname}\n")
-    (seed / "user-data").write_text(f"#cloud-config\nssh_authorized_keys:\n  - {public_key}\n")
-    iso = tmp_path / "seed.iso"
-    subprocess.run(["genisoimage", "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock",
-                    str(seed / "user-data"), str(seed / "meta-data")], check=True)  # fmt: skip
-    return iso
-
-
 @pytest.fixture
-def booted(images, flavour, tmp_path) -> Iterator[dict[str, object]]:
+def booted(images, flavour, tmp_path) -> Iterator[Straight]:
     """The ``flavour`` image booted straight from (a copy of) its disk, with a NoCloud seed; QEMU is
     killed by its PID however the test ends."""
-    image = images[flavour]
-    disk = tmp_path / "disk.raw"
-    subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    iso = _seed(tmp_path, "distro-boot", (tmp_path / "id_ed25519.pub").read_text().strip())
-    port = _free_port()
-    console = tmp_path / "console.log"
-    cmd = ["qemu-system-x86_64", "-machine", "pc", "-m", "1024", "-smp", "1", "-display", "none",
-           "-monitor", "none", "-serial", f"file:{console}",
-           "-drive", f"file={disk},if=virtio,format=raw",
-           "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
-           "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
-           "-device", "virtio-net-pci,netdev=n0"]  # fmt: skip
-    started = time.monotonic()
-    qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(tmp_path / "qemu.log").open("w"))
+    key, pub = keypair(tmp_path, "id_ed25519")
+    node = Straight(images[flavour].disk, tmp_path / "node", 1024, key, pub.read_text())
     try:
-        yield {"image": image, "key": key, "port": port, "console": console, "started": started, "qemu": qemu}
+        yield node
     finally:
-        qemu.kill()
-        qemu.wait(timeout=30)
-
-
-def _ssh(booted: dict[str, object], command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-i", str(booted["key"]), *SSH_OPTIONS, "-p", str(booted["port"]), "debian@127.0.0.1",
-         command],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        node.stop()
 
 
 @_built
@@ -434,36 +392,23 @@ def _ssh(booted: dict[str, object], command: str, timeout: float = 60) -> subpro
 @pytest.mark.skipif(not shutil.which("qemu-system-x86_64") or not shutil.which("genisoimage"),
                     reason="needs qemu-system-x86 and genisoimage")  # fmt: skip
 @pytest.mark.parametrize("flavour", list(distro.FLAVOURS))
-def test_image_boots_from_its_own_disk_until_ssh_answers(booted, flavour):
-    image = booted["image"]
-    assert isinstance(image, DistroImage)
-    qemu = booted["qemu"]
-    assert isinstance(qemu, subprocess.Popen)
-    console = booted["console"]
-    assert isinstance(console, Path)
-
-    def ssh_answers() -> bool:
-        assert qemu.poll() is None, f"QEMU exited ({qemu.returncode})"
-        try:
-            return _ssh(booted, "true", timeout=30).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
-
-    wait_for("SSH as debian with the seed's key", ssh_answers, timeout=600, every=2)
-    to_ssh = time.monotonic() - float(str(booted["started"]))
-    state = _ssh(booted, "systemctl is-system-running --wait", timeout=300)
-    settled = time.monotonic() - float(str(booted["started"]))
-    failed = _ssh(booted, "systemctl --failed --no-legend").stdout.strip()
+def test_image_boots_from_its_own_disk_until_ssh_answers(booted, flavour, images):
+    image = images[flavour]
+    wait_for("SSH as debian with the seed's key", booted.answers, timeout=600, every=2)
+    to_ssh = time.monotonic() - booted.started
+    state = booted.ssh("systemctl is-system-running --wait", timeout=300)
+    settled = time.monotonic() - booted.started
+    failed = booted.ssh("systemctl --failed --no-legend").stdout.strip()
     print(f"{flavour} image: QEMU start to SSH {to_ssh:.0f} s, to '{state.stdout.strip()}' {settled:.0f} s "
           f"(TCG, 1 CPU); build {image.build_seconds:.0f} s; "
           f"data {image.data_bytes / 2**20:.0f} MiB")  # fmt: skip
     assert state.stdout.strip() == "running", f"system {state.stdout.strip()}; failed units:\n{failed}"
 
-    facts = _ssh(booted, "hostname; uname -r; sudo -n id -u; . /etc/os-release; echo $VERSION_CODENAME; "
-                         "findmnt -n -o SOURCE,UUID /; systemctl is-active ssh systemd-networkd")  # fmt: skip
+    facts = booted.ssh("hostname; uname -r; sudo -n id -u; . /etc/os-release; echo $VERSION_CODENAME; "
+                       "findmnt -n -o SOURCE,UUID /; systemctl is-active ssh systemd-networkd")  # fmt: skip
     lines = facts.stdout.split()
     assert facts.returncode == 0, facts.stderr
-    assert lines[:4] == ["distro-boot", image.kernel_release, "0", image.release], lines
+    assert lines[:4] == ["straight", image.kernel_release, "0", image.release], lines
     assert lines[5] == image.root_uuid and lines[6:] == ["active", "active"], lines
-    text = console.read_text(errors="replace")
+    text = booted.console.read_text(errors="replace")
     assert "Loading Linux " + image.kernel_release in text, "GRUB's entry did not show on the serial console"

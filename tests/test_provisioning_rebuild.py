@@ -1,6 +1,7 @@
 """Rebuild: provisioning a node that already runs an OS replaces it in one request — its return (NMI,
 wipe, verified) and then the new deploy, with no firmware boot and no call between — and the node stays in
-its project throughout. The test speaks the agent's protocol (the real agent on QEMU: test_real_os_qemu)."""
+its project throughout. The test speaks the agent's protocol (the real agent runs the same return and
+deploy on the lab: `rhaas demo`, test_demo.py)."""
 
 from __future__ import annotations
 

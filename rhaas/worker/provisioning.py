@@ -230,7 +230,10 @@ def _expire(sessions: Any, job_id: int, settings: ProvisioningSettings, obm_for:
             db.commit()
             return 1
         # The return FPBL did not check in after the NMI: the customer may have unloaded the crash kernel.
-        why = "no return FPBL by the deadline: power cycle, network boot"
+        why = (
+            "no return FPBL by the deadline (the crash kernel was not armed: a firmware boot during the"
+            " lease, such as the customer's own reboot, unloads it): power cycle, network boot"
+        )
         fallen = clock.fall_back(db, job_id, job.status, settings, why)
         if fallen is None:
             return 0

@@ -1,0 +1,73 @@
+"""A whole-disk image booted straight from (a copy of) its own disk in QEMU, with no rhaas: the baseline a
+provision is measured against. Same node shape as the lab's (TCG, one vCPU, virtio disk and NIC); the
+SSH key reaches cloud-init through a NoCloud seed (an ISO labelled ``cidata``), and SSH is forwarded from
+a port on 127.0.0.1. The QEMU process is the caller's to end (`Straight.stop`, by its PID).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from rhaas.lab.desk import SSH_OPTIONS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def seed_iso(directory: Path, hostname: str, public_key: str) -> Path:
+    """A NoCloud seed: an ISO labelled ``cidata`` with meta-data and user-data (``genisoimage``)."""
+    seed = directory / "seed"
+    seed.mkdir(exist_ok=True)
+    (seed / "meta-data").write_text(f"instance-id: {hostname}-1\nlocal-hostname: {hostname}\n")
+    (seed / "user-data").write_text(f"#cloud-config\nssh_authorized_keys:\n  - {public_key}\n")
+    iso = directory / "seed.iso"
+    subprocess.run(["genisoimage", "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock",
+                    str(seed / "user-data"), str(seed / "meta-data")], check=True)  # fmt: skip
+    return iso
+
+
+class Straight:
+    """``disk`` (raw) copied into ``directory`` and booted with ``memory_mb`` MB; ``started`` is the
+    monotonic time QEMU was started."""
+
+    def __init__(self, disk: Path, directory: Path, memory_mb: int, key: Path, public_key: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        copy = directory / "disk.raw"
+        subprocess.run(["cp", "--sparse=always", str(disk), str(copy)], check=True)
+        iso = seed_iso(directory, "straight", public_key.strip())
+        self.key, self.port, self.console = key, free_port(), directory / "console.log"
+        cmd = ["qemu-system-x86_64", "-machine", "pc", "-m", str(memory_mb), "-smp", "1", "-display", "none",
+               "-monitor", "none", "-serial", f"file:{self.console}",
+               "-drive", f"file={copy},if=virtio,format=raw",
+               "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
+               "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+               "-device", "virtio-net-pci,netdev=n0"]  # fmt: skip
+        self.started = time.monotonic()
+        self.qemu = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=(directory / "qemu.log").open("w")
+        )
+
+    def ssh(
+        self, command: str, timeout: float = 60, user: str = "debian"
+    ) -> subprocess.CompletedProcess[str]:
+        argv = ["ssh", "-i", str(self.key), *SSH_OPTIONS, "-p", str(self.port), f"{user}@127.0.0.1", command]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def answers(self) -> bool:
+        """Whether SSH lets us in; raises if QEMU exited."""
+        if self.qemu.poll() is not None:
+            raise RuntimeError(f"QEMU exited ({self.qemu.returncode})")
+        try:
+            return self.ssh("true", timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self) -> None:
+        self.qemu.kill()
+        self.qemu.wait(timeout=30)
