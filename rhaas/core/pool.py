@@ -23,7 +23,8 @@ from rhaas.backends.base import Backend
 from rhaas.backends.upstream import UpstreamBackend
 from rhaas.core.access import Caller, free_node, require_admin
 from rhaas.core.networks import port_state
-from rhaas.db.models import PENDING, Network, NetworkingAction, Node, utcnow
+from rhaas.core.provisioning import holds_port
+from rhaas.db.models import PENDING, Network, NetworkingAction, Node, NodeProvisioning, utcnow
 from rhaas.errors import AllocationError, BadArgumentError, BlockedError
 from rhaas.ports import PortState
 
@@ -181,10 +182,11 @@ def reconcile(db: Session, caller: Caller, backend: Backend, fix: bool = False, 
     ``nodes=False`` repairs NICs only and leaves nodes held or gone upstream to an administrator: a pool
     grow or shrink in flight looks like such drift for a moment (the background reconciler's passes).
 
-    A NIC is in sync when the upstream port carries exactly the networks its committed attachments say
-    (NICs with a pending action are skipped: the worker is on them). Fixing makes the upstream match. A
-    NIC registered here that the upstream node lacks is reported, not fixed: only an admin knows whether
-    the registration or the upstream is wrong.
+    A NIC is in sync when the upstream port carries exactly the networks its committed attachments say,
+    or the provisioning network while the FPBL owns its node (`holds_port`: booting, deploying,
+    returning); NICs with a pending action are skipped: the worker is on them. Fixing makes the upstream
+    match. A NIC registered here that the upstream node lacks is reported, not fixed: only an admin knows
+    whether the registration or the upstream is wrong.
 
     The upstream is read before the database: the worker changes a NIC upstream first and commits here
     after, so a change it makes meanwhile looks, at worst, like drift toward what it already is. A NIC
@@ -213,6 +215,9 @@ def reconcile(db: Session, caller: Caller, backend: Backend, fix: bool = False, 
             if nic.id in pending:
                 continue
             want = port_state({a.channel: a.network for a in nic.attachments})
+            fpbl_vlan = holds_port(db.get(NodeProvisioning, local[name].id), nic.label)
+            if fpbl_vlan is not None:  # the FPBL owns the node: its NIC is on the provisioning network
+                want = PortState(native=fpbl_vlan)
             if upstream_nics[name][nic.label] != want:
                 drift.nics_out_of_sync.append(f"{name}/{nic.label}")
                 desired[(name, nic.label)] = (nic.id, want)
