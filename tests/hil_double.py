@@ -14,7 +14,7 @@ meets when its upstream is a real HIL:
 * ``connect_network``/``detach_network`` answer 202 ``{"status_id"}``, and the change is applied later by
   the networking daemon (`NetworkDaemon`, HIL's ``serve-networks``), one action at a time, oldest first;
   ``GET /networking_action/<id>`` shows it (PENDING, DONE, ERROR) until the NIC's next action replaces it.
-* Power calls answer 307 to the node's obmd (`tests.obmd_double.Obmd`, started with it) with the node's
+* Power calls answer 307 to the node's obmd (`rhaas.lab.obmd.FakeObmd`, started with it) with the node's
   token; enabling the OBM fetches that token from obmd. There is no NMI call (HTML 404).
 * ``GET /active_extensions`` (admin only) lists HIL's extension names, none of rhaas's.
 * Every request costs ``delay`` seconds (HIL hashes the password on each one: ~200 ms) and the API serves
@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from urllib.request import Request, urlopen
 
-from obmd_double import Obmd
+from rhaas.lab.obmd import FakeObmd
 
 MOCK_SWITCH = "http://schema.massopencloud.org/haas/v0/switches/mock"
 EXTENSIONS = ["hil.ext.auth.database", "hil.ext.network_allocators.vlan_pool", "hil.ext.switches.mock"]
@@ -267,7 +267,7 @@ class HilDouble:
         self.state = HilState(vlans)
         self.state.users[admin[0]] = User(admin[1], True)
         self.daemon = NetworkDaemon(self.state, daemon_sleep, switch_delay)
-        self.obmd = Obmd()
+        self.obmd = FakeObmd()
         self.delay = delay
         self.threaded = threaded
         self.extensions = list(EXTENSIONS)  # what GET /active_extensions lists (to admins)
@@ -331,7 +331,7 @@ class HilDouble:
     def add_node(self, name: str, *nics: tuple[str, str, str], switch: str = "sw0") -> None:
         """A node with its obmd node and NICs ``(label, macaddr, port)``, each wired to ``port`` of the mock
         switch ``switch`` (made if missing; port names of HIL's mock switch: ``gi1/0/1``…)."""
-        self.obmd.add_node(name)
+        self.obmd.add(name)
         with self.state.lock:
             node = Node(name, self.obmd.node_uri(name), self.obmd.admin_token)
             ports = self.state.switches.setdefault(switch, {})
@@ -356,7 +356,7 @@ class HilDouble:
 
     def obmd_calls(self, node: str) -> list[str]:
         with self.obmd.lock:
-            return list(self.obmd.nodes[node].calls)
+            return list(self.obmd.machines[node].ops)
 
 
 class _ApiHandler(BaseHTTPRequestHandler):

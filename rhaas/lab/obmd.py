@@ -41,6 +41,9 @@ class Machine:
     fail: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     console: list[str] = field(default_factory=list)
+    #: Every token call that changed something, as ``power_on``, ``power_cycle force=True``,
+    #: ``boot_device pxe``: what a test reads to know what reached the machine.
+    ops: list[str] = field(default_factory=list)
 
 
 class FakeObmd:
@@ -249,16 +252,19 @@ def _operate(machine: Machine, method: str, op: str, body: Any) -> tuple[int, An
         machine.console.append(f"{why}: boot {machine.boots} from {machine.bootdev}")
 
     if (method, op) == ("POST", "power_on"):
+        machine.ops.append("power_on")
         if machine.power == "off":
             boot("power on")
         return 200, None
     if (method, op) == ("POST", "power_off"):
+        machine.ops.append("power_off")
         machine.power = "off"
         machine.console.append("power off")
         return 200, None
     if (method, op) == ("POST", "power_cycle"):
         if not isinstance(body, dict) or not isinstance(body.get("force", False), bool):
             return 400, None
+        machine.ops.append(f"power_cycle force={bool(body.get('force'))}")
         boot("reset" if body.get("force") else "power cycle")
         return 200, None
     if (method, op) == ("GET", "power_status"):
@@ -267,5 +273,6 @@ def _operate(machine: Machine, method: str, op: str, body: Any) -> tuple[int, An
         if not isinstance(body, dict) or body.get("bootdev") not in BOOT_DEVICES:
             return 400, None
         machine.bootdev = body["bootdev"]
+        machine.ops.append(f"boot_device {machine.bootdev}")
         return 200, None
     return 404, None

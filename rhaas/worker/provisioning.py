@@ -15,7 +15,6 @@ module reaches a BMC. It must not decide a node's next state itself: `rhaas.stat
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from rhaas.core.provisioning.jobs import REBOOT, RUNNING, stamp
 from rhaas.db.models import PENDING, Node, NodeProvisioning, ProvisionJob
 from rhaas.drivers.obm.base import OBMDriver
 from rhaas.errors import RhaasError
+from rhaas.worker.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 ObmFor = Callable[[Node], OBMDriver]
 
 
-class ProvisioningTicker:
+class ProvisioningTicker(Periodic):
+    """The provisioning clock's thread: a `tick` every ``tick_seconds``, or at once when woken (a return
+    was just queued)."""
+
+    name = "provisioning-ticker"
+
     def __init__(
         self,
         sessions: Any,
@@ -43,34 +48,16 @@ class ProvisioningTicker:
         wake_worker: Callable[[], None] | None = None,
         obm_for: ObmFor = obm_of,
     ) -> None:
+        super().__init__()
         self.sessions, self.settings, self.wake_worker = sessions, settings, wake_worker
         self.obm_for = obm_for
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="provisioning-ticker", daemon=True)
-        self._thread.start()
+    @property
+    def interval(self) -> float:
+        return self.settings.tick_seconds
 
-    def wake(self) -> None:
-        """Run a pass now (a return was just queued)."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                tick(self.sessions, self.settings, self.wake_worker, self.obm_for)
-            except Exception:  # a bug or the database away: log, and try again at the next tick
-                log.exception("provisioning tick failed")
-            self._wake.wait(self.settings.tick_seconds)
-            self._wake.clear()
+    def pass_once(self) -> int:
+        return tick(self.sessions, self.settings, self.wake_worker, self.obm_for)
 
 
 def tick(

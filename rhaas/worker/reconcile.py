@@ -13,7 +13,6 @@ fixed, is core's business, not this module's.
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,18 +21,23 @@ from rhaas.backends.upstream import UpstreamBackend
 from rhaas.core.access import ADMIN
 from rhaas.core.pool import Drift, reconcile
 from rhaas.errors import RhaasError, UpstreamUnavailableError
+from rhaas.worker.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
 
-class Reconciler:
+class Reconciler(Periodic):
     """A thread that reconciles with the upstream every ``interval`` seconds, the first pass at once."""
 
+    name = "rhaas-reconcile"
+
     def __init__(self, sessions: sessionmaker[Session], backend: UpstreamBackend, interval: float) -> None:
-        self.sessions, self.backend, self.interval = sessions, backend, interval
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
+        self.sessions, self.backend, self._interval = sessions, backend, interval
+
+    @property
+    def interval(self) -> float:
+        return self._interval
 
     @staticmethod
     def of(sessions: sessionmaker[Session], backend: Backend, interval: float) -> Reconciler | None:
@@ -42,25 +46,8 @@ class Reconciler:
             return None
         return Reconciler(sessions, backend, interval)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="rhaas-reconcile", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Run a pass now."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.run_once()
-            self._wake.wait(self.interval)
-            self._wake.clear()
+    def pass_once(self) -> Drift | None:
+        return self.run_once()
 
     def run_once(self) -> Drift | None:
         """One pass: the drift found (and fixed), or None if the pass failed (logged)."""
