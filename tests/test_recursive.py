@@ -15,6 +15,7 @@ import httpx
 import pytest
 from dbdump import dump
 from recursion_helpers import Level, ok, start_level, wait_done
+from sqlalchemy import text
 
 from rhaas.db.session import make_engine, make_sessionmaker
 from rhaas.lab.polling import wait_for
@@ -308,3 +309,42 @@ def _base_has_pending(base: Level) -> bool:
             return db.query(NetworkingAction).filter(NetworkingAction.status == PENDING).count() > 0
     finally:
         sessions.kw["bind"].dispose()
+
+
+def test_reconcile_leaves_a_nic_the_fpbl_holds_on_the_provisioning_network(levels, tmp_path):
+    """While a node deploys, its FPBL holds the NIC on the provisioning network whatever the project has
+    attached (those attachments reach the switch once the OS is up). Reconcile must count that as in sync:
+    'repairing' it to the customer's network cut a deploying agent off mid-download."""
+    base, mid, _top = levels
+    (node,) = ok(mid.admin.post("/pool/grow", json={"count": 1}))
+    for name in ("prov", "cust-net"):
+        ok(mid.admin.put(f"/network/{name}", json={"owner": "admin", "access": "reseller3", "net_id": ""}))
+    vlans = {n: ok(mid.admin.get(f"/network/{n}"))["channels"][1].split("/")[1] for n in ("prov", "cust-net")}
+    ok(mid.admin.post("/project/reseller3/connect_node", json={"node": node}))
+    sid = ok(mid.admin.post(f"/node/{node}/nic/eth0/connect_network", json={"network": "cust-net"}), 202)
+    assert wait_done(mid.admin, sid["status_id"])["status"] == "DONE"
+    # The FPBL owns the node (as provisioning's worker left it): its NIC carries the provisioning VLAN.
+    upstream = {
+        v: next(n for n in ok(base.admin.get("/project/reseller2/networks"))
+                if ok(base.admin.get(f"/network/{n}"))["channels"][1] == f"vlan/{v}")
+        for v in vlans.values()
+    }  # fmt: skip
+    for verb, vlan in (("detach_network", vlans["cust-net"]), ("connect_network", vlans["prov"])):
+        sid = ok(base.admin.post(f"/node/{node}/nic/eth0/{verb}", json={"network": upstream[vlan]}), 202)
+        assert wait_done(base.admin, sid["status_id"])["status"] == "DONE"
+    engine = make_engine(f"sqlite:///{tmp_path / 'l2.sqlite3'}")
+    with make_sessionmaker(engine)() as db:
+        node_id = db.execute(text("SELECT id FROM node WHERE label = :n"), {"n": node}).scalar_one()
+        db.execute(
+            text("INSERT INTO node_provisioning (node_id, state, secret_sha256, facts, vlan, nic, port_dirty,"
+                 " boot_pending, disk_zeroed) VALUES (:id, 'deploying', 'x', '{}', :vlan, 'eth0', 0, 0, 0)"),
+            {"id": node_id, "vlan": vlans["prov"]},
+        )  # fmt: skip
+        db.commit()
+    engine.dispose()
+    drift = ok(mid.admin.post("/pool/reconcile", json={"fix": True}))
+    assert drift["nics_out_of_sync"] == [], drift
+    held = ok(base.admin.get(f"/node/{node}"))["nics"][0]["networks"]
+    assert held == {"vlan/native": upstream[vlans["prov"]]}, (
+        "the FPBL's NIC stayed on the provisioning network"
+    )
