@@ -109,3 +109,9 @@ def test_post_holds_the_firmware_at_every_firmware_boot(make_node, name: str):
     node.wait_for_console(images.build_test_os().up_regex, 300)
     assert time.monotonic() - held >= post
     assert node.firmware_boots == 2
+
+
+def test_the_cli_offers_the_labs_profiles():
+    from rhaas.cli import lab as cli_lab
+
+    assert tuple(PROFILES) == cli_lab.NODE_PROFILES

@@ -126,3 +126,29 @@ def test_commands_without_a_lab_say_so(tmp_path: Path, args: list[str]) -> None:
         [*RHAAS, "lab", *args, "--workdir", str(tmp_path / "none")], capture_output=True, text=True
     )
     assert done.returncode == 1 and "no lab in" in done.stderr, done.stderr
+
+
+def test_a_lab_of_mixed_server_profiles_boots_each_node_with_its_hardware_and_post(lab_dir: Path) -> None:
+    before = snapshot()
+    wd = ["--workdir", str(lab_dir)]
+    try:
+        rhaas("lab", "up", "--nodes", "3", "--profile", "uefi-nvme", "--profile", "bios-megasas",
+              "--post", "2", *wd)  # fmt: skip
+        status = {n["node"]: n for n in lab_status(lab_dir)["nodes"]}
+        assert [status[n]["profile"] for n in ("n1", "n2", "n3")] == [
+            "uefi-nvme",
+            "bios-megasas",
+            "uefi-nvme",
+        ]
+        assert {n["post_seconds"] for n in status.values()} == {2.0}
+        env = _env(lab_dir)
+        rhaas("node", "obm", "enable", "n1", env=env)
+        rhaas("node", "power", "on", "n1", env=env)  # through the lab's IPMI BMC
+        pid = lab_status(lab_dir)["nodes"][0]["qemu_pid"]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert "-S" in argv, "held for its POST at power on"
+        assert any("OVMF_CODE" in a for a in argv) and any(a.startswith("nvme,") for a in argv)
+        assert any(a.startswith("e1000e,") for a in argv)
+    finally:
+        rhaas("lab", "down", *wd)
+    assert_as_before(before, lab_dir)

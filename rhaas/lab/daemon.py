@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rhaas.lab.qemu import QemuNode
+from rhaas.lab.qemu import PROFILES, QemuNode
 from rhaas.lab.vbmc import VirtualBMC, serve_until_signalled
 
 PASSWORD_ENV = "RHAAS_LAB_BMC_PASSWORD"
@@ -81,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--netns", help="network namespace holding the tap")
     parser.add_argument("--memory", type=int, default=1024, help="MB")
     parser.add_argument("--disk-size", default="4G")
+    parser.add_argument("--profile", default="virtio", choices=sorted(PROFILES), help="the node's hardware")
+    parser.add_argument(
+        "--post-seconds", type=float, default=0.0, help="firmware hold at every firmware boot"
+    )
     parser.add_argument(
         "--kernel", type=Path, help="boot this kernel directly instead of the firmware's order"
     )
@@ -96,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     node = NetnsQemuNode(
         args.node, args.workdir, netns=args.netns, memory_mb=args.memory, mac=args.mac, tap=args.tap,
         user_net=args.user_net, ssh_port=args.ssh_port, disk_size=args.disk_size, kernel=args.kernel,
-        initrd=args.initrd, append_file=args.append_file,
+        initrd=args.initrd, append_file=args.append_file, profile=args.profile,
+        post_seconds=args.post_seconds,
     )  # fmt: skip
     bmc = VirtualBMC(
         # QemuNode types its boot device as a Literal and checks it at run time; Machine says str.

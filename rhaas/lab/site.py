@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from rhaas.errors import DuplicateError
 from rhaas.lab import bootserver, netns, procs
 from rhaas.lab.daemon import PASSWORD_ENV, state_file
 from rhaas.lab.ovs import OVSDaemon
-from rhaas.lab.qemu import QemuNode, mac_for
+from rhaas.lab.qemu import PROFILES, QemuNode, mac_for
 from rhaas.lab.vbmc import BMCState
 from rhaas.procs import find_binary
 
@@ -100,6 +100,9 @@ class NodeRecord:
     tap: str
     bmc_port: int
     bmc_pid: int | None = None
+    #: The node's hardware (`rhaas.lab.qemu.PROFILES`) and its firmware hold at every firmware boot.
+    profile: str = "virtio"
+    post_seconds: float = 0.0
 
 
 @dataclass
@@ -201,8 +204,18 @@ class Lab:
         return Client(record.endpoint, creds["username"], creds["password"])
 
     # -- up ---------------------------------------------------------------------------------------------
-    def up(self, nodes: int = 2, memory_mb: int = 1024, endpoint: str | None = None) -> LabRecord:
-        """Bring the lab up with ``nodes`` nodes (idempotent: what runs is kept, what is missing started)."""
+    def up(
+        self,
+        nodes: int = 2,
+        memory_mb: int = 1024,
+        endpoint: str | None = None,
+        profiles: Sequence[str] = ("virtio",),
+        post_seconds: float = 0.0,
+    ) -> LabRecord:
+        """Bring the lab up with ``nodes`` nodes (idempotent: what runs is kept, what is missing started).
+
+        Node i gets ``profiles[i % len(profiles)]`` and a POST of ``post_seconds`` at every firmware boot.
+        """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, taps, Open vSwitch)")
         for tool in ("ovs-vswitchd", "qemu-system-x86_64", "ip"):
@@ -214,7 +227,7 @@ class Lab:
         if record is not None and len(record.nodes) != nodes:
             self.say(f"the lab has {len(record.nodes)} nodes; keeping them ('lab down' first to change)")
         if record is None:
-            record = self._new_record(nodes, memory_mb, endpoint)
+            record = self._new_record(nodes, memory_mb, endpoint, profiles, post_seconds)
         self.save(record)
 
         self.say(f"switch: Open vSwitch in namespace {self.ovs.netns}, bridge {self.bridge}")
@@ -243,9 +256,20 @@ class Lab:
         self.say(f"lab up in {self.workdir}: {len(record.nodes)} nodes, base instance {record.endpoint}")
         return record
 
-    def _new_record(self, nodes: int, memory_mb: int, endpoint: str | None) -> LabRecord:
+    def _new_record(
+        self,
+        nodes: int,
+        memory_mb: int,
+        endpoint: str | None,
+        profiles: Sequence[str] = ("virtio",),
+        post_seconds: float = 0.0,
+    ) -> LabRecord:
         if not 1 <= nodes <= 50:
             raise LabError("--nodes must be between 1 and 50")
+        if not profiles or any(p not in PROFILES for p in profiles):
+            raise LabError(f"node profiles must be among {', '.join(PROFILES)}, not {', '.join(profiles)}")
+        if not 0 <= post_seconds <= 600:
+            raise LabError("--post must be between 0 and 600 seconds")
         creds: dict[str, str] = {"bmc_user": BMC_USER, "bmc_password": secrets.token_urlsafe(12)}
         if endpoint is None:
             creds.update(username=ADMIN_USER, password=secrets.token_urlsafe(16))
@@ -256,6 +280,8 @@ class Lab:
                 mac=mac_for(f"{self.id}-n{i}"),
                 tap=f"{self.id}t{i}",
                 bmc_port=free_port(socket.SOCK_DGRAM),
+                profile=profiles[(i - 1) % len(profiles)],
+                post_seconds=post_seconds,
             )
             for i in range(1, nodes + 1)
         ]
@@ -329,6 +355,7 @@ class Lab:
             sys.executable, "-m", "rhaas.lab.daemon", "--workdir", str(self.nodes_dir),
             "--node", node.name, "--port", str(node.bmc_port), "--user", BMC_USER, "--mac", node.mac,
             "--tap", node.tap, "--netns", str(self.ovs.netns), "--memory", str(memory_mb),
+            "--profile", node.profile, "--post-seconds", str(node.post_seconds),
         ]  # fmt: skip
         env = {**os.environ, PASSWORD_ENV: password}
         return procs.spawn(argv, self.nodes_dir / f"{node.name}.bmc.log", env=env)
@@ -480,6 +507,8 @@ class Lab:
                     "console": str(qemu.console_log),
                     "switch_port": node.tap,
                     "mac": node.mac,
+                    "profile": node.profile,
+                    "post_seconds": node.post_seconds,
                 }
             )
         heads = [
