@@ -256,6 +256,22 @@ class Lab:
         self.say(f"lab up in {self.workdir}: {len(record.nodes)} nodes, base instance {record.endpoint}")
         return record
 
+    def set_post(self, seconds: float) -> None:
+        """Hold every node's firmware ``seconds`` at each firmware boot from now on (running nodes keep
+        running). Each BMC is restarted with the new setting, so its counters start again at 0."""
+        if not 0 <= seconds <= 600:
+            raise LabError("POST must be between 0 and 600 seconds")
+        record = self._require()
+        creds = self.credentials()
+        for node in record.nodes:
+            procs.stop(node.bmc_pid, self.workdir)
+            node.post_seconds = seconds
+            node.bmc_pid = self._start_bmc(node, record.memory_mb, creds["bmc_password"])
+            self.save(record)
+        for node in record.nodes:
+            self._wait_bmc(node)
+        self.say(f"POST of every node: {seconds:g} s")
+
     def _new_record(
         self,
         nodes: int,
