@@ -198,7 +198,7 @@ def test_a_power_cycle_needs_an_allowed_restart(tmp_path):
     try:
         obm = RedfishOBM(bmc.settings())
         obm.power_cycle()  # off: On
-        with pytest.raises(OBMError, match="allows neither ForceRestart nor PowerCycle"):
+        with pytest.raises(OBMError, match="allows no ForceRestart nor PowerCycle reset"):
             obm.power_cycle(force=True)
         assert bmc.state().boots == 1
     finally:
@@ -226,6 +226,17 @@ def test_boot_override_once_continuous_and_mode(redfish):
     once.set_bootdev("pxe")
     once.set_bootdev("none")
     assert (boot()["BootSourceOverrideTarget"], boot()["BootSourceOverrideEnabled"]) == ("None", "Disabled")
+
+
+def test_a_restarted_bmc_forgets_the_session_and_the_driver_logs_in_again(redfish):
+    obm = RedfishOBM(redfish.settings())
+    obm.power_on()
+    assert sessions_open(redfish) == 1
+    redfish.stop()
+    redfish.start(fresh=False)  # same port; the session the driver holds is unknown to it now
+    assert sessions_open(redfish) == 0
+    assert obm.power_status() == "off"  # a new fake machine, off
+    assert sessions_open(redfish) == 1
 
 
 def test_dead_port_fails_within_the_timeout():
@@ -328,8 +339,6 @@ def test_registration_and_power_through_the_api(api, redfish):
     assert (state.boots, state.nmis, state.boot_device) == (2, 1, "none")  # the "once" override was used
     admin.ok("POST", "/node/rf/power_off")
     assert PASSWORD not in admin("GET", "/node/rf").text
-    hil_url = {**obm, "type": "http://schema.massopencloud.org/haas/v0/obm/redfish"}
-    admin.ok("PUT", "/node/rf2", {"obm": hil_url})
 
     wrong = {**obm, "password": "wrong"}
     admin.ok("PUT", "/node/locked", {"obm": wrong})

@@ -110,7 +110,7 @@ _guard = threading.Lock()
 
 class RedfishOBM(OBMDriver):
     name = "redfish"
-    type_urls = ("http://schema.massopencloud.org/haas/v0/obm/redfish",)
+    # HIL has no Redfish driver, so no HIL type URL of its own.
     settings_model = RedfishSettings
     settings: RedfishSettings
 
@@ -129,7 +129,7 @@ class RedfishOBM(OBMDriver):
     def power_on(self) -> None:
         def on(system: System) -> None:
             if not self._is_on(system):
-                self._reset(system, ResetType.ON)
+                self._reset(system, ResetType.ON, ResetType.FORCE_ON)
 
         self._call("power on", on)
 
@@ -143,18 +143,10 @@ class RedfishOBM(OBMDriver):
     def power_cycle(self, force: bool = False) -> None:
         def cycle(system: System) -> None:
             if not self._is_on(system):
-                self._reset(system, ResetType.ON)
+                self._reset(system, ResetType.ON, ResetType.FORCE_ON)
                 return
-            allowed = system.get_allowed_reset_system_values()
             order = (ResetType.FORCE_RESTART, ResetType.POWER_CYCLE)
-            for reset in order if force else order[::-1]:
-                if reset in allowed:
-                    self._reset(system, reset)
-                    return
-            raise OBMError(
-                f"Redfish BMC at {self.address} allows neither ForceRestart nor PowerCycle "
-                f"(it allows {_names(allowed)})."
-            )
+            self._reset(system, *(order if force else order[::-1]))
 
         self._call("reset" if force else "power cycle", cycle)
 
@@ -183,7 +175,7 @@ class RedfishOBM(OBMDriver):
                 raise OBMError(why)
             if not self._is_on(system):
                 raise OBMError(f"Redfish BMC at {self.address}: the node is off, no NMI delivered")
-            self._reset(system, ResetType.NMI)
+            self._reset(system, ResetType.NMI)  # listed: _no_nmi saw it
 
         self._call("NMI", nmi)
 
@@ -205,9 +197,17 @@ class RedfishOBM(OBMDriver):
             raise ValueError("the system has no PowerState")
         return bool(state != PowerState.OFF)
 
-    @staticmethod
-    def _reset(system: System, reset: Any) -> None:
-        system.reset_system(reset)
+    def _reset(self, system: System, *choices: ResetType) -> None:
+        """Reset the system with the first of ``choices`` that it allows."""
+        allowed = system.get_allowed_reset_system_values()
+        for reset in choices:
+            if reset in allowed:
+                system.reset_system(reset)
+                return
+        wanted = " nor ".join(r.value for r in choices)
+        raise OBMError(
+            f"Redfish BMC at {self.address} allows no {wanted} reset (it allows {_names(allowed)})."
+        )
 
     def _key(self) -> tuple[Any, ...]:
         s = self.settings
