@@ -17,6 +17,7 @@ import httpx
 import pytest
 from obm_conformance import NodeUnderTest, OBMConformance
 from redfish_helpers import PASSWORD, USER, RedfishProcess, self_signed_certificate
+from sushy import exceptions as sushy_errors
 
 from rhaas.drivers.obm.redfish import RedfishOBM, RedfishSettings
 from rhaas.errors import OBMError
@@ -427,3 +428,40 @@ def test_force_restart_boots_the_firmware_of_a_qemu_node(tmp_path_factory, nodes
         assert not node.is_running()
     finally:
         bmc.stop()
+
+
+class _Root:
+    """Stands in for sushy's client: the one I/O seam, failing the way sushy and requests can."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def get_system(self, path: str) -> object:
+        raise self.exc
+
+
+FAILURES = [
+    sushy_errors.ConnectionError(url="https://bmc.example/redfish/v1", error="Connection refused"),
+    sushy_errors.MissingAttributeError(attribute="PowerState", resource="/redfish/v1/Systems/1"),
+    sushy_errors.UnknownDefaultError(entity="ComputerSystem", error="System count is not exactly one"),
+    OSError("Could not find a suitable TLS CA certificate bundle"),
+    ValueError("Expecting value: line 1 column 1 (char 0)"),
+    KeyError("Members"),
+]
+
+
+@pytest.mark.parametrize("exc", FAILURES, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "method", ["power_on", "power_off", "power_cycle", "power_status", "send_nmi", "bootdev"]
+)
+def test_every_library_failure_becomes_obm_error(monkeypatch, exc, method):
+    from rhaas.drivers.obm import redfish as driver
+
+    obm = RedfishOBM(RedfishSettings(host="bmc.example", user=USER, password=PASSWORD))
+    monkeypatch.setattr(driver, "_clients", {})
+    monkeypatch.setattr(obm, "_connect", lambda: driver._Client(_Root(exc), "/redfish/v1/Systems/1"))  # type: ignore[arg-type]
+    call = (lambda: obm.set_bootdev("pxe")) if method == "bootdev" else getattr(obm, method)
+    with pytest.raises(OBMError, match="Redfish BMC at bmc.example:443") as err:
+        call()
+    assert err.value.__cause__ is exc
+    assert PASSWORD not in str(err.value)

@@ -250,7 +250,7 @@ class RedfishOBM(OBMDriver):
                 return operation(client.root.get_system(client.system_path))
             except OBMError:
                 raise
-            except (sushy_errors.SushyError, OSError, ValueError) as exc:
+            except Exception as exc:  # sushy's errors, requests' OSErrors, and whatever garbage raises
                 if isinstance(exc, sushy_errors.ConnectionError | sushy_errors.AccessError):
                     _clients.pop(key, None)  # log in again next time
                 raise OBMError(f"Redfish BMC at {self.address}: {what} failed: {_explain(exc)}") from exc
