@@ -19,7 +19,7 @@ class ObmForm(BaseModel):
     """HIL's in-tree OBM form; extra keys are checked by the chosen driver's settings model."""
 
     model_config = ConfigDict(extra="allow", strict=True)
-    type: str = Field(description='driver: "ipmi", "mock", or a HIL type URL')
+    type: str = Field(description='driver: "ipmi", "redfish", "mock", or a HIL type URL')
 
 
 class ObmdForm(Body):

@@ -32,7 +32,8 @@ class Nodes(Resource):
         port: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        """Register a node with an in-tree OBM: ``obm_type`` is ``"ipmi"``, ``"mock"`` or a HIL type URL."""
+        """Register a node with an in-tree OBM: ``obm_type`` is ``"ipmi"``, ``"redfish"``, ``"mock"`` or a
+        HIL type URL."""
         obm: dict[str, Any] = {"type": obm_type, "host": host, "user": user, "password": password}
         if port is not None:
             obm["port"] = port
