@@ -68,6 +68,13 @@ def lab() -> None:
               "bios-megasas: SeaBIOS, e1000, MegaRAID SAS.")  # fmt: skip
 @click.option("--post", "post_seconds", type=click.FloatRange(0, 600), default=0.0, show_default=True,
               help="Seconds every firmware boot is held, as a server's power-on self test.")  # fmt: skip
+@click.option(
+    "--bmc",
+    "bmcs",
+    type=click.Choice(["ipmi", "redfish"]),
+    multiple=True,
+    help="What the nodes' BMCs speak; repeat for a mix, given to the nodes in turn (default: ipmi).",
+)
 @workdir_option
 def up(
     count: int,
@@ -75,11 +82,14 @@ def up(
     endpoint: str | None,
     profiles: tuple[str, ...],
     post_seconds: float,
+    bmcs: tuple[str, ...],
     workdir: Path | None,
 ) -> None:
     """Start the switch, COUNT powered-off nodes with their BMCs and a base instance; register them."""
     the_lab = _lab(workdir)
-    _run(lambda: the_lab.up(count, memory, endpoint, profiles or ("virtio",), post_seconds))
+    _run(
+        lambda: the_lab.up(count, memory, endpoint, profiles or ("virtio",), post_seconds, bmcs or ("ipmi",))
+    )
     click.echo(the_lab.exports())
 
 

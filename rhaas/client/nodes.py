@@ -31,12 +31,14 @@ class Nodes(Resource):
         password: str,
         port: int | None = None,
         metadata: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         """Register a node with an in-tree OBM: ``obm_type`` is ``"ipmi"``, ``"redfish"``, ``"mock"`` or a
-        HIL type URL."""
+        HIL type URL. ``settings`` are the OBM type's other fields (Redfish: ``scheme``, ``verify``, …)."""
         obm: dict[str, Any] = {"type": obm_type, "host": host, "user": user, "password": password}
         if port is not None:
             obm["port"] = port
+        obm.update(settings or {})
         body: dict[str, Any] = {"obm": obm}
         if metadata is not None:
             body["metadata"] = metadata

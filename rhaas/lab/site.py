@@ -93,6 +93,10 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+#: What a lab node's BMC can speak.
+BMC_PROTOCOLS = ("ipmi", "redfish")
+
+
 @dataclass
 class NodeRecord:
     name: str
@@ -103,6 +107,8 @@ class NodeRecord:
     #: The node's hardware (`rhaas.lab.qemu.PROFILES`) and its firmware hold at every firmware boot.
     profile: str = "virtio"
     post_seconds: float = 0.0
+    #: What the node's BMC speaks: ``ipmi`` (UDP ``bmc_port``) or ``redfish`` (HTTP on TCP ``bmc_port``).
+    bmc: str = "ipmi"
 
 
 @dataclass
@@ -211,10 +217,12 @@ class Lab:
         endpoint: str | None = None,
         profiles: Sequence[str] = ("virtio",),
         post_seconds: float = 0.0,
+        bmcs: Sequence[str] = ("ipmi",),
     ) -> LabRecord:
         """Bring the lab up with ``nodes`` nodes (idempotent: what runs is kept, what is missing started).
 
-        Node i gets ``profiles[i % len(profiles)]`` and a POST of ``post_seconds`` at every firmware boot.
+        Node i gets ``profiles[i % len(profiles)]``, a BMC speaking ``bmcs[i % len(bmcs)]`` (``ipmi`` or
+        ``redfish``) and a POST of ``post_seconds`` at every firmware boot.
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, taps, Open vSwitch)")
@@ -227,7 +235,7 @@ class Lab:
         if record is not None and len(record.nodes) != nodes:
             self.say(f"the lab has {len(record.nodes)} nodes; keeping them ('lab down' first to change)")
         if record is None:
-            record = self._new_record(nodes, memory_mb, endpoint, profiles, post_seconds)
+            record = self._new_record(nodes, memory_mb, endpoint, profiles, post_seconds, bmcs)
         self.save(record)
 
         self.say(f"switch: Open vSwitch in namespace {self.ovs.netns}, bridge {self.bridge}")
@@ -279,6 +287,7 @@ class Lab:
         endpoint: str | None,
         profiles: Sequence[str] = ("virtio",),
         post_seconds: float = 0.0,
+        bmcs: Sequence[str] = ("ipmi",),
     ) -> LabRecord:
         if not 1 <= nodes <= 50:
             raise LabError("--nodes must be between 1 and 50")
@@ -286,6 +295,8 @@ class Lab:
             raise LabError(f"node profiles must be among {', '.join(PROFILES)}, not {', '.join(profiles)}")
         if not 0 <= post_seconds <= 600:
             raise LabError("--post must be between 0 and 600 seconds")
+        if not bmcs or any(b not in BMC_PROTOCOLS for b in bmcs):
+            raise LabError(f"BMCs speak {' or '.join(BMC_PROTOCOLS)}, not {', '.join(bmcs)}")
         creds: dict[str, str] = {"bmc_user": BMC_USER, "bmc_password": secrets.token_urlsafe(12)}
         if endpoint is None:
             creds.update(username=ADMIN_USER, password=secrets.token_urlsafe(16))
@@ -295,9 +306,12 @@ class Lab:
                 name=f"n{i}",
                 mac=mac_for(f"{self.id}-n{i}"),
                 tap=f"{self.id}t{i}",
-                bmc_port=free_port(socket.SOCK_DGRAM),
+                bmc_port=free_port(
+                    socket.SOCK_STREAM if bmcs[(i - 1) % len(bmcs)] == "redfish" else socket.SOCK_DGRAM
+                ),
                 profile=profiles[(i - 1) % len(profiles)],
                 post_seconds=post_seconds,
+                bmc=bmcs[(i - 1) % len(bmcs)],
             )
             for i in range(1, nodes + 1)
         ]
@@ -371,7 +385,7 @@ class Lab:
             sys.executable, "-m", "rhaas.lab.daemon", "--workdir", str(self.nodes_dir),
             "--node", node.name, "--port", str(node.bmc_port), "--user", BMC_USER, "--mac", node.mac,
             "--tap", node.tap, "--netns", str(self.ovs.netns), "--memory", str(memory_mb),
-            "--profile", node.profile, "--post-seconds", str(node.post_seconds),
+            "--profile", node.profile, "--post-seconds", str(node.post_seconds), "--protocol", node.bmc,
         ]  # fmt: skip
         env = {**os.environ, PASSWORD_ENV: password}
         return procs.spawn(argv, self.nodes_dir / f"{node.name}.bmc.log", env=env)
@@ -399,10 +413,12 @@ class Lab:
         for node in record.nodes:
             if node.name in known:
                 continue
-            self.say(f"register: node {node.name} (ipmi 127.0.0.1:{node.bmc_port}), {NIC} {node.mac}")
+            self.say(f"register: node {node.name} ({node.bmc} 127.0.0.1:{node.bmc_port}), {NIC} {node.mac}")
             client.node.register(
-                node.name, "ipmi", "127.0.0.1", creds["bmc_user"], creds["bmc_password"], port=node.bmc_port
-            )
+                node.name, node.bmc, "127.0.0.1", creds["bmc_user"], creds["bmc_password"],
+                port=node.bmc_port,
+                settings={"scheme": "http"} if node.bmc == "redfish" else None,  # the lab's BMC: plain HTTP
+            )  # fmt: skip
             client.node.add_nic(node.name, NIC, node.mac)
             self._wire(client, record, node.tap, node.name)
 
@@ -525,6 +541,7 @@ class Lab:
                     "mac": node.mac,
                     "profile": node.profile,
                     "post_seconds": node.post_seconds,
+                    "bmc_protocol": node.bmc,
                 }
             )
         heads = [
