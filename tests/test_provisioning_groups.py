@@ -4,9 +4,19 @@ test speaking the agents' protocol (agent_helpers) and mock BMCs."""
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+import time
+
 import pytest
 from agent_helpers import Agent, deploy, enroll, state
 from api_helpers import Api
+from click.testing import CliRunner, Result
+
+from rhaas.cli import main
+from rhaas.cli.common import CliState
+from rhaas.client import Client
 
 
 def ready_nodes(prov: Api, names: list[str], project: str = "p1") -> dict[str, Agent]:
@@ -155,3 +165,84 @@ def test_groups_are_seen_by_their_projects_members_and_admins_only(prov):
     untouched(prov, ["n3"])
     # A single node's own request (POST /node/<n>/provision) is no group of its own.
     assert prov.admin.ok("GET", "/node/n2/provisioning")["jobs"][0]["status"] == "PENDING"
+
+
+def drive(agents: dict[str, Agent], fail: set[str], errors: list[BaseException]) -> None:
+    """The agents of ``agents`` ask for work until each has had its deploy, and walk it through: to the
+    kexec, or to an error for those in ``fail``."""
+    try:
+        left = dict(agents)
+        deadline = time.monotonic() + 30
+        while left and time.monotonic() < deadline:
+            for name, agent in list(left.items()):
+                item = agent.work()
+                if item["action"] != "deploy":
+                    continue
+                agent.report(item["job"], "write-disk", "start", progress={"done": 1, "total": 2})
+                if name in fail:
+                    agent.report(item["job"], "write-disk", "error", detail="disk vda: I/O error")
+                else:
+                    agent.report(item["job"], "kexec", "done")
+                del left[name]
+        assert not left, f"no deploy handed to {sorted(left)}"
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        errors.append(exc)
+
+
+def cli(prov: Api, *args: str) -> Result:
+    """The rhaas CLI as alice, on the in-process API."""
+    state = CliState(factory=lambda: Client("http://testserver", "alice", "alicepw", http=prov.client))
+    return CliRunner().invoke(main.cli, list(args), obj=state)
+
+
+def test_cli_provisions_a_fleet_as_one_group_and_shows_its_progress(prov, monkeypatch):
+    agents = ready_nodes(prov, ["n1", "n2", "n3"])
+    # Without --wait: the group's id and each node's job; --json: the group object.
+    result = cli(prov, "node", "provision", "n1", "--image", "a-os", "--json")
+    assert result.exit_code == 0, result.output
+    group = json.loads(result.stdout)
+    assert group["nodes"] == 1 and group["counts"]["queued"] == 1 and group["jobs"][0]["node"] == "n1"
+    result = cli(prov, "provision-group", "show", group["id"])
+    assert result.exit_code == 0 and f"group {group['id']}: 0/1 done" in result.stdout
+
+    # An invalid node in the request: an error, and nothing starts on the others.
+    result = cli(prov, "node", "provision", "n2", "n4", "--image", "a-os")
+    assert result.exit_code != 0 and "n4" in result.output
+    untouched(prov, ["n2", "n3"])
+
+    # --wait: the fleet's progress on stderr while the agents work, then the summary; n3 fails.
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=drive, args=({k: agents[k] for k in ("n2", "n3")}, {"n3"}, errors))
+    thread.start()
+    try:
+        result = cli(prov, "node", "provision", "n2", "n3", "--image", "a-os", "--wait", "--timeout", "60")
+    finally:
+        thread.join()
+    assert not errors, errors
+    assert result.exit_code == 1, result.output
+    assert "1/2 done, 0 in flight, 1 failed, 0 queued" in result.stderr  # the last progress line
+    assert "\r" not in result.stderr  # not a terminal: whole lines
+    summary = result.stdout
+    assert "1/2 done" in summary and "I/O error" in summary
+    assert re.search(r"n2\s+DONE\s+fast", summary) and re.search(r"n3\s+ERROR", summary)
+    assert "not provisioned: n3" in result.stderr
+
+    # On a terminal, one line rewritten in place, ended by a newline before the summary.
+    monkeypatch.setattr("rhaas.cli.provisioning.on_terminal", lambda: True)
+    n4 = ready_nodes(prov, ["n4"])
+    thread = threading.Thread(target=drive, args=(n4, set(), errors))
+    thread.start()
+    try:
+        result = cli(prov, "node", "provision", "n4", "--image", "a-os", "--wait")
+    finally:
+        thread.join()
+    assert not errors, errors
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.split("\r")
+    assert lines[0] == "" and lines[-1].startswith("1/1 done, 0 in flight") and lines[-1].endswith("\n")
+    assert result.stderr.count("\n") == 1
+    assert re.search(r"n4\s+DONE\s+fast", result.stdout)
+    # --json on a group: the API's object (only the times move between the two reads).
+    shown = json.loads(cli(prov, "provision-group", "show", group["id"], "--json").stdout)
+    answer = prov.alice.ok("GET", f"/provision_group/{group['id']}")
+    assert set(shown) == set(answer) and (shown["id"], shown["counts"]) == (answer["id"], answer["counts"])

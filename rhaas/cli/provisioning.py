@@ -140,11 +140,16 @@ def group_line(group: dict[str, Any]) -> str:
 QUIET_LINE_EVERY = 15.0
 
 
+def on_terminal() -> bool:
+    """Whether progress goes to a terminal (then one line is rewritten in place)."""
+    return bool(sys.stderr.isatty())
+
+
 def wait_group(client: Client, group: str, timeout: float, as_json: bool) -> dict[str, Any]:
     """Poll a provision group until every deploy has ended; returns its last view. Shows the fleet's
     progress on stderr: one line rewritten in place on a terminal; otherwise a line whenever the counts
     change, and every QUIET_LINE_EVERY seconds."""
-    tty = bool(sys.stderr.isatty())
+    tty = on_terminal()
     deadline = time.monotonic() + timeout
     last_counts: dict[str, int] | None = None
     last_at = 0.0
