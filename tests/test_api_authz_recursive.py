@@ -134,7 +134,7 @@ RECURSIVE: dict[tuple[str, str], list[Case]] = {
             409,
             "IllegalStateError",
             why=f"n3: {SHARED}",
-        )  # fmt: skip
+        )
     ],
     # A recursive instance has an upstream: its pool routes work (the base answers 400).
     ("POST", "/pool/grow"): [Case("POST", "/pool/grow", {"count": 1}, "admin", 200)],
