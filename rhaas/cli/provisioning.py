@@ -114,14 +114,18 @@ def provision(
 
 
 def _member_line(member: dict[str, Any]) -> str:
-    """A node of a group, briefly: its last phase (with its share done, if reported) and time so far."""
+    """A node of a group, briefly: its last phase (with its share done, if reported), the time in it and
+    the time since the request."""
     phase = member["phase"] or member["status"].lower()
     if member["phase"] and member["phase_state"] != "done":
         phase += f" {member['phase_state']}"
     done = member.get("progress")
     if done and done.get("total"):
         phase += f" {done['done'] / done['total']:.0%}"
-    return f"{member['node']} {phase} {member['elapsed']:.0f}s"
+    took = f"{member['elapsed']:.0f}s"
+    if member["phase"] and member.get("in_phase") is not None:
+        took = f"{member['in_phase']:.0f}s of {took}"
+    return f"{member['node']} {phase} {took}"
 
 
 def group_line(group: dict[str, Any]) -> str:

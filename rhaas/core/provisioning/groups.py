@@ -12,6 +12,7 @@ still at work (their last phase and how long they have taken), for a customer wa
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -73,13 +74,18 @@ def _seconds(start: dt.datetime | None, end: dt.datetime) -> float:
 
 
 def _member(job: ProvisionJob, db: Session, now: dt.datetime) -> dict[str, Any]:
-    """One node of a group: its deploy's status and last phase, and how long it has taken so far (or
-    took). A rebuild's deploy queued behind its node's return shows the return's phase."""
+    """One node of a group: its deploy's status and last phase, how long it has taken so far (or took),
+    and, while it runs, how long since its last reported event (``in_phase``: since the request, if it
+    has reported none). A rebuild's deploy queued behind its node's return shows the return's phase."""
     phases = job.phases
     if job.status == QUEUED:
         back = open_job(db, job.node, RETURN)
         phases = back.phases if back is not None else []
     last = phases[-1] if phases else {}
+    elapsed = _seconds(job.created_at, job.finished_at or now)
+    in_phase = None
+    if job.finished_at is None:
+        in_phase = round(max(0.0, time.time() - float(last["at"])), 1) if last else elapsed
     return {
         "node": job.node.label,
         "job": job.uuid,
@@ -88,7 +94,8 @@ def _member(job: ProvisionJob, db: Session, now: dt.datetime) -> dict[str, Any]:
         "phase": (f"return: {last['phase']}" if job.status == QUEUED else last["phase"]) if last else None,
         "phase_state": last.get("state"),
         "progress": last.get("progress"),
-        "elapsed": _seconds(job.created_at, job.finished_at or now),
+        "elapsed": elapsed,
+        "in_phase": in_phase,
         "error": job.error,
     }
 
@@ -107,8 +114,9 @@ def _bucket(member: dict[str, Any]) -> str:
 def show_group(db: Session, caller: Caller, group_id: str) -> dict[str, Any]:
     """A group's progress: ``{"id", "project", "image", "status", "created_at", "nodes", "counts",
     "slowest", "jobs"}``. ``status`` is RUNNING until every deploy has ended, then DONE, or ERROR if any
-    failed; ``slowest`` lists the nodes still at work that have taken longest (once all have ended, the
-    ones that took longest)."""
+    failed. ``slowest`` lists the nodes still at work that have been longest in their current phase (the
+    deploys started together: those are the ones holding the fleet up); once all have ended, the ones
+    that took longest."""
     query = select(ProvisionJob).where(ProvisionJob.group_uuid == group_id, ProvisionJob.kind == DEPLOY)
     jobs = list(db.scalars(query.order_by(ProvisionJob.id)))
     if not jobs:
@@ -122,7 +130,10 @@ def show_group(db: Session, caller: Caller, group_id: str) -> dict[str, Any]:
     for member in members:
         counts[_bucket(member)] += 1
     working = [m for m in members if m["status"] not in (DONE, ERROR)]
-    slowest = sorted(working or members, key=lambda m: -m["elapsed"])[:SLOWEST]
+    if working:
+        slowest = sorted(working, key=lambda m: (-m["in_phase"], -m["elapsed"]))[:SLOWEST]
+    else:
+        slowest = sorted(members, key=lambda m: -m["elapsed"])[:SLOWEST]
     ended = not working
     images = {job.image.label for job in jobs if job.image is not None}
     return {
