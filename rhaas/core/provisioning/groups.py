@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from rhaas.config import ProvisioningSettings
 from rhaas.core.access import Caller, get_node, node_project
@@ -118,7 +118,8 @@ def show_group(db: Session, caller: Caller, group_id: str) -> dict[str, Any]:
     deploys started together: those are the ones holding the fleet up); once all have ended, the ones
     that took longest."""
     query = select(ProvisionJob).where(ProvisionJob.group_uuid == group_id, ProvisionJob.kind == DEPLOY)
-    jobs = list(db.scalars(query.order_by(ProvisionJob.id)))
+    loads = [selectinload(getattr(ProvisionJob, name)) for name in ("node", "image", "project")]
+    jobs = list(db.scalars(query.options(*loads).order_by(ProvisionJob.id)))
     if not jobs:
         raise NotFoundError(f"Provision group {group_id[:40]} does not exist.")
     project = jobs[0].project.label if jobs[0].project else None
