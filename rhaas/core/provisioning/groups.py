@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from rhaas.config import ProvisioningSettings
 from rhaas.core.access import Caller, get_node, node_project
+from rhaas.core.provisioning.enrolment import bump_node_generation
 from rhaas.core.provisioning.jobs import DEPLOY, QUEUED, RETURN, RUNNING, open_job, provision
 from rhaas.db.models import ERROR, PENDING, ProvisionJob, utcnow
 from rhaas.errors import AuthorizationError, BadArgumentError, NotFoundError, ProjectMismatchError, RhaasError
@@ -61,11 +62,12 @@ def provision_group(
     jobs: dict[str, str] = {}
     for name in nodes:
         try:
-            jobs[name] = provision(db, caller, name, image_name, settings, seed, group=group)
+            jobs[name] = provision(db, caller, name, image_name, settings, seed, group=group, bump=False)
         except RhaasError as exc:
             if name in exc.msg:
                 raise
             raise type(exc)(f"Node {name}: {exc.msg}", transient=exc.transient) from None
+    bump_node_generation(db)  # once: the free-node lists change with the whole transaction
     return {"group_id": group, "jobs": jobs}
 
 

@@ -111,7 +111,7 @@ def check_seed(seed: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def provision(
     db: Session, caller: Caller, node_name: str, image_name: str, settings: ProvisioningSettings,
-    seed: dict[str, Any] | None = None, group: str | None = None,
+    seed: dict[str, Any] | None = None, group: str | None = None, bump: bool = True,
 ) -> str:  # fmt: skip
     """Queue a deploy of ``image_name`` on a node of the caller's project; returns the job id.
 
@@ -121,7 +121,8 @@ def provision(
 
     ``seed``: the first-boot data cloud-init finds in the image (SSH keys, user-data, network
     configuration) and overrides of the image's boot entry (see `check_seed`). ``group``: the provision
-    group the deploy is part of (`rhaas.core.provisioning.groups`)."""
+    group the deploy is part of (`rhaas.core.provisioning.groups`); ``bump=False``: the caller moves the
+    node generation itself (once for many nodes)."""
     node = get_node(db, node_name)
     project = node_project(node)
     if project is None:
@@ -160,7 +161,8 @@ def provision(
               f"{job.uuid} of {image_name}")  # fmt: skip
     else:
         states.transition(row, states.Event.PROVISION)
-    bump_node_generation(db)
+    if bump:
+        bump_node_generation(db)
     return job.uuid
 
 
