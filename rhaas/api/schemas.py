@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -158,6 +158,17 @@ class ProvisionBody(Body):
     kernel: str | None = Field(default=None, max_length=4096)
     initrd: str | None = Field(default=None, max_length=4096)
     cmdline: str | None = Field(default=None, max_length=4096)
+
+
+#: The most nodes one fleet-sized provision request may name.
+MAX_GROUP_NODES = 1000
+
+
+class ProvisionGroupBody(ProvisionBody):
+    #: The nodes to deploy the image on, all in one project: all are queued, or none is.
+    nodes: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        min_length=1, max_length=MAX_GROUP_NODES
+    )
 
 
 class EnrollBody(Body):
