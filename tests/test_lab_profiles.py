@@ -50,15 +50,20 @@ def test_unknown_profile_and_post_out_of_range_are_refused(tmp_path: Path):
         QemuNode("p1", tmp_path, post_seconds=-1)
 
 
+#: The disk each profile's disk controller shows the test OS.
+DISK_DEVICE = {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1", "megasas": "/dev/sda"}
+
+
 @pytest.fixture
 def make_node(tmp_path_factory) -> Iterator:
     made: list[QemuNode] = []
-    image = images.build_test_os()
 
-    def make(profile: str, post_seconds: float = 0.0) -> QemuNode:
+    def make(profile: str, post_seconds: float = 0.0, flavour: str = "cloud") -> QemuNode:
+        image = images.build_test_os(f"testos-{flavour}", flavour=flavour)
         node = QemuNode(
             "p1", tmp_path_factory.mktemp(profile), memory_mb=512, disk_size="64M", profile=profile,
-            post_seconds=post_seconds, kernel=image.kernel, initrd=image.initrd, append=image.cmdline,
+            post_seconds=post_seconds, kernel=image.kernel, initrd=image.initrd,
+            append=f"{image.cmdline} rhaas.ip=10.0.0.5/24",
         )  # fmt: skip
         made.append(node)
         return node
@@ -82,9 +87,11 @@ def test_a_node_of_each_profile_boots_with_its_hardware(make_node, name: str):
     profile = PROFILES[name]
     if profile.firmware == "uefi" and not OVMF_CODE.exists():
         pytest.skip(f"no UEFI firmware at {OVMF_CODE} (Debian package ovmf)")
-    node = make_node(name)
+    node = make_node(name, flavour="generic")  # Debian's generic kernel: the servers' drivers
     node.start()
-    node.wait_for_console(images.build_test_os().up_regex, 300)
+    up = node.wait_for_console(r"RHAAS-TESTOS testos-generic UP ip=(\S+)(.*)", 300)
+    assert up.group(1) == "10.0.0.5/24" and "net=" not in up.group(2), f"the NIC works: {up.group(0)}"
+    assert f"disk={DISK_DEVICE[profile.disk_bus]}" in up.group(2), up.group(0)
     ids = _pci_ids(node)
     assert PCI_IDS[profile.nic_model] in ids
     assert PCI_IDS[profile.disk_bus] in ids
@@ -100,13 +107,13 @@ def test_post_holds_the_firmware_at_every_firmware_boot(make_node, name: str):
     node.start()
     started = node.last_firmware_boot
     assert node.qmp("query-status")["status"] == "prelaunch", "held before the firmware's first instruction"
-    node.wait_for_console(images.build_test_os().up_regex, 300)
+    node.wait_for_console(images.build_test_os("testos-cloud").up_regex, 300)
     assert time.monotonic() - started >= post
     assert node.qmp("query-status")["status"] == "running"
     node.reset()
     held = node.last_firmware_boot
     assert node.qmp("query-status")["status"] == "paused", "a reset is a firmware boot: held again"
-    node.wait_for_console(images.build_test_os().up_regex, 300)
+    node.wait_for_console(images.build_test_os("testos-cloud").up_regex, 300)
     assert time.monotonic() - held >= post
     assert node.firmware_boots == 2
 
