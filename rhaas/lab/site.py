@@ -472,8 +472,10 @@ class Lab:
             return running
         for key in ("dnsmasq", "http"):
             procs.stop(head.services.pop(key, None), self.workdir)
-        self.say(f"headnode {name}: building the test OS (cached after the first time)")
-        image = images.build_test_os()
+        # Server profiles need Debian's generic kernel and its drivers; virtio nodes the smaller cloud one.
+        flavour = "cloud" if all(n.profile == "virtio" for n in record.nodes) else "generic"
+        self.say(f"headnode {name}: building the test OS, {flavour} flavour (cached after the first time)")
+        image = images.build_test_os(flavour=flavour)
         clients = [
             bootserver.BootClient(n.name, n.mac, bootserver.node_address(head.ip, i))
             for i, n in enumerate(record.nodes, start=1)
