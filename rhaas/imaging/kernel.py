@@ -120,3 +120,93 @@ def module_bytes(path: Path) -> bytes:
     if path.name.endswith(".ko.gz"):
         return gzip.decompress(path.read_bytes())
     raise ImageBuildError(f"cannot decompress module {path.name}")
+
+
+@dataclass(frozen=True)
+class ModInfo:
+    """What a module's ``modinfo`` data says about loading it."""
+
+    name: str
+    path: Path
+    #: Device aliases (``pci:v00008086d000010D3sv*sd*bc*sc*i*``): fnmatch patterns over a modalias.
+    aliases: tuple[str, ...]
+    #: Modules this one needs loaded first.
+    depends: tuple[str, ...]
+    #: Firmware files it may ask for, relative to /lib/firmware.
+    firmware: tuple[str, ...]
+
+
+def parse_modinfo(name: str, path: Path, text: str) -> ModInfo:
+    """`ModInfo` from ``modinfo``'s output for one module (``field: value`` lines)."""
+    fields: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key in ("alias", "depends", "firmware"):
+            fields.setdefault(key, []).append(value.strip())
+    deps = [d.replace("-", "_") for v in fields.get("depends", []) for d in v.split(",") if d]
+    return ModInfo(
+        name=name,
+        path=path,
+        aliases=tuple(fields.get("alias", [])),
+        depends=tuple(deps),
+        firmware=tuple(fields.get("firmware", [])),
+    )
+
+
+def module_info(name: str, path: Path) -> ModInfo:
+    """The `ModInfo` of the module file ``path`` (runs ``modinfo``)."""
+    return parse_modinfo(name, path, run(["modinfo", str(path)]))
+
+
+def select_modules(modules_dir: Path, selectors: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """The modules ``selectors`` name, sorted: a selector ending in ``/`` is a directory under
+    ``modules_dir`` (``kernel/drivers/net/ethernet/intel/``: every module below it), any other a module
+    name; ``exclude`` names modules a directory selector should not bring. Raises `ImageBuildError` for a
+    selector that names nothing (a typo, or built into this kernel).
+    """
+    index = module_index(modules_dir)
+    excluded = {name.replace("-", "_") for name in exclude}
+    chosen: set[str] = set()
+    for selector in selectors:
+        if selector.endswith("/"):
+            base = modules_dir / selector
+            found = {n for n, p in index.items() if p.is_relative_to(base) and n not in excluded}
+        else:
+            found = {selector.replace("-", "_")} & index.keys()
+        if not found:
+            raise ImageBuildError(f"no module in {modules_dir} matches {selector!r}")
+        chosen |= found
+    return sorted(chosen)
+
+
+def coldplug_closure(modules_dir: Path, wanted: Iterable[str]) -> dict[str, ModInfo]:
+    """The `ModInfo` of ``wanted`` that a device can match (they have a device alias), of those that
+    extend one of them (``mlx4_en`` depends on ``mlx4_core`` and no device matches it: the kernel would
+    ask modprobe for it), and of everything they depend on, by name. Other wanted modules no device
+    matches are left out unless another needs them."""
+    index = module_index(modules_dir)
+    infos: dict[str, ModInfo] = {}
+
+    def info_of(name: str) -> ModInfo:
+        if name not in index:
+            raise ImageBuildError(f"module {name} is not in {modules_dir}")
+        return module_info(name, index[name])
+
+    def add(info: ModInfo) -> None:
+        infos[info.name] = info
+        for dep in info.depends:
+            if dep not in infos:
+                add(info_of(dep))
+
+    chosen = [info_of(name.replace("-", "_")) for name in wanted]
+    matched = {i.name for i in chosen if any(_is_device_alias(a) for a in i.aliases)}
+    for info in chosen:
+        if info.name not in infos and (info.name in matched or matched & set(info.depends)):
+            add(info)
+    return dict(sorted(infos.items()))
+
+
+def _is_device_alias(alias: str) -> bool:
+    """Whether ``alias`` matches a device's modalias (``bus:…``), not a name (``fs-ext4``, ``crc32c``)."""
+    bus, sep, _ = alias.partition(":")
+    return bool(sep) and bus.isidentifier()
