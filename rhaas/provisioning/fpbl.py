@@ -439,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"manifest: {fpbl.manifest}")
         print(f"cache:    {'built' if fpbl.built else 'hit'} ({fpbl.key})")
         print("packages: " + shlex.join(f"{n}={v}" for n, v in sorted(fpbl.packages.items())))
+        missing = json.loads(fpbl.manifest.read_text()).get("firmware_missing") or {}
+        for module, files in sorted(missing.items()):
+            print(f"firmware: {module} may ask for {' '.join(files)}, not carried (see --firmware-dir)")
     return 0
 
 
