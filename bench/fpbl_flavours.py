@@ -57,7 +57,7 @@ def boot(name: str, fpbl: Fpbl, workdir: Path, memory: int, hardware: dict[str, 
     finally:
         node.stop()
     loaded = re.search(r"RHAAS-FPBL coldplug loaded: ([^\n(]*)\(([0-9.]+) s\)", text)
-    nic = re.search(r"RHAAS-FPBL nic (\S+)", text)
+    nic = re.search(r"RHAAS-FPBL nic (\S+) .*uptime=([0-9.]+)", text)
     return {
         "kernel_bytes": fpbl.sizes["kernel"], "initrd_bytes": fpbl.sizes["initrd"],
         "core_bytes": fpbl.sizes["core"],
@@ -65,6 +65,7 @@ def boot(name: str, fpbl: Fpbl, workdir: Path, memory: int, hardware: dict[str, 
         "kernel_uptime_at_init_s": float(init.group(1)),
         "coldplug": loaded.group(1).split() if loaded else None,
         "coldplug_s": float(loaded.group(2)) if loaded else None, "nic": nic.group(1) if nic else None,
+        "kernel_uptime_at_nic_s": float(nic.group(2)) if nic else None,
     }  # fmt: skip
 
 
@@ -90,7 +91,7 @@ def main() -> None:
         plug = "(fixed list)" if r["coldplug"] is None else f"{' '.join(r['coldplug'])} ({r['coldplug_s']} s)"
         print(f"{label:24} {r['kernel_bytes']:>10} {r['initrd_bytes']:>10} {r['start_to_init_s']:>9} "
               f"{r['start_to_agent_s']:>10} {r['kernel_uptime_at_init_s']:>8}  {plug}; "
-              f"nic {r['nic']}")  # fmt: skip
+              f"nic {r['nic']} at uptime {r['kernel_uptime_at_nic_s']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ if [ -n "$IP" ]; then
         echo "RHAAS-FPBL no NIC has a carrier (NICs: ${UP:- none }); trying ${NIC:-eth0}"
         NIC=${NIC:-eth0}
     fi
-    echo "RHAAS-FPBL nic $NIC (NICs:$UP)"
+    echo "RHAAS-FPBL nic $NIC (NICs:$UP) uptime=$(cut -d' ' -f1 /proc/uptime)"
     ip addr add "$IP" dev "$NIC" || echo "RHAAS-FPBL bad address $IP"
     [ -n "$GW" ] && ip route add default via "$GW"
 fi
