@@ -1,7 +1,7 @@
-"""The Debian cloud kernel, its modules, and the order to load them in.
+"""A Debian kernel, its modules, the order to load them in, and what ``modinfo`` says of them.
 
-The kernel is the versioned package that ``linux-image-cloud-amd64`` depends on, unpacked once per
-version. The modules an image needs are loaded in an order derived from the kernel's own ``modinfo``
+The kernel is the versioned package that a meta package (``linux-image-cloud-amd64`` by default, or
+``linux-image-amd64``) depends on, unpacked once per version. The modules an image needs are loaded in an order derived from the kernel's own ``modinfo``
 data: the dependencies between them change between kernel builds (in 6.1.0-47 ``virtio`` needs nothing,
 in 6.1.0-56 it needs ``virtio_ring``), and a fixed list silently leaves a node without disk or network.
 """
