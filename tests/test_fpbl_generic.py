@@ -295,3 +295,26 @@ def test_the_generic_fpbl_coldplugs_an_e1000e_nic_and_an_nvme_disk(fake_api, tmp
     assert checkin[1]["mode"] == "ready"
     assert checkin[1]["disks"] == [{"name": "nvme0n1", "size": 64 << 20}]
     node.stop()
+
+
+@pytest.mark.slow
+def test_extra_modules_and_firmware_go_into_the_initramfs(generic_kernel, tmp_path):
+    (tmp_path / "intel" / "ice" / "ddp").mkdir(parents=True)
+    (tmp_path / "intel" / "ice" / "ddp" / "ice-1.3.30.0.pkg").write_bytes(b"ddp")
+    (tmp_path / "intel" / "ice" / "ddp" / "ice.pkg").symlink_to("ice-1.3.30.0.pkg")
+    entries: dict[str, Any] = {}
+    modules, account = fb._add_drivers(
+        entries, generic_kernel, [*fb.GENERIC_DRIVERS, "aacraid"], fb._firmware_files(tmp_path)
+    )
+    assert "aacraid" in modules and "lib/modules/aacraid.ko" in entries
+    assert entries["lib/firmware/intel/ice/ddp/ice.pkg"].data == b"ddp"
+    missing = account["firmware_missing"]
+    assert isinstance(missing, dict) and "ice" not in missing and "bnx2" in missing
+    table = json.loads(entries["lib/modules/coldplug.json"].data)
+    assert set(table["modules"]) == set(modules)
+    assert {f"lib/modules/{m}.ko" for m in modules} <= set(entries)
+    assert cp.Matcher(table["aliases"]).match("pci:v00009005d00000285sv00009005sd00000286bc01sc04i00") == [
+        "aacraid"
+    ]
+    with pytest.raises(ImageBuildError, match="no-such-driver"):
+        fb._add_drivers({}, generic_kernel, ["no-such-driver"], {})
