@@ -151,6 +151,8 @@ def test_parse_modinfo_reads_aliases_depends_and_firmware():
     assert info.aliases == ("pci:v00008086d00001888sv*sd*bc*sc*i*", "pci:v00008086d0000151Dsv*sd*bc*sc*i*")
     assert info.depends == ("gnss", "auxiliary") and info.firmware == ("intel/ice/ddp/ice.pkg",)
     assert kn.parse_modinfo("x", Path("x.ko"), "depends:        \n").depends == ()
+    soft = kn.parse_modinfo("x", Path("x.ko"), "softdep:        pre: crc32c crc-t10dif post: x\n")
+    assert soft.pre == ("crc32c", "crc_t10dif")
 
 
 # --- the init and the build's options ----------------------------------------------------------------
@@ -237,6 +239,8 @@ def test_the_real_generic_kernels_table_matches_server_devices(real_table):
     for name in order:
         assert all(order.index(d) < order.index(name) for d in depends[name] if d in depends), name
     assert {"nvme_core", "mlxfw"} <= set(order) and order[-1] in ("mlx5_core", "nvme")
+    # libcrc32c (bnx2x needs it) fails to load without a crc32c implementation: its soft dependency.
+    assert "crc32c_generic" in depends["libcrc32c"] and "libcrc32c" in depends["bnx2x"]
     # ice wants its DDP package, from a non-free firmware package.
     assert "intel/ice/ddp/ice.pkg" in infos["ice"].firmware
     # Modules no device can match (cnic, loaded by other modules) stay out unless another needs them.

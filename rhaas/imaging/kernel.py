@@ -1,9 +1,10 @@
 """A Debian kernel, its modules, the order to load them in, and what ``modinfo`` says of them.
 
 The kernel is the versioned package that a meta package (``linux-image-cloud-amd64`` by default, or
-``linux-image-amd64``) depends on, unpacked once per version. The modules an image needs are loaded in an order derived from the kernel's own ``modinfo``
-data: the dependencies between them change between kernel builds (in 6.1.0-47 ``virtio`` needs nothing,
-in 6.1.0-56 it needs ``virtio_ring``), and a fixed list silently leaves a node without disk or network.
+``linux-image-amd64``) depends on, unpacked once per version. The modules an image needs are loaded
+in an order derived from the kernel's own ``modinfo`` data: the dependencies between them change
+between kernel builds (in 6.1.0-47 ``virtio`` needs nothing, in 6.1.0-56 it needs ``virtio_ring``), and
+a fixed list silently leaves a node without disk or network.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import gzip
 import lzma
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rhaas.imaging import ImageBuildError, cache, run
@@ -134,6 +135,8 @@ class ModInfo:
     depends: tuple[str, ...]
     #: Firmware files it may ask for, relative to /lib/firmware.
     firmware: tuple[str, ...]
+    #: What ``softdep: pre:`` asks to load first: names or aliases (``libcrc32c`` asks for ``crc32c``).
+    pre: tuple[str, ...] = ()
 
 
 def parse_modinfo(name: str, path: Path, text: str) -> ModInfo:
@@ -141,15 +144,25 @@ def parse_modinfo(name: str, path: Path, text: str) -> ModInfo:
     fields: dict[str, list[str]] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key in ("alias", "depends", "firmware"):
+        if sep and key in ("alias", "depends", "firmware", "softdep"):
             fields.setdefault(key, []).append(value.strip())
     deps = [d.replace("-", "_") for v in fields.get("depends", []) for d in v.split(",") if d]
+    pre: list[str] = []
+    for value in fields.get("softdep", []):
+        words = value.split()
+        section = ""
+        for word in words:
+            if word.endswith(":"):
+                section = word[:-1]
+            elif section == "pre":
+                pre.append(word.replace("-", "_"))
     return ModInfo(
         name=name,
         path=path,
         aliases=tuple(fields.get("alias", [])),
         depends=tuple(deps),
         firmware=tuple(fields.get("firmware", [])),
+        pre=tuple(pre),
     )
 
 
@@ -190,7 +203,15 @@ def coldplug_closure(modules_dir: Path, wanted: Iterable[str]) -> dict[str, ModI
     def info_of(name: str) -> ModInfo:
         if name not in index:
             raise ImageBuildError(f"module {name} is not in {modules_dir}")
-        return module_info(name, index[name])
+        info = module_info(name, index[name])
+        # A soft dependency, loaded first too. Its name may be a crypto algorithm's (``crc32c``): then
+        # the portable implementation (``crc32c_generic``). Built in, or unknown: left to the kernel.
+        soft = []
+        for wanted in info.pre:
+            found = next((m for m in (wanted, f"{wanted}_generic") if m in index), None)
+            if found is not None and found not in info.depends:
+                soft.append(found)
+        return replace(info, depends=(*info.depends, *soft)) if soft else info
 
     def add(info: ModInfo) -> None:
         infos[info.name] = info
