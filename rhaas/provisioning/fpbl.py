@@ -83,6 +83,9 @@ KEXEC_PACKAGE = "kexec-tools"
 TOP_PACKAGES = (KERNEL_META_PACKAGE, BUSYBOX_PACKAGE, KEXEC_PACKAGE, *PYTHON_PACKAGES)
 MODULES = ("virtio_net", "virtio_blk", "virtio_pci")
 FLAVOURS = ("cloud", "generic")
+#: Bump when the generic flavour's selection of modules or its coldplug table changes in a way the key's
+#: other inputs do not show (the cloud flavour's key does not include it).
+GENERIC_VERSION = 2
 GENERIC_KERNEL_META_PACKAGE = "linux-image-amd64"
 #: The generic flavour's drivers: a directory under the kernel's modules (every module below it) or a
 #: module name. Only those a device can match (they have a device alias) go in, with their dependencies.
@@ -235,7 +238,8 @@ def build_fpbl(
     else:
         meta = GENERIC_KERNEL_META_PACKAGE
         hardware = {
-            "flavour": flavour, "drivers": [*GENERIC_DRIVERS, *extra_modules], "excluded": GENERIC_EXCLUDED,
+            "flavour": flavour, "version": GENERIC_VERSION, "drivers": [*GENERIC_DRIVERS, *extra_modules],
+            "excluded": GENERIC_EXCLUDED,
             "firmware": {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in firmware.items()},
         }  # fmt: skip
     top = (meta, *TOP_PACKAGES[1:])
