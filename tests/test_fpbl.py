@@ -725,8 +725,8 @@ def test_a_deploy_too_big_for_the_crash_kernel_restores_the_memory_first(fake_ap
     fake_api.push(_deploy_item(fake_api, "j6", b"\x00" * (20 << 20)))
     _crashed_agent(fake_api, system).run(rounds=1)
     start = fake_api.report_of("j6", "restore-memory", "start")
-    assert start and start["detail"] == (  # 3 x (kernel + 20 MiB initrd + 48 MiB payload) + 32 MiB
-        "the deploy needs 236 MiB, the return FPBL has 195 MiB available; booting the full FPBL"
+    assert start and start["detail"] == (  # 3 x (kernel + 20 MiB initrd + 48 MiB payload) + 64 MiB
+        "the deploy needs 268 MiB, the return FPBL has 195 MiB available; booting the full FPBL"
         f" ({0x9FC00 + 0x5FF00000} bytes usable)"
     )
     [(kernel, _, cmdline)] = system.kexecs
