@@ -439,7 +439,7 @@ def fpbl() -> None:
 )
 @click.option(
     "--firmware-dir",
-    type=click.Path(file_okay=False, exists=True),
+    type=click.Path(file_okay=False),  # a missing one is the builder's clear error
     default=None,
     help="Generic flavour: carry every file under this directory as /lib/firmware/... (non-free firmware).",
 )
