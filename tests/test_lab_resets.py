@@ -77,12 +77,9 @@ def test_a_reset_right_after_power_on_is_held_until_the_firmware_has_settled(nod
     has had `FIRMWARE_SETTLE` seconds, and the OS comes up after it."""
     image = images.build_test_os()
     node.append = image.cmdline
-    for _ in range(2):
-        before = node.firmware_boots
-        node.start()
-        started = node.last_firmware_boot
-        node.reset()
-        assert node.last_firmware_boot - started >= FIRMWARE_SETTLE, "the reset was held"
-        node.wait_for_console(image.up_regex, 180)
-        assert node.firmware_boots == before + 2, "the start and the reset, each once"
-        node.stop()
+    node.start()
+    started = node.last_firmware_boot
+    node.reset()
+    assert node.last_firmware_boot - started >= FIRMWARE_SETTLE, "the reset was held"
+    node.wait_for_console(image.up_regex, 180)
+    assert node.firmware_boots == 2, "the start and the reset, each once"
