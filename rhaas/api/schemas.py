@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -182,3 +183,20 @@ class AgentReportBody(Body):
     at: float
     detail: str = ""
     progress: dict[str, int] | None = None
+
+
+class PeerAddress(Body):
+    address: IPv4Address | IPv6Address
+    port: int = Field(gt=0, lt=65536)
+
+
+class AgentPeersBody(Body):
+    """An agent's announcement to the peer-exchange tracker (see rhaas.core.provisioning.tracker)."""
+
+    #: Where it serves chunks to its peers; the address is the one it calls from unless given.
+    port: int = Field(gt=0, lt=65536)
+    address: IPv4Address | IPv6Address | None = None
+    #: The indices (in the work answer's ``extents``) of the chunks it has verified and written.
+    have: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=1 << 20)
+    #: Peers it dropped (they served a chunk that did not match, stalled, or could not be reached).
+    dropped: list[PeerAddress] = Field(default_factory=list, max_length=1024)

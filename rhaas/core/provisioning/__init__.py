@@ -42,6 +42,7 @@ from rhaas.core.provisioning.protocol import (
     checkin,
     deploy_blobs,
     deploy_chunk,
+    peer_announce,
     report,
     work,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "enroll",
     "holds_port",
     "job_view",
+    "peer_announce",
     "provision",
     "report",
     "show_job",
