@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from rhaas.agent import swarm
-from rhaas.agent.extents import DiskImage, Extent, exchange_for, write_image
 from rhaas.agent.disk import Disk
+from rhaas.agent.extents import DiskImage, Extent, exchange_for, write_image
 from rhaas.agent.work import AgentError, Artifact
 from rhaas.core.provisioning.tracker import Tracker
 

@@ -175,8 +175,9 @@ def exchange_for(
     announce: Callable[[str, list[int], int, list[tuple[str, int]]], object],
 ) -> swarm.Exchange | None:  # fmt: skip
     """The peer exchange of ``image`` (None if the work answer offers none): chunks from the server by
-    ``fetch`` (as `write_image` takes it), announcements by ``announce(tracker_url, have, port, dropped)``
-    (the tracker's JSON answer). None too if the peers' port cannot be opened: the server then sends it all."""
+    ``fetch`` (as `write_image` takes it), announcements by ``announce(tracker_url, have, port,
+    dropped)`` (the tracker's JSON answer). None too if the peers' port cannot be opened: the server then
+    sends it all."""
     if image.peers is None:
         return None
     from rhaas.agent import swarm  # here: only a deploy with peers needs it
