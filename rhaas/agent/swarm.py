@@ -43,21 +43,24 @@ from typing import Any, NamedTuple
 from rhaas.agent import wire
 from rhaas.agent.system import log
 
-#: Seconds between two announcements to the tracker (sooner when a chunk is done).
+#: Seconds between two announcements to the tracker; sooner when a chunk is done or this agent has nothing
+#: to fetch, but never more often than every `ANNOUNCE_AT_MOST` seconds.
 ANNOUNCE_EVERY = 1.0
+ANNOUNCE_AT_MOST = 0.3
 #: A peer that sends nothing for this long is dropped (the socket timeout of a peer request).
 PEER_TIMEOUT = 5.0
 #: A peer must deliver a whole chunk within this many seconds per MiB, or is dropped (a trickling peer).
 PEER_SECONDS_PER_MIB = 4.0
 #: With no chunk done for this long although some are missing, fetch from the server regardless.
 STALL_SECONDS = 20.0
-#: Chunks fetched at the same time by one agent, and served at the same time to other agents.
+#: Chunks fetched at the same time by one agent, and served at the same time to other agents (more makes
+#: each chunk cross its link slower, and so later passed on: bench/fleet.py measured 1 to 8).
 FETCH_SLOTS = 2
 UPLOAD_SLOTS = 2
 #: The longest an agent keeps serving peers once it has everything (see `Exchange.close`).
 LINGER_SECONDS = 60.0
 #: A peer that answered "busy" is not asked again for this long.
-BUSY_BACKOFF = 0.3
+BUSY_BACKOFF = 0.2
 
 
 class Chunk(NamedTuple):
@@ -156,15 +159,15 @@ class Exchange:
                     return
                 where = self.index.get(parts[1][len(b"/chunks/") :].decode("ascii", "replace"), [])
                 with self.cond:
-                    n = (
-                        next((i for i in where if i in self.have), None)
-                        if self._read_fd is not None
-                        else None
-                    )
-                if n is None:
+                    n = next((i for i in where if i in self.have), None)
+                    source_fd = None if self._read_fd is None else os.dup(self._read_fd)
+                if n is None or source_fd is None:
+                    if source_fd is not None:
+                        os.close(source_fd)
                     conn.sendall(_status(404, "Not Found"))
                     return
                 if not self.uploads.acquire(blocking=False):
+                    os.close(source_fd)
                     conn.sendall(_status(503, "Busy"))
                     return
                 try:
@@ -173,13 +176,9 @@ class Exchange:
                         f"HTTP/1.1 200 OK\r\nContent-Length: {chunk.length}\r\nContent-Type: "
                         "application/octet-stream\r\nConnection: close\r\n\r\n".encode()
                     )
-                    assert self._read_fd is not None
-                    sent, at = 0, chunk.offset
-                    while sent < chunk.length:
-                        out = os.sendfile(conn.fileno(), self._read_fd, at + sent, chunk.length - sent)
-                        if out == 0:
-                            break
-                        sent += out
+                    # socket.sendfile: zero-copy, and it waits for a slow peer up to the timeout.
+                    with os.fdopen(source_fd, "rb") as source:  # its own descriptor, for its offset
+                        sent = conn.sendfile(source, chunk.offset, chunk.length)
                     with self.cond:
                         self.served += sent
                 finally:
@@ -220,9 +219,11 @@ class Exchange:
 
     def _announcer(self) -> None:
         while not self.closed.is_set():
+            started = time.monotonic()
             self._announce_once()
             self._wake_announcer.wait(self.announce_every)
             self._wake_announcer.clear()
+            self.closed.wait(min(self.announce_every, ANNOUNCE_AT_MOST) - (time.monotonic() - started))
 
     # --- fetching ---
 
@@ -276,6 +277,7 @@ class Exchange:
                     choice = self._pick()
                     if choice is not None:
                         break
+                    self._wake_announcer.set()  # nothing to do: news of the peers, please
                     self.cond.wait(0.25)
                 n, peer = choice
                 self.busy.add(n)

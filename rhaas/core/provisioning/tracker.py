@@ -6,7 +6,7 @@ provisioning network, the port it serves chunks on, the indices of the extents i
 written). The answer lists the other agents of the same swarm (the same image), with what they hold, and
 ``seed``: chunks this agent may fetch from the server, because no agent holds them yet. The server hands
 each chunk out about once, at most `SERVER_SLOTS` at a time across the swarm (one chunk that arrives
-whole soon spreads faster than many that arrive slowly); a hand-out whose agent does not report the
+whole soon spreads faster than several that arrive slowly); a hand-out whose agent does not report the
 chunk within `GRANT_SECONDS` is handed out again. So the server sends about one image per fleet deploy;
 agents that cannot reach their peers fall back to it on their own (see the agent's module).
 
@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Chunks being sent by the server at once, per swarm.
+#: Chunks being sent by the server at once, per swarm (few: a chunk that arrives whole soon is passed on).
 SERVER_SLOTS = 2
 #: A chunk handed out from the server and not reported held within this long is handed out again.
 GRANT_SECONDS = 30.0
