@@ -46,9 +46,8 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "rfl"  # of every namespace, link and bridge this bench makes
-BRIDGE = f"{PREFIX}-br"
-SERVER_NS = f"{PREFIX}-s"
+#: Of every namespace, link and bridge this bench makes (``--prefix``; at most 5 characters).
+PREFIX = "rfl"
 SERVER_IP = "10.77.0.1"
 PORT = 8080
 PEER_PORT = 7070
@@ -81,7 +80,7 @@ def cable(netns: str, host_dev: str, address: str, rate_mbit: int) -> None:
     """A namespace with ``eth0`` at ``address``, cabled to the bridge by ``host_dev``, shaped both ways."""
     sh("ip", "netns", "add", netns)
     sh("ip", "link", "add", host_dev, "type", "veth", "peer", "name", "eth0", "netns", netns)
-    sh("ip", "link", "set", host_dev, "master", BRIDGE, "up")
+    sh("ip", "link", "set", host_dev, "master", f"{PREFIX}-br", "up")
     sh("ip", "-n", netns, "addr", "add", f"{address}/{SUBNET}", "dev", "eth0")
     sh("ip", "-n", netns, "link", "set", "eth0", "up")
     sh("ip", "-n", netns, "link", "set", "lo", "up")
@@ -104,10 +103,10 @@ def teardown() -> None:
 def topology(nodes: int, rate_mbit: int) -> Iterator[None]:
     teardown()
     try:
-        sh("ip", "link", "add", BRIDGE, "type", "bridge")
-        sh("ip", "link", "set", BRIDGE, "type", "bridge", "ageing_time", "30000")
-        sh("ip", "link", "set", BRIDGE, "up")
-        cable(SERVER_NS, f"{PREFIX}-hs", SERVER_IP, rate_mbit)
+        sh("ip", "link", "add", f"{PREFIX}-br", "type", "bridge")
+        sh("ip", "link", "set", f"{PREFIX}-br", "type", "bridge", "ageing_time", "30000")
+        sh("ip", "link", "set", f"{PREFIX}-br", "up")
+        cable(f"{PREFIX}-s", f"{PREFIX}-hs", SERVER_IP, rate_mbit)
         for i in range(nodes):
             cable(f"{PREFIX}-n{i}", f"{PREFIX}-h{i}", node_ip(i), rate_mbit)
         yield
@@ -181,7 +180,7 @@ def one_run(
     """One fleet delivery; its figures."""
     procs: list[Proc] = []
     try:
-        server = Proc(SERVER_NS, "serve", "--image", str(image), "--chunk-mib", str(chunk_mib),
+        server = Proc(f"{PREFIX}-s", "serve", "--image", str(image), "--chunk-mib", str(chunk_mib),
                       "--mechanism", mechanism)  # fmt: skip
         procs.append(server)
         server.line("ready", 30)
@@ -221,6 +220,8 @@ def one_run(
 
 
 def bench(args: argparse.Namespace) -> int:
+    global PREFIX
+    PREFIX = args.prefix
     if os.geteuid() != 0:
         print("bench/fleet.py needs root (network namespaces, tc)", file=sys.stderr)
         return 2
@@ -413,6 +414,7 @@ def main() -> int:
     parser.add_argument("--chunk-mib", type=int, default=4)
     parser.add_argument("--rate-mbit", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a run may take")
+    parser.add_argument("--prefix", default=PREFIX, help="of the namespaces and links made (<= 5 chars)")
     s = sub.add_parser("serve")
     s.add_argument("--image", required=True)
     s.add_argument("--chunk-mib", type=int, default=4)

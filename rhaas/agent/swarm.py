@@ -7,15 +7,19 @@ them first; the server seeds the swarm and is the fallback.
 
 - No peer is trusted: every chunk, from a peer or from the server, is checked against its SHA-256 from
   the (authenticated) work answer before it is written, and so before it is served onward. A peer that
-  serves a chunk that does not match, or stalls (a per-request timeout), or cannot be reached, is dropped
-  for the rest of the deploy and the chunk is fetched elsewhere.
+  serves a chunk that does not match, or stalls in the middle of one, is dropped for the rest of the
+  deploy and the chunk is fetched elsewhere; so is one that cannot be connected to or does not answer
+  (a per-request timeout) `STRIKES` times in a row.
 - A tracker on the server (``POST {agent}/agent/v1/nodes/{node}/peers``, authenticated like the other
   agent calls) is told, every `ANNOUNCE_EVERY` seconds and at every chunk done, which chunks this agent
   holds, and answers with the other agents deploying the same image and what they hold, and which chunks
   this agent may take from the server (``seed``): the tracker hands each chunk out from the server about
   once, a few at a time, so the server sends about one image per fleet.
-- Chunks are taken rarest first (ties broken at random), so that different agents fetch different chunks
-  and every agent soon has something to give.
+- The chunks the tracker hands out from the server are fetched first (the server's link is the one
+  every chunk must cross once). Otherwise a peer is picked at random among those holding a wanted chunk
+  (uploads are the scarce resource: spread the asking over them), and of its chunks the rarest (ties
+  broken at random), so that different agents fetch different chunks and soon have something to give.
+  A peer whose upload slots are full answers 503 and is left alone for a while, longer at each 503.
 - A node that cannot reach the tracker, or gets nothing from anyone for `STALL_SECONDS`, fetches what it
   lacks from the server (plain HTTP(S) from the server, as without the exchange).
 
@@ -59,8 +63,13 @@ FETCH_SLOTS = 2
 UPLOAD_SLOTS = 2
 #: The longest an agent keeps serving peers once it has everything (see `Exchange.close`).
 LINGER_SECONDS = 60.0
-#: A peer that answered "busy" is not asked again for this long.
+#: A peer that answered "busy" is not asked again for this long, doubled at each "busy" in a row (to
+#: `BUSY_BACKOFF_MAX`): many agents after the few holders of a new chunk must not flood their links.
 BUSY_BACKOFF = 0.2
+BUSY_BACKOFF_MAX = 3.0
+#: A peer that cannot be connected to or does not answer is dropped at this many failures in a row (one
+#: may be a full queue on a busy link); before that, not asked again for a second per failure.
+STRIKES = 3
 
 
 class Chunk(NamedTuple):
@@ -117,6 +126,8 @@ class Exchange:
         self.peers: dict[Peer, frozenset[int]] = {}
         self.dropped: dict[Peer, str] = {}
         self.backoff: dict[Peer, float] = {}
+        self.busy_count: dict[Peer, int] = {}
+        self.strikes: dict[Peer, int] = {}
         self.tracker_ok = announce is not None
         self.others_missing = True  # whether the tracker last said some peer still lacks chunks
         self.from_server = self.from_peers = self.served = 0
@@ -241,22 +252,32 @@ class Exchange:
             for n in held:
                 if n not in self.have and n not in self.busy:
                     counts.setdefault(n, []).append(peer)
-        if counts:
-            rarest = min(len(p) for p in counts.values())
-            n = self.rng.choice(sorted(n for n, p in counts.items() if len(p) == rarest))
-            return n, self.rng.choice(counts[n])
         seeds = sorted(n for n in self.seed if n in wanted)
-        if seeds:
+        if seeds:  # first: the server's link is the one every chunk must cross once
             return seeds[0], None
+        if counts:
+            # A peer at random among those that hold something wanted (the uploads are what is scarce:
+            # spread the asking over them), then the rarest of what it holds, ties broken at random.
+            offers: dict[Peer, list[int]] = {}
+            for n, holders in counts.items():
+                for peer in holders:
+                    offers.setdefault(peer, []).append(n)
+            peer = self.rng.choice(sorted(offers))
+            rarest = min(len(counts[n]) for n in offers[peer])
+            return self.rng.choice(sorted(n for n in offers[peer] if len(counts[n]) == rarest)), peer
         if not self.tracker_ok or now - self.last_done > self.stall:
             return self.rng.choice(wanted), None
         return None
 
     def _fetch_peer(self, peer: Peer, chunk: Chunk) -> bytes:
         deadline = time.monotonic() + max(self.peer_timeout, PEER_SECONDS_PER_MIB * chunk.length / (1 << 20))
-        with wire.request(
-            "GET", peer.address, peer.port, f"/chunks/{chunk.sha256}", {}, timeout=self.peer_timeout
-        ) as response:
+        try:
+            response = wire.request(
+                "GET", peer.address, peer.port, f"/chunks/{chunk.sha256}", {}, timeout=self.peer_timeout
+            )
+        except OSError as exc:
+            raise _NoAnswer(f"{type(exc).__name__}: {exc}") from exc
+        with response:
             if response.status == 503:
                 raise _Busy()
             if response.status != 200:
@@ -295,8 +316,22 @@ class Exchange:
                 with self.cond:
                     self.busy.discard(n)
                     assert peer is not None
-                    self.backoff[peer] = time.monotonic() + BUSY_BACKOFF
+                    count = self.busy_count[peer] = self.busy_count.get(peer, 0) + 1
+                    self.backoff[peer] = time.monotonic() + min(
+                        BUSY_BACKOFF_MAX, BUSY_BACKOFF * 2 ** (count - 1)
+                    )
                     self.cond.notify_all()
+                continue
+            except _NoAnswer as exc:
+                assert peer is not None
+                with self.cond:
+                    strikes = self.strikes[peer] = self.strikes.get(peer, 0) + 1
+                    if strikes < STRIKES:
+                        self.busy.discard(n)
+                        self.backoff[peer] = time.monotonic() + strikes
+                        self.cond.notify_all()
+                if strikes >= STRIKES:
+                    self._drop(peer, n, f"{strikes} times no answer, the last: {exc}")
                 continue
             except OSError as exc:
                 if peer is None:
@@ -319,6 +354,9 @@ class Exchange:
                 self.busy.discard(n)
                 self.seed.discard(n)
                 self.have.add(n)
+                if peer is not None:
+                    self.busy_count.pop(peer, None)
+                    self.strikes.pop(peer, None)
                 self.last_done = time.monotonic()
                 if peer is None:
                     self.from_server += chunk.length
@@ -396,6 +434,10 @@ class Exchange:
 
 class _Busy(Exception):
     """The peer's upload slots are full: ask someone else."""
+
+
+class _NoAnswer(OSError):
+    """The peer could not be connected to, or sent no answer in time."""
 
 
 def _status(code: int, reason: str) -> bytes:
