@@ -1,6 +1,7 @@
 """Fast provisioning figures on the lab: provision and return by the fast path and by the reboot path (root).
 
     .venv/bin/python bench/provision.py [--nodes 4] [--rounds 2] [--memory 1024] [--disk-mb 64] [--json]
+    .venv/bin/python bench/provision.py --nodes 1 --rounds 1 --post 0 --post 60     # a server's POST
     .venv/bin/python bench/provision.py --image debian [--nodes 2] [--rounds 1]   # bench/real_os.py
 
 The lab's QEMU nodes (TCG) sit behind Open vSwitch with virtual BMCs speaking IPMI, under the lab's base
@@ -19,6 +20,8 @@ in ``rhaas demo``. On the same nodes, in one run:
 - **return, reboot path**: the same with ``[provisioning] return_path = "reboot"`` (power cycle, network
   boot, FPBL, wipe, check-in): the reseller is restarted between the two, on the same database and nodes;
 - firmware boots per cycle, from the BMCs' own counters;
+- with ``--post S`` (repeatable): one node's return by each path again with every firmware boot held S
+  seconds, as a server's power-on self test holds it (``rhaas lab up --post``), side by side in the run;
 - every phase once with one node alone, then with all ``--nodes`` nodes at once;
 - per-phase medians of the fast path, from the jobs' phase records (`phase_times`);
 - the return's wipe per policy (``full``, the default; ``discard``; ``metadata``, the opt-in), one
@@ -185,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", type=int, default=1024, help="MB per node")
     parser.add_argument("--disk-mb", type=int, default=64, help="size of the customer's disk image")
+    parser.add_argument("--post", type=float, action="append", default=[], metavar="SECONDS",
+                        help="also return one node by each path with every firmware boot held this long "
+                        "(repeatable)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--image", choices=["testos"], default="testos", help="debian: bench/real_os.py")
     args = parser.parse_args(rest)
+    if any(not 0 <= p <= 600 for p in args.post):
+        parser.error("--post must be between 0 and 600 seconds")
     samples: dict[str, list[float]] = {}
     boots: dict[str, list[int]] = {}
 
@@ -213,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
                         after = bench.boots()
                         boots.setdefault(f"{path} path", []).extend(after[n] - before[n] for n in names)
             wipes = {policy: bench.wipe_by(bench.names[0], policy) for policy in WIPE_POLICIES}
+            bench.record_phases = False
+            for post in args.post:
+                bench.lab.set_post(post)
+                for path in ("fast", "reboot"):
+                    bench.switch_path(path)
+                    before = bench.boots()
+                    add(f"provision, POST {post:g} s", {"1": bench.provision(bench.names[0])})
+                    add(f"return by the {path} path, POST {post:g} s", {"1": bench.give_back(bench.names[0])})
+                    boots.setdefault(f"{path} path, POST {post:g} s", []).append(
+                        bench.boots()[bench.names[0]] - before[bench.names[0]]
+                    )
         finally:
             bench.stop()
 
@@ -234,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if fast and reboot:
         result["return_fast_over_reboot"] = round(fast / reboot, 2)
+    for post in args.post:
+        fast_p = medians[f"return by the fast path, POST {post:g} s"]
+        reboot_p = medians[f"return by the reboot path, POST {post:g} s"]
+        result[f"return_fast_over_reboot_post_{post:g}s"] = round(fast_p / reboot_p, 2)
     if args.nodes > 1:
         many = medians[f"provision, {args.nodes} nodes at once"]
         result["provision_parallel_over_one"] = round(many / medians[f"provision, {one}"], 2)
@@ -253,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     for policy, row in result["wipe_by_policy"].items():
         print(f"{policy:<12} {row['wipe_s']:>8.2f} {row['verify_s']:>9.2f} {row['s_per_gib']:>10.3f}   "
               f"{row['zeroed_gib']:.3f} GiB of a {row['disk_gib']:.2f} GiB disk")  # fmt: skip
-    for key in ("return_fast_over_reboot", "provision_parallel_over_one"):
+    for key in (
+        "return_fast_over_reboot",
+        "provision_parallel_over_one",
+        *(f"return_fast_over_reboot_post_{post:g}s" for post in args.post),
+    ):
         if key in result:
             print(f"{key}: {result[key]}")
     return 0

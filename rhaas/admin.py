@@ -421,11 +421,42 @@ def fpbl() -> None:
     help="Also copy vmlinuz, initrd and fpbl.json there: the directory [provisioning] fpbl_dir names.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the paths, sizes and package versions as JSON.")
-def fpbl_build(cache: str | None, out: str | None, as_json: bool) -> None:
+@click.option(
+    "--flavour",
+    type=click.Choice(["cloud", "generic"]),
+    default="cloud",
+    show_default=True,
+    help="cloud: Debian's cloud kernel, virtio only; generic: Debian's generic kernel with the NIC and "
+    "storage drivers of servers, loaded by their devices' modaliases.",
+)
+@click.option(
+    "--extra-module",
+    "extra_modules",
+    multiple=True,
+    metavar="NAME",
+    help="Generic flavour: also carry this kernel module (or every module under this directory of the "
+    "kernel's modules, ending in /). Repeatable.",
+)
+@click.option(
+    "--firmware-dir",
+    type=click.Path(file_okay=False),  # a missing one is the builder's clear error
+    default=None,
+    help="Generic flavour: carry every file under this directory as /lib/firmware/... (non-free firmware).",
+)
+def fpbl_build(
+    cache: str | None,
+    out: str | None,
+    as_json: bool,
+    flavour: str,
+    extra_modules: tuple[str, ...],
+    firmware_dir: str | None,
+) -> None:
     """Build the FPBL from Debian packages (or find it in the cache) and print where its files are."""
     from rhaas.provisioning.fpbl import main as build_main
 
     argv = ["build", *(["--cache", cache] if cache else []), *(["--out", out] if out else [])]
+    argv += ["--flavour", flavour, *(f"--extra-module={m}" for m in extra_modules)]
+    argv += ["--firmware-dir", firmware_dir] if firmware_dir else []
     sys.exit(build_main([*argv, *(["--json"] if as_json else [])]))
 
 

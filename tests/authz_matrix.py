@@ -37,7 +37,7 @@ CHUNK_PUT = hashlib.sha256(b'"a chunk"').hexdigest()
 
 class Case(NamedTuple):
     method: str
-    path: str  # may hold {sid} (a networking action of n1) and {job} (a provision job of n1)
+    path: str  # may hold {sid} (a networking action of n1), {job} (a provision job of n1), {group} (its)
     body: Any
     least: str  # the least privileged role allowed: "member", "other", "anon" or "admin"
     status: int  # what that role gets
@@ -122,6 +122,8 @@ CASES = [
     Case("POST", "/node/n3/provision", {"image": "img1"}, "member", 202),
     Case("GET", "/node/n1/provisioning", None, "member", 200),
     Case("GET", "/provision_job/{job}", None, "member", 200),
+    Case("POST", "/provision_group", {"nodes": ["n3"], "image": "img1"}, "member", 202),
+    Case("GET", "/provision_group/{group}", None, "member", 200),
     Case("GET", "/pool", None, "admin", 200),
     # On a base instance the pool routes answer 400 ("no upstream") to admins; others are refused first.
     Case("POST", "/pool/grow", {"count": 1}, "admin", 400),

@@ -91,8 +91,11 @@ def boot_fpbl(
     return fast.boots()
 
 
-def two_customers(admin: Client, workdir: Path) -> tuple[images.TestOS, images.TestOS, Path, str]:
-    """Projects a (user alice) and b (user bob); their OSes, and A's disk image holding a nonce."""
+def two_customers(
+    admin: Client, workdir: Path, flavour: str = "cloud"
+) -> tuple[images.TestOS, images.TestOS, Path, str]:
+    """Projects a (user alice) and b (user bob); their OSes (test OSes of ``flavour``), and A's disk image
+    holding a nonce."""
     for project, user in (("a", "alice"), ("b", "bob")):
         admin.project.create(project)
         admin.user.create(user, f"{user}-pw", is_admin=False)
@@ -101,5 +104,5 @@ def two_customers(admin: Client, workdir: Path) -> tuple[images.TestOS, images.T
     disk = workdir / "a-disk.img"
     data = f"RHAAS-DISK customer-data {nonce}\n".encode()
     disk.write_bytes(data + bytes(4 * 1024 * 1024 - len(data)))
-    a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os")
-    return a_os, images.build_test_os("b-os", "RHAAS-TESTOS b-os"), disk, nonce
+    a_os = images.build_test_os("a-os", "RHAAS-TESTOS a-os", flavour=flavour)
+    return a_os, images.build_test_os("b-os", "RHAAS-TESTOS b-os", flavour=flavour), disk, nonce

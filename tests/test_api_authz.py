@@ -59,7 +59,8 @@ def matrix(site):
     alice.ok("PUT", "/image/img1", {"project": "p1", "kernel": BLOB_A, "initrd": BLOB_A})
     site.client.put(f"/v0/chunk/{CHUNK_A}", content=CHUNK, headers=alice.headers).raise_for_status()
     alice.ok("PUT", "/image/disk1", DISK1)
-    site.job = alice.ok("POST", "/node/n1/provision", {"image": "img1"}, status=202)["job_id"]
+    group = alice.ok("POST", "/provision_group", {"nodes": ["n1"], "image": "img1"}, status=202)
+    site.job, site.group = group["jobs"]["n1"], group["group_id"]
     site.callers = {"admin": admin, "member": alice, "other": site.bob, "anon": site.anon}
     return site
 
@@ -72,5 +73,5 @@ def test_every_route_is_in_the_matrix(api):
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_authorization(matrix, case):
-    path = case.path.format(sid=matrix.sid, job=matrix.job)
+    path = case.path.format(sid=matrix.sid, job=matrix.job, group=matrix.group)
     check_case(case, matrix.callers, lambda: dump(matrix.sessions), path)

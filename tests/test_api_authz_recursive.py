@@ -123,6 +123,19 @@ RECURSIVE: dict[tuple[str, str], list[Case]] = {
     ],
     ("DELETE", "/image/img1"): [Case("DELETE", "/image/img2", None, "member", 200, why=f"img1: {SHARED}")],
     ("PUT", "/node/n2/fpbl"): [Case("PUT", "/node/n7/fpbl", {}, "admin", 200, why=f"n2: {SHARED}")],
+    # n3 is deploying by the case before (one site for every case); n6 of p1 is not enrolled: the
+    # member's call is refused for that, after the other roles' for their access.
+    ("POST", "/provision_group"): [
+        Case(
+            "POST",
+            "/provision_group",
+            {"nodes": ["n6"], "image": "img1"},
+            "member",
+            409,
+            "IllegalStateError",
+            why=f"n3: {SHARED}",
+        )
+    ],
     # A recursive instance has an upstream: its pool routes work (the base answers 400).
     ("POST", "/pool/grow"): [Case("POST", "/pool/grow", {"count": 1}, "admin", 200)],
     ("POST", "/pool/shrink"): [Case("POST", "/pool/shrink", {"count": 1}, "admin", 200)],
@@ -150,6 +163,7 @@ class Stack:
     callers: dict[str, Caller] = field(default_factory=dict)
     sid: str = ""
     job: str = ""
+    group: str = ""
     #: The top level's provisioning-network listener (FPBL agents).
     agent_url: str = ""
 
@@ -280,7 +294,8 @@ def build_site(st: Stack) -> None:
         alice.ok("PUT", f"/image/{image}", {"project": "p1", "kernel": BLOB_A, "initrd": BLOB_A})
     st.http.put(f"/v0/chunk/{CHUNK_A}", content=CHUNK, headers=alice.headers).raise_for_status()
     alice.ok("PUT", "/image/disk1", DISK1)
-    st.job = alice.ok("POST", "/node/n1/provision", {"image": "img1"}, status=202)["job_id"]
+    group = alice.ok("POST", "/provision_group", {"nodes": ["n1"], "image": "img1"}, status=202)
+    st.job, st.group = group["jobs"]["n1"], group["group_id"]
     snapshot = st.snapshot()
     for depth in range(1, len(st.levels) + 1):  # the snapshot sees every level's nodes
         assert len(snapshot[f"level {depth}"]["database"]["node"]) >= len(BASE_NODES) - len(UPSTREAM_ONLY)
@@ -304,7 +319,7 @@ def test_every_route_is_in_the_matrix(stack):
 
 @pytest.mark.parametrize("case", RECURSIVE_CASES, ids=[case.id for case in RECURSIVE_CASES])
 def test_authorization(stack, case):
-    path = case.path.format(sid=stack.sid, job=stack.job)
+    path = case.path.format(sid=stack.sid, job=stack.job, group=stack.group)
     answer = check_case(case, stack.callers, stack.snapshot, path)
     if isinstance(answer, dict) and "status_id" in answer:
         # The next case's snapshots must not see this action (nor its upstream's) still running.

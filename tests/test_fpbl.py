@@ -725,8 +725,8 @@ def test_a_deploy_too_big_for_the_crash_kernel_restores_the_memory_first(fake_ap
     fake_api.push(_deploy_item(fake_api, "j6", b"\x00" * (20 << 20)))
     _crashed_agent(fake_api, system).run(rounds=1)
     start = fake_api.report_of("j6", "restore-memory", "start")
-    assert start and start["detail"] == (  # 3 x (kernel + 20 MiB initrd + 48 MiB payload) + 32 MiB
-        "the deploy needs 236 MiB, the return FPBL has 195 MiB available; booting the full FPBL"
+    assert start and start["detail"] == (  # 3 x (kernel + 20 MiB initrd + 48 MiB payload) + 64 MiB
+        "the deploy needs 268 MiB, the return FPBL has 195 MiB available; booting the full FPBL"
         f" ({0x9FC00 + 0x5FF00000} bytes usable)"
     )
     [(kernel, _, cmdline)] = system.kexecs
@@ -885,11 +885,15 @@ def _disk_bytes(disk: Path, workdir: Path) -> bytes:
         raw.unlink()
 
 
+#: RHAAS_FPBL_FLAVOUR=generic runs the QEMU test with the generic FPBL (on the same virtio node).
+FLAVOUR = os.environ.get("RHAAS_FPBL_FLAVOUR", "cloud")
+
+
 @pytest.fixture(scope="module")
 def fpbl():
     from rhaas.provisioning.fpbl import build_fpbl
 
-    return build_fpbl()
+    return build_fpbl(flavour=FLAVOUR)
 
 
 @pytest.mark.qemu
@@ -1026,8 +1030,8 @@ def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nod
 
 @pytest.mark.slow
 def test_rhaas_admin_fpbl_build_is_a_cache_hit_the_second_time(fpbl):
-    done = subprocess.run([sys.executable, "-m", "rhaas.admin", "fpbl", "build", "--json"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "rhaas.admin", "fpbl", "build", "--flavour", FLAVOUR,
+                           "--json"], capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr
     built = json.loads(done.stdout)
     assert built["key"] == fpbl.key and built["built"] is False

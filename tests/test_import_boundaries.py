@@ -1,4 +1,5 @@
-"""What production code loads: never the lab (virtual hardware for tests and demos), pyghmi or qemu.qmp.
+"""What production code loads: never the lab (virtual hardware for tests and demos), pyghmi, sushy or
+qemu.qmp (BMC libraries load with the driver that uses them).
 
 The API server, the ``rhaas`` and ``rhaas-admin`` command lines and the boot service run on machines
 that have no lab; the lab, the demo and their commands load only when used. Each case runs in a fresh
@@ -14,7 +15,7 @@ import sys
 import pytest
 
 #: Top-level names (a package and everything under it) production code must not load.
-FORBIDDEN = ("rhaas.lab", "pyghmi", "qemu")
+FORBIDDEN = ("rhaas.lab", "pyghmi", "sushy", "qemu")
 
 _REPORT = "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
 

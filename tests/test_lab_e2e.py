@@ -95,3 +95,41 @@ def test_two_nodes_boot_from_a_headnode_and_are_isolated_through_the_api(lab_dir
         f"\nlab e2e: power on -> both nodes pinging {booted - powered:.1f} s; "
         f"whole test {time.monotonic() - started:.1f} s"
     )
+
+
+def test_a_uefi_nvme_node_behind_redfish_and_a_bios_megasas_node_behind_ipmi_network_boot(
+    lab_dir: Path,
+) -> None:
+    """Server hardware in the lab: OVMF with the e1000e's EFI iPXE ROM, and SeaBIOS with the e1000's; each
+    node network-boots the test OS (the generic flavour: Debian's generic kernel and the servers' drivers)
+    from the headnode through the base instance's Redfish and IPMI drivers, sees its disk, and reaches the
+    other node over the switch."""
+    wd = ["--workdir", str(lab_dir)]
+    hardware = ["--profile", "uefi-nvme", "--profile", "bios-megasas", "--bmc", "redfish", "--bmc", "ipmi"]
+    env = parse_exports(rhaas("lab", "up", "--nodes", "2", *hardware, *wd))
+    rhaas("lab", "headnode", "hn", "--ip", "10.0.0.1/24", "--boot", *wd)
+    nodes = {n["node"]: n for n in lab_status(lab_dir)["nodes"]}
+    ips, disks = {"n1": "10.0.0.11", "n2": "10.0.0.12"}, {"n1": "/dev/nvme0n1", "n2": "/dev/sda"}
+    try:
+        with Client(env["RHAAS_ENDPOINT"], env["RHAAS_USERNAME"], env["RHAAS_PASSWORD"]) as api:
+            api.project.create("p1")
+            api.network.create("net1", "p1", "p1", "")
+            for node in ("hn", "n1", "n2"):
+                api.project.connect("p1", node)
+                api.wait_networking_action(api.node.connect_network(node, "eth0", "net1")["status_id"])
+            for node in ("n1", "n2"):
+                api.node.enable_obm(node)
+                api.node.set_bootdev(node, "pxe")
+                rhaas("node", "power", "on", node, env=env)
+            for node, other in (("n1", "n2"), ("n2", "n1")):
+                console = Path(nodes[node]["console"])
+                up = wait_console(
+                    console, r"RHAAS-TESTOS \S+ UP ip=(\S+) kernel=(\S+) .*disk=(\S+)", BOOT_TIMEOUT * 2
+                )
+                assert up.group(1) == f"{ips[node]}/24", up.group(0)
+                assert not up.group(2).endswith("cloud-amd64") and up.group(3) == disks[node], up.group(0)
+                wait_console(console, rf"RHAAS-PING {re.escape(ips[other])} OK", 60)
+        after = {n["node"]: n for n in lab_status(lab_dir)["nodes"]}
+        assert [after[n]["firmware_boots"] for n in ("n1", "n2")] == [1, 1], after
+    finally:
+        rhaas("lab", "down", *wd)

@@ -126,3 +126,40 @@ def test_commands_without_a_lab_say_so(tmp_path: Path, args: list[str]) -> None:
         [*RHAAS, "lab", *args, "--workdir", str(tmp_path / "none")], capture_output=True, text=True
     )
     assert done.returncode == 1 and "no lab in" in done.stderr, done.stderr
+
+
+def test_a_lab_of_mixed_servers_powers_each_node_on_through_its_bmc_with_its_hardware_and_post(
+    lab_dir: Path,
+) -> None:
+    before = snapshot()
+    wd = ["--workdir", str(lab_dir)]
+    try:
+        rhaas("lab", "up", "--nodes", "3", "--profile", "uefi-nvme", "--profile", "bios-megasas",
+              "--bmc", "redfish", "--bmc", "ipmi", "--post", "2", *wd)  # fmt: skip
+        status = {n["node"]: n for n in lab_status(lab_dir)["nodes"]}
+        assert [status[n]["profile"] for n in ("n1", "n2", "n3")] == [
+            "uefi-nvme",
+            "bios-megasas",
+            "uefi-nvme",
+        ]
+        assert {n["post_seconds"] for n in status.values()} == {2.0}
+        assert [status[n]["bmc_protocol"] for n in ("n1", "n2", "n3")] == ["redfish", "ipmi", "redfish"]
+        env = _env(lab_dir)
+        for node in ("n1", "n2"):  # through the base instance, its Redfish and IPMI drivers, the lab's BMCs
+            rhaas("node", "obm", "enable", node, env=env)
+            rhaas("node", "power", "on", node, env=env)
+        nodes = {n["node"]: n for n in lab_status(lab_dir)["nodes"]}
+        argv = {
+            node: Path(f"/proc/{nodes[node]['qemu_pid']}/cmdline").read_bytes().decode().split("\0")
+            for node in ("n1", "n2")
+        }
+        assert all("-S" in a for a in argv.values()), "held for their POST at power on"
+        assert any("OVMF_CODE" in a for a in argv["n1"]) and any(a.startswith("nvme,") for a in argv["n1"])
+        assert any(a.startswith("e1000e,") for a in argv["n1"])
+        assert not any("OVMF_CODE" in a for a in argv["n2"]) and "megasas-gen2,id=raid0" in argv["n2"]
+        assert any(a.startswith("e1000,") for a in argv["n2"])
+        assert nodes["n1"]["firmware_boots"] == nodes["n2"]["firmware_boots"] == 1, "each BMC counted it"
+        assert nodes["n3"]["power"] == "off"
+    finally:
+        rhaas("lab", "down", *wd)
+    assert_as_before(before, lab_dir)

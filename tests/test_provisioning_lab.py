@@ -35,11 +35,30 @@ def _console(path: str, offset: int = 0) -> str:
     return Path(path).read_bytes()[offset:].decode(errors="replace")
 
 
-def test_network_boot_deploy_return_and_reassign_on_the_lab(lab_dir: Path, tmp_path: Path) -> None:
+#: The lab's hardware: (``lab up`` options, FPBL flavour, test OS flavour). ``servers``: a UEFI node with an
+#: e1000e NIC and an NVMe disk behind a Redfish BMC, and a BIOS node with an e1000 NIC and a MegaRAID disk
+#: behind an IPMI BMC, running the generic FPBL (coldplug) and customer OSes on Debian's generic kernel.
+HARDWARE = {
+    "virtio": ((), "cloud", "cloud"),
+    "servers": (
+        ("--profile", "uefi-nvme", "--profile", "bios-megasas", "--bmc", "redfish", "--bmc", "ipmi"),
+        "generic",
+        "generic",
+    ),
+}
+
+
+@pytest.mark.parametrize("hardware", sorted(HARDWARE))
+def test_network_boot_deploy_return_and_reassign_on_the_lab(
+    lab_dir: Path, tmp_path: Path, hardware: str
+) -> None:
     from rhaas.provisioning.fpbl import build_fpbl, export
 
-    export(build_fpbl(), tmp_path / "fpbl")  # what [provisioning] fpbl_dir serves
-    env = parse_exports(rhaas("lab", "up", "--nodes", "2", "--memory", "1536", "--workdir", str(lab_dir)))
+    lab_options, fpbl_flavour, os_flavour = HARDWARE[hardware]
+    export(build_fpbl(flavour=fpbl_flavour), tmp_path / "fpbl")  # what [provisioning] fpbl_dir serves
+    env = parse_exports(
+        rhaas("lab", "up", "--nodes", "2", "--memory", "1536", *lab_options, "--workdir", str(lab_dir))
+    )
     rhaas("lab", "headnode", "boot", "--ip", HEAD_IP, "--workdir", str(lab_dir))
     status = lab_status(lab_dir)
     nodes = {n["node"]: n for n in status["nodes"]}
@@ -66,7 +85,7 @@ def test_network_boot_deploy_return_and_reassign_on_the_lab(lab_dir: Path, tmp_p
         boots = {n["node"]: n["firmware_boots"] for n in lab_status(lab_dir)["nodes"]}
         assert all(b >= 1 for b in boots.values()), boots
 
-        a_os, b_os, disk, nonce = two_customers(admin, tmp_path)
+        a_os, b_os, disk, nonce = two_customers(admin, tmp_path, os_flavour)
         alice, bob = Client(l2.url, "alice", "alice-pw"), Client(l2.url, "bob", "bob-pw")
         upload_image(alice, "a-os", "a", a_os, disk)
         upload_image(bob, "b-os", "b", b_os, None)
@@ -120,7 +139,8 @@ def test_network_boot_deploy_return_and_reassign_on_the_lab(lab_dir: Path, tmp_p
         after = {n["node"]: n["firmware_boots"] for n in lab_status(lab_dir)["nodes"]}
         assert after == boots, f"firmware boots changed after the first ready: {boots} -> {after}"
         print(
-            f"\nlab fast provisioning: network boot of 2 nodes to ready {boot_seconds:.1f} s; A's OS on both "
+            f"\nlab fast provisioning ({hardware}): network boot of 2 nodes to ready {boot_seconds:.1f} s; "
+            f"A's OS on both "
             f"{a_seconds:.1f} s; return of both {return_seconds:.1f} s; firmware boots {boots} -> {after}"
         )
     finally:

@@ -42,7 +42,9 @@ def boot(api: Api, mac: str = MAC1) -> Agent:
     response = api.agent.get(f"/boot/v1/ipxe/{mac}")
     assert response.status_code == 200, response.text
     script = response.text
-    assert script.startswith("#!ipxe\nkernel http://10.0.0.1:8080/boot/v1/fpbl/vmlinuz console=ttyS0 quiet ")
+    assert script.startswith(
+        "#!ipxe\nkernel http://10.0.0.1:8080/boot/v1/fpbl/vmlinuz initrd=initrd console=ttyS0 quiet "
+    )
     assert "initrd http://10.0.0.1:8080/boot/v1/fpbl/initrd" in script
     assert "rhaas.ip=${ip} rhaas.netmask=${netmask}" in script
     words = dict(re.findall(r"rhaas\.(\w+)=(\S+)", script))

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 #: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
 #: what must stay free besides. A deploy that needs more restores the node's memory first.
 STATIC_PAYLOAD_BYTES = 48 << 20
-DEPLOY_HEADROOM_BYTES = 32 << 20
+#: 32 MiB was not enough with the generic FPBL on a MegaRAID node: kexec was killed for memory (the
+#: drivers coldplug loads take their share of the crash region).
+DEPLOY_HEADROOM_BYTES = 64 << 20
 #: The deploy-independent part of the return payload, under System.tmp (see `StaticPayload`).
 STATIC_PAYLOAD = "return-static.cpio"
 

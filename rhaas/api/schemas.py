@@ -20,7 +20,7 @@ class ObmForm(BaseModel):
     """HIL's in-tree OBM form; extra keys are checked by the chosen driver's settings model."""
 
     model_config = ConfigDict(extra="allow", strict=True)
-    type: str = Field(description='driver: "ipmi", "mock", or a HIL type URL')
+    type: str = Field(description='driver: "ipmi", "redfish", "mock", or a HIL type URL')
 
 
 class ObmdForm(Body):
@@ -159,6 +159,17 @@ class ProvisionBody(Body):
     kernel: str | None = Field(default=None, max_length=4096)
     initrd: str | None = Field(default=None, max_length=4096)
     cmdline: str | None = Field(default=None, max_length=4096)
+
+
+#: The most nodes one fleet-sized provision request may name.
+MAX_GROUP_NODES = 1000
+
+
+class ProvisionGroupBody(ProvisionBody):
+    #: The nodes to deploy the image on, all in one project: all are queued, or none is.
+    nodes: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        min_length=1, max_length=MAX_GROUP_NODES
+    )
 
 
 class EnrollBody(Body):

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 #: `rhaas.lab.site.DEFAULT_HEADNODE_IP`, for the option's help without loading the lab (a test keeps the
 #: two equal).
 DEFAULT_HEADNODE_IP = "10.0.0.1/24"
+#: `rhaas.lab.qemu.PROFILES`, for the option's choices without loading the lab (a test keeps them equal).
+NODE_PROFILES = ("virtio", "uefi-nvme", "bios-megasas")
 
 workdir_option = click.option(
     "--workdir",
@@ -60,11 +62,34 @@ def lab() -> None:
 )
 @click.option("--endpoint", help="Register the site in this rhaas instead of starting a base instance "
               "(credentials from RHAAS_USERNAME/RHAAS_PASSWORD).")  # fmt: skip
+@click.option("--profile", "profiles", type=click.Choice(NODE_PROFILES), multiple=True,
+              help="Node hardware; repeat for a mix, given to the nodes in turn (default: virtio). "
+              "virtio: SeaBIOS, virtio NIC and disk; uefi-nvme: OVMF, e1000e, NVMe; "
+              "bios-megasas: SeaBIOS, e1000, MegaRAID SAS.")  # fmt: skip
+@click.option("--post", "post_seconds", type=click.FloatRange(0, 600), default=0.0, show_default=True,
+              help="Seconds every firmware boot is held, as a server's power-on self test.")  # fmt: skip
+@click.option(
+    "--bmc",
+    "bmcs",
+    type=click.Choice(["ipmi", "redfish"]),
+    multiple=True,
+    help="What the nodes' BMCs speak; repeat for a mix, given to the nodes in turn (default: ipmi).",
+)
 @workdir_option
-def up(count: int, memory: int, endpoint: str | None, workdir: Path | None) -> None:
+def up(
+    count: int,
+    memory: int,
+    endpoint: str | None,
+    profiles: tuple[str, ...],
+    post_seconds: float,
+    bmcs: tuple[str, ...],
+    workdir: Path | None,
+) -> None:
     """Start the switch, COUNT powered-off nodes with their BMCs and a base instance; register them."""
     the_lab = _lab(workdir)
-    _run(lambda: the_lab.up(count, memory, endpoint))
+    _run(
+        lambda: the_lab.up(count, memory, endpoint, profiles or ("virtio",), post_seconds, bmcs or ("ipmi",))
+    )
     click.echo(the_lab.exports())
 
 
@@ -82,11 +107,12 @@ def status(as_json: bool, workdir: Path | None) -> None:
     nodes = result["nodes"]
     assert isinstance(nodes, list)
     rows = [
-        [n["node"], n["power"], n["firmware_boots"], n["bmc"], n["switch_port"], n["mac"], n["console"]]
+        [n["node"], n["profile"], n["power"], n["firmware_boots"], n["bmc"], n["switch_port"], n["mac"],
+         n["console"]]
         for n in nodes
-    ]
+    ]  # fmt: skip
     click.echo(f"endpoint: {result['endpoint']}   credentials: {result['credentials']}")
-    click.echo(table(["node", "power", "boots", "bmc", "port", "mac", "console"], rows))
+    click.echo(table(["node", "profile", "power", "boots", "bmc", "port", "mac", "console"], rows))
     heads = result["headnodes"]
     assert isinstance(heads, list)
     for head in heads:

@@ -109,6 +109,7 @@ cli.add_command(nodes.node)
 for command in (provisioning.provision, provisioning.provisioning, provisioning.fpbl):
     nodes.node.add_command(command)
 cli.add_command(provisioning.provision_job)
+cli.add_command(provisioning.provision_group)
 cli.add_command(networks.network)
 cli.add_command(networks.networking_action)
 cli.add_command(switches.switch)

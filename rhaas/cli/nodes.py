@@ -83,7 +83,7 @@ def register(
     port: int | None,
     metadata: tuple[str, ...],
 ) -> None:
-    """Register NODE with its BMC: OBM_TYPE (ipmi, mock or a HIL type URL), HOST, USER and PASSWORD.
+    """Register NODE with its BMC: OBM_TYPE (ipmi, redfish, mock or a HIL type URL), HOST, USER and PASSWORD.
 
     HIL master's form, NODE OBMD_URI ADMIN_TOKEN, registers an obmd-managed node."""
     meta = dict(parse_assignment(item, "--metadata") for item in metadata) or None

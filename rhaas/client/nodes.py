@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from rhaas.client.base import Resource, check_name, segment
@@ -31,11 +31,14 @@ class Nodes(Resource):
         password: str,
         port: int | None = None,
         metadata: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
-        """Register a node with an in-tree OBM: ``obm_type`` is ``"ipmi"``, ``"mock"`` or a HIL type URL."""
+        """Register a node with an in-tree OBM: ``obm_type`` is ``"ipmi"``, ``"redfish"``, ``"mock"`` or a
+        HIL type URL. ``settings`` are the OBM type's other fields (Redfish: ``scheme``, ``verify``, …)."""
         obm: dict[str, Any] = {"type": obm_type, "host": host, "user": user, "password": password}
         if port is not None:
             obm["port"] = port
+        obm.update(settings or {})
         body: dict[str, Any] = {"obm": obm}
         if metadata is not None:
             body["metadata"] = metadata
@@ -147,6 +150,18 @@ class Nodes(Resource):
         body = {"image": image, **{k: v for k, v in seed.items() if v is not None}}
         result: dict[str, Any] = self._conn.call("POST", f"{_node(node)}/provision", json=body)
         return str(result["job_id"])
+
+    def provision_group(self, nodes: Sequence[str], image: str, **seed: Any) -> dict[str, Any]:
+        """Deploy ``image`` on every one of ``nodes`` (all in the caller's project) in one request: all are
+        queued, or none is. Returns ``{"group_id", "jobs": {node: job id}}``; ``seed`` as for `provision`."""
+        body = {"nodes": list(nodes), "image": image, **{k: v for k, v in seed.items() if v is not None}}
+        result: dict[str, Any] = self._conn.call("POST", "provision_group", json=body)
+        return result
+
+    def show_provision_group(self, group: str) -> dict[str, Any]:
+        """A provision group's aggregated progress (counts, the slowest nodes, every node's job)."""
+        result: dict[str, Any] = self._conn.call("GET", f"provision_group/{check_name('group', group)}")
+        return result
 
     def provisioning(self, node: str) -> dict[str, Any]:
         """The node's provisioning state, agent facts and job history."""

@@ -350,9 +350,14 @@ class ProvisionJob(Base):
     """
 
     __tablename__ = "provision_job"
-    __table_args__ = (Index("ix_provision_job_node_status", "node_id", "status"),)
+    __table_args__ = (
+        Index("ix_provision_job_node_status", "node_id", "status"),
+        Index("ix_provision_job_group_uuid", "group_uuid"),
+    )
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    #: The provision group of a deploy started by a fleet-sized request (one id for all its nodes).
+    group_uuid: Mapped[str | None] = mapped_column(String(36))
     node_id: Mapped[int] = mapped_column(Id, ForeignKey("node.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
     image_id: Mapped[int | None] = mapped_column(Id, ForeignKey("image.id", ondelete="SET NULL"))

@@ -22,6 +22,7 @@ OBM_DRIVERS: dict[str, str] = {
     "mock": "rhaas.drivers.obm.mock:MockOBM",
     "ipmi": "rhaas.drivers.obm.ipmi:IPMIOBM",
     "obmd": "rhaas.drivers.obm.obmd:ObmdOBM",
+    "redfish": "rhaas.drivers.obm.redfish:RedfishOBM",
     "upstream": "rhaas.drivers.obm.upstream:UpstreamOBM",
 }
 #: Registration forms other than HIL's ``{"obm": {"type": …}}``: the body's key → the driver it names.

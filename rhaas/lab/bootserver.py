@@ -68,7 +68,8 @@ def write_files(directory: Path, server_cidr: str, image: TestOS, clients: list[
         ip = str(ipaddress.ip_interface(client.address).ip)
         peers = [str(ipaddress.ip_interface(c.address).ip) for c in clients if c is not client]
         cmdline = image.cmdline_with(ip=client.address, ping=peers)
-        script = f"#!ipxe\nkernel {base}/vmlinuz {cmdline}\ninitrd {base}/initrd.gz\nboot\n"
+        # initrd=: what a UEFI boot's EFI stub needs to find the initrd (see rhaas.core.provisioning).
+        script = f"#!ipxe\nkernel {base}/vmlinuz initrd=initrd.gz {cmdline}\ninitrd {base}/initrd.gz\nboot\n"
         (http / f"{client.name}.ipxe").write_text(script)
         lines.append(f"dhcp-host={client.mac},set:{client.name},{ip}")
         lines.append(f"dhcp-boot=tag:{client.name},{base}/{client.name}.ipxe")

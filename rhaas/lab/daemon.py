@@ -1,7 +1,8 @@
 """The virtual BMC of one lab node, driving that node's QEMU: ``python -m rhaas.lab.daemon``.
 
 ``rhaas lab up`` starts one of these, detached, per node (pyghmi's I/O machinery is process-global, so
-one BMC per process). It serves IPMI on ``127.0.0.1:<port>``; power on starts the node's QEMU (inside
+one BMC per process). It serves IPMI on ``127.0.0.1:<port>`` (UDP), or Redfish over HTTP there (TCP) with
+``--protocol redfish`` (`rhaas.lab.redfish`); power on starts the node's QEMU (inside
 the lab switch's network namespace, where the node's tap is), power off kills it. The QEMU process is
 not a child that dies with the BMC: stopping or killing this daemon leaves a running node running, and
 a new daemon finds it again by its pidfile. The BMC password comes from ``$RHAAS_LAB_BMC_PASSWORD``,
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rhaas.lab.qemu import QemuNode
+from rhaas.lab.qemu import PROFILES, QemuNode
 from rhaas.lab.vbmc import VirtualBMC, serve_until_signalled
 
 PASSWORD_ENV = "RHAAS_LAB_BMC_PASSWORD"
@@ -70,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rhaas.lab.daemon", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="the node's directory (nodes/ of a lab)")
     parser.add_argument("--node", required=True)
-    parser.add_argument("--port", type=int, required=True, help="UDP port of the BMC on 127.0.0.1")
+    parser.add_argument("--port", type=int, required=True,
+                        help="port of the BMC on 127.0.0.1 (UDP for IPMI, TCP for Redfish)")  # fmt: skip
+    parser.add_argument("--protocol", choices=["ipmi", "redfish"], default="ipmi",
+                        help="what the BMC speaks: IPMI over LAN, or Redfish over HTTP")  # fmt: skip
     parser.add_argument("--user", required=True)
     parser.add_argument("--mac", required=True)
     net = parser.add_mutually_exclusive_group(required=True)
@@ -81,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--netns", help="network namespace holding the tap")
     parser.add_argument("--memory", type=int, default=1024, help="MB")
     parser.add_argument("--disk-size", default="4G")
+    parser.add_argument("--profile", default="virtio", choices=sorted(PROFILES), help="the node's hardware")
+    parser.add_argument(
+        "--post-seconds", type=float, default=0.0, help="firmware hold at every firmware boot"
+    )
     parser.add_argument(
         "--kernel", type=Path, help="boot this kernel directly instead of the firmware's order"
     )
@@ -96,8 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     node = NetnsQemuNode(
         args.node, args.workdir, netns=args.netns, memory_mb=args.memory, mac=args.mac, tap=args.tap,
         user_net=args.user_net, ssh_port=args.ssh_port, disk_size=args.disk_size, kernel=args.kernel,
-        initrd=args.initrd, append_file=args.append_file,
+        initrd=args.initrd, append_file=args.append_file, profile=args.profile,
+        post_seconds=args.post_seconds,
     )  # fmt: skip
+    if args.protocol == "redfish":
+        from rhaas.lab import redfish
+
+        redfish_bmc = redfish.RedfishBMC(
+            node,  # type: ignore[arg-type]
+            port=args.port,
+            user=args.user,
+            password=password,
+            state_file=state_file(args.workdir, args.node),
+        )
+        redfish.serve_until_signalled(redfish_bmc)
+        return 0
     bmc = VirtualBMC(
         # QemuNode types its boot device as a Literal and checks it at run time; Machine says str.
         node,  # type: ignore[arg-type]

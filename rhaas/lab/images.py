@@ -25,13 +25,13 @@ What the test OS reads from the kernel command line and prints on the console (`
     rhaas.tcp=10.0.0.6            every ~1 s: RHAAS-TCP 10.0.0.6 OK|FAIL seq=N (HTTP to port 80)
     rhaas.disarm=1                defuse fast provisioning's return path as a root customer may: an NMI
                                   no longer panics into the crash kernel (RHAAS-TESTOS <name> DISARMED ...)
-    rhaas.plant=2097152,41943040  write "RHAAS-NONCE <name> <offset>" at each byte offset of /dev/vda,
+    rhaas.plant=2097152,41943040  write "RHAAS-NONCE <name> <offset>" at each byte offset of the disk,
                                   synced (RHAAS-PLANTED <count>)
-    rhaas.scan=1                  read the whole of /dev/vda and count every RHAAS-NONCE on it
+    rhaas.scan=1                  read the whole of the disk and count every RHAAS-NONCE on it
                                   (RHAAS-SCAN found=<count>), after any planting
 
-    RHAAS-DISK ...                       the first line of /dev/vda, if it starts so (before the UP line)
-    <marker> UP ip=<cidr|none> kernel=<uname -r> mem_kb=<MemTotal>
+    RHAAS-DISK ...                       the first line of the disk, if it starts so (before the UP line)
+    <marker> UP ip=<cidr|none> kernel=<uname -r> mem_kb=<MemTotal> disk=<device|none>
                                          once, when up (<marker>: RHAAS-TESTOS <name>)
 
 With an address it also serves HTTP on port 80 (the page is the marker), for peers' ``rhaas.tcp`` checks.
@@ -82,6 +82,16 @@ from rhaas.imaging.initramfs import read_cpio as read_cpio  # isort: skip
 
 #: The modules the test OS needs; their dependencies are added from the kernel's data.
 TEST_OS_MODULES = ("virtio_net", "virtio_blk", "virtio_pci")
+#: The kernel meta package and the modules of each flavour of the test OS: ``cloud`` (virtio only) for the
+#: lab's virtio nodes; ``generic``, Debian's generic kernel with the drivers of the lab's server profiles
+#: (`rhaas.lab.qemu.PROFILES`: Intel e1000 and e1000e NICs, NVMe, MegaRAID SAS) too.
+TEST_OS_FLAVOURS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cloud": (KERNEL_META_PACKAGE, TEST_OS_MODULES),
+    "generic": (
+        "linux-image-amd64",
+        (*TEST_OS_MODULES, "e1000", "e1000e", "nvme", "megaraid_sas", "sd_mod"),
+    ),
+}
 DEFAULT_CMDLINE = "console=ttyS0 quiet"
 #: Bump when the layout of a test OS changes in a way the init template's text does not show.
 _BUILDER_VERSION = 1
@@ -161,22 +171,33 @@ if [ -n "$IP" ]; then
     fi
 fi
 
-if [ -b /dev/vda ]; then
-    line=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
+# The node's disk: virtio, NVMe or SCSI (a RAID controller's), whichever it has; a controller that probes
+# in the background gets up to 5 s to show its disk.
+DISK=""
+n=0
+while [ -z "$DISK" ] && [ "$n" -lt 50 ]; do
+    for d in vda nvme0n1 sda; do [ -b "/dev/$d" ] && DISK="/dev/$d" && break; done
+    [ -n "$DISK" ] && break
+    [ -n "$(ls /sys/class/nvme /sys/class/scsi_host 2>/dev/null)" ] || break
+    sleep 0.1; n=$((n + 1))
+done
+
+if [ -n "$DISK" ]; then
+    line=$(dd if="$DISK" bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
     case "$line" in RHAAS-DISK*) echo "$line" ;; esac
 fi
 
-if [ -b /dev/vda ] && [ -n "$PLANT" ]; then
+if [ -n "$DISK" ] && [ -n "$PLANT" ]; then
     planted=0
     for off in $PLANT; do
         printf 'RHAAS-NONCE %s %s' "$NAME" "$off" |
-            dd of=/dev/vda bs=1 seek="$off" conv=notrunc,fsync 2>/dev/null && planted=$((planted + 1))
+            dd of="$DISK" bs=1 seek="$off" conv=notrunc,fsync 2>/dev/null && planted=$((planted + 1))
     done
     echo "RHAAS-PLANTED $planted"
 fi
-if [ -b /dev/vda ] && [ -n "$SCAN" ]; then
+if [ -n "$DISK" ] && [ -n "$SCAN" ]; then
     echo 3 > /proc/sys/vm/drop_caches
-    echo "RHAAS-SCAN found=$(tr '\000' '\n' < /dev/vda | grep -c 'RHAAS-NONCE')"
+    echo "RHAAS-SCAN found=$(tr '\000' '\n' < "$DISK" | grep -c 'RHAAS-NONCE')"
 fi
 
 if [ -n "$DISARM" ]; then
@@ -187,7 +208,7 @@ if [ -n "$DISARM" ]; then
 fi
 
 MEM=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)
-echo "$MARKER UP ip=${IP:-none}$NET kernel=$(uname -r) mem_kb=$MEM"
+echo "$MARKER UP ip=${IP:-none}$NET kernel=$(uname -r) mem_kb=$MEM disk=${DISK:-none}"
 
 seq=0
 while true; do
@@ -301,8 +322,10 @@ def build_test_os(
     name: str = "testos",
     marker: str | None = None,
     cache: Path | str | None = None,
+    flavour: str = "cloud",
 ) -> TestOS:
-    """Build (or find in the cache) the test OS ``name``, whose up line starts with ``marker``.
+    """Build (or find in the cache) the test OS ``name``, whose up line starts with ``marker``, of
+    ``flavour`` (one of `TEST_OS_FLAVOURS`).
 
     ``marker`` defaults to ``RHAAS-TESTOS <name>``. The output is keyed by the kernel and busybox package
     versions, ``name``, ``marker`` and the init template, so a rebuild with nothing changed costs only the
@@ -313,8 +336,11 @@ def build_test_os(
     marker = marker or f"RHAAS-TESTOS {name}"
     if not _MARKER_RE.match(marker):
         raise ValueError(f"marker {marker!r} must match {_MARKER_RE.pattern}")
-    info = apt_show(KERNEL_META_PACKAGE, BUSYBOX_PACKAGE)
-    kernel = fetch_kernel(cache, resolve_kernel_package(KERNEL_META_PACKAGE, info[KERNEL_META_PACKAGE]))
+    if flavour not in TEST_OS_FLAVOURS:
+        raise ValueError(f"test OS flavour {flavour!r} is not one of {', '.join(TEST_OS_FLAVOURS)}")
+    meta, wanted = TEST_OS_FLAVOURS[flavour]
+    info = apt_show(meta, BUSYBOX_PACKAGE)
+    kernel = fetch_kernel(cache, resolve_kernel_package(meta, info[meta]))
     busybox_pkg = Package(BUSYBOX_PACKAGE, info[BUSYBOX_PACKAGE]["Version"])
     busybox_pkg, busybox = fetch_busybox(cache, busybox_pkg)
     key_data = {
@@ -323,7 +349,7 @@ def build_test_os(
         "busybox": busybox_pkg.version,
         "name": name,
         "marker": marker,
-        "modules": TEST_OS_MODULES,
+        "modules": wanted,
         "template": hashlib.sha256(_INIT_TEMPLATE.encode()).hexdigest(),
     }
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
@@ -333,7 +359,7 @@ def build_test_os(
     with locked(out):
         data = read_manifest(manifest)
         if data is None or data.get("key") != key or not initrd.is_file():
-            order = module_load_order(kernel.modules_dir, TEST_OS_MODULES)
+            order = module_load_order(kernel.modules_dir, wanted)
             init = render_init(name, marker, kernel.release, [m for m, _ in order])
             archive = write_cpio(_test_os_entries(busybox.read_bytes(), init, order))
             tmp = initrd.with_suffix(".tmp")
@@ -369,10 +395,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--cache", type=Path, help="cache directory (default: $RHAAS_CACHE or ~/.cache/rhaas)")
     build.add_argument("--name", default="testos", help="name of the test OS (default: testos)")
     build.add_argument("--marker", help="start of the console line printed when up")
+    build.add_argument(
+        "--flavour",
+        choices=sorted(TEST_OS_FLAVOURS),
+        default="cloud",
+        help="cloud: virtio drivers only (default); generic: the server profiles' drivers too",
+    )
     build.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     try:
-        image = build_test_os(args.name, args.marker, cache=args.cache)
+        image = build_test_os(args.name, args.marker, cache=args.cache, flavour=args.flavour)
     except (ImageBuildError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 """One lab node as a QEMU process: power, reset, NMI, boot device and serial console.
 
 A `QemuNode` is the lab's stand-in for a physical machine. It owns one ``qemu-system-x86_64`` process with
-a virtio NIC (iPXE ROM, on a tap device or an isolated hub), a qcow2 disk, its serial console appended to a
+a NIC (iPXE ROM, on a tap device or an isolated hub) and a qcow2 disk of its hardware profile (virtio, or
+a server's: UEFI or BIOS firmware, Intel NIC, NVMe or MegaRAID disk), its serial console appended to a
 log file, a QMP socket, and a pidfile so that ``lab down`` can find the process after a crash. It also
 implements the virtual BMC's Machine protocol (``power_on``, ``power_off``, ``reset``, ``is_on``, ``nmi``,
 ``set_boot_device``, ``get_boot_device``) and counts firmware boots, so the lab can show that the fast path
@@ -24,12 +25,14 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, get_args
@@ -48,6 +51,10 @@ _MAX_SOCKET_PATH = 107
 #: answers a warm reset by resetting the machine again itself (port 0xcf9) about 40 ms later. No OS runs
 #: that soon.
 FIRMWARE_RESET_WINDOW = 1.0
+#: SeaBIOS reset in its first moments can hang for good in real mode at its reset vector (CS=f000, seen
+#: under TCG on a loaded machine: about one early reset in four): `reset` holds a reset until this long
+#: after the last start or reset, as a real BMC's reset takes its time too.
+FIRMWARE_SETTLE = 1.0
 _log = logging.getLogger(__name__)
 _POLL = 0.05
 
@@ -69,6 +76,40 @@ def _start_time(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return int(fields[19])
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The hardware of a lab node: its firmware, NIC model and disk controller."""
+
+    name: str
+    firmware: Literal["bios", "uefi"]
+    nic_model: str
+    disk_bus: Literal["virtio", "nvme", "megasas"]
+    summary: str
+
+
+#: The lab's node profiles: ``virtio`` looks like a cloud VM; the others like servers (a UEFI server with
+#: an Intel 82574 NIC and an NVMe disk; a BIOS server with an Intel 82540 NIC and a MegaRAID SAS disk).
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("virtio", "bios", "virtio-net-pci", "virtio", "SeaBIOS, virtio NIC, virtio disk"),
+        Profile("uefi-nvme", "uefi", "e1000e", "nvme", "OVMF (UEFI), e1000e NIC, NVMe disk"),
+        Profile("bios-megasas", "bios", "e1000", "megasas", "SeaBIOS, e1000 NIC, MegaRAID SAS disk"),
+    )
+}
+#: Debian's ``ovmf`` package: the UEFI firmware's code (read-only) and the template of a node's variables.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+def node_profile(name: str) -> Profile:
+    """The profile ``name``; `ValueError` naming the known ones if there is none."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown node profile {name!r}; known: {', '.join(PROFILES)}") from None
 
 
 class QemuError(RuntimeError):
@@ -153,6 +194,9 @@ class QemuNode:
     that reaches nothing.
     ``kernel``/``initrd``/``append`` boot a kernel directly instead of through the firmware's boot order;
     they are attributes, read at each `start`.
+    ``profile`` (one of `PROFILES`) gives the firmware, NIC model and disk controller; a UEFI node keeps its
+    variables in ``<name>.efivars.fd``. ``post_seconds`` holds the firmware that long at every firmware
+    boot (start, reset by anyone), paused through QMP, as a server's power-on self test does.
     """
 
     def __init__(
@@ -174,9 +218,11 @@ class QemuNode:
         initrd: Path | str | None = None,
         append: str | None = None,
         accel: Accel = "tcg",
-        nic_model: str = "virtio-net-pci",
+        nic_model: str | None = None,
         extra_args: Sequence[str] = (),
         qemu_binary: str = "qemu-system-x86_64",
+        profile: str = "virtio",
+        post_seconds: float = 0.0,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ValueError(f"node name {name!r} may hold only letters, digits, '.', '_' and '-'")
@@ -205,7 +251,14 @@ class QemuNode:
         self.initrd = Path(initrd) if initrd else None
         self.append = append
         self.accel: Accel = accel
-        self.nic_model = nic_model
+        self.profile = node_profile(profile)
+        self.nic_model = nic_model or self.profile.nic_model
+        if not 0 <= post_seconds <= 600:
+            raise ValueError(f"post_seconds {post_seconds} is out of range (0 to 600)")
+        #: Seconds the firmware is held at every firmware boot, as a real server's POST holds it.
+        self.post_seconds = post_seconds
+        self._post_hold: threading.Timer | None = None
+        self._post_generation = 0
         self.extra_args = list(extra_args)
         self.qemu_binary = qemu_binary
         #: Firmware boots seen by this object: starts, plus every reset QEMU reports, whoever caused it
@@ -223,6 +276,8 @@ class QemuNode:
         self.events_path = self.workdir / f"{name}.events.qmp"
         self._watcher: ResetWatcher | None = None
         self.pidfile = self.workdir / f"{name}.pid"
+        #: The node's own UEFI variables (a copy of OVMF's template), for the ``uefi`` firmware.
+        self.efivars = self.workdir / f"{name}.efivars.fd"
         if len(str(self.events_path)) > _MAX_SOCKET_PATH:
             raise ValueError(f"QMP socket path {self.qmp_path} is too long for a unix socket")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -267,6 +322,13 @@ class QemuNode:
             "-pidfile", str(self.pidfile),
             "-boot", f"order={self.boot_order()}",
         ]  # fmt: skip
+        if self.profile.firmware == "uefi":
+            cmd += [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.efivars}",
+            ]  # fmt: skip
+        if self.post_seconds:
+            cmd.append("-S")  # paused: `start` holds the firmware for the POST, then lets it run
         if self.tap:
             netdev = f"tap,id=net0,ifname={self.tap},script=no,downscript=no,vnet_hdr=off"
         elif self.user_net:
@@ -280,7 +342,7 @@ class QemuNode:
             netdev = "hubport,id=net0,hubid=0"
         cmd += ["-netdev", netdev, "-device", f"{self.nic_model},netdev=net0,mac={self.mac}"]
         if self.disk is not None:
-            cmd += ["-drive", f"file={self.disk},if=virtio,format=qcow2,discard=unmap"]
+            cmd += self._disk_args(self.disk)
         if self.kernel is not None:
             cmd += ["-kernel", str(self.kernel)]
             if self.initrd is not None:
@@ -288,6 +350,19 @@ class QemuNode:
             if self.append:
                 cmd += ["-append", self.append]
         return cmd + self.extra_args
+
+    def _disk_args(self, disk: Path) -> list[str]:
+        drive = f"file={disk},format=qcow2,discard=unmap"
+        bus = self.profile.disk_bus
+        if bus == "virtio":
+            return ["-drive", f"{drive},if=virtio"]
+        if bus == "nvme":
+            return ["-drive", f"{drive},if=none,id=disk0", "-device", f"nvme,drive=disk0,serial={self.name}"]
+        return [
+            "-device", "megasas-gen2,id=raid0",
+            "-drive", f"{drive},if=none,id=disk0",
+            "-device", "scsi-hd,drive=disk0,bus=raid0.0",
+        ]  # fmt: skip
 
     # --- the process ---
 
@@ -323,6 +398,12 @@ class QemuNode:
                 raise QemuError(f"{self.name} is already running")
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._create_disk()
+            if self.profile.firmware == "uefi" and not self.efivars.exists():
+                if not OVMF_CODE.exists():
+                    raise QemuError(
+                        f"{self.name}: UEFI firmware {OVMF_CODE} is missing (Debian package ovmf)"
+                    )
+                shutil.copyfile(OVMF_VARS, self.efivars)
             for stale in (self.qmp_path, self.events_path, self.pidfile):
                 stale.unlink(missing_ok=True)
             self._boot_offset = self.console_offset()
@@ -355,6 +436,33 @@ class QemuNode:
             self.watch_resets()
             if not self._watcher_ready(5.0):
                 _log.warning("%s: QEMU's events are not being watched: resets may go uncounted", self.name)
+            if self.post_seconds:
+                self._hold_firmware(paused=True)
+
+    def _hold_firmware(self, paused: bool) -> None:
+        """Hold the firmware for `post_seconds` (QMP ``stop``, then ``cont``), as a server's POST does.
+
+        A later firmware boot starts a new hold; the earlier one's ``cont`` then does nothing.
+        """
+        with self._resets:
+            self._post_generation += 1
+            generation = self._post_generation
+            if self._post_hold is not None:
+                self._post_hold.cancel()
+            if not paused:
+                with contextlib.suppress(QemuError):
+                    self.qmp("stop")
+
+            def release() -> None:
+                with self._resets:
+                    if generation != self._post_generation:
+                        return
+                with contextlib.suppress(QemuError):
+                    self.qmp("cont")
+
+            self._post_hold = threading.Timer(self.post_seconds, release)
+            self._post_hold.daemon = True
+            self._post_hold.start()
 
     def _create_disk(self) -> None:
         if self.disk is None or self.disk.exists():
@@ -370,6 +478,11 @@ class QemuNode:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop QEMU: QMP ``quit``, then SIGTERM, then SIGKILL, each within ``timeout``. Idempotent."""
         with self._lock:
+            with self._resets:
+                self._post_generation += 1
+                if self._post_hold is not None:
+                    self._post_hold.cancel()
+                    self._post_hold = None
             deadline = time.monotonic() + timeout
             pid = self.pid()
             if pid is not None:
@@ -427,8 +540,10 @@ class QemuNode:
     def reset(self) -> None:
         """Hard reset (QMP ``system_reset``): the firmware runs again. Counts one firmware boot.
 
-        If QEMU refused a boot-order change while running, the process is restarted instead, so that the
-        new order applies. The console offset used by `wait_for_console` moves to this reset.
+        A reset within `FIRMWARE_SETTLE` of the last start or reset (after its POST hold) is held until
+        then (SeaBIOS can hang when reset in its first moments). If QEMU refused a boot-order change while
+        running, the process is restarted instead, so that the new order applies. The console offset
+        used by `wait_for_console` moves to this reset.
         """
         with self._lock:
             if not self.is_running():
@@ -437,6 +552,10 @@ class QemuNode:
                 self.stop()
                 self.start()
                 return
+            with self._resets:
+                settle = self._last_reset + self.post_seconds + FIRMWARE_SETTLE - time.monotonic()
+            if settle > 0:
+                time.sleep(settle)  # a fixed hold, not a wait for a condition: see FIRMWARE_SETTLE
             offset = self.console_offset()
             with self._resets:
                 seen = self.firmware_boots
@@ -448,6 +567,12 @@ class QemuNode:
             if not counted:
                 _log.warning("%s: no RESET event from QEMU in 5 s: counting the reset here", self.name)
                 self._reset_seen({"guest": False, "reason": "no event seen"})
+
+    @property
+    def last_firmware_boot(self) -> float:
+        """`time.monotonic` of the last firmware boot counted (a start or a reset)."""
+        with self._resets:
+            return self._last_reset
 
     def watch_resets(self) -> None:
         """Count every reset QEMU reports from now on (idempotent; `start` calls it). A new process that
@@ -462,7 +587,8 @@ class QemuNode:
     def _reset_seen(self, data: dict[str, Any]) -> None:
         with self._resets:
             now = time.monotonic()
-            if data.get("guest") and now - self._last_reset < FIRMWARE_RESET_WINDOW:
+            # The window opens when the firmware runs: after the POST's hold.
+            if data.get("guest") and now - self._last_reset < FIRMWARE_RESET_WINDOW + self.post_seconds:
                 _log.info(
                     "%s: a reset %.2f s after the last: the same firmware boot",
                     self.name,
@@ -474,6 +600,8 @@ class QemuNode:
             if data.get("guest"):
                 self.guest_resets += 1
             self._resets.notify_all()
+        if self.post_seconds:
+            self._hold_firmware(paused=False)
         if self.on_reset is not None:
             self.on_reset(data)
 

@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from rhaas.errors import DuplicateError
 from rhaas.lab import bootserver, netns, procs
 from rhaas.lab.daemon import PASSWORD_ENV, state_file
 from rhaas.lab.ovs import OVSDaemon
-from rhaas.lab.qemu import QemuNode, mac_for
+from rhaas.lab.qemu import PROFILES, QemuNode, mac_for
 from rhaas.lab.vbmc import BMCState
 from rhaas.procs import find_binary
 
@@ -93,6 +93,10 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+#: What a lab node's BMC can speak.
+BMC_PROTOCOLS = ("ipmi", "redfish")
+
+
 @dataclass
 class NodeRecord:
     name: str
@@ -100,6 +104,11 @@ class NodeRecord:
     tap: str
     bmc_port: int
     bmc_pid: int | None = None
+    #: The node's hardware (`rhaas.lab.qemu.PROFILES`) and its firmware hold at every firmware boot.
+    profile: str = "virtio"
+    post_seconds: float = 0.0
+    #: What the node's BMC speaks: ``ipmi`` (UDP ``bmc_port``) or ``redfish`` (HTTP on TCP ``bmc_port``).
+    bmc: str = "ipmi"
 
 
 @dataclass
@@ -201,8 +210,20 @@ class Lab:
         return Client(record.endpoint, creds["username"], creds["password"])
 
     # -- up ---------------------------------------------------------------------------------------------
-    def up(self, nodes: int = 2, memory_mb: int = 1024, endpoint: str | None = None) -> LabRecord:
-        """Bring the lab up with ``nodes`` nodes (idempotent: what runs is kept, what is missing started)."""
+    def up(
+        self,
+        nodes: int = 2,
+        memory_mb: int = 1024,
+        endpoint: str | None = None,
+        profiles: Sequence[str] = ("virtio",),
+        post_seconds: float = 0.0,
+        bmcs: Sequence[str] = ("ipmi",),
+    ) -> LabRecord:
+        """Bring the lab up with ``nodes`` nodes (idempotent: what runs is kept, what is missing started).
+
+        Node i gets ``profiles[i % len(profiles)]``, a BMC speaking ``bmcs[i % len(bmcs)]`` (``ipmi`` or
+        ``redfish``) and a POST of ``post_seconds`` at every firmware boot.
+        """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, taps, Open vSwitch)")
         for tool in ("ovs-vswitchd", "qemu-system-x86_64", "ip"):
@@ -214,7 +235,7 @@ class Lab:
         if record is not None and len(record.nodes) != nodes:
             self.say(f"the lab has {len(record.nodes)} nodes; keeping them ('lab down' first to change)")
         if record is None:
-            record = self._new_record(nodes, memory_mb, endpoint)
+            record = self._new_record(nodes, memory_mb, endpoint, profiles, post_seconds, bmcs)
         self.save(record)
 
         self.say(f"switch: Open vSwitch in namespace {self.ovs.netns}, bridge {self.bridge}")
@@ -243,9 +264,39 @@ class Lab:
         self.say(f"lab up in {self.workdir}: {len(record.nodes)} nodes, base instance {record.endpoint}")
         return record
 
-    def _new_record(self, nodes: int, memory_mb: int, endpoint: str | None) -> LabRecord:
+    def set_post(self, seconds: float) -> None:
+        """Hold every node's firmware ``seconds`` at each firmware boot from now on (running nodes keep
+        running). Each BMC is restarted with the new setting, so its counters start again at 0."""
+        if not 0 <= seconds <= 600:
+            raise LabError("POST must be between 0 and 600 seconds")
+        record = self._require()
+        creds = self.credentials()
+        for node in record.nodes:
+            procs.stop(node.bmc_pid, self.workdir)
+            node.post_seconds = seconds
+            node.bmc_pid = self._start_bmc(node, record.memory_mb, creds["bmc_password"])
+            self.save(record)
+        for node in record.nodes:
+            self._wait_bmc(node)
+        self.say(f"POST of every node: {seconds:g} s")
+
+    def _new_record(
+        self,
+        nodes: int,
+        memory_mb: int,
+        endpoint: str | None,
+        profiles: Sequence[str] = ("virtio",),
+        post_seconds: float = 0.0,
+        bmcs: Sequence[str] = ("ipmi",),
+    ) -> LabRecord:
         if not 1 <= nodes <= 50:
             raise LabError("--nodes must be between 1 and 50")
+        if not profiles or any(p not in PROFILES for p in profiles):
+            raise LabError(f"node profiles must be among {', '.join(PROFILES)}, not {', '.join(profiles)}")
+        if not 0 <= post_seconds <= 600:
+            raise LabError("--post must be between 0 and 600 seconds")
+        if not bmcs or any(b not in BMC_PROTOCOLS for b in bmcs):
+            raise LabError(f"BMCs speak {' or '.join(BMC_PROTOCOLS)}, not {', '.join(bmcs)}")
         creds: dict[str, str] = {"bmc_user": BMC_USER, "bmc_password": secrets.token_urlsafe(12)}
         if endpoint is None:
             creds.update(username=ADMIN_USER, password=secrets.token_urlsafe(16))
@@ -255,7 +306,12 @@ class Lab:
                 name=f"n{i}",
                 mac=mac_for(f"{self.id}-n{i}"),
                 tap=f"{self.id}t{i}",
-                bmc_port=free_port(socket.SOCK_DGRAM),
+                bmc_port=free_port(
+                    socket.SOCK_STREAM if bmcs[(i - 1) % len(bmcs)] == "redfish" else socket.SOCK_DGRAM
+                ),
+                profile=profiles[(i - 1) % len(profiles)],
+                post_seconds=post_seconds,
+                bmc=bmcs[(i - 1) % len(bmcs)],
             )
             for i in range(1, nodes + 1)
         ]
@@ -329,6 +385,7 @@ class Lab:
             sys.executable, "-m", "rhaas.lab.daemon", "--workdir", str(self.nodes_dir),
             "--node", node.name, "--port", str(node.bmc_port), "--user", BMC_USER, "--mac", node.mac,
             "--tap", node.tap, "--netns", str(self.ovs.netns), "--memory", str(memory_mb),
+            "--profile", node.profile, "--post-seconds", str(node.post_seconds), "--protocol", node.bmc,
         ]  # fmt: skip
         env = {**os.environ, PASSWORD_ENV: password}
         return procs.spawn(argv, self.nodes_dir / f"{node.name}.bmc.log", env=env)
@@ -356,10 +413,12 @@ class Lab:
         for node in record.nodes:
             if node.name in known:
                 continue
-            self.say(f"register: node {node.name} (ipmi 127.0.0.1:{node.bmc_port}), {NIC} {node.mac}")
+            self.say(f"register: node {node.name} ({node.bmc} 127.0.0.1:{node.bmc_port}), {NIC} {node.mac}")
             client.node.register(
-                node.name, "ipmi", "127.0.0.1", creds["bmc_user"], creds["bmc_password"], port=node.bmc_port
-            )
+                node.name, node.bmc, "127.0.0.1", creds["bmc_user"], creds["bmc_password"],
+                port=node.bmc_port,
+                settings={"scheme": "http"} if node.bmc == "redfish" else None,  # the lab's BMC: plain HTTP
+            )  # fmt: skip
             client.node.add_nic(node.name, NIC, node.mac)
             self._wire(client, record, node.tap, node.name)
 
@@ -413,8 +472,10 @@ class Lab:
             return running
         for key in ("dnsmasq", "http"):
             procs.stop(head.services.pop(key, None), self.workdir)
-        self.say(f"headnode {name}: building the test OS (cached after the first time)")
-        image = images.build_test_os()
+        # Server profiles need Debian's generic kernel and its drivers; virtio nodes the smaller cloud one.
+        flavour = "cloud" if all(n.profile == "virtio" for n in record.nodes) else "generic"
+        self.say(f"headnode {name}: building the test OS, {flavour} flavour (cached after the first time)")
+        image = images.build_test_os(flavour=flavour)
         clients = [
             bootserver.BootClient(n.name, n.mac, bootserver.node_address(head.ip, i))
             for i, n in enumerate(record.nodes, start=1)
@@ -480,6 +541,9 @@ class Lab:
                     "console": str(qemu.console_log),
                     "switch_port": node.tap,
                     "mac": node.mac,
+                    "profile": node.profile,
+                    "post_seconds": node.post_seconds,
+                    "bmc_protocol": node.bmc,
                 }
             )
         heads = [

@@ -4,7 +4,8 @@
 `Machine`: power on/off/cycle/reset/status, the boot device, the diagnostic interrupt (NMI), and
 Serial over LAN from the node's console log (output only, from activation on). It counts firmware
 boots (every power-on from off, every reset and power cycle) and NMIs, and publishes them with the
-power state in a JSON state file (`BMCState`) that tests, benchmarks and ``rhaas lab status`` read.
+power state in a JSON state file (`BMCState`) that tests, benchmarks and ``rhaas lab status`` read;
+that part is shared with the lab's Redfish BMC (`rhaas.lab.machine.NodeControl`).
 `FakeMachine` is an in-memory machine for tests; the lab's QEMU machine implements the same protocol
 (power_on starts the QEMU process, power_off kills it, reset is QMP ``system_reset``, nmi is QMP
 ``inject-nmi``).
@@ -22,29 +23,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 import signal
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.constants as ipmi_constants
 import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as ipmisession
 
+from rhaas.lab.machine import BOOT_DEVICES, BMCState, FakeMachine, Machine, NodeControl, NodeIsOff
+
 log = logging.getLogger(__name__)
 
-#: Boot devices a `Machine` is told about (the OBM drivers' names).
-BOOT_DEVICES = ("pxe", "disk", "none")
 # IPMI "boot device selector" names, as pyghmi decodes them, and back.
 _FROM_IPMI = {"network": "pxe", "hd": "disk", "default": "none"}
 _TO_IPMI = {ours: theirs for theirs, ours in _FROM_IPMI.items()}
@@ -70,112 +66,6 @@ _SUITE3 = (
 # How often the BMC looks for new console output while an SOL client listens, and how much it reads.
 _CONSOLE_POLL = 0.05
 _CONSOLE_CHUNK = 4096
-
-
-class Machine(Protocol):
-    """What a virtual BMC drives. Calls come one at a time; each should return promptly (start a
-    boot, do not wait for it). Raising makes the BMC answer the IPMI command with an error."""
-
-    def power_on(self) -> None:
-        """Power on (only called while off): firmware boots from the boot device."""
-
-    def power_off(self) -> None:
-        """Cut the power at once (only called while on)."""
-
-    def reset(self) -> None:
-        """Hard reset (only called while on): firmware boots again."""
-
-    def is_on(self) -> bool: ...
-
-    def nmi(self) -> None:
-        """Deliver a non-maskable interrupt to the running OS (only called while on)."""
-
-    def set_boot_device(self, device: str) -> None:
-        """Set the boot device for the next firmware boot: one of `BOOT_DEVICES`."""
-
-    def get_boot_device(self) -> str: ...
-
-
-@dataclass
-class FakeMachine:
-    """A machine in memory, for tests. ``events`` records every call; ``fail`` makes every action
-    raise (as a machine that cannot start would), so the BMC answers with an error. With a
-    ``console_log`` it appends a line per event there, as a real node's serial console would."""
-
-    on: bool = False
-    boot_device: str = "none"
-    events: list[str] = field(default_factory=list)
-    fail: bool = False
-    console_log: Path | None = None
-
-    def _act(self, event: str, console: str | None = None) -> None:
-        if self.fail:
-            raise RuntimeError(f"fake machine: {event} failed (injected)")
-        self.events.append(event)
-        if console and self.console_log is not None:
-            with open(self.console_log, "ab") as serial:
-                serial.write(f"fake machine: {console}\r\n".encode())
-
-    def power_on(self) -> None:
-        self._act("power_on", f"power on, booting from {self.boot_device}")
-        self.on = True
-
-    def power_off(self) -> None:
-        self._act("power_off", "power off")
-        self.on = False
-
-    def reset(self) -> None:
-        self._act("reset", f"reset, booting from {self.boot_device}")
-
-    def is_on(self) -> bool:
-        return self.on
-
-    def nmi(self) -> None:
-        self._act("nmi", "NMI received")
-
-    def set_boot_device(self, device: str) -> None:
-        self._act(f"boot_device {device}")
-        self.boot_device = device
-
-    def get_boot_device(self) -> str:
-        return self.boot_device
-
-
-@dataclass(frozen=True)
-class BMCState:
-    """What a virtual BMC publishes in its state file."""
-
-    port: int
-    pid: int
-    serving: bool
-    power: str  # "on" | "off"
-    boot_device: str
-    boots: int  # firmware boots: power-ons from off, power cycles, and every reset whoever caused it
-    nmis: int
-    updated: float  # time.time() of the last write
-    guest_resets: int = 0  # the resets among ``boots`` that the node's OS caused itself
-
-    @classmethod
-    def read(cls, path: str | os.PathLike[str]) -> BMCState:
-        """The state last written to ``path`` (raises OSError or ValueError if there is none)."""
-        data = json.loads(Path(path).read_text())
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except TypeError as exc:  # a field is missing
-            raise ValueError(f"{path}: not a virtual BMC state file: {exc}") from exc
-
-
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _ServerSession(serversession.ServerSession):
@@ -268,38 +158,37 @@ class VirtualBMC(pyghmi_bmc.Bmc):
         console_log: str | os.PathLike[str] | None = None,
     ) -> None:
         self.machine = machine
-        self.state_file = Path(state_file)
         self.console_log = Path(console_log) if console_log is not None else None
         if self.console_log is not None:
             self.iohandler = self._console_input  # pyghmi offers SOL only with an input handler
         self._console_position = 0
         self._sol_session: Any = None
-        # A restarted BMC carries on counting: benchmarks and tests compare counts across its life.
-        try:
-            previous = BMCState.read(self.state_file)
-            self.boots, self.nmis, self.guest_resets = previous.boots, previous.nmis, previous.guest_resets
-        except (OSError, ValueError):
-            self.boots = self.nmis = self.guest_resets = 0
-        self._lock = threading.Lock()
-        self._count_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._serving = False
         # pyghmi wakes its I/O thread through its first socket; see that this is pyghmi's own, so
         # that stop() can take ours out of the loop and close it.
         if not ipmisession.iosockets:
             ipmisession.Session._assignsocket()
         super().__init__({user: password}, port=port, address=address)
         self.port = self.serversocket.getsockname()[1]  # the real one when port=0
-        # A machine that reports its own resets (QEMU's RESET events) is counted from those: that sees
-        # the resets the guest causes itself (reboot, panic=N, a triple fault), not only ours.
-        self._machine_counts_resets = hasattr(machine, "on_reset")
-        if self._machine_counts_resets:
-            machine.on_reset = self._reset_seen  # type: ignore[attr-defined]
-            watch = getattr(machine, "watch_resets", None)
-            if watch is not None and machine.is_on():
-                watch()  # a node left running by an earlier BMC process
-        self._write_state()
+        # Counting boots and NMIs, and the state file, are every lab BMC's: see rhaas.lab.machine.
+        self.control = NodeControl(machine, state_file, port=self.port, label="virtual BMC")
+
+    @property
+    def state_file(self) -> Path:
+        return self.control.state_file
+
+    @property
+    def boots(self) -> int:
+        return self.control.boots
+
+    @property
+    def nmis(self) -> int:
+        return self.control.nmis
+
+    @property
+    def guest_resets(self) -> int:
+        return self.control.guest_resets
 
     # -- pyghmi's hooks: return an IPMI completion code ---------------------------------------------
 
@@ -307,19 +196,19 @@ class VirtualBMC(pyghmi_bmc.Bmc):
         return "on" if self.machine.is_on() else "off"
 
     def power_on(self) -> int:
-        return self._act("power on", self._power_on)
+        return self._act("power on", self.control.power_on)
 
     def power_off(self) -> int:
-        return self._act("power off", self._power_off)
+        return self._act("power off", self.control.power_off)
 
     def power_cycle(self) -> int:
-        return self._act("power cycle", self._power_cycle)
+        return self._act("power cycle", self.control.power_cycle)
 
     def power_reset(self) -> int:
-        return self._act("reset", self._reset)
+        return self._act("reset", self.control.reset)
 
     def pulse_diag(self) -> int:
-        return self._act("NMI", self._nmi)
+        return self._act("NMI", self.control.nmi)
 
     def get_boot_device(self) -> str:
         return _TO_IPMI.get(self.machine.get_boot_device(), "default")
@@ -328,7 +217,7 @@ class VirtualBMC(pyghmi_bmc.Bmc):
         device = _FROM_IPMI.get(bootdevice)
         if device is None:  # cdrom, bios, floppy...: pyghmi answers "invalid command"
             raise NotImplementedError(f"boot device {bootdevice!r}")
-        self._act(f"boot device {device}", lambda: self.machine.set_boot_device(device))
+        self._act(f"boot device {device}", lambda: self.control.set_boot_device(device))
 
     def is_active(self) -> bool:
         return True  # the serial console can be watched whether the node is on or off
@@ -373,73 +262,19 @@ class VirtualBMC(pyghmi_bmc.Bmc):
 
     # -- the node -----------------------------------------------------------------------------------
 
-    def _act(self, what: str, action: Callable[[], int | None]) -> int:
-        with self._lock:
-            try:
-                code = action() or CC_OK
-            except Exception:
-                log.exception("virtual BMC on port %d: %s failed", self.port, what)
-                code = CC_UNSPECIFIED
-            self._write_state()
-        if code == CC_OK:
-            log.info("virtual BMC on port %d: %s", self.port, what)
-        return code
-
-    def _power_on(self) -> None:
-        if not self.machine.is_on():
-            self.machine.power_on()
-            self.boots += 1
-
-    def _power_off(self) -> None:
-        if self.machine.is_on():
-            self.machine.power_off()
-
-    def _power_cycle(self) -> int | None:
-        if not self.machine.is_on():
+    def _act(self, what: str, action: Callable[[], None]) -> int:
+        """Run one of the node's actions: the IPMI completion code of its outcome."""
+        try:
+            action()
+        except NodeIsOff:
             return CC_NOT_IN_PRESENT_STATE
-        self.machine.power_off()
-        self.machine.power_on()
-        self.boots += 1
-        return None
-
-    def _reset(self) -> int | None:
-        if not self.machine.is_on():
-            return CC_NOT_IN_PRESENT_STATE
-        self.machine.reset()
-        if not self._machine_counts_resets:
-            self.boots += 1
-        return None
-
-    def _reset_seen(self, data: dict[str, Any]) -> None:
-        """A reset the machine reported (from its own thread, possibly inside one of our actions)."""
-        with self._count_lock:
-            self.boots += 1
-            if data.get("guest"):
-                self.guest_resets += 1
-            self._write_state()
-
-    def _nmi(self) -> int | None:
-        if not self.machine.is_on():
-            return CC_NOT_IN_PRESENT_STATE
-        self.machine.nmi()
-        self.nmis += 1
-        return None
+        except Exception:
+            log.exception("virtual BMC on port %d: %s failed", self.port, what)
+            return CC_UNSPECIFIED
+        return CC_OK
 
     def state(self) -> BMCState:
-        return BMCState(
-            port=self.port,
-            pid=os.getpid(),
-            serving=self._serving,
-            power=self.get_power_state(),
-            boot_device=self.machine.get_boot_device(),
-            boots=self.boots,
-            nmis=self.nmis,
-            updated=time.time(),
-            guest_resets=self.guest_resets,
-        )
-
-    def _write_state(self) -> None:
-        _write_atomically(self.state_file, dataclasses.asdict(self.state()))
+        return self.control.state()
 
     # -- serial over LAN ----------------------------------------------------------------------------
 
@@ -478,8 +313,7 @@ class VirtualBMC(pyghmi_bmc.Bmc):
 
     def serve_forever(self) -> None:
         """Answer IPMI requests until `request_stop`, then release the socket."""
-        self._serving = True
-        self._write_state()
+        self.control.set_serving(True)
         log.info("virtual BMC serving on %s", self.serversocket.getsockname())
         feeder = None
         if self.console_log is not None:
@@ -498,9 +332,7 @@ class VirtualBMC(pyghmi_bmc.Bmc):
             if feeder is not None:
                 feeder.join()
             self._release_socket()
-            with self._lock:
-                self._serving = False
-                self._write_state()
+            self.control.set_serving(False)
             log.info("virtual BMC on port %d stopped", self.port)
 
     def request_stop(self) -> None:
@@ -596,4 +428,12 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["BMCState", "FakeMachine", "Machine", "VirtualBMC", "main", "serve_until_signalled"]
+__all__ = [
+    "BOOT_DEVICES",
+    "BMCState",
+    "FakeMachine",
+    "Machine",
+    "VirtualBMC",
+    "main",
+    "serve_until_signalled",
+]

@@ -128,6 +128,10 @@ kexec.exactmap_params(ranges); kexec.customer_cmdline("console=ttyS0 -- x"); kex
 kexec.write_memmap_dir(os.path.join(work, "sys", "firmware", "memmap"), ranges)
 kexec.read_firmware_memmap(os.path.join(work, "sys"))
 archive = cpio.CpioWriter(io.BytesIO()); archive.file("a", b"b"); archive.close()
+from rhaas.agent import coldplug
+table = coldplug.make_table({"m": (["pci:v00001AF4d*sv*sd*bc*sc*i*"], [])})
+coldplug.coldplug(table, lambda: {"pci:v00001AF4d00001000sv1sd1bc1sc1i0"} | coldplug.read_modaliases(work),
+                  lambda name: None, coldplug.loaded_modules(os.path.join(work, "modules")))
 print(json.dumps({n: getattr(m, "__file__", None) for n, m in sorted(sys.modules.items())}))
 """
 

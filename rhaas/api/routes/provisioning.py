@@ -1,9 +1,9 @@
-"""Routes: fast provisioning (rhaas extension). ``/v0/node/<node>/provision``, the node's provisioning
-state and history, provision jobs (``router``, on the customer API); and, for the provisioning-network app
-only (rhaas.api.app.create_agent_app), the FPBL agent's own API under ``/agent/v1`` (``agent_router``),
-authenticated by each node's bearer secret (a check-in also by its deploy's return token) rather than by
-users, and the network boot under ``/boot/v1`` (``boot_router``). Those two must never be included in the
-customer API: they hand out and accept agent secrets."""
+"""Routes: fast provisioning (rhaas extension). ``/v0/node/<node>/provision``, the node's provisioning state
+and history, provision jobs, fleet-sized requests and their groups (``router``, on the customer API); and,
+for the provisioning-network app only (rhaas.api.app.create_agent_app), the FPBL agent's own API under
+``/agent/v1`` (``agent_router``), authenticated by each node's bearer secret (a check-in also by its
+deploy's return token) rather than by users, and the network boot under ``/boot/v1`` (``boot_router``).
+Those two must never be included in the customer API: they hand out and accept agent secrets."""
 
 from __future__ import annotations
 
@@ -19,7 +19,14 @@ from starlette.concurrency import run_in_threadpool
 from rhaas.api.deps import DB, CurrentCaller, State, after_commit, unit_of_work
 from rhaas.api.routes.common import reply
 from rhaas.api.routes.images import blob_response, file_response
-from rhaas.api.schemas import AgentCheckinBody, AgentPeersBody, AgentReportBody, EnrollBody, ProvisionBody
+from rhaas.api.schemas import (
+    AgentCheckinBody,
+    AgentPeersBody,
+    AgentReportBody,
+    EnrollBody,
+    ProvisionBody,
+    ProvisionGroupBody,
+)
 from rhaas.api.state import AppState
 from rhaas.config import ProvisioningSettings
 from rhaas.core import images, provisioning
@@ -65,6 +72,20 @@ def provision(node: str, body: ProvisionBody, db: DB, caller: CurrentCaller, sta
     job = provisioning.provision(db, caller, node, body.image, _settings(state), seed)
     after_commit(db, state.notify_work, node)
     return reply({"job_id": job}, status=202)
+
+
+@router.post("/provision_group", summary="rhaas extension: deploy an image on many nodes, all or none")
+def provision_group(body: ProvisionGroupBody, db: DB, caller: CurrentCaller, state: State) -> Response:
+    seed = body.model_dump(exclude={"image", "nodes"})
+    group = provisioning.provision_group(db, caller, body.nodes, body.image, _settings(state), seed)
+    for node in group["jobs"]:
+        after_commit(db, state.notify_work, node)
+    return reply(group, status=202)
+
+
+@router.get("/provision_group/{group_id}", summary="rhaas extension: a provision group's progress")
+def show_group(group_id: str, db: DB, caller: CurrentCaller) -> Response:
+    return reply(provisioning.show_group(db, caller, group_id))
 
 
 @router.get("/node/{node}/provisioning", summary="rhaas extension: a node's provisioning state and history")

@@ -11,6 +11,7 @@ By job:
 - `enrolment`: enrol a node, its agent's secret and return token, authentication, the NIC the FPBL holds.
 - `jobs`: deploy and return jobs (open, stamp, finish), their deadlines; `provision`, `start_return`.
 - `protocol`: the agent's calls (check-in, work, report, blobs) and the network boot's iPXE script.
+- `groups`: fleet-sized requests (one group of deploys, all or nothing) and their aggregated progress.
 - `views`: a job, a node's provisioning state and history.
 - `clock`: the rules the worker's ticker applies (what is due, claims, what a missed deadline does).
 
@@ -22,6 +23,7 @@ call the names below.
 from __future__ import annotations
 
 from rhaas.core.provisioning.enrolment import agent_row, checkin_row, enroll, holds_port
+from rhaas.core.provisioning.groups import provision_group, show_group
 from rhaas.core.provisioning.jobs import (
     DEPLOY,
     FAST,
@@ -79,7 +81,9 @@ __all__ = [
     "job_view",
     "peer_announce",
     "provision",
+    "provision_group",
     "report",
+    "show_group",
     "show_job",
     "show_node_provisioning",
     "start_return",

@@ -111,7 +111,7 @@ def check_seed(seed: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def provision(
     db: Session, caller: Caller, node_name: str, image_name: str, settings: ProvisioningSettings,
-    seed: dict[str, Any] | None = None,
+    seed: dict[str, Any] | None = None, group: str | None = None, bump: bool = True,
 ) -> str:  # fmt: skip
     """Queue a deploy of ``image_name`` on a node of the caller's project; returns the job id.
 
@@ -120,7 +120,9 @@ def provision(
     waits for it (QUEUED), then starts by itself; the node stays in its project throughout.
 
     ``seed``: the first-boot data cloud-init finds in the image (SSH keys, user-data, network
-    configuration) and overrides of the image's boot entry (see `check_seed`)."""
+    configuration) and overrides of the image's boot entry (see `check_seed`). ``group``: the provision
+    group the deploy is part of (`rhaas.core.provisioning.groups`); ``bump=False``: the caller moves the
+    node generation itself (once for many nodes)."""
     node = get_node(db, node_name)
     project = node_project(node)
     if project is None:
@@ -142,6 +144,7 @@ def provision(
     back = _open_return(db, node, row, settings, states.Event.REBUILD) if rebuild else None
     job = ProvisionJob(
         uuid=str(uuid.uuid4()),
+        group_uuid=group,
         node=node,
         kind=DEPLOY,
         image=image,
@@ -158,7 +161,8 @@ def provision(
               f"{job.uuid} of {image_name}")  # fmt: skip
     else:
         states.transition(row, states.Event.PROVISION)
-    bump_node_generation(db)
+    if bump:
+        bump_node_generation(db)
     return job.uuid
 
 

@@ -92,8 +92,10 @@ def boot_script(
     # A network boot: no crash kernel armed for a deploy survives it, nor does its return token.
     row.secret_sha256, row.return_sha256, row.boot_id = secret_hash(secret), None, None
     net = "rhaas.ip=${ip} rhaas.netmask=${netmask} rhaas.gw=${gateway}"
+    # initrd=<name>: under UEFI, the kernel's EFI stub loads the initrd iPXE fetched by that name (iPXE
+    # builds without the initrd-media protocol give it no other way); BIOS boots ignore it.
     return (
-        f"#!ipxe\nkernel {base_url}/boot/v1/fpbl/vmlinuz {fpbl_cmdline} {words} {net}\n"
+        f"#!ipxe\nkernel {base_url}/boot/v1/fpbl/vmlinuz initrd=initrd {fpbl_cmdline} {words} {net}\n"
         f"initrd {base_url}/boot/v1/fpbl/initrd\nboot\n"
     )
 

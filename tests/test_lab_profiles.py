@@ -1,0 +1,124 @@
+"""Lab nodes with a server's hardware (UEFI or BIOS firmware, Intel NICs, NVMe or MegaRAID disks) and a
+POST that holds the firmware at every firmware boot, as a real server's does."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rhaas.lab import images
+from rhaas.lab.qemu import OVMF_CODE, PROFILES, QemuNode
+
+needs_qemu = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs qemu-system-x86_64"),
+]
+
+#: (vendor, device) of the PCI functions each profile's NIC and disk controller show the guest.
+PCI_IDS = {
+    "virtio-net-pci": (0x1AF4, 0x1000),
+    "e1000e": (0x8086, 0x10D3),
+    "e1000": (0x8086, 0x100E),
+    "virtio": (0x1AF4, 0x1001),
+    "nvme": (0x1B36, 0x0010),
+    "megasas": (0x1000, 0x0079),  # MegaRAID SAS 2108 (gen2)
+}
+
+
+def test_each_profile_names_its_firmware_nic_and_disk_on_the_command_line(tmp_path: Path):
+    seen = set()
+    for name, profile in PROFILES.items():
+        node = QemuNode("p1", tmp_path / name, profile=name)
+        cmd = " ".join(node.command())
+        assert f"-device {profile.nic_model},netdev=net0" in cmd
+        assert ("if=pflash" in cmd) == (profile.firmware == "uefi")
+        assert {"virtio": "if=virtio", "nvme": "-device nvme,", "megasas": "megasas-gen2"}[
+            profile.disk_bus
+        ] in cmd
+        seen.add((profile.firmware, profile.nic_model, profile.disk_bus))
+    assert len(seen) == len(PROFILES), "no two profiles are the same hardware"
+
+
+def test_unknown_profile_and_post_out_of_range_are_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown node profile 'sparc'.*virtio"):
+        QemuNode("p1", tmp_path, profile="sparc")
+    with pytest.raises(ValueError, match="post_seconds"):
+        QemuNode("p1", tmp_path, post_seconds=-1)
+
+
+#: The disk each profile's disk controller shows the test OS.
+DISK_DEVICE = {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1", "megasas": "/dev/sda"}
+
+
+@pytest.fixture
+def make_node(tmp_path_factory) -> Iterator:
+    made: list[QemuNode] = []
+
+    def make(profile: str, post_seconds: float = 0.0, flavour: str = "cloud") -> QemuNode:
+        image = images.build_test_os(f"testos-{flavour}", flavour=flavour)
+        node = QemuNode(
+            "p1", tmp_path_factory.mktemp(profile), memory_mb=512, disk_size="64M", profile=profile,
+            post_seconds=post_seconds, kernel=image.kernel, initrd=image.initrd,
+            append=f"{image.cmdline} rhaas.ip=10.0.0.5/24",
+        )  # fmt: skip
+        made.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.stop()
+            assert not node.is_running()
+
+
+def _pci_ids(node: QemuNode) -> set[tuple[int, int]]:
+    return {
+        (dev["id"]["vendor"], dev["id"]["device"]) for bus in node.qmp("query-pci") for dev in bus["devices"]
+    }
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_a_node_of_each_profile_boots_with_its_hardware(make_node, name: str):
+    profile = PROFILES[name]
+    if profile.firmware == "uefi" and not OVMF_CODE.exists():
+        pytest.skip(f"no UEFI firmware at {OVMF_CODE} (Debian package ovmf)")
+    node = make_node(name, flavour="generic")  # Debian's generic kernel: the servers' drivers
+    node.start()
+    up = node.wait_for_console(r"RHAAS-TESTOS testos-generic UP ip=(\S+)(.*)", 300)
+    assert up.group(1) == "10.0.0.5/24" and "net=" not in up.group(2), f"the NIC works: {up.group(0)}"
+    assert f"disk={DISK_DEVICE[profile.disk_bus]}" in up.group(2), up.group(0)
+    ids = _pci_ids(node)
+    assert PCI_IDS[profile.nic_model] in ids
+    assert PCI_IDS[profile.disk_bus] in ids
+    assert node.firmware_boots == 1
+    if profile.firmware == "uefi":
+        assert node.efivars.stat().st_size == Path(str(OVMF_CODE).replace("CODE", "VARS")).stat().st_size
+
+
+@pytest.mark.parametrize("name", ["virtio"])
+def test_post_holds_the_firmware_at_every_firmware_boot(make_node, name: str):
+    post = 3.0
+    node = make_node(name, post_seconds=post)
+    node.start()
+    started = node.last_firmware_boot
+    assert node.qmp("query-status")["status"] == "prelaunch", "held before the firmware's first instruction"
+    node.wait_for_console(images.build_test_os("testos-cloud").up_regex, 300)
+    assert time.monotonic() - started >= post
+    assert node.qmp("query-status")["status"] == "running"
+    node.reset()
+    held = node.last_firmware_boot
+    assert node.qmp("query-status")["status"] == "paused", "a reset is a firmware boot: held again"
+    node.wait_for_console(images.build_test_os("testos-cloud").up_regex, 300)
+    assert time.monotonic() - held >= post
+    assert node.firmware_boots == 2
+
+
+def test_the_cli_offers_the_labs_profiles():
+    from rhaas.cli import lab as cli_lab
+
+    assert tuple(PROFILES) == cli_lab.NODE_PROFILES
