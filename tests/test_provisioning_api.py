@@ -654,3 +654,60 @@ def test_holes_are_skipped_only_after_a_verified_whole_disk_wipe(prov):
         assert state(prov, "n1") == "ready"
         prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
     assert zeroed == [False, True]
+
+
+def test_agents_deploying_the_same_image_learn_of_each_other_from_the_tracker(prov):
+    whole_disk(prov, "debian", {0: b"A" * 4 * MIB, 8 * MIB: b"B" * 4 * MIB}, 16 * MIB)
+    whole_disk(prov, "elsewhere", {0: b"C" * 4 * MIB}, 8 * MIB)
+    agents = {}
+    for node, image in (("n1", "debian"), ("n2", "debian"), ("n3", "elsewhere")):
+        agents[node] = agent = enroll(prov, node)
+        agent.checkin()
+        prov.alice.ok("POST", "/project/p1/connect_node", {"node": node})
+        prov.alice.ok("POST", f"/node/{node}/provision", {"image": image}, status=202)
+        peers = agent.work()["image"]["peers"]
+        assert peers == {"url": f"http://testserver/agent/v1/nodes/{node}/peers", "port": 7070}
+    n1, n2, n3 = agents["n1"], agents["n2"], agents["n3"]
+    first = n1.call("POST", "peers", {"port": 7070, "address": "10.0.0.11", "have": [0]})
+    assert first == {"peers": [], "seed": [1], "missing": True}, (
+        "chunk 1 is nowhere: n1 gets it from the server"
+    )
+    second = n2.call("POST", "peers", {"port": 7071, "address": "10.0.0.12", "have": []})
+    assert second["peers"] == [{"address": "10.0.0.11", "port": 7070, "have": [0]}]
+    assert second["seed"] == [], "chunk 0 is at n1, chunk 1 handed out to n1 already"
+    other = n3.call("POST", "peers", {"port": 7070, "address": "10.0.0.13", "have": []})
+    assert other["peers"] == [] and other["seed"] == [0], "another image's agents are not its peers"
+
+    for body, kind in (
+        ({"port": 0, "have": []}, "ValidationError"),
+        ({"port": 7070, "address": "n1.example", "have": []}, "ValidationError"),
+        ({"port": 7070, "have": [-1]}, "ValidationError"),
+        ({"port": 7070, "have": [], "dropped": [{"address": "10.0.0.11"}]}, "ValidationError"),
+    ):
+        refused = n2.client.post("/agent/v1/nodes/n2/peers", json=body, headers=n2.headers)
+        assert refused.status_code == 400 and refused.json()["type"] == kind, refused.text
+    stranger = n2.client.post(
+        "/agent/v1/nodes/n2/peers", json={"port": 1}, headers={"Authorization": "Bearer x"}
+    )
+    assert stranger.status_code == 401
+    again = n2.call("POST", "peers", {"port": 7071, "address": "10.0.0.12", "have": []})
+    assert again["peers"] == second["peers"], "the refused calls changed nothing"
+    idle = enroll(prov, "n4")
+    idle.checkin()
+    assert idle.call("POST", "peers", {"port": 7070, "have": []}, status=404)["type"] == "NotFoundError"
+
+
+def test_with_the_peer_exchange_off_agents_fetch_from_the_server_only(db_url):
+    overrides = {"provisioning__enabled": True, "provisioning__agent_url": "http://10.0.2.2:5000",
+                 "provisioning__peer_exchange": False}  # fmt: skip
+    with make_api(db_url, **overrides) as api:
+        populate_site(api)
+        prov_images(api)
+        whole_disk(api, "debian", {0: b"A" * 4 * MIB}, 8 * MIB)
+        agent = enroll(api, "n1")
+        agent.checkin()
+        api.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+        api.alice.ok("POST", "/node/n1/provision", {"image": "debian"}, status=202)
+        assert "peers" not in agent.work()["image"]
+        off = agent.call("POST", "peers", {"port": 7070, "have": []}, status=409)
+        assert off["type"] == "IllegalStateError" and "peer_exchange" in off["msg"]

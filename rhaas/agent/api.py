@@ -68,13 +68,19 @@ class Api:
         return wire.request(method, parts.hostname, port, target, headers, body, self.timeout, self.pin)
 
     def call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
+        """A JSON call of this node's agent API (``name``: the part after the node's path)."""
+        return self.call_url(method, f"{self.base}{self.node_path}/{name}", body, name)
+
+    def call_url(self, method: str, url: str, body: dict[str, Any] | None = None, name: str = "") -> Any:
+        """A JSON call of the agent API at ``url`` (absolute, or relative to the base URL)."""
+        name = name or url
         headers = dict(self.headers, Accept="application/json")
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
-            with self._open(method, f"{self.base}{self.node_path}/{name}", headers, payload) as response:
+            with self._open(method, self.resolve(url), headers, payload) as response:
                 data = response.read()
         except wire.HttpError as exc:
             raise ServerError(f"{method} {name}: {exc}") from exc

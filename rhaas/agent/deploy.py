@@ -22,6 +22,7 @@ from rhaas.agent.system import System, log
 from rhaas.agent.work import AgentError, Artifact, Deploy
 
 if TYPE_CHECKING:
+    from rhaas.agent import swarm
     from rhaas.agent.agent import Agent
 
 #: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
@@ -76,11 +77,20 @@ class Deployment:
         self.agent = agent
         self.job = job
         self.phase = "deploy"
+        #: The peer exchange of a whole-disk deploy, serving peers until the jump (None: none).
+        self.exchange: swarm.Exchange | None = None
 
     def _report(self, state: str, detail: str) -> None:
         self.agent.report(self.job.job, self.phase, state, detail)
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.exchange is not None:  # a deploy that failed: peers fetch elsewhere
+                self.exchange.close(linger=0)
+
+    def _run(self) -> None:
         agent, job = self.agent, self.job
         if agent.settings.crashed:
             self.phase = "restore-memory"
@@ -100,6 +110,9 @@ class Deployment:
         self.phase = "kexec"
         self._report("start", "arming the return path")
         self._arm_return(kernel, initrd, cmdline)
+        if self.exchange is not None:  # serve the peers that still lack chunks a little longer
+            self.exchange.close()
+            self.exchange = None
         self._report("done", "jumping into the customer kernel")
         agent.system.kexec_exec()
 
@@ -144,8 +157,11 @@ class Deployment:
         self.phase = "write-disk"
         self._report("start", f"{image.data_bytes} bytes of data in {len(image.extents)} chunks of a "
                      f"{image.virtual_size}-byte image -> {target.path}")  # fmt: skip
+        self.exchange = extents.exchange_for(image, self._fetch, self._announce)
         try:
-            written = extents.write_image(image, target, self._fetch, agent.progress(job.job, self.phase))
+            written = extents.write_image(
+                image, target, self._fetch, agent.progress(job.job, self.phase), self.exchange
+            )
         except BaseException:
             _scrub(target)
             raise
@@ -183,6 +199,15 @@ class Deployment:
             self._report("done", f"cloud-init NoCloud volume: partition {done['partition']} of the "
                          f"{done['table']} table, {done['size']} bytes")  # fmt: skip
         return entry.cmdline
+
+    def _announce(self, url: str, have: list[int], port: int, dropped: list[tuple[str, int]]) -> object:
+        """Tell the peer exchange's tracker what this node holds and which peers it dropped; its answer."""
+        body: dict[str, object] = {"port": port, "have": have}
+        if dropped:
+            body["dropped"] = [{"address": a, "port": p} for a, p in dropped]
+        if self.agent.settings.ip:
+            body["address"] = self.agent.settings.ip.partition("/")[0]
+        return self.agent.api.call_url("POST", url, body, "peers")
 
     def _fetch(self, artifact: Artifact, sink: Callable[[bytes], object]) -> str:
         try:

@@ -6,7 +6,8 @@ by its SHA-256; the rest of the image reads as zeroes (holes) and is neither sto
 work answer carries the list (``"image"``)::
 
     {"virtual_size": N, "zeroed": bool, "chunk_url": "chunks/{sha256}",
-     "extents": [{"offset": O, "length": L, "sha256": S}, ...]}   # ordered, not overlapping
+     "extents": [{"offset": O, "length": L, "sha256": S}, ...],   # ordered, not overlapping
+     "peers": {"url": TRACKER, "port": P}}   # optional: exchange chunks with peers (rhaas.agent.swarm)
 
 The agent refuses, before writing anything, an image larger than the disk. It fetches each chunk,
 checks its digest before a byte of it reaches the disk, and writes it at its offset. Holes are skipped
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rhaas.agent import disk as disks
 from rhaas.agent.work import AgentError, Artifact, ProtocolError
+
+if TYPE_CHECKING:
+    from rhaas.agent import swarm
 
 #: The largest chunk the agent accepts (the store's chunks are 4 MiB).
 MAX_CHUNK = 16 << 20
@@ -40,6 +44,9 @@ class DiskImage(NamedTuple):
     zeroed: bool
     #: Where a chunk is fetched, ``{sha256}`` standing for its digest (relative to the agent API's URL).
     chunk_url: str
+    #: The peer exchange's tracker URL (relative to the agent API's URL) and the port to serve peers on;
+    #: None: every chunk from the server.
+    peers: tuple[str, int] | None = None
 
     @property
     def data_bytes(self) -> int:
@@ -93,7 +100,16 @@ def parse_image(data: object) -> DiskImage:
             raise ProtocolError(f"image.extents[{n}] overlaps the one before or ends past the image")
         extents.append(Extent(offset, length, sha))
         end = offset + length
-    return DiskImage(size, tuple(extents), zeroed, url)
+    peers = data.get("peers")
+    tracker: tuple[str, int] | None = None
+    if peers is not None:
+        if not isinstance(peers, dict) or not isinstance(peers.get("url"), str):
+            raise ProtocolError("image.peers has no url")
+        port = peers.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ProtocolError("image.peers.port is not a TCP port")
+        tracker = (peers["url"], port)
+    return DiskImage(size, tuple(extents), zeroed, url, tracker)
 
 
 class Written(NamedTuple):
@@ -106,12 +122,13 @@ class Written(NamedTuple):
 
 def write_image(
     image: DiskImage, disk: disks.Disk, fetch: Callable[[Artifact, Callable[[bytes], object]], str],
-    progress: Callable[[int, int], None],
+    progress: Callable[[int, int], None], exchange: swarm.Exchange | None = None,
 ) -> Written:  # fmt: skip
     """Write ``image`` onto ``disk``: each chunk fetched (``fetch(artifact, sink) -> sha256`` of the bytes
     it gave ``sink``) into memory, checked, then written at its offset; holes zeroed unless
-    ``image.zeroed``. Raises `AgentError` (phase ``write-disk``) if the image is larger than the disk
-    (nothing written) or a chunk does not match its digest (written no further)."""
+    ``image.zeroed``. With ``exchange`` (made by `exchange_for`), the chunks come through it instead:
+    from peers first, each checked all the same. Raises `AgentError` (phase ``write-disk``) if the image
+    is larger than the disk (nothing written) or a chunk does not match its digest (written no further)."""
     if image.virtual_size > disk.size:
         raise AgentError(
             "write-disk",
@@ -120,7 +137,13 @@ def write_image(
     fd = os.open(disk.path, os.O_WRONLY)
     try:
         done, total = 0, image.data_bytes
-        for extent in image.extents:
+        if exchange is not None:
+            try:
+                exchange.deliver(fd, disk.path, progress)
+            except OSError as exc:
+                raise AgentError("write-disk", f"fetching the image's chunks: {exc}") from exc
+            done = total
+        for extent in image.extents if exchange is None else ():
             url = image.chunk_url.replace("{sha256}", extent.sha256)
             buf = bytearray()
             # ``fetch`` hashes what it hands ``buf`` as it streams: the digest is of these very bytes.
@@ -145,3 +168,41 @@ def write_image(
     finally:
         os.close(fd)
     return Written(done, zeroed, how)
+
+
+def exchange_for(
+    image: DiskImage, fetch: Callable[[Artifact, Callable[[bytes], object]], str],
+    announce: Callable[[str, list[int], int, list[tuple[str, int]]], object],
+) -> swarm.Exchange | None:  # fmt: skip
+    """The peer exchange of ``image`` (None if the work answer offers none): chunks from the server by
+    ``fetch`` (as `write_image` takes it), announcements by ``announce(tracker_url, have, port,
+    dropped)`` (the tracker's JSON answer). None too if the peers' port cannot be opened: the server then
+    sends it all."""
+    if image.peers is None:
+        return None
+    from rhaas.agent import swarm  # here: only a deploy with peers needs it
+
+    tracker, port = image.peers
+
+    def from_server(n: int, chunk: swarm.Chunk) -> bytes:
+        buf = bytearray()
+        fetch(
+            Artifact(image.chunk_url.replace("{sha256}", chunk.sha256), chunk.sha256, chunk.length),
+            buf.extend,
+        )
+        return bytes(buf)
+
+    def tell(have: list[int], port: int, dropped: list[tuple[str, int]]) -> dict[str, Any]:
+        answer = announce(tracker, have, port, dropped)
+        if not isinstance(answer, dict):
+            raise ValueError("the tracker's answer is not an object")
+        return answer
+
+    chunks = [swarm.Chunk(e.offset, e.length, e.sha256) for e in image.extents]
+    try:
+        return swarm.Exchange(chunks, from_server, tell, port=port)
+    except OSError as exc:
+        from rhaas.agent.system import log
+
+        log(f"peer exchange: cannot serve peers on port {port} ({exc}); every chunk from the server")
+        return None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Body(BaseModel):
@@ -193,3 +194,33 @@ class AgentReportBody(Body):
     at: float
     detail: str = ""
     progress: dict[str, int] | None = None
+
+
+def _ip(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value[:60]!r} is not an IP address") from None
+    return value
+
+
+class PeerAddress(Body):
+    address: str = Field(max_length=64)
+    port: int = Field(gt=0, lt=65536)
+
+    _address = field_validator("address")(_ip)
+
+
+class AgentPeersBody(Body):
+    """An agent's announcement to the peer-exchange tracker (see rhaas.core.provisioning.tracker)."""
+
+    #: Where it serves chunks to its peers; the address is the one it calls from unless given.
+    port: int = Field(gt=0, lt=65536)
+    address: str | None = Field(default=None, max_length=64)
+    #: The indices (in the work answer's ``extents``) of the chunks it has verified and written.
+    have: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=1 << 20)
+    #: Peers it dropped (they served a chunk that did not match, stalled, or could not be reached).
+    dropped: list[PeerAddress] = Field(default_factory=list, max_length=1024)
+
+    _address = field_validator("address")(_ip)

@@ -18,6 +18,7 @@ from rhaas.api.auth import Authenticator
 from rhaas.backends.base import Backend
 from rhaas.config import Settings
 from rhaas.core.images import BlobStore
+from rhaas.core.provisioning.tracker import Tracker
 from rhaas.notify import Notifier, work_key
 from rhaas.worker.networking import NetworkWorker
 from rhaas.worker.provisioning import ProvisioningTicker
@@ -43,6 +44,8 @@ class AppState:
     boot_app: Starlette | None = None
     #: The SHA-256 of the agents' listener's certificate, which agents are booted with (None: no key).
     agent_pin: str | None = None
+    #: The agents' peer-exchange tracker ([provisioning] peer_exchange): in memory, this process's.
+    tracker: Tracker = field(default_factory=Tracker)
 
     def install(self, app: Starlette) -> None:
         app.state.rhaas = self

@@ -21,6 +21,7 @@ from rhaas.api.routes.common import reply
 from rhaas.api.routes.images import blob_response, file_response
 from rhaas.api.schemas import (
     AgentCheckinBody,
+    AgentPeersBody,
     AgentReportBody,
     EnrollBody,
     ProvisionBody,
@@ -181,6 +182,25 @@ def agent_report(node: str, body: AgentReportBody, request: Request, db: DB, sta
     provisioning.report(db, row, body.model_dump(exclude_none=True), _settings(state))
     after_commit(db, state.wake_ticker)
     return reply({})
+
+
+@agent_router.post("/nodes/{node}/peers")
+def agent_peers(node: str, body: AgentPeersBody, request: Request, db: DB, state: State) -> Response:
+    """The peer-exchange tracker: the other agents deploying the node's image, what each holds, and the
+    chunks this one may fetch from the server ([provisioning] peer_exchange)."""
+    row = _agent(request, state, node, db)
+    if not _settings(state).peer_exchange:
+        raise IllegalStateError(
+            "The agents' peer exchange is off on this instance ([provisioning] peer_exchange)."
+        )
+    address = (
+        str(body.address) if body.address is not None else (request.client.host if request.client else "")
+    )
+    if not address:
+        raise BadArgumentError("No address given, and the caller's is unknown.")
+    dropped = [(str(p.address), p.port) for p in body.dropped]
+    answer = provisioning.peer_announce(db, row, state.tracker, address, body.port, body.have, dropped)
+    return reply(answer)
 
 
 @agent_router.get("/nodes/{node}/blobs/{sha256}")

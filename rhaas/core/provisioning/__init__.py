@@ -44,6 +44,7 @@ from rhaas.core.provisioning.protocol import (
     checkin,
     deploy_blobs,
     deploy_chunk,
+    peer_announce,
     report,
     work,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "enroll",
     "holds_port",
     "job_view",
+    "peer_announce",
     "provision",
     "provision_group",
     "report",

@@ -47,6 +47,7 @@ from rhaas.core.provisioning.jobs import (
     start_queued_deploy,
     wiped,
 )
+from rhaas.core.provisioning.tracker import Tracker
 from rhaas.db.models import DONE, ERROR, PENDING, Blob, Image, Nic, NodeProvisioning, ProvisionJob, utcnow
 from rhaas.errors import BadArgumentError, IllegalStateError, NotFoundError
 
@@ -225,7 +226,8 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
         "cmdline": image.cmdline,
     }
     if image.manifest is not None:
-        return {**answer, **_whole_disk(db, job, image, f"{base_url}/agent/v1/nodes/{node.label}")}
+        node_url = f"{base_url}/agent/v1/nodes/{node.label}"
+        return {**answer, **_whole_disk(db, job, image, node_url, settings)}
     return {
         **answer,
         "kernel": _blob_ref(image.kernel, base_url, node.label),
@@ -234,10 +236,13 @@ def work(db: Session, row: NodeProvisioning, base_url: str, settings: Provisioni
     }
 
 
-def _whole_disk(db: Session, job: ProvisionJob, image: Image, node_url: str) -> dict[str, Any]:
+def _whole_disk(
+    db: Session, job: ProvisionJob, image: Image, node_url: str, settings: ProvisioningSettings
+) -> dict[str, Any]:
     """A whole-disk deploy's part of the work answer: the image's extents, which the agent fetches chunk by
-    chunk; the boot entry overrides (the provision request's, else the image's command line); the seed
-    cloud-init reads on first boot (host name = node name)."""
+    chunk (from its peers first, with ``peers``: see `peer_announce`); the boot entry overrides (the
+    provision request's, else the image's command line); the seed cloud-init reads on first boot (host
+    name = node name)."""
     assert image.manifest is not None
     seed = job.seed or {}
     boot = {k: seed[k] for k in ("kernel", "initrd", "cmdline") if k in seed}
@@ -245,16 +250,18 @@ def _whole_disk(db: Session, job: ProvisionJob, image: Image, node_url: str) -> 
         boot["cmdline"] = image.cmdline
     first_boot = {"instance_id": job.uuid, "hostname": job.node.label}
     first_boot |= {k: seed[k] for k in ("ssh_keys", "user_data", "network_config") if k in seed}
+    whole: dict[str, Any] = {
+        "virtual_size": image.manifest.virtual_size,
+        "zeroed": bool(job.disk_zeroed),
+        "chunk_url": f"{node_url}/chunks/{{sha256}}",
+        "extents": [
+            {"offset": e.offset, "length": e.length, "sha256": e.sha256} for e in chunks.extents(db, image.id)
+        ],
+    }
+    if settings.peer_exchange:
+        whole["peers"] = {"url": f"{node_url}/peers", "port": settings.peer_port}
     return {
-        "image": {
-            "virtual_size": image.manifest.virtual_size,
-            "zeroed": bool(job.disk_zeroed),
-            "chunk_url": f"{node_url}/chunks/{{sha256}}",
-            "extents": [
-                {"offset": e.offset, "length": e.length, "sha256": e.sha256}
-                for e in chunks.extents(db, image.id)
-            ],
-        },
+        "image": whole,
         "boot": boot,
         "seed": first_boot,
     }
@@ -318,6 +325,20 @@ def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
         return set()
     image = job.image
     return {b.sha256 for b in (image.kernel, image.initrd, image.disk) if b is not None}
+
+
+def peer_announce(
+    db: Session, row: NodeProvisioning, tracker: Tracker, address: str, port: int, have: list[int],
+    dropped: list[tuple[str, int]],
+) -> dict[str, Any]:  # fmt: skip
+    """An agent's announcement to the peer-exchange tracker: its peers deploying the same image, and the
+    chunks it may take from the server (see `rhaas.core.provisioning.tracker`). NotFoundError if the node
+    has no open whole-disk deploy."""
+    job = open_job(db, row.node, DEPLOY)
+    if job is None or job.image is None or job.image.manifest is None:
+        raise NotFoundError(f"Node {row.node.label} has no whole-disk deploy under way.")
+    count, _ = chunks.extent_summary(db, job.image.id)
+    return tracker.announce(("image", job.image.id), count, row.node.label, address, port, have, dropped)
 
 
 def deploy_chunk(db: Session, row: NodeProvisioning, sha256: str) -> bytes:

@@ -1,0 +1,282 @@
+"""The agents' peer exchange (rhaas.agent.swarm) with its tracker (rhaas.core.provisioning.tracker):
+several agents in this process over loopback, each writing a file; the server is a function that counts
+what it sends. Every node must end with the image exactly, whatever its peers do."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from rhaas.agent import swarm
+from rhaas.agent.disk import Disk
+from rhaas.agent.extents import DiskImage, Extent, exchange_for, write_image
+from rhaas.agent.work import AgentError, Artifact
+from rhaas.core.provisioning.tracker import Tracker
+
+CHUNK = 256 << 10
+COUNT = 12
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Server:
+    """The image's chunks as the server holds them; counts the bytes it sends."""
+
+    def __init__(self, count: int = COUNT) -> None:
+        self.data = [os.urandom(CHUNK) for _ in range(count)]
+        self.chunks = [swarm.Chunk(n * CHUNK, CHUNK, sha(d)) for n, d in enumerate(self.data)]
+        self.sent = 0
+        self.lock = threading.Lock()
+
+    @property
+    def image(self) -> bytes:
+        return b"".join(self.data)
+
+    def fetch(self, n: int, chunk: swarm.Chunk) -> bytes:
+        with self.lock:
+            self.sent += chunk.length
+        return self.data[n]
+
+
+def announcer(tracker: Tracker, name: str, count: int) -> swarm.Announce:
+    def announce(have: list[int], port: int, dropped: list[tuple[str, int]]) -> dict[str, object]:
+        return tracker.announce("image", count, name, "127.0.0.1", port, have, dropped)
+
+    return announce
+
+
+def run_fleet(tmp_path: Path, server: Server, tracker: Tracker, names: list[str]) -> dict[str, swarm.Stats]:
+    """Every agent delivers the image into a file of its own, all at once; their stats, once all have
+    delivered and stopped serving (each serves until no peer lacks a chunk)."""
+    stats: dict[str, swarm.Stats] = {}
+    errors: list[BaseException] = []
+    exchanges = {
+        n: swarm.Exchange(
+            server.chunks, server.fetch, announcer(tracker, n, len(server.chunks)), "127.0.0.1",
+            announce_every=0.1, peer_timeout=1.0,
+        )
+        for n in names
+    }  # fmt: skip
+
+    def run(name: str) -> None:
+        path = tmp_path / name
+        path.write_bytes(b"")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            stats[name] = exchanges[name].deliver(fd, str(path))
+        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread
+            errors.append(exc)
+        finally:
+            os.close(fd)
+            exchanges[name].close(linger=10)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "an agent did not finish"
+    if errors:
+        raise errors[0]
+    for name in names:
+        assert (tmp_path / name).read_bytes() == server.image, f"{name}'s disk is not the image"
+    return stats
+
+
+def test_a_fleet_gets_the_image_with_about_one_image_from_the_server(tmp_path):
+    server, tracker = Server(), Tracker()
+    names = [f"n{i}" for i in range(6)]
+    stats = run_fleet(tmp_path, server, tracker, names)
+    size = len(server.image)
+    assert server.sent <= 2 * size, f"the server sent {server.sent / size:.2f} images for 6 nodes"
+    assert sum(s.from_peers for s in stats.values()) >= 3 * size, "the peers did not carry the fleet"
+    assert sum(s.from_server + s.from_peers for s in stats.values()) == len(names) * size
+    assert all(not s.dropped for s in stats.values()), "no peer misbehaved, none should be dropped"
+
+
+@contextmanager
+def rogue_peer(mode: str) -> Iterator[int]:
+    """A peer on loopback that claims every chunk and serves each ``corrupt`` (a flipped byte) or
+    ``stall`` (accepts, reads the request, sends nothing); its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.recv(4096)
+            if mode == "stall":
+                held.append(conn)  # kept open, silent, until the test ends
+                continue
+            body = os.urandom(CHUNK)
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            try:
+                conn.sendall(head.encode() + body)
+            finally:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("mode", ["corrupt", "stall"])
+def test_a_peer_that_serves_bad_chunks_or_stalls_is_dropped_and_every_node_is_right(tmp_path, mode):
+    server = Server()
+    tracker = Tracker()
+    with rogue_peer(mode) as port:
+        # It announces everything: the rarest-first choice sends every agent to it early.
+        tracker.announce("image", COUNT, "rogue", "127.0.0.1", port, list(range(COUNT)))
+        stats = run_fleet(tmp_path, server, tracker, ["n1", "n2", "n3"])
+    for name, s in stats.items():
+        assert any(f":{port}:" in why for why in s.dropped), f"{name} kept the {mode} peer"
+    assert server.sent <= 3 * len(server.image)
+
+
+def test_without_a_tracker_every_chunk_comes_from_the_server(tmp_path):
+    server = Server()
+
+    def unreachable(have: list[int], port: int, dropped: list[tuple[str, int]]) -> dict[str, object]:
+        raise ConnectionRefusedError("no route to the tracker")
+
+    exchange = swarm.Exchange(server.chunks, server.fetch, unreachable, "127.0.0.1", announce_every=0.1)
+    path = tmp_path / "disk"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        stats = exchange.deliver(fd, str(path))
+    finally:
+        os.close(fd)
+        exchange.close(linger=0)
+    assert path.read_bytes() == server.image
+    assert stats.from_server == server.sent == len(server.image) and stats.from_peers == 0
+
+
+def test_peers_that_cannot_be_reached_leave_the_node_to_the_server(tmp_path):
+    """The tracker lists a peer that holds everything but cannot be connected to: the node leaves it alone
+    (and drops it at the third failure) and fetches from the server once it has waited `stall` seconds
+    without progress."""
+    server = Server(count=4)
+    tracker = Tracker()
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there any more: connections are refused
+    tracker.announce("image", 4, "gone", "127.0.0.1", port, [0, 1, 2, 3])
+    exchange = swarm.Exchange(
+        server.chunks, server.fetch, announcer(tracker, "n1", 4), "127.0.0.1", announce_every=0.1,
+        stall=0.5,
+    )  # fmt: skip
+    path = tmp_path / "disk"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        stats = exchange.deliver(fd, str(path))
+    finally:
+        os.close(fd)
+        exchange.close(linger=0)
+    assert path.read_bytes() == server.image
+    assert stats.from_server == len(server.image)
+    gone = swarm.Peer("127.0.0.1", port)
+    assert exchange.strikes.get(gone) or gone in exchange.dropped, "the unreachable peer was tried"
+
+
+def test_a_server_chunk_that_does_not_match_fails_the_delivery(tmp_path):
+    server = Server(count=2)
+    bad = swarm.Chunk(0, CHUNK, sha(b"something else"))
+    exchange = swarm.Exchange([bad, server.chunks[1]], server.fetch, None, "127.0.0.1")
+    path = tmp_path / "disk"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(OSError, match="does not match"):
+            exchange.deliver(fd, str(path))
+    finally:
+        os.close(fd)
+        exchange.close(linger=0)
+    assert path.read_bytes()[:CHUNK] != server.data[0], "nothing unverified is written"
+
+
+def test_the_tracker_hands_out_each_chunk_from_the_server_once_a_few_at_a_time():
+    now = [0.0]
+    tracker = Tracker(clock=lambda: now[0], slots=2, grant_seconds=30, peer_seconds=100)
+    seeds = [tracker.announce("img", 4, f"n{i}", "10.0.0.1", 7070, [])["seed"] for i in range(4)]
+    assert seeds == [[0], [1], [], []], "two slots: two chunks handed out, to two agents"
+    again = tracker.announce("img", 4, "n0", "10.0.0.1", 7070, [])
+    assert again["seed"] == [0], "a hand-out stays with its agent until it reports the chunk"
+    done = tracker.announce("img", 4, "n0", "10.0.0.1", 7070, [0])
+    assert done["seed"] == [2] and done["missing"]
+    assert {p["address"] for p in done["peers"]} == {"10.0.0.1"} and len(done["peers"]) == 3
+    now[0] = 31.0  # n1 never reported chunk 1: it is handed out again, to whoever asks
+    assert tracker.announce("img", 4, "n2", "10.0.0.1", 7070, [])["seed"] == [1]
+    assert tracker.announce("img", 4, "n3", "10.0.0.1", 7070, [])["seed"] == [2], "n0's expired too"
+    assert tracker.announce("img", 4, "n0", "10.0.0.1", 7070, [0])["seed"] == [], "both slots taken"
+
+
+def test_a_work_answer_without_peers_makes_no_exchange_and_one_with_peers_does(tmp_path):
+    data = os.urandom(CHUNK)
+    plain = DiskImage(CHUNK, (Extent(0, CHUNK, sha(data)),), False, "chunks/{sha256}")
+
+    def fetch(artifact: Artifact, sink: object) -> str:
+        raise AssertionError("not called")
+
+    assert exchange_for(plain, fetch, lambda *a: {}) is None
+    exchange = exchange_for(plain._replace(peers=("peers", 0)), fetch, lambda *a: {})
+    assert exchange is not None
+    exchange.close(linger=0)
+
+
+def test_write_image_through_the_exchange_fails_as_a_write_disk_error(tmp_path):
+    """A server that fails mid-deploy is the deploy's error (phase write-disk), as without peers."""
+    data = os.urandom(CHUNK)
+    image = DiskImage(CHUNK, (Extent(0, CHUNK, sha(data)),), False, "chunks/{sha256}", ("peers", 0))
+
+    def failing(artifact: Artifact, sink: object) -> str:
+        raise OSError("connection reset")
+
+    exchange = exchange_for(image, failing, lambda *a: {"peers": [], "seed": [0]})
+    disk = tmp_path / "vda"
+    disk.write_bytes(bytes(2 * CHUNK))
+    with pytest.raises(AgentError, match="connection reset") as raised:
+        write_image(image, Disk("vda", str(disk), 2 * CHUNK), failing, lambda d, t: None, exchange)
+    assert raised.value.phase == "write-disk"
+
+
+def test_the_tracker_lists_no_dropped_peer_and_hands_out_what_only_it_holds():
+    tracker = Tracker()
+    tracker.announce("img", 2, "liar", "10.0.0.9", 7070, [0, 1])
+    first = tracker.announce("img", 2, "n1", "10.0.0.1", 7070, [])
+    assert first["seed"] == [] and [p["address"] for p in first["peers"]] == ["10.0.0.9"]
+    after = tracker.announce("img", 2, "n1", "10.0.0.1", 7070, [], [("10.0.0.9", 7070)])
+    assert after["peers"] == [] and after["seed"] == [0]
+
+
+def test_agents_of_different_images_are_not_each_others_peers():
+    tracker = Tracker()
+    tracker.announce("a", 2, "n1", "10.0.0.1", 7070, [0])
+    assert tracker.announce("b", 2, "n2", "10.0.0.2", 7070, [])["peers"] == []
+    assert [p["address"] for p in tracker.announce("a", 2, "n3", "10.0.0.3", 7070, [])["peers"]] == [
+        "10.0.0.1"
+    ]
