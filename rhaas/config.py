@@ -161,8 +161,9 @@ class ProvisioningSettings(Section):
     #: Agents deploying the same whole-disk image exchange its chunks with each other (each serves what it
     #: has verified, in plain HTTP on ``peer_port`` of its provisioning-network address), and a tracker on
     #: the agents' listener tells them of each other: the server sends about one image per fleet deploy
-    #: instead of one per node. Off: every agent fetches every chunk from the server.
-    peer_exchange: bool = True
+    #: instead of one per node. Off (the default, until it has been proven on the lab's nodes): every agent
+    #: fetches every chunk from the server.
+    peer_exchange: bool = False
     peer_port: int = Field(default=7070, gt=0, lt=65536)
 
     @field_validator("agent_listen", "boot_listen")

@@ -158,6 +158,7 @@ def prov(db_url: str, return_path: str) -> Iterator[Api]:
         "provisioning__reboot_timeout": 3.0,
         "provisioning__tick_seconds": 0.05,
         "provisioning__return_path": return_path,
+        "provisioning__peer_exchange": True,  # off by default; its tracker is part of what these prove
     }
     with make_api(db_url, **overrides) as api:
         populate_site(api)
