@@ -16,12 +16,14 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -280,3 +282,22 @@ __all__ = [
     "NodeIsOff",
     "write_atomically",
 ]
+
+
+class Server(Protocol):
+    """A BMC's server loop: `serve_forever` until `request_stop` (callable from a signal handler)."""
+
+    def serve_forever(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
+def serve_until_signalled(bmc: Server) -> None:
+    """Serve in this thread until SIGTERM or SIGINT asks the BMC to stop (either protocol's BMC)."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        bmc.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    bmc.serve_forever()

@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import ssl
 import threading
 import uuid
@@ -54,10 +53,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from rhaas.lab.machine import FakeMachine, Machine, NodeControl, NodeIsOff
+from rhaas.lab.machine import FakeMachine, Machine, NodeControl, NodeIsOff, serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -544,17 +542,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     serve_until_signalled(bmc)
     return 0
-
-
-def serve_until_signalled(bmc: RedfishBMC) -> None:
-    """Serve in this thread until SIGTERM or SIGINT asks the BMC to stop."""
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        bmc.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    bmc.serve_forever()
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
@@ -37,7 +35,15 @@ import pyghmi.ipmi.private.constants as ipmi_constants
 import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as ipmisession
 
-from rhaas.lab.machine import BOOT_DEVICES, BMCState, FakeMachine, Machine, NodeControl, NodeIsOff
+from rhaas.lab.machine import (
+    BOOT_DEVICES,
+    BMCState,
+    FakeMachine,
+    Machine,
+    NodeControl,
+    NodeIsOff,
+    serve_until_signalled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -411,17 +417,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve_until_signalled(bmc)
     return 0
-
-
-def serve_until_signalled(bmc: VirtualBMC) -> None:
-    """Serve in this thread until SIGTERM or SIGINT asks the BMC to stop."""
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        bmc.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    bmc.serve_forever()
 
 
 if __name__ == "__main__":
