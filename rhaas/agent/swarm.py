@@ -37,15 +37,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import random
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rhaas.agent import wire
 from rhaas.agent.system import log
+
+if TYPE_CHECKING:
+    import random
 
 #: Seconds between two announcements to the tracker; sooner when a chunk is done or this agent has nothing
 #: to fetch, but never more often than every `ANNOUNCE_AT_MOST` seconds.
@@ -118,7 +120,13 @@ class Exchange:
         self.peer_timeout = peer_timeout
         self.stall = stall
         self.announce_every = announce_every
-        self.rng = rng or random.Random()
+        if rng is None:
+            # Here, not at import: random seeds itself from os.urandom, which in a just-booted FPBL waits
+            # for the kernel's pool (tests/test_agent_wire.py keeps the agent's imports free of it).
+            import random
+
+            rng = random.Random()
+        self.rng = rng
         self.cond = threading.Condition()
         self.have: set[int] = set()
         self.busy: set[int] = set()  # being fetched
