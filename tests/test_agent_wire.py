@@ -3,6 +3,7 @@ that the FPBL ships every module of it."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -50,6 +51,16 @@ class RawServer:
                 self.requests.append(head + b"\r\n\r\n" + rest)
                 conn.sendall(self.answers.pop(0))
 
+    def close(self) -> None:
+        """Stop the thread before the socket goes: a thread still blocked in accept() on a closed socket
+        would accept on whatever socket reuses its file descriptor (seen: a later test's server lost a
+        connection to it)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self.thread.join(5)
+        self.sock.close()
+        assert not self.thread.is_alive()
+
     def get(self, answer: bytes, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
         self.answers.append(answer)
         with wire.request(method, "127.0.0.1", self.port, "/x?y=1", {"Authorization": "Bearer s"}, body,
@@ -61,7 +72,7 @@ class RawServer:
 def raw() -> Iterator[RawServer]:
     server = RawServer()
     yield server
-    server.sock.close()
+    server.close()
 
 
 def test_content_length_body_and_the_request_sent(raw):

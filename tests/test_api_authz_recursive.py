@@ -123,16 +123,17 @@ RECURSIVE: dict[tuple[str, str], list[Case]] = {
     ],
     ("DELETE", "/image/img1"): [Case("DELETE", "/image/img2", None, "member", 200, why=f"img1: {SHARED}")],
     ("PUT", "/node/n2/fpbl"): [Case("PUT", "/node/n7/fpbl", {}, "admin", 200, why=f"n2: {SHARED}")],
-    # n3 is deploying by the case before (one site for every case); n6 of p1 is not enrolled: the
-    # member's call is refused for that, after the other roles' for their access.
+    # n3 is deploying by the provision case before (one site for every case; n6, p1's other node, left p1
+    # by the detach_node case above): the member's call is refused for that, after the other roles' for
+    # their access.
     ("POST", "/provision_group"): [
         Case(
             "POST",
             "/provision_group",
-            {"nodes": ["n6"], "image": "img1"},
+            {"nodes": ["n3"], "image": "img1"},
             "member",
             409,
-            "IllegalStateError",
+            "BlockedError",
             why=f"n3: {SHARED}",
         )
     ],
