@@ -54,6 +54,17 @@ def announcer(tracker: Tracker, name: str, count: int) -> swarm.Announce:
     return announce
 
 
+def deliver_into(exchange: swarm.Exchange, path: Path, linger: float = 0) -> swarm.Stats:
+    """Deliver the image into the new file ``path`` as a disk; the exchange serves peers ``linger`` s more."""
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        return exchange.deliver(fd, str(path))
+    finally:
+        os.close(fd)
+        exchange.close(linger=linger)
+
+
 def run_fleet(tmp_path: Path, server: Server, tracker: Tracker, names: list[str]) -> dict[str, swarm.Stats]:
     """Every agent delivers the image into a file of its own, all at once; their stats, once all have
     delivered and stopped serving (each serves until no peer lacks a chunk)."""
@@ -68,16 +79,10 @@ def run_fleet(tmp_path: Path, server: Server, tracker: Tracker, names: list[str]
     }  # fmt: skip
 
     def run(name: str) -> None:
-        path = tmp_path / name
-        path.write_bytes(b"")
-        fd = os.open(path, os.O_WRONLY)
         try:
-            stats[name] = exchanges[name].deliver(fd, str(path))
+            stats[name] = deliver_into(exchanges[name], tmp_path / name, linger=10)
         except BaseException as exc:  # noqa: BLE001 - raised in the test's thread
             errors.append(exc)
-        finally:
-            os.close(fd)
-            exchanges[name].close(linger=10)
 
     threads = [threading.Thread(target=run, args=(n,)) for n in names]
     for t in threads:
@@ -164,13 +169,7 @@ def test_without_a_tracker_every_chunk_comes_from_the_server(tmp_path):
 
     exchange = swarm.Exchange(server.chunks, server.fetch, unreachable, "127.0.0.1", announce_every=0.1)
     path = tmp_path / "disk"
-    path.write_bytes(b"")
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        stats = exchange.deliver(fd, str(path))
-    finally:
-        os.close(fd)
-        exchange.close(linger=0)
+    stats = deliver_into(exchange, path)
     assert path.read_bytes() == server.image
     assert stats.from_server == server.sent == len(server.image) and stats.from_peers == 0
 
@@ -190,13 +189,7 @@ def test_peers_that_cannot_be_reached_leave_the_node_to_the_server(tmp_path):
         stall=0.5,
     )  # fmt: skip
     path = tmp_path / "disk"
-    path.write_bytes(b"")
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        stats = exchange.deliver(fd, str(path))
-    finally:
-        os.close(fd)
-        exchange.close(linger=0)
+    stats = deliver_into(exchange, path)
     assert path.read_bytes() == server.image
     assert stats.from_server == len(server.image)
     gone = swarm.Peer("127.0.0.1", port)
@@ -208,14 +201,8 @@ def test_a_server_chunk_that_does_not_match_fails_the_delivery(tmp_path):
     bad = swarm.Chunk(0, CHUNK, sha(b"something else"))
     exchange = swarm.Exchange([bad, server.chunks[1]], server.fetch, None, "127.0.0.1")
     path = tmp_path / "disk"
-    path.write_bytes(b"")
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        with pytest.raises(OSError, match="does not match"):
-            exchange.deliver(fd, str(path))
-    finally:
-        os.close(fd)
-        exchange.close(linger=0)
+    with pytest.raises(OSError, match="does not match"):
+        deliver_into(exchange, path)
     assert path.read_bytes()[:CHUNK] != server.data[0], "nothing unverified is written"
 
 
