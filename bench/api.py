@@ -15,13 +15,12 @@ import json
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psycopg
+from benchdb import database  # bench/ is on sys.path: this file runs as a script
 
 from rhaas.lab.servers import Server
 
@@ -133,24 +132,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="rhaas-bench-") as tmp:
-        pg_db = None
-        if args.database:
-            pg_db = f"rhaas_bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(args.database, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{pg_db}"')
-            url = args.database.rsplit("/", 1)[0] + "/" + pg_db
-        else:
-            url = f"sqlite:///{tmp}/bench.sqlite3"
+    with tempfile.TemporaryDirectory(prefix="rhaas-bench-") as tmp, database(args.database, Path(tmp)) as url:
         server = Server(url, Path(tmp) / "server.log", "--vlans", "100-999").start()
         try:
             setup = populate(server, args.nodes)
             results = run(server, args.nodes, args.rounds)
         finally:
             server.stop()
-            if pg_db:
-                with psycopg.connect(args.database, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
     backend = "postgresql" if args.database else "sqlite"
     if args.json:
         print(json.dumps({"database": backend, "nodes": args.nodes, "register_s": setup, "results": results}))

@@ -28,12 +28,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
+from benchdb import database  # bench/ is on sys.path: this file runs as a script
 
 from rhaas.client import Client
 from rhaas.client.diskimage import CHUNK_SIZE, open_disk_image
@@ -86,21 +83,6 @@ def read_only(path: Path) -> float:
             logical.update(window)
             offset += len(window)
     return time.perf_counter() - started
-
-
-@contextmanager
-def database(url: str | None, workdir: Path) -> Iterator[str]:
-    if url is None or not url.startswith("postgresql"):
-        yield url or f"sqlite:///{workdir / 'bench.sqlite3'}"
-        return
-    name = f"rhaas_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:
