@@ -7,6 +7,7 @@ into partitions with ``dd conv=notrunc``. Nothing is mounted. The tools come fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,15 @@ from pathlib import Path
 
 TOOLS = ("mkfs.ext4", "mkfs.xfs", "mkfs.vfat", "mcopy", "mmd", "sfdisk", "blkid", "cryptsetup", "mkfs.btrfs")
 MIB = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's whole content, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def require_tools() -> None:

@@ -21,6 +21,7 @@ from alembic import command
 from api_helpers import Caller
 from click.testing import CliRunner
 from dbdump import dump
+from disk_images import file_sha256
 from sqlalchemy import func, select
 
 from rhaas.cli.common import CliState
@@ -57,14 +58,6 @@ def make_disk(path: Path, seed: bytes = b"") -> Path:
         f.seek(13 * MIB)
         f.write(bytes(MIB))
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MIB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def windows_of(path: Path) -> list[tuple[int, bytes]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from api_helpers import make_api
+from disk_images import file_sha256
 from scaleout import fresh_database
 
 from rhaas.client import Client
@@ -39,14 +40,6 @@ def make_disk(path: Path) -> Path:
             f.seek(offset)
             f.write(os.urandom(length))
     return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MIB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def settings_file(path: Path, server: Server) -> Path:
@@ -89,7 +82,7 @@ def test_an_image_registered_on_one_api_server_is_provisioned_through_another(db
             with Client(first.url, "alice", "alicepw") as one:
                 one.project.connect("p1", "n1")
                 registered = one.image.register_disk("shared", disk, project="p1")
-            assert registered["logical_sha256"] == sha256_of(disk)
+            assert registered["logical_sha256"] == file_sha256(disk)
             with Client(second.url, "alice", "alicepw") as two:
                 group = two.node.provision_group(["n1"], "shared")
             job = group["jobs"]["n1"]
@@ -110,7 +103,7 @@ def test_an_image_registered_on_one_api_server_is_provisioned_through_another(db
                     assert hashlib.sha256(response.content).hexdigest() == extent["sha256"]
                     f.seek(extent["offset"])
                     f.write(response.content)
-            assert sha256_of(out) == sha256_of(disk)
+            assert file_sha256(out) == file_sha256(disk)
             # A chunk that is no part of this deploy is refused.
             assert agent.get(f"/chunks/{hashlib.sha256(b'other').hexdigest()}").status_code == 404
 
@@ -152,7 +145,7 @@ def test_the_image_store_survives_a_backup_and_restore_of_the_database(db_url, t
         with Client("http://testserver", "admin", "adminpw", http=api.client) as admin:
             registered = admin.image.register_disk("kept", disk, project="p1")
             manifest = admin.image.manifest("kept")
-    assert registered["logical_sha256"] == sha256_of(disk)
+    assert registered["logical_sha256"] == file_sha256(disk)
     assert len(manifest["extents"]) >= 3
 
     if db_url.startswith("postgresql"):
@@ -169,4 +162,4 @@ def test_the_image_store_survives_a_backup_and_restore_of_the_database(db_url, t
                 assert hashlib.sha256(response.content).hexdigest() == extent["sha256"]
             out = tmp_path / "restored.raw"
             c.image.export_disk("kept", out)
-    assert sha256_of(out) == sha256_of(disk) == registered["logical_sha256"]
+    assert file_sha256(out) == file_sha256(disk) == registered["logical_sha256"]
