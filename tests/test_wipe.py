@@ -5,6 +5,8 @@ same on a node's real disk."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,63 @@ def test_the_work_answer_names_the_verification_and_an_older_server_gets_a_full_
     assert parse_work({"action": "wipe", "job": "j2", "policy": "metadata"}).verify == "full"
     with pytest.raises(ProtocolError, match="unknown verify mode"):
         parse_work({"action": "wipe", "job": "j3", "policy": "full", "verify": "none"})
+
+
+@pytest.fixture
+def loop_disk(tmp_path):
+    """A 200 MiB loop device (root) planted with nonces every 10 MiB; detached after the test."""
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("a loop device needs root and losetup")
+    path = tmp_path / "disk"
+    size = 200 * dk.MIB
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset in range(0, size, 10 * dk.MIB):
+            f.seek(offset + 4096)
+            f.write(b"NONCE-%d" % offset)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        yield dk.Disk(Path(loop).name, loop, size, ()), path
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=False)
+
+
+def _spy_ioctl(monkeypatch, fail_from: int | None = None) -> list[tuple[int, int]]:
+    """Record every BLKZEROOUT range; from call ``fail_from`` on, the device 'cannot'."""
+    calls: list[tuple[int, int]] = []
+    real = dk._ioctl_range
+
+    def spy(fd: int, request: int, offset: int, length: int) -> bool:
+        calls.append((offset, length))
+        if fail_from is not None and len(calls) > fail_from:
+            return False
+        return real(fd, request, offset, length)
+
+    monkeypatch.setattr(dk, "_ioctl_range", spy)
+    return calls
+
+
+def test_a_block_device_is_zeroed_by_the_device_a_bounded_step_at_a_time(loop_disk, monkeypatch):
+    # One BLKZEROOUT over a whole disk queues every command at once: on a slow NVMe device the last ones
+    # outlived the driver's I/O timeout, the controller was reset and the wipe failed (ENOSPC).
+    disk, path = loop_disk
+    calls = _spy_ioctl(monkeypatch)
+    seen: list[int] = []
+    wiped = dk.wipe(disk, "full", lambda done, total: seen.append(done))
+    assert wiped.how == "zeroed by the device (BLKZEROOUT)"
+    assert max(length for _, length in calls) <= dk.DEVICE_STEP
+    assert sum(length for _, length in calls) == disk.size
+    assert len(seen) >= disk.size // dk.DEVICE_STEP, "progress after each step"
+    assert b"NONCE" not in path.read_bytes()
+
+
+def test_what_the_device_could_not_zero_is_written_with_zeros(loop_disk, monkeypatch):
+    disk, path = loop_disk
+    calls = _spy_ioctl(monkeypatch, fail_from=1)
+    wiped = dk.wipe(disk, "full")
+    assert wiped.how == "written with zeros"
+    assert calls[0] == (0, dk.DEVICE_STEP) and len(calls) == 2, calls
+    assert b"NONCE" not in path.read_bytes()
+    assert dk.verify_zero(disk.path, [(0, disk.size)]) == disk.size

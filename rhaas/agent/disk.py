@@ -42,6 +42,10 @@ SAMPLES = 64
 SAMPLE_BYTES = 256 << 10
 BLKZEROOUT = 0x127F
 BLKDISCARD = 0x1277
+#: The most one BLKZEROOUT or BLKDISCARD asks of the device. A call per step lets the wipe report its
+#: progress (one call over a whole disk says nothing for as long as the device takes), and a device that
+#: fails part way has the rest written by the agent rather than the whole disk again.
+DEVICE_STEP = 64 * MIB
 BLKRRPART = 0x125F
 BLKFLSBUF = 0x1261
 _SKIP_PREFIXES = ("loop", "ram", "zram", "sr", "fd", "nbd", "dm-", "md")
@@ -195,7 +199,7 @@ def wipe(disk: Disk, policy: str, progress: Progress | None = None) -> Wiped:
     fd = os.open(disk.path, os.O_RDWR)
     try:
         block = stat.S_ISBLK(os.fstat(fd).st_mode)
-        if policy == "discard" and block and _ioctl_range(fd, BLKDISCARD, 0, disk.size):
+        if policy == "discard" and block and _by_device(fd, BLKDISCARD, 0, disk.size) == disk.size:
             _drop_cache(fd)
             rewritten = _zero_what_is_not(fd, disk, progress)
             how = f"discarded; {rewritten} bytes still held data and were written with zeros"
@@ -227,11 +231,14 @@ def _zero(fd: int, path: str, regions: list[tuple[int, int]], block: bool, total
     """Zero ``regions``: True if the device did it all (BLKZEROOUT), False if any was written."""
     done, by_device = 0, True
     for offset, length in regions:
-        if block and _ioctl_range(fd, BLKZEROOUT, offset, length):
-            done += length
-            continue
-        by_device = False
         end = offset + length
+        if block:  # the device zeroes what it can; whatever it could not is written below
+            zeroed = _by_device(fd, BLKZEROOUT, offset, length, progress, done, total)
+            done += zeroed
+            offset += zeroed
+            if offset == end:
+                continue
+        by_device = False
         while offset < end:
             n = min(CHUNK, end - offset)
             if os.pwrite(fd, _ZERO[:n], offset) != n:
@@ -263,6 +270,24 @@ def _zero_what_is_not(fd: int, disk: Disk, progress: Progress | None) -> int:
 def _drop_cache(fd: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.ioctl(fd, BLKFLSBUF)  # read from the device, not from the page cache
+
+
+def _by_device(
+    fd: int, request: int, offset: int, length: int,
+    progress: Progress | None = None, before: int = 0, total: int = 0,
+) -> int:  # fmt: skip
+    """BLKZEROOUT or BLKDISCARD over ``length`` bytes from ``offset``, `DEVICE_STEP` at a time; the bytes
+    done before the first step the device could not do (``length`` if it did them all). ``progress`` is
+    told ``before`` + the bytes done so far, of ``total``, after each step."""
+    done = 0
+    while done < length:
+        step = min(DEVICE_STEP, length - done)
+        if not _ioctl_range(fd, request, offset + done, step):
+            break
+        done += step
+        if progress:
+            progress(before + done, total)
+    return done
 
 
 def _ioctl_range(fd: int, request: int, offset: int, length: int) -> bool:
