@@ -41,6 +41,7 @@ Example ``rhaas.toml``::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -158,6 +159,10 @@ class ProvisioningSettings(Section):
     boot_url: str | None = None
     #: The FPBL the boot routes serve: the directory ``rhaas-admin fpbl build --out`` wrote.
     fpbl_dir: str | None = None
+    #: More kernel parameters for the FPBL, after its own; the return FPBL inherits them. A server's serial
+    #: console (``console=ttyS1,115200n8``), a driver's options (``MODULE.PARAM=VALUE``: the FPBL gives
+    #: them to the module as modprobe does). Words of letters, digits and ``_.,:/=+@-``; no ``rhaas.*``.
+    fpbl_args: str = Field(default="", max_length=1024)
     #: Agents deploying the same whole-disk image exchange its chunks with each other (each serves what it
     #: has verified, in plain HTTP on ``peer_port`` of its provisioning-network address), and a tracker on
     #: the agents' listener tells them of each other: the server sends about one image per fleet deploy
@@ -166,12 +171,29 @@ class ProvisioningSettings(Section):
     peer_exchange: bool = False
     peer_port: int = Field(default=7070, gt=0, lt=65536)
 
+    @field_validator("fpbl_args")
+    @classmethod
+    def _kernel_words(cls, value: str) -> str:
+        if any(c.isspace() and c != " " for c in value):
+            raise ValueError("[provisioning] fpbl_args: one line, its words separated by spaces")
+        for word in value.split():
+            if not _KERNEL_WORD.fullmatch(word) or word.startswith("rhaas."):
+                raise ValueError(
+                    f"[provisioning] fpbl_args: {word[:40]!r} is not a kernel parameter it takes (words of "
+                    "letters, digits and _.,:/=+@-, none of them rhaas.*)"
+                )
+        return " ".join(value.split())
+
     @field_validator("agent_listen", "boot_listen")
     @classmethod
     def _host_port(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
             split_listen(value, str(info.field_name))
         return value
+
+
+#: One kernel parameter ``fpbl_args`` may hold: nothing an iPXE script or a shell would read as more.
+_KERNEL_WORD = re.compile(r"[A-Za-z0-9_.,:/=+@-]+")
 
 
 def split_listen(value: str, setting: str = "agent_listen") -> tuple[str, int]:

@@ -140,6 +140,15 @@ def test_main_reports_what_it_loaded_and_what_failed(tmp_path, monkeypatch, caps
     assert "RHAAS-FPBL coldplug: no table" in capsys.readouterr().out
 
 
+def test_a_module_gets_its_options_from_the_kernel_command_line_as_modprobe_gives_them():
+    cmdline = "console=ttyS0 nvme.io_queue_depth=2 nvme_core.io_timeout=60 ixgbe.allow-unsupported_sfp=1 n.y"
+    assert cp.module_options("nvme", cmdline) == ["io_queue_depth=2"]
+    assert cp.module_options("nvme_core", cmdline) == ["io_timeout=60"]
+    assert cp.module_options("nvme-core", cmdline) == ["io_timeout=60"], "- and _ are one"
+    assert cp.module_options("ixgbe", cmdline) == ["allow-unsupported_sfp=1"]
+    assert cp.module_options("e1000e", cmdline) == []
+
+
 def test_parse_modinfo_reads_aliases_depends_and_firmware():
     text = (
         "filename:       /x/ice.ko\nfirmware:       intel/ice/ddp/ice.pkg\n"

@@ -35,6 +35,16 @@ def _console(path: str, offset: int = 0) -> str:
     return Path(path).read_bytes()[offset:].decode(errors="replace")
 
 
+def _wait_ready(admin: Client, name: str, console: str) -> None:
+    """Wait until ``name`` is ready; on timeout, fail with its last job's phases and its console's tail."""
+    try:
+        wait_for(f"{name} ready again", lambda: _state(admin, name) == "ready", BOOT_TIMEOUT)
+    except TimeoutError as e:
+        job = admin.node.provisioning(name)["jobs"][-1]
+        tail = _console(console)[-3000:]
+        raise AssertionError(f"{e}; last job {job}; console ends:\n{tail}") from e
+
+
 #: The lab's hardware: (``lab up`` options, FPBL flavour, test OS flavour). ``servers``: a UEFI node with an
 #: e1000e NIC and an NVMe disk behind a Redfish BMC, and a BIOS node with an e1000 NIC and a MegaRAID disk
 #: behind an IPMI BMC, running the generic FPBL (coldplug) and customer OSes on Debian's generic kernel.
@@ -118,7 +128,7 @@ def test_network_boot_deploy_return_and_reassign_on_the_lab(
             alice.wait_networking_action(alice.node.detach_network(name, "eth0", "anet")["status_id"])
             alice.project.detach("a", name)
         for name in nodes:
-            wait_for(f"{name} ready again", lambda n=name: _state(admin, n) == "ready", BOOT_TIMEOUT)
+            _wait_ready(admin, name, nodes[name]["console"])
             ret = admin.node.provisioning(name)["jobs"][-1]
             assert (ret["kind"], ret["status"], ret["path"]) == ("return", "DONE", "fast"), ret
             assert ("verify-wipe", "done") in {(p["phase"], p["state"]) for p in ret["phases"]}

@@ -174,3 +174,23 @@ def test_enrolment_needs_the_provisioning_network_to_exist(db_url, tmp_path):
         msg = api.admin.error("PUT", "/node/n1/fpbl", {}, 404, "NotFoundError")
         assert "nope" in msg
         assert dump(api.sessions) == before
+
+
+def test_fpbl_args_follow_the_fpbls_own_command_line_in_the_boot_script(db_url, tmp_path):
+    extra = "console=ttyS1,115200n8 nvme.io_queue_depth=2"
+    with network_boot_site(db_url, tmp_path / "fpbl", provisioning__fpbl_args=f" {extra}  ") as api:
+        api.admin.ok("PUT", "/node/n1/fpbl", {})
+        script = api.agent.get(f"/boot/v1/ipxe/{MAC1}").text
+    assert f"initrd=initrd console=ttyS0 quiet {extra} rhaas." in script, script
+
+
+@pytest.mark.parametrize(
+    "args", ["rhaas.secret=x", "a\nchain http://evil/", "init=/bin/sh;reboot", "x" * 1025, "quiet 'x y'"]
+)
+def test_fpbl_args_that_are_not_plain_kernel_parameters_are_refused(args):
+    from pydantic import ValidationError
+
+    from rhaas.config import ProvisioningSettings
+
+    with pytest.raises(ValidationError, match="fpbl_args"):
+        ProvisioningSettings(fpbl_args=args)

@@ -136,9 +136,31 @@ def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:
         return set()
 
 
+def module_options(name: str, cmdline: str) -> list[str]:
+    """The ``name.param=value`` words of the kernel command line, as ``param=value`` (what modprobe
+    passes: the kernel applies such words only to built-in drivers). ``-`` and ``_`` are the same."""
+    prefix = name.replace("-", "_") + "."
+    options = []
+    for word in cmdline.split():
+        module, dot, option = word.partition(".")
+        if dot and option and module.replace("-", "_") + "." == prefix and "=" in option:
+            options.append(option)
+    return options
+
+
+def _cmdline() -> str:
+    try:
+        with open("/proc/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def insmod(name: str) -> str | None:
-    """Load ``/lib/modules/<name>.ko``; None, or the error's text."""
-    done = subprocess.run(["insmod", os.path.join(MODULE_DIR, f"{name}.ko")], capture_output=True, text=True)
+    """Load ``/lib/modules/<name>.ko`` with its options from the kernel command line; None, or the
+    error's text."""
+    path = os.path.join(MODULE_DIR, f"{name}.ko")
+    done = subprocess.run(["insmod", path, *module_options(name, _cmdline())], capture_output=True, text=True)
     return None if done.returncode == 0 else (done.stderr.strip() or f"exit status {done.returncode}")
 
 

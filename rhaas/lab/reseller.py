@@ -22,6 +22,7 @@ from pathlib import Path
 from rhaas.client import Client
 from rhaas.lab import procs
 from rhaas.lab.polling import wait_for
+from rhaas.lab.qemu import PROFILES
 from rhaas.lab.servers import Server
 from rhaas.lab.site import Lab
 
@@ -107,6 +108,10 @@ def start_reseller(
         "return_timeout": 240,
         **settings,
     }
+    # What the FPBL needs on the lab's hardware (the NVMe profile's workaround for QEMU's emulation).
+    needed = dict.fromkeys(w for n in record.nodes for w in PROFILES[n.profile].fpbl_args.split())
+    if needed and "fpbl_args" not in settings:
+        values["fpbl_args"] = " ".join(needed)
     config = workdir / f"{name}.toml"
     password = secrets.token_urlsafe(12)
     upstream = ["--upstream", record.endpoint, "--upstream-project", name, "--upstream-user", bot]

@@ -253,6 +253,7 @@ def boot_node(mac: str, request: Request, db: DB, state: State) -> Response:
         cmdline = load_exported(Path(settings.fpbl_dir or "")).cmdline
     except (OSError, ValueError, KeyError) as exc:
         raise IllegalStateError(f"The FPBL in [provisioning] fpbl_dir cannot be read: {exc}") from None
+    cmdline = f"{cmdline} {settings.fpbl_args}".strip()
     text = provisioning.boot_script(db, mac, base, agent_url, cmdline, state.agent_pin)
     return _script(text)
 
