@@ -1,6 +1,7 @@
 """Fast provisioning of a real distribution on the lab, against the same image booted straight from its disk.
 
-    .venv/bin/python bench/provision.py --image debian [--nodes 2] [--rounds 1] [--memory 1536] [--json]
+    .venv/bin/python bench/provision.py --image debian [--nodes 2] [--rounds 1] [--memory 1536] \
+        [--cpu qemu64|max] [--json]
 
 The lab's QEMU nodes (TCG, one vCPU) under the base instance; a reseller's recursive instance with fast
 provisioning holds them (`rhaas.lab.reseller`). The image is the lab's Debian 12 whole-disk image
@@ -45,8 +46,8 @@ NETWORK, PROJECT, IMAGE = "bnet", "bench", "debian12"
 
 
 class RealOsBench:
-    def __init__(self, workdir: Path, count: int, memory: int) -> None:
-        self.workdir, self.count, self.memory = workdir, count, memory
+    def __init__(self, workdir: Path, count: int, memory: int, cpu: str = "qemu64") -> None:
+        self.workdir, self.count, self.memory, self.cpu = workdir, count, memory, cpu
         self.lab = Lab(workdir / "lab")
         export(build_fpbl(), workdir / "fpbl")
         self.image = distro.build_debian("bookworm")
@@ -56,7 +57,7 @@ class RealOsBench:
         self.figures: dict[str, float] = {}
 
     def start(self) -> None:
-        self.lab.up(self.count, self.memory)
+        self.lab.up(self.count, self.memory, cpu=self.cpu)
         self.lab.headnode(HEADNODE, HEAD_IP)
         self.lab.headnode(DESK, DESK_IP)
         self.reseller = start_reseller(self.lab, HEADNODE, self.workdir / "fpbl", return_timeout=90,
@@ -111,7 +112,7 @@ class RealOsBench:
     def straight(self, index: int) -> float:
         """The same image booted by QEMU from a copy of its disk, same node shape, no rhaas → SSH."""
         node = Straight(self.image.disk, self.workdir / f"straight{index}", self.memory, self.key,
-                        self.pub.read_text())  # fmt: skip
+                        self.pub.read_text(), self.cpu)  # fmt: skip
         try:
             wait_for("SSH straight from the disk", node.answers, TIMEOUT, every=1)
             return time.monotonic() - node.started
@@ -137,7 +138,7 @@ class RealOsBench:
         self.lab.down()
 
 
-def run(nodes: int, rounds: int, memory: int) -> dict[str, Any]:
+def run(nodes: int, rounds: int, memory: int, cpu: str = "qemu64") -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     boots: dict[str, list[int]] = {}
 
@@ -145,7 +146,7 @@ def run(nodes: int, rounds: int, memory: int) -> dict[str, Any]:
         samples.setdefault(key, []).extend(values.values())
 
     with tempfile.TemporaryDirectory(prefix="rb-") as tmp:
-        bench = RealOsBench(Path(tmp), nodes, memory)
+        bench = RealOsBench(Path(tmp), nodes, memory, cpu)
         try:
             bench.start()
             one = bench.names[:1]
@@ -189,6 +190,7 @@ def run(nodes: int, rounds: int, memory: int) -> dict[str, Any]:
         "nodes": nodes,
         "rounds": rounds,
         "memory_mb": memory,
+        "cpu": cpu,
     }
     provision = medians["provision -> SSH answers, 1 node"]
     result["provision_over_straight"] = round(
@@ -209,13 +211,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nodes", type=int, default=2, choices=range(1, 5))
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--memory", type=int, default=1536, help="MB per node (and for the straight boot)")
+    parser.add_argument("--cpu", choices=["qemu64", "max"], default="qemu64",
+                        help="the vCPU of the nodes and of the straight boot (max: AES-NI...)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.nodes, args.rounds, args.memory)
+    result = run(args.nodes, args.rounds, args.memory, args.cpu)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"image: {result['image']}; register {result['register_s']} s")
+    print(f"image: {result['image']}; vCPU {result['cpu']}; register {result['register_s']} s")
     print(f"{'measure':<50} {'median s':>9}   samples")
     for key, value in result["medians_s"].items():
         print(f"{key:<50} {value:>9.1f}   {result['samples_s'][key]}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rhaas.lab import images
-from rhaas.lab.qemu import OVMF_CODE, PROFILES, QemuNode
+from rhaas.lab.qemu import CPU_MODELS, OVMF_CODE, PROFILES, QemuNode
 
 needs_qemu = [
     pytest.mark.qemu,
@@ -122,3 +122,4 @@ def test_the_cli_offers_the_labs_profiles():
     from rhaas.cli import lab as cli_lab
 
     assert tuple(PROFILES) == cli_lab.NODE_PROFILES
+    assert CPU_MODELS == cli_lab.CPU_MODELS

@@ -157,8 +157,13 @@ def test_command_line(tmp_path):
     assert "-nographic" in cmd and "-pidfile" in cmd and "-smp" in cmd
     assert cmd[cmd.index("-append") + 1] == "console=ttyS0"
     assert "kvm" in QemuNode("k", tmp_path, accel="kvm").command()
+    assert cmd[cmd.index("-cpu") + 1] == "qemu64", "QEMU's default, said out loud"
+    server = QemuNode("m", tmp_path, cpu="max").command()
+    assert server[server.index("-cpu") + 1] == "max"
     with pytest.raises(ValueError):
         QemuNode("bad name", tmp_path)
+    with pytest.raises(ValueError, match="cpu must be one of qemu64, max"):
+        QemuNode("c", tmp_path, cpu="host")
 
 
 def test_a_qemu_that_cannot_start_says_why(workdir, nodes):

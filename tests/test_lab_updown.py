@@ -135,7 +135,7 @@ def test_a_lab_of_mixed_servers_powers_each_node_on_through_its_bmc_with_its_har
     wd = ["--workdir", str(lab_dir)]
     try:
         rhaas("lab", "up", "--nodes", "3", "--profile", "uefi-nvme", "--profile", "bios-megasas",
-              "--bmc", "redfish", "--bmc", "ipmi", "--post", "2", *wd)  # fmt: skip
+              "--bmc", "redfish", "--bmc", "ipmi", "--post", "2", "--cpu", "max", *wd)  # fmt: skip
         status = {n["node"]: n for n in lab_status(lab_dir)["nodes"]}
         assert [status[n]["profile"] for n in ("n1", "n2", "n3")] == [
             "uefi-nvme",
@@ -143,6 +143,7 @@ def test_a_lab_of_mixed_servers_powers_each_node_on_through_its_bmc_with_its_har
             "uefi-nvme",
         ]
         assert {n["post_seconds"] for n in status.values()} == {2.0}
+        assert {n["cpu"] for n in status.values()} == {"max"}
         assert [status[n]["bmc_protocol"] for n in ("n1", "n2", "n3")] == ["redfish", "ipmi", "redfish"]
         env = _env(lab_dir)
         for node in ("n1", "n2"):  # through the base instance, its Redfish and IPMI drivers, the lab's BMCs
@@ -154,6 +155,7 @@ def test_a_lab_of_mixed_servers_powers_each_node_on_through_its_bmc_with_its_har
             for node in ("n1", "n2")
         }
         assert all("-S" in a for a in argv.values()), "held for their POST at power on"
+        assert all(a[a.index("-cpu") + 1] == "max" for a in argv.values())
         assert any("OVMF_CODE" in a for a in argv["n1"]) and any(a.startswith("nvme,") for a in argv["n1"])
         assert any(a.startswith("e1000e,") for a in argv["n1"])
         assert not any("OVMF_CODE" in a for a in argv["n2"]) and "megasas-gen2,id=raid0" in argv["n2"]

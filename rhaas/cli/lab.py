@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_HEADNODE_IP = "10.0.0.1/24"
 #: `rhaas.lab.qemu.PROFILES`, for the option's choices without loading the lab (a test keeps them equal).
 NODE_PROFILES = ("virtio", "uefi-nvme", "bios-megasas")
+#: `rhaas.lab.qemu.CPU_MODELS`, likewise.
+CPU_MODELS = ("qemu64", "max")
 
 workdir_option = click.option(
     "--workdir",
@@ -75,6 +77,8 @@ def lab() -> None:
     multiple=True,
     help="What the nodes' BMCs speak; repeat for a mix, given to the nodes in turn (default: ipmi).",
 )
+@click.option("--cpu", type=click.Choice(CPU_MODELS), default="qemu64", show_default=True,
+              help="The nodes' vCPU: qemu64 (QEMU's default) or max (AES-NI, AVX2: a server's).")  # fmt: skip
 @workdir_option
 def up(
     count: int,
@@ -83,12 +87,15 @@ def up(
     profiles: tuple[str, ...],
     post_seconds: float,
     bmcs: tuple[str, ...],
+    cpu: str,
     workdir: Path | None,
 ) -> None:
     """Start the switch, COUNT powered-off nodes with their BMCs and a base instance; register them."""
     the_lab = _lab(workdir)
     _run(
-        lambda: the_lab.up(count, memory, endpoint, profiles or ("virtio",), post_seconds, bmcs or ("ipmi",))
+        lambda: the_lab.up(
+            count, memory, endpoint, profiles or ("virtio",), post_seconds, bmcs or ("ipmi",), cpu
+        )
     )
     click.echo(the_lab.exports())
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rhaas.lab.qemu import PROFILES, QemuNode
+from rhaas.lab.qemu import CPU_MODELS, PROFILES, QemuNode
 from rhaas.lab.vbmc import VirtualBMC, serve_until_signalled
 
 PASSWORD_ENV = "RHAAS_LAB_BMC_PASSWORD"
@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--post-seconds", type=float, default=0.0, help="firmware hold at every firmware boot"
     )
+    parser.add_argument("--cpu", default="qemu64", choices=CPU_MODELS, help="the vCPU model")
     parser.add_argument(
         "--kernel", type=Path, help="boot this kernel directly instead of the firmware's order"
     )
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.node, args.workdir, netns=args.netns, memory_mb=args.memory, mac=args.mac, tap=args.tap,
         user_net=args.user_net, ssh_port=args.ssh_port, disk_size=args.disk_size, kernel=args.kernel,
         initrd=args.initrd, append_file=args.append_file, profile=args.profile,
-        post_seconds=args.post_seconds,
+        post_seconds=args.post_seconds, cpu=args.cpu,
     )  # fmt: skip
     if args.protocol == "redfish":
         from rhaas.lab import redfish

@@ -40,6 +40,10 @@ from typing import Any, Literal, get_args
 from rhaas.lab.qmpevents import ResetWatcher
 
 BootDevice = Literal["pxe", "disk", "none"]
+#: The vCPU models a lab node may have: QEMU's default ``qemu64`` (no SSSE3, AES-NI or AVX: crypto runs in
+#: plain software under the emulation), or ``max``, every instruction the emulator offers (AES-NI,
+#: PCLMULQDQ, AVX2 among them, as on a server).
+CPU_MODELS = ("qemu64", "max")
 Accel = Literal["tcg", "kvm"]
 
 #: ``-boot order=`` per boot device; ``none`` means "no override": the node's default order.
@@ -235,7 +239,10 @@ class QemuNode:
         qemu_binary: str = "qemu-system-x86_64",
         profile: str = "virtio",
         post_seconds: float = 0.0,
+        cpu: str = "qemu64",
     ) -> None:
+        if cpu not in CPU_MODELS:
+            raise ValueError(f"cpu must be one of {', '.join(CPU_MODELS)}, not {cpu!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ValueError(f"node name {name!r} may hold only letters, digits, '.', '_' and '-'")
         if accel not in get_args(Accel):
@@ -246,6 +253,7 @@ class QemuNode:
         self.workdir = Path(workdir).resolve()
         self.memory_mb = memory_mb
         self.smp = smp
+        self.cpu = cpu
         self.mac = mac or mac_for(name)
         self.tap = tap
         self.user_net = user_net
@@ -323,6 +331,7 @@ class QemuNode:
             "-accel", self.accel,
             "-m", str(self.memory_mb),
             "-smp", str(self.smp),
+            "-cpu", self.cpu,
             "-nodefaults",
             "-no-user-config",
             "-nographic",

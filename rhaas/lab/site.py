@@ -47,7 +47,7 @@ from rhaas.errors import DuplicateError
 from rhaas.lab import bootserver, netns, procs
 from rhaas.lab.daemon import PASSWORD_ENV, state_file
 from rhaas.lab.ovs import OVSDaemon
-from rhaas.lab.qemu import PROFILES, QemuNode, mac_for
+from rhaas.lab.qemu import CPU_MODELS, PROFILES, QemuNode, mac_for
 from rhaas.lab.vbmc import BMCState
 from rhaas.procs import find_binary
 
@@ -107,6 +107,8 @@ class NodeRecord:
     #: The node's hardware (`rhaas.lab.qemu.PROFILES`) and its firmware hold at every firmware boot.
     profile: str = "virtio"
     post_seconds: float = 0.0
+    #: The vCPU model (`rhaas.lab.qemu.CPU_MODELS`).
+    cpu: str = "qemu64"
     #: What the node's BMC speaks: ``ipmi`` (UDP ``bmc_port``) or ``redfish`` (HTTP on TCP ``bmc_port``).
     bmc: str = "ipmi"
 
@@ -218,11 +220,12 @@ class Lab:
         profiles: Sequence[str] = ("virtio",),
         post_seconds: float = 0.0,
         bmcs: Sequence[str] = ("ipmi",),
+        cpu: str = "qemu64",
     ) -> LabRecord:
         """Bring the lab up with ``nodes`` nodes (idempotent: what runs is kept, what is missing started).
 
         Node i gets ``profiles[i % len(profiles)]``, a BMC speaking ``bmcs[i % len(bmcs)]`` (``ipmi`` or
-        ``redfish``) and a POST of ``post_seconds`` at every firmware boot.
+        ``redfish``) and a POST of ``post_seconds`` at every firmware boot; every node's vCPU is ``cpu``.
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, taps, Open vSwitch)")
@@ -235,7 +238,7 @@ class Lab:
         if record is not None and len(record.nodes) != nodes:
             self.say(f"the lab has {len(record.nodes)} nodes; keeping them ('lab down' first to change)")
         if record is None:
-            record = self._new_record(nodes, memory_mb, endpoint, profiles, post_seconds, bmcs)
+            record = self._new_record(nodes, memory_mb, endpoint, profiles, post_seconds, bmcs, cpu)
         self.save(record)
 
         self.say(f"switch: Open vSwitch in namespace {self.ovs.netns}, bridge {self.bridge}")
@@ -288,6 +291,7 @@ class Lab:
         profiles: Sequence[str] = ("virtio",),
         post_seconds: float = 0.0,
         bmcs: Sequence[str] = ("ipmi",),
+        cpu: str = "qemu64",
     ) -> LabRecord:
         if not 1 <= nodes <= 50:
             raise LabError("--nodes must be between 1 and 50")
@@ -295,6 +299,8 @@ class Lab:
             raise LabError(f"node profiles must be among {', '.join(PROFILES)}, not {', '.join(profiles)}")
         if not 0 <= post_seconds <= 600:
             raise LabError("--post must be between 0 and 600 seconds")
+        if cpu not in CPU_MODELS:
+            raise LabError(f"the nodes' vCPU is one of {', '.join(CPU_MODELS)}, not {cpu}")
         if not bmcs or any(b not in BMC_PROTOCOLS for b in bmcs):
             raise LabError(f"BMCs speak {' or '.join(BMC_PROTOCOLS)}, not {', '.join(bmcs)}")
         creds: dict[str, str] = {"bmc_user": BMC_USER, "bmc_password": secrets.token_urlsafe(12)}
@@ -311,6 +317,7 @@ class Lab:
                 ),
                 profile=profiles[(i - 1) % len(profiles)],
                 post_seconds=post_seconds,
+                cpu=cpu,
                 bmc=bmcs[(i - 1) % len(bmcs)],
             )
             for i in range(1, nodes + 1)
@@ -386,6 +393,7 @@ class Lab:
             "--node", node.name, "--port", str(node.bmc_port), "--user", BMC_USER, "--mac", node.mac,
             "--tap", node.tap, "--netns", str(self.ovs.netns), "--memory", str(memory_mb),
             "--profile", node.profile, "--post-seconds", str(node.post_seconds), "--protocol", node.bmc,
+            "--cpu", node.cpu,
         ]  # fmt: skip
         env = {**os.environ, PASSWORD_ENV: password}
         return procs.spawn(argv, self.nodes_dir / f"{node.name}.bmc.log", env=env)
@@ -543,6 +551,7 @@ class Lab:
                     "mac": node.mac,
                     "profile": node.profile,
                     "post_seconds": node.post_seconds,
+                    "cpu": node.cpu,
                     "bmc_protocol": node.bmc,
                 }
             )

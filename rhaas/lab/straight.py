@@ -33,16 +33,19 @@ def seed_iso(directory: Path, hostname: str, public_key: str) -> Path:
 
 
 class Straight:
-    """``disk`` (raw) copied into ``directory`` and booted with ``memory_mb`` MB; ``started`` is the
-    monotonic time QEMU was started."""
+    """``disk`` (raw) copied into ``directory`` and booted with ``memory_mb`` MB and a ``cpu`` vCPU;
+    ``started`` is the monotonic time QEMU was started."""
 
-    def __init__(self, disk: Path, directory: Path, memory_mb: int, key: Path, public_key: str) -> None:
+    def __init__(
+        self, disk: Path, directory: Path, memory_mb: int, key: Path, public_key: str, cpu: str = "qemu64"
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         copy = directory / "disk.raw"
         subprocess.run(["cp", "--sparse=always", str(disk), str(copy)], check=True)
         iso = seed_iso(directory, "straight", public_key.strip())
         self.key, self.port, self.console = key, free_port(), directory / "console.log"
-        cmd = ["qemu-system-x86_64", "-machine", "pc", "-m", str(memory_mb), "-smp", "1", "-display", "none",
+        cmd = ["qemu-system-x86_64", "-machine", "pc", "-m", str(memory_mb), "-smp", "1", "-cpu", cpu,
+               "-display", "none",
                "-monitor", "none", "-serial", f"file:{self.console}",
                "-drive", f"file={copy},if=virtio,format=raw",
                "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
