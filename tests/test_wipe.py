@@ -118,7 +118,7 @@ def loop_disk(tmp_path):
 
 
 def _spy_ioctl(monkeypatch, fail_from: int | None = None) -> list[tuple[int, int]]:
-    """Record every BLKZEROOUT range; from call ``fail_from`` on, the device 'cannot'."""
+    """Record every BLKZEROOUT range; after the first ``fail_from`` calls, the device 'cannot'."""
     calls: list[tuple[int, int]] = []
     real = dk._ioctl_range
 

@@ -16,6 +16,7 @@ Prints one line a boot: ``RHAAS-FPBL coldplug loaded: e1000e nvme (...)``. Stand
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import json
 import os
@@ -139,16 +140,18 @@ def loaded_modules(proc_modules: str = "/proc/modules") -> set[str]:
 def module_options(name: str, cmdline: str) -> list[str]:
     """The ``name.param=value`` words of the kernel command line, as ``param=value`` (what modprobe
     passes: the kernel applies such words only to built-in drivers). ``-`` and ``_`` are the same."""
-    prefix = name.replace("-", "_") + "."
+    module = name.replace("-", "_")
     options = []
     for word in cmdline.split():
-        module, dot, option = word.partition(".")
-        if dot and option and module.replace("-", "_") + "." == prefix and "=" in option:
+        owner, _, option = word.partition(".")
+        if "=" in option and owner.replace("-", "_") == module:
             options.append(option)
     return options
 
 
+@functools.cache
 def _cmdline() -> str:
+    """This boot's kernel command line, read once (every module's options come from it)."""
     try:
         with open("/proc/cmdline") as f:
             return f.read()
