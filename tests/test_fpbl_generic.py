@@ -149,6 +149,16 @@ def test_a_module_gets_its_options_from_the_kernel_command_line_as_modprobe_give
     assert cp.module_options("e1000e", cmdline) == []
 
 
+def test_insmod_hands_the_module_its_options_from_this_boots_command_line(monkeypatch):
+    ran: list[list[str]] = []
+    monkeypatch.setattr(cp, "_cmdline", lambda: "quiet nvme.io_queue_depth=2 e1000e.x=1")
+    monkeypatch.setattr(
+        cp.subprocess, "run", lambda argv, **kw: ran.append(argv) or subprocess.CompletedProcess(argv, 0)
+    )
+    assert cp.insmod("nvme") is None
+    assert ran == [["insmod", f"{cp.MODULE_DIR}/nvme.ko", "io_queue_depth=2"]]
+
+
 def test_parse_modinfo_reads_aliases_depends_and_firmware():
     text = (
         "filename:       /x/ice.ko\nfirmware:       intel/ice/ddp/ice.pkg\n"
