@@ -127,6 +127,21 @@ class RealOsBench:
         )
         return float(detail.split()[0])
 
+    def phases(self, name: str) -> dict[str, float]:
+        """Seconds of each phase of the node's last deploy, from its start to its end as the agent reported
+        them (the node's own clock), and the agent's whole part: first report to last."""
+        deploy = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "deploy"][-1]
+        starts: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        for p in deploy["phases"]:
+            if p["state"] == "start":
+                starts[p["phase"]] = p["at"]
+            elif p["state"] == "done" and p["phase"] in starts:
+                seconds[f"deploy phase {p['phase']}"] = p["at"] - starts[p["phase"]]
+        ats = [p["at"] for p in deploy["phases"]]
+        seconds["deploy in the agent (first report to last)"] = max(ats) - min(ats)
+        return seconds
+
     def boots(self) -> dict[str, int]:
         return {n["node"]: n["firmware_boots"] for n in self.lab.status()["nodes"]}
 
@@ -155,6 +170,8 @@ def run(nodes: int, rounds: int, memory: int, cpu: str = "qemu64") -> dict[str, 
                 before = bench.boots()
                 add("provision -> SSH answers, 1 node", in_parallel(one, bench.provision))
                 sent = bench.sent_bytes(one[0])
+                for key, value in bench.phases(one[0]).items():
+                    add(key, {"1": value})
                 add("return by the fast path, 1 node", in_parallel(one, bench.give_back))
                 boots.setdefault("fast path", []).extend(bench.boots()[n] - before[n] for n in one)
                 add("straight from its disk -> SSH answers, 1 node", {"straight": bench.straight(r)})

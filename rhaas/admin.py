@@ -242,6 +242,12 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+# TLS 1.2 suites the agents' listener offers (TLS 1.3's are all sound): forward secrecy and AEAD only, the
+# ChaCha20 one for agents on CPUs without AES instructions (rhaas.agent.wire). uvicorn's default ("TLSv1")
+# would offer CBC with SHA-1.
+SERVER_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def _serve(listeners: Sequence[tuple[ASGIApp, socket.socket, str | None]]) -> None:
     """Serve each (app, socket, TLS key file or None) with uvicorn on one event loop until SIGINT or
     SIGTERM. Only the first app's lifespan runs (the background threads); a listener that stops stops
@@ -264,6 +270,7 @@ def _serve(listeners: Sequence[tuple[ASGIApp, socket.socket, str | None]]) -> No
                 lifespan="auto" if i == 0 else "off",
                 ssl_certfile=key,
                 ssl_keyfile=key,
+                ssl_ciphers=SERVER_CIPHERS,
             )  # fmt: skip
         )
         for i, (app, _, key) in enumerate(listeners)

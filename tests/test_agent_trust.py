@@ -11,6 +11,7 @@ agent out. In-process first, then against a real ``rhaas-admin serve`` with both
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from click.testing import CliRunner
 from dbdump import dump
 
 from rhaas.admin import main as admin_cli
+from rhaas.agent import wire
 from rhaas.agent.api import Api
 from rhaas.agent.settings import parse_cmdline
 from rhaas.config import load_settings
@@ -165,7 +167,21 @@ def test_a_real_server_serves_agents_over_pinned_tls_and_the_boot_over_plain_htt
         assert httpx.get(server.boot_url + "/v0/nodes/free").status_code == 404
 
         settings = parse_cmdline(cmdline.replace(words["rhaas.agent"], server.agent_url))
-        assert Api(settings).call("POST", "checkin", body) == {}
+        api = Api(settings)
+        assert api.call("POST", "checkin", body) == {}
+        for _ in range(3):
+            assert api.call("GET", "work")["action"] == "wait"
+        assert api.connections.opened == 1, "one TLS handshake: the server keeps the connection open"
+        for aes, version, cipher in ((True, "TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+                                     (False, "TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305")):  # fmt: skip
+            with wire.client_context(aes).wrap_socket(socket.create_connection((host, int(port)))) as tls:
+                assert (tls.version(), tls.cipher()[0]) == (version, cipher), f"aes={aes}"
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        old.set_ciphers("ECDHE+AES+SHA1")  # CBC with SHA-1: uvicorn's default would take it
+        with pytest.raises(ssl.SSLError), old.wrap_socket(socket.create_connection((host, int(port)))):
+            pass
         with server.client("admin", "adminpw") as admin:
             assert admin.get("/node/t1/provisioning").json()["state"] == "ready"
     finally:

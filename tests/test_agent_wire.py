@@ -132,6 +132,167 @@ def test_a_refused_connection_is_an_oserror():
         wire.request("GET", "127.0.0.1", free, "/", {}, timeout=5)
 
 
+class KeepServer:
+    """Answers requests one after another on each connection (HTTP/1.1 keep-alive) with the next canned
+    answer; an answer of None closes the connection instead of answering. Records each connection's
+    requests."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answers: list[bytes | None] = []
+        self.connections: list[list[bytes]] = []
+        self.conns: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            self.threads.append(threading.Thread(target=self._answer, args=(conn,), daemon=True))
+            self.threads[-1].start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        seen: list[bytes] = []
+        self.connections.append(seen)
+        data = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    try:
+                        got = conn.recv(65536)
+                    except OSError:  # shut down by the test
+                        return
+                    if not got:
+                        return
+                    data += got
+                head, _, data = data.partition(b"\r\n\r\n")
+                seen.append(head)
+                answer = self.answers.pop(0)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(5)
+        self.sock.close()
+        for conn in self.conns:  # shut down, not closed: each thread closes its own when it ends
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in (self.thread, *self.threads))
+
+
+@pytest.fixture
+def keep() -> Iterator[KeepServer]:
+    server = KeepServer()
+    yield server
+    server.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _get(pool: wire.Pool, server: KeepServer, size: int = -1) -> bytes:
+    with pool.request("GET", "127.0.0.1", server.port, "/c", {}, timeout=5) as response:
+        assert response.status == 200
+        return response.read(size)
+
+
+def test_a_pool_sends_requests_one_after_another_on_one_kept_connection(keep):
+    pool = wire.Pool()
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    keep.answers += [OK, chunked, OK]
+    assert [_get(pool, keep) for _ in range(3)] == [b"ok"] * 3
+    assert pool.opened == 1 and len(keep.connections) == 1 and len(keep.connections[0]) == 3
+    assert all(b"Connection: close" not in head for head in keep.connections[0])
+    pool.close()
+
+
+@pytest.mark.parametrize(
+    "first, why",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "the server closes it"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", "HTTP/1.0"),
+        (b"HTTP/1.1 200 OK\r\n\r\nok", "the body ends with the connection"),
+    ],
+)
+def test_a_connection_that_cannot_be_reused_is_not_kept(keep, first, why):
+    pool = wire.Pool()
+    keep.answers += [first, OK]
+    with pool.request("GET", "127.0.0.1", keep.port, "/c", {}, timeout=5) as response:
+        if b"Content-Length" not in first:
+            response.read(2)  # a body until close: read what was sent, the end is not known
+        else:
+            assert response.read() == b"ok"
+    with contextlib.suppress(OSError):  # closed already unless the server still waits for a request
+        keep.conns[0].shutdown(socket.SHUT_RDWR)  # the end of a body read until close
+    assert _get(pool, keep) == b"ok"
+    assert pool.opened == 2, why
+
+
+def test_an_answer_not_read_to_its_end_does_not_give_its_connection_back(keep):
+    pool = wire.Pool()
+    keep.answers += [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nokok", OK]
+    assert _get(pool, keep, 2) == b"ok"
+    assert _get(pool, keep) == b"ok"
+    assert pool.opened == 2, "the rest of the first body would have been read as the second answer"
+
+
+def test_a_kept_connection_the_server_closed_while_idle_is_replaced(keep):
+    pool = wire.Pool()
+    keep.answers += [OK, OK]
+    assert _get(pool, keep) == b"ok"
+    keep.conns[0].shutdown(socket.SHUT_RDWR)
+    assert _get(pool, keep) == b"ok"
+    assert pool.opened == 2 and [len(c) for c in keep.connections] == [1, 1]
+
+
+def test_a_request_the_server_dropped_on_a_kept_connection_is_sent_again_once(keep):
+    """The server's idle timeout can close a kept connection just as a request is sent on it: nothing was
+    answered, so the pool sends it again on a new connection."""
+    pool = wire.Pool()
+    keep.answers += [OK, None, OK]
+    assert _get(pool, keep) == b"ok"
+    assert _get(pool, keep) == b"ok"
+    assert pool.opened == 2 and [len(c) for c in keep.connections] == [2, 1]
+
+
+def test_a_new_connection_that_is_closed_unanswered_is_an_error_not_a_retry(keep):
+    pool = wire.Pool()
+    keep.answers += [None, OK]
+    with pytest.raises(wire.NoAnswer):
+        _get(pool, keep)
+    assert pool.opened == 1 and len(keep.connections) == 1
+
+
+def test_an_idle_connection_is_dropped_after_the_idle_limit(keep):
+    pool = wire.Pool(idle_seconds=0.0)
+    keep.answers += [OK, OK]
+    assert _get(pool, keep) == b"ok" and _get(pool, keep) == b"ok"
+    assert pool.opened == 2
+
+
+def test_concurrent_requests_each_take_their_own_connection(keep):
+    pool = wire.Pool()
+    keep.answers += [OK, OK, OK]
+    first = pool.request("GET", "127.0.0.1", keep.port, "/c", {}, timeout=5)  # not yet read: in use
+    assert _get(pool, keep) == b"ok"
+    assert first.read() == b"ok"
+    first.close()
+    assert _get(pool, keep) == b"ok"
+    assert pool.opened == 2
+    pool.close()
+
+
 def test_importing_the_agent_reads_no_randomness_and_loads_nothing_heavy():
     """In a just-booted FPBL, anything that reads os.urandom waits for the kernel's random pool (about a
     second under TCG) and every module costs milliseconds: the agent must not import them at start. Every
@@ -164,3 +325,17 @@ def test_the_fpbl_runs_the_agent_module_the_agent_is():
     from rhaas.agent import agent
 
     assert "-m rhaas.agent.agent" in fpbl.render_init("r", []) and callable(agent.main)
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, aes",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 ssse3 aes avx\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse2 pni\n", False),  # QEMU's default vCPU (qemu64)
+        ("flags\t\t: fpu vaes\n", False),  # a word containing it is not it
+        ("Features\t: fp asimd aes pmull sha1\n", True),  # ARMv8
+        ("no such line\n", True),  # not known: the default suites
+    ],
+)
+def test_the_cpu_s_aes_instructions_are_read_from_cpuinfo(cpuinfo, aes):
+    assert wire.has_aes(cpuinfo) is aes

@@ -47,6 +47,7 @@ class Api:
         self.headers: dict[str, str] = {}
         self.use(settings.token or settings.secret)
         self.timeout = timeout
+        self.connections = wire.Pool()  # kept open: a deploy's chunks do not each pay a TLS handshake
 
     def use(self, credential: str) -> None:
         """Present ``credential`` (a secret, or a return token) from the next call on."""
@@ -65,7 +66,9 @@ class Api:
             raise ProtocolError(f"cannot fetch {url}: only {scheme}:// URLs are used here")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         port = parts.port or (443 if self.pin else 80)
-        return wire.request(method, parts.hostname, port, target, headers, body, self.timeout, self.pin)
+        return self.connections.request(
+            method, parts.hostname, port, target, headers, body, self.timeout, self.pin
+        )
 
     def call(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
         """A JSON call of this node's agent API (``name``: the part after the node's path)."""

@@ -3,8 +3,12 @@
 Why not ``http.client``: it imports the ``email`` package, which imports ``random``, which reads
 ``os.urandom`` at import time. In an FPBL that has just booted, the kernel's random pool is not ready yet
 and that read waits for it (about a second under TCG; see docs/fast-provisioning.md), and the imports
-alone cost another quarter of a second there. The agent needs one request per connection, a status, a
-few headers and a body (``Content-Length``, chunked, or until the server closes), which is this module.
+alone cost another quarter of a second there. The agent needs a status, a few headers and a body
+(``Content-Length``, chunked, or until the server closes), which is this module.
+
+`request` sends one request on its own connection (``Connection: close``). A `Pool` keeps connections
+open between requests (HTTP/1.1 keep-alive): a deploy fetches its image as a hundred or more chunks, and
+on a node's emulated or slow CPU a new TLS handshake for each of them costs more than the chunk's bytes.
 
 With a pin (the SHA-256 of the server's certificate, which the FPBL is booted with) the connection is
 TLS, and nothing is sent before the server has shown that certificate: the pin, not a certificate
@@ -15,15 +19,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import select
 import socket
+import threading
+import time
 from typing import Any
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
+# A kept connection is dropped after this many idle seconds, before the server's own keep-alive timeout
+# (uvicorn's: 5 s) would close it under a request in flight.
+KEEP_IDLE_SECONDS = 2.0
 
 
 class HttpError(OSError):
     """The server's answer is not HTTP/1.x as this client reads it."""
+
+
+class NoAnswer(HttpError):
+    """The server closed the connection before the first byte of an answer."""
 
 
 class ImpostorError(OSError):
@@ -32,17 +46,48 @@ class ImpostorError(OSError):
 
 _tls: list[Any] = []  # the one client context, made on first use (importing ssl loads OpenSSL)
 
+# Without the CPU's AES instructions, AES-GCM is several times slower than ChaCha20-Poly1305 (under QEMU's
+# default vCPU here, 33 against 209 MB/s), and a deploy decrypts every byte of its image. TLS 1.3 in
+# Python leaves the suite to the server's order (AES first), so such a CPU asks for TLS 1.2 with
+# ECDHE and ChaCha20-Poly1305 only: forward secrecy and an AEAD cipher all the same.
+NO_AES_CIPHERS = "ECDHE+CHACHA20"
+
+
+def has_aes(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists the AES instructions (x86 ``aes``; ARMv8 ``aes`` as well)."""
+    for line in cpuinfo.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() in ("flags", "Features"):
+            return "aes" in value.split()
+    return True  # not known: keep the default
+
+
+def _cpu_has_aes() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return has_aes(f.read())
+    except OSError:
+        return True
+
+
+def client_context(aes: bool) -> Any:
+    """The agent's TLS client context: no certificate authority (the pin vouches for the server; see
+    `pinned`), TLS 1.2 at least; on a CPU without AES instructions, ChaCha20-Poly1305 (see above)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not aes:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(NO_AES_CIPHERS)
+    return context
+
 
 def _tls_context() -> Any:
     if not _tls:
-        import ssl
-
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        # No certificate authority vouches for the server: the pin does, checked in `pinned`.
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _tls.append(context)
+        _tls.append(client_context(_cpu_has_aes()))
     return _tls[0]
 
 
@@ -65,14 +110,22 @@ def pinned(sock: socket.socket, where: str, pin: str) -> socket.socket:
 class Response:
     """An answer whose body is read as it arrives; `close` it (or use ``with``)."""
 
-    def __init__(self, sock: socket.socket, method: str) -> None:
+    def __init__(
+        self, sock: socket.socket, method: str, rfile: Any = None, release: Any = None
+    ) -> None:  # fmt: skip
         self._sock = sock
-        self._file = sock.makefile("rb")
-        line = self._line()
+        self._file = rfile if rfile is not None else sock.makefile("rb")
+        self._release = release  # called with (sock, file) instead of closing them, when reusable
+        line = self._file.readline(MAX_LINE + 1)
+        if not line:
+            raise NoAnswer("the server closed the connection before answering")
+        if len(line) > MAX_LINE:
+            raise HttpError("header line too long")
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError(f"not an HTTP status line: {line[:80]!r}")
         self.status = int(parts[1])
+        self._http11 = parts[0] == b"HTTP/1.1"
         self.headers: dict[str, str] = {}
         for _ in range(MAX_HEADERS):
             line = self._line()
@@ -148,7 +201,19 @@ class Response:
             raise HttpError("a chunk does not end with CRLF")
         return data
 
+    @property
+    def reusable(self) -> bool:
+        """The whole body was read, its end was not the connection's end, and the server keeps it open."""
+        if not self._http11 or "close" in self.headers.get("connection", "").lower():
+            return False
+        return self._done and (self._chunked or self._left is not None)
+
     def close(self) -> None:
+        if self._release is not None and self.reusable:
+            release, self._release = self._release, None
+            release(self._sock, self._file)
+            return
+        self._release = None
         self._file.close()
         self._sock.close()
 
@@ -168,16 +233,125 @@ def request(
 
     Raises OSError: the connection failed or timed out, `ImpostorError` for a server that is not the
     pinned one, or `HttpError` for an answer that is not HTTP."""
-    sock = socket.create_connection((host, port), timeout=timeout)
+    sock = connect(host, port, timeout, pin)
     try:
-        if pin is not None:
-            sock = pinned(sock, f"{host}:{port}", pin)
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        sock.sendall(_head(method, host, port, target, headers, body, keep=False))
         return Response(sock, method)
     except BaseException:
         sock.close()
         raise
+
+
+def connect(host: str, port: int, timeout: float, pin: str | None = None) -> socket.socket:
+    """A new connection to ``host:port``: TLS to the pinned server with ``pin`` (see `pinned`)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if pin is None:
+        return sock
+    try:
+        return pinned(sock, f"{host}:{port}", pin)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _head(
+    method: str, host: str, port: int, target: str, headers: dict[str, str], body: bytes | None, keep: bool
+) -> bytes:  # fmt: skip
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
+    if not keep:
+        lines.append("Connection: close")
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+class Pool:
+    """Connections kept open between requests (HTTP/1.1 keep-alive), by server and pin; thread-safe:
+    concurrent requests each take their own connection.
+
+    A connection goes back to the pool only when its answer's body was read to its end and the server did
+    not say it closes; an idle one is dropped after `KEEP_IDLE_SECONDS`, or when the server closed it
+    meanwhile. If a kept connection turns out closed before any answer arrives (the server's idle timeout
+    won the race), the request is sent again once, on a new connection.
+    """
+
+    def __init__(self, idle_seconds: float = KEEP_IDLE_SECONDS) -> None:
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, int, str | None], list[tuple[socket.socket, Any, float]]] = {}
+        self.opened = 0  # connections made, for tests and figures
+
+    def request(
+        self, method: str, host: str, port: int, target: str, headers: dict[str, str],
+        body: bytes | None = None, timeout: float = 30.0, pin: str | None = None,
+    ) -> Response:  # fmt: skip
+        """As `request`, on a kept connection when one is open; `close` the answer to give it back."""
+        key = (host, port, pin)
+        message = _head(method, host, port, target, headers, body, keep=True)
+        kept = self._take(key)
+        if kept is not None:
+            sock, rfile = kept
+            sock.settimeout(timeout)
+            try:
+                sock.sendall(message)
+                return Response(sock, method, rfile, lambda s, f: self._give(key, s, f))
+            except (HttpError, ConnectionError) as exc:
+                rfile.close()
+                sock.close()
+                if not _unanswered(exc):
+                    raise
+            except BaseException:
+                rfile.close()
+                sock.close()
+                raise
+        sock = connect(host, port, timeout, pin)
+        self.opened += 1
+        rfile = sock.makefile("rb")
+        try:
+            sock.sendall(message)
+            return Response(sock, method, rfile, lambda s, f: self._give(key, s, f))
+        except BaseException:
+            rfile.close()
+            sock.close()
+            raise
+
+    def _take(self, key: tuple[str, int, str | None]) -> tuple[socket.socket, Any] | None:
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                sock, rfile, since = idle.pop()
+            if now - since <= self.idle_seconds and not _closed_meanwhile(sock, rfile):
+                return sock, rfile
+            rfile.close()
+            sock.close()
+
+    def _give(self, key: tuple[str, int, str | None], sock: socket.socket, rfile: Any) -> None:
+        with self._lock:
+            self._idle.setdefault(key, []).append((sock, rfile, time.monotonic()))
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for sock, rfile, _ in conns:
+                rfile.close()
+                sock.close()
+
+
+def _closed_meanwhile(sock: socket.socket, rfile: Any) -> bool:
+    """An idle connection is readable only if the server closed it (or sent what it should not have)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """The kept connection was closed before any byte of an answer: the server never took the request."""
+    return isinstance(exc, (ConnectionError, NoAnswer))
