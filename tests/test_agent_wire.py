@@ -308,6 +308,29 @@ def test_importing_the_agent_reads_no_randomness_and_loads_nothing_heavy():
     assert ours == set(AGENT_MODULES), sorted(ours ^ set(AGENT_MODULES))
 
 
+def test_a_peer_exchange_reads_no_randomness():
+    """The FPBL ships no ``random`` (it would wait for the kernel's pool): the exchange picks with its
+    own generator. Found on the lab: a deploy through the exchange failed on ``import random``."""
+    code = ("import sys; from rhaas.agent import swarm; e = swarm.Exchange([], lambda n, c: b'', None, "
+            "'127.0.0.1'); e.close(0); print('random' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": ".", "PYTHONHASHSEED": "0"})  # fmt: skip
+    assert done.stdout.split() == ["False"], done.stdout + done.stderr
+
+
+def test_the_exchange_s_picks_spread_and_differ_from_one_agent_to_the_next():
+    from rhaas.agent.swarm import Picker
+
+    picker = Picker(seed=12345)
+    counts = [0] * 4
+    for _ in range(4000):
+        counts["abcd".index(picker.choice("abcd"))] += 1
+    assert all(800 < c < 1200 for c in counts), counts
+    assert [Picker().below(1 << 30) for _ in range(3)] != [Picker().below(1 << 30)] * 3
+    with pytest.raises(IndexError):
+        picker.choice([])
+
+
 def test_the_fpbl_ships_every_module_of_the_agent():
     """The FPBL's list of the agent's modules is the package's: a new module there ships."""
     on_disk = {

@@ -47,7 +47,7 @@ from rhaas.agent import wire
 from rhaas.agent.system import log
 
 if TYPE_CHECKING:
-    import random
+    from collections.abc import Sequence
 
 #: Seconds between two announcements to the tracker; sooner when a chunk is done or this agent has nothing
 #: to fetch, but never more often than every `ANNOUNCE_AT_MOST` seconds.
@@ -103,13 +103,40 @@ Announce = Callable[[list[int], int, list[tuple[str, int]]], dict[str, Any]]
 ServerFetch = Callable[[int, Chunk], bytes]
 
 
+class Picker:
+    """Picks at random, well enough to spread agents over chunks and peers (xorshift64*; not for secrets).
+
+    Not ``random``: it seeds itself from os.urandom, which in a just-booted FPBL waits for the kernel's
+    pool, and the FPBL does not ship it (tests/test_agent_wire.py keeps the agent free of it). The seed
+    mixes the clock, the process and the object, which differ from node to node."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        if seed is None:
+            seed = time.time_ns() ^ time.monotonic_ns() << 17 ^ os.getpid() << 40 ^ id(self)
+        self.state = seed & 0xFFFF_FFFF_FFFF_FFFF or 0x9E37_79B9_7F4A_7C15
+
+    def below(self, n: int) -> int:
+        """An integer in [0, n)."""
+        x = self.state
+        x ^= x >> 12
+        x ^= x << 25 & 0xFFFF_FFFF_FFFF_FFFF
+        x ^= x >> 27
+        self.state = x
+        return ((x * 0x2545_F491_4F6C_DD1D & 0xFFFF_FFFF_FFFF_FFFF) >> 11) % n
+
+    def choice(self, items: Sequence[Any]) -> Any:
+        if not items:
+            raise IndexError("cannot choose from an empty sequence")
+        return items[self.below(len(items))]
+
+
 class Exchange:
     """The peer exchange of one deploy: ``deliver`` the image into a file, serve peers meanwhile."""
 
     def __init__(
         self, chunks: list[Chunk], server: ServerFetch, announce: Announce | None, listen: str = "0.0.0.0",
         port: int = 0, *, peer_timeout: float = PEER_TIMEOUT, stall: float = STALL_SECONDS,
-        announce_every: float = ANNOUNCE_EVERY, rng: random.Random | None = None,
+        announce_every: float = ANNOUNCE_EVERY, rng: Picker | None = None,
     ) -> None:  # fmt: skip
         self.chunks = chunks
         self.index: dict[str, list[int]] = {}
@@ -120,13 +147,7 @@ class Exchange:
         self.peer_timeout = peer_timeout
         self.stall = stall
         self.announce_every = announce_every
-        if rng is None:
-            # Here, not at import: random seeds itself from os.urandom, which in a just-booted FPBL waits
-            # for the kernel's pool (tests/test_agent_wire.py keeps the agent's imports free of it).
-            import random
-
-            rng = random.Random()
-        self.rng = rng
+        self.rng = rng if rng is not None else Picker()
         self.cond = threading.Condition()
         self.have: set[int] = set()
         self.busy: set[int] = set()  # being fetched

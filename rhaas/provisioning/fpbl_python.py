@@ -132,6 +132,16 @@ from rhaas.agent import coldplug
 table = coldplug.make_table({"m": (["pci:v00001AF4d*sv*sd*bc*sc*i*"], [])})
 coldplug.coldplug(table, lambda: {"pci:v00001AF4d00001000sv1sd1bc1sc1i0"} | coldplug.read_modaliases(work),
                   lambda name: None, coldplug.loaded_modules(os.path.join(work, "modules")))
+from rhaas.agent import swarm, wire
+blob = b"chunk" * 100
+exchange = swarm.Exchange([swarm.Chunk(0, len(blob), hashlib.sha256(blob).hexdigest())],
+                          lambda n, c: blob, None, "127.0.0.1")
+out = os.open(os.path.join(work, "swarm"), os.O_RDWR | os.O_CREAT)
+exchange.deliver(out, os.path.join(work, "swarm"))
+with wire.request("GET", "127.0.0.1", exchange.port, "/chunks/" + hashlib.sha256(blob).hexdigest(), {},
+                  timeout=5) as answer:
+    assert answer.read() == blob
+exchange.close(linger=0); exchange.stats(); os.close(out)
 print(json.dumps({n: getattr(m, "__file__", None) for n, m in sorted(sys.modules.items())}))
 """
 
