@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +39,8 @@ class Server:
         self.chunks = [swarm.Chunk(n * CHUNK, CHUNK, sha(d)) for n, d in enumerate(self.data)]
         self.sent = 0
         self.lock = threading.Lock()
+        self.delay = 0.0
+        self.at_once = self.most_at_once = 0
 
     @property
     def image(self) -> bytes:
@@ -44,6 +49,11 @@ class Server:
     def fetch(self, n: int, chunk: swarm.Chunk) -> bytes:
         with self.lock:
             self.sent += chunk.length
+            self.at_once += 1
+            self.most_at_once = max(self.most_at_once, self.at_once)
+        time.sleep(self.delay)  # a chunk on the wire, so that fetches can overlap
+        with self.lock:
+            self.at_once -= 1
         return self.data[n]
 
 
@@ -267,3 +277,67 @@ def test_agents_of_different_images_are_not_each_others_peers():
     assert [p["address"] for p in tracker.announce("a", 2, "n3", "10.0.0.3", 7070, [])["peers"]] == [
         "10.0.0.1"
     ]
+
+
+@pytest.fixture
+def loop_devices(tmp_path: Path) -> Iterator[list[str]]:
+    """Two loop devices (root) the size of the test image: nodes' disks are block devices, whose fstat
+    size is 0."""
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("a loop device needs root and losetup")
+    loops: list[str] = []
+    try:
+        for name in ("n1", "n2"):
+            backing = tmp_path / f"{name}.disk"
+            backing.write_bytes(b"")
+            os.truncate(backing, CHUNK * COUNT)
+            loops.append(subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
+                                        capture_output=True, text=True).stdout.strip())  # fmt: skip
+        yield loops
+    finally:
+        for loop in loops:
+            subprocess.run(["losetup", "--detach", loop], check=False)
+
+
+def test_peers_serve_chunks_read_from_block_devices(loop_devices):
+    """Found on the lab: every answer from a peer ended right after its headers, because sendfile took
+    the disk's size from fstat (0 for a block device). One agent delivers the image onto its block device
+    from the server; the other takes it all from that one."""
+    server, tracker = Server(), Tracker()
+    first = swarm.Exchange(server.chunks, server.fetch, announcer(tracker, "n1", COUNT), "127.0.0.1",
+                           announce_every=0.1, peer_timeout=1.0)  # fmt: skip
+    fd = os.open(loop_devices[0], os.O_WRONLY)
+    try:
+        assert first.deliver(fd, loop_devices[0]).from_server == len(server.image)
+    finally:
+        os.close(fd)
+    assert os.stat(loop_devices[0]).st_size == 0, "a block device: what broke sendfile"
+    sent = server.sent
+    second = swarm.Exchange(server.chunks, server.fetch, announcer(tracker, "n2", COUNT), "127.0.0.1",
+                            announce_every=0.1, peer_timeout=1.0)  # fmt: skip
+    fd = os.open(loop_devices[1], os.O_WRONLY)
+    try:
+        stats = second.deliver(fd, loop_devices[1])
+    finally:
+        os.close(fd)
+        first.close(linger=0)
+        second.close(linger=0)
+    # Most from the peer (the tracker may not have heard of the first's last chunk yet: that one the
+    # server may send), each chunk checked; a peer whose answers were empty would have been dropped.
+    assert stats.from_peers >= len(server.image) - 2 * CHUNK and stats.dropped == (), stats
+    assert server.sent - sent == stats.from_server
+    with open(loop_devices[1], "rb") as disk:
+        assert disk.read(len(server.image)) == server.image
+
+
+def test_an_agent_with_no_peer_to_wait_for_fetches_from_the_server_with_every_worker(tmp_path):
+    """Alone with the tracker (or with every peer dropped), an agent has no one to share with: it fetches
+    as without the exchange, with all its workers, not one chunk per grant of the tracker."""
+    server, tracker = Server(count=8), Tracker()
+    server.delay = 0.05
+    exchange = swarm.Exchange(server.chunks, server.fetch, announcer(tracker, "n1", 8), "127.0.0.1",
+                              announce_every=0.1, stall=60)  # fmt: skip
+    stats = deliver_into(exchange, tmp_path / "disk")
+    assert (tmp_path / "disk").read_bytes() == server.image
+    assert stats.from_server == len(server.image)
+    assert server.most_at_once == swarm.FETCH_SLOTS, "the workers fetched one at a time"

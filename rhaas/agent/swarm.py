@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 #: to fetch, but never more often than every `ANNOUNCE_AT_MOST` seconds.
 ANNOUNCE_EVERY = 1.0
 ANNOUNCE_AT_MOST = 0.3
+#: Bytes read from the disk and sent to a peer at a time.
+SEND_PIECE = 1 << 20
 #: A peer that sends nothing for this long is dropped (the socket timeout of a peer request).
 PEER_TIMEOUT = 5.0
 #: A peer must deliver a whole chunk within this many seconds per MiB, or is dropped (a trickling peer).
@@ -158,6 +160,7 @@ class Exchange:
         self.busy_count: dict[Peer, int] = {}
         self.strikes: dict[Peer, int] = {}
         self.tracker_ok = announce is not None
+        self.answered = False  # whether the tracker has answered yet
         self.others_missing = True  # whether the tracker last said some peer still lacks chunks
         self.from_server = self.from_peers = self.served = 0
         self.last_done = time.monotonic()
@@ -216,12 +219,11 @@ class Exchange:
                         f"HTTP/1.1 200 OK\r\nContent-Length: {chunk.length}\r\nContent-Type: "
                         "application/octet-stream\r\nConnection: close\r\n\r\n".encode()
                     )
-                    # socket.sendfile: zero-copy, and it waits for a slow peer up to the timeout.
-                    with os.fdopen(source_fd, "rb") as source:  # its own descriptor, for its offset
-                        sent = conn.sendfile(source, chunk.offset, chunk.length)
+                    sent = _send_range(conn, source_fd, chunk.offset, chunk.length)
                     with self.cond:
                         self.served += sent
                 finally:
+                    os.close(source_fd)
                     self.uploads.release()
             except OSError:
                 return
@@ -251,7 +253,7 @@ class Exchange:
                 self.cond.notify_all()
             return
         with self.cond:
-            self.tracker_ok = True
+            self.tracker_ok = self.answered = True
             self.peers = {p: h for p, h in peers.items() if p not in self.dropped}
             self.seed |= seed - self.have
             self.others_missing = missing
@@ -294,7 +296,10 @@ class Exchange:
             peer = self.rng.choice(sorted(offers))
             rarest = min(len(counts[n]) for n in offers[peer])
             return self.rng.choice(sorted(n for n in offers[peer] if len(counts[n]) == rarest)), peer
-        if not self.tracker_ok or now - self.last_done > self.stall:
+        # No tracker, no peer left to wait for (alone, or every peer dropped), or no progress for a while:
+        # the server, with every worker, as without the exchange.
+        alone = self.answered and not self.peers
+        if not self.tracker_ok or alone or now - self.last_done > self.stall:
             return self.rng.choice(wanted), None
         return None
 
@@ -467,6 +472,20 @@ class _Busy(Exception):
 
 class _NoAnswer(OSError):
     """The peer could not be connected to, or sent no answer in time."""
+
+
+def _send_range(conn: socket.socket, fd: int, offset: int, length: int) -> int:
+    """Send ``length`` bytes of ``fd`` from ``offset``; the bytes sent. Not ``socket.sendfile``: it takes
+    the file's size from fstat, which is 0 for a block device (a node's disk), and then sends nothing
+    (found on the lab: every peer's answer ended right after its headers)."""
+    sent = 0
+    while sent < length:
+        data = os.pread(fd, min(SEND_PIECE, length - sent), offset + sent)
+        if not data:
+            raise OSError(f"the disk ended {length - sent} bytes before the chunk's end")
+        conn.sendall(data)
+        sent += len(data)
+    return sent
 
 
 def _status(code: int, reason: str) -> bytes:
