@@ -18,6 +18,7 @@ Everything goes through the HIL API with rhaas's client; the switch's state is r
 
 from __future__ import annotations
 
+import re
 import secrets
 import statistics
 import time
@@ -133,7 +134,9 @@ class _Story:
         """The reseller starts on the base and takes two nodes, and enrols them in fast provisioning."""
         self.reseller: Reseller = self.step(
             "start the reseller's recursive instance on project 'reseller', fast provisioning on",
-            lambda: start_reseller(self.lab, HEADNODE, self.workdir / "fpbl", return_timeout=90),
+            lambda: start_reseller(
+                self.lab, HEADNODE, self.workdir / "fpbl", return_timeout=90, peer_exchange=True
+            ),
         )
         self.stack.callback(self.reseller.stop)
         self.admin = self.reseller.admin
@@ -201,6 +204,9 @@ class _Story:
         start = time.monotonic()
         jobs = {node: c.node.provision(node, image, ssh_keys=[pub.read_text()]) for node in self.pool}
         final = wait_jobs(c, jobs, OS_TIMEOUT, as_json=False)
+        failed = {n: j.get("error") for n, j in final.items() if j["status"] != "DONE"}
+        if failed:  # no OS will answer: say why now, not after the SSH deadline
+            raise click.ClickException(f"{who}'s deploys failed: {failed}")
         up = wait_each(
             "SSH answers", self.pool, lambda n: self.desk.logged_in(key, n) == n, OS_TIMEOUT, since=start
         )
@@ -226,6 +232,14 @@ class _Story:
         self.a_jobs, self.a_up = self.step(
             "customer A claims both, puts them on a-net, provisions Debian 12 with A's SSH key",
             lambda: self.provision(alice, "customer-a", "debian12", "alice", "a-net"),
+        )
+        shared = {n: exchanged(j) for n, j in self.a_jobs.items()}
+        sent = sum(e[0] for e in shared.values() if e)
+        self.check(
+            "the nodes passed the image's chunks to each other (peer exchange), each checked",
+            f"bytes from the server, from the other node: {shared}; the server sent {sent} bytes for "
+            f"{len(shared)} deploys of {image.data_bytes} bytes of data",
+            all(shared.values()) and sum(e[1] for e in shared.values() if e) > 0,
         )
         plant = (
             f"set -e; echo {nonce} | sudo tee /root/a-data /var/tmp/a-data >/dev/null; "
@@ -426,6 +440,17 @@ def play(
         rows = story.table()
         reach = story.reach(level3) if keep else []
     return rows, reach
+
+
+def exchanged(job: dict[str, Any]) -> tuple[int, int] | None:
+    """(bytes from the server, bytes from peers) of a deploy through the peer exchange, from its
+    write-disk phase; None if it went without one."""
+    for p in job["phases"]:
+        if p["phase"] == "write-disk" and p["state"] == "done":
+            found = re.search(r"peer exchange: (\d+) bytes from the server, (\d+) from peers", p["detail"])
+            if found:
+                return int(found[1]), int(found[2])
+    return None
 
 
 def _median(values: Any) -> float:

@@ -41,11 +41,12 @@ def test_demo_plays_the_whole_story_on_the_lab_and_cleans_up(tmp_path):
         )
         out = result.stdout + result.stderr
         assert result.returncode == 0, out
-        assert "all 10 checks passed" in result.stdout, out
+        assert "all 11 checks passed" in result.stdout, out
         for n in range(1, 5):  # the seed's four criteria, checked, with their evidence
             assert f"✔ seed {n}/4: " in result.stdout, out
         assert "the seed's acceptance criteria" in result.stdout, out
         assert "fast path against reboot path" in result.stdout, out
+        assert "✔ the nodes passed the image's chunks to each other (peer exchange)" in out
         assert "the request walked down to the base, and the level-3 network reached the switch" in out
         assert "n1: DONE (fast path" in result.stderr, out  # live progress per node
         assert "provision: request -> SSH answers" in result.stdout, out

@@ -165,7 +165,14 @@ class Deployment:
         except BaseException:
             _scrub(target)
             raise
-        self._report("done", f"{written.data} bytes written; {written.holes}")
+        detail = f"{written.data} bytes written; {written.holes}"
+        if self.exchange is not None:
+            stats = self.exchange.stats()
+            detail += (f"; peer exchange: {stats.from_server} bytes from the server, {stats.from_peers} from "
+                       f"peers, {stats.served} served to peers")  # fmt: skip
+            if stats.dropped:
+                detail += f"; peers dropped: {', '.join(stats.dropped)}"
+        self._report("done", detail)
 
         self.phase = "find-boot"
         self._report("start", f"looking for the image's default boot entry on {target.path}")
