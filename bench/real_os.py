@@ -135,7 +135,7 @@ class RealOsBench:
         seconds: dict[str, float] = {}
         for p in deploy["phases"]:
             if p["state"] == "start":
-                starts[p["phase"]] = p["at"]
+                starts.setdefault(p["phase"], p["at"])  # later "start"s carry progress
             elif p["state"] == "done" and p["phase"] in starts:
                 seconds[f"deploy phase {p['phase']}"] = p["at"] - starts[p["phase"]]
         ats = [p["at"] for p in deploy["phases"]]

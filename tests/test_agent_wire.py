@@ -132,20 +132,17 @@ def test_a_refused_connection_is_an_oserror():
         wire.request("GET", "127.0.0.1", free, "/", {}, timeout=5)
 
 
-class KeepServer:
+class KeepServer(RawServer):
     """Answers requests one after another on each connection (HTTP/1.1 keep-alive) with the next canned
     answer; an answer of None closes the connection instead of answering. Records each connection's
     requests."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.answers: list[bytes | None] = []
         self.connections: list[list[bytes]] = []
         self.conns: list[socket.socket] = []
         self.threads: list[threading.Thread] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
+        self.answers: list[bytes | None] = []  # type: ignore[assignment]
 
     def _serve(self) -> None:
         while True:
@@ -179,16 +176,13 @@ class KeepServer:
                 conn.sendall(answer)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.thread.join(5)
-        self.sock.close()
+        super().close()
         for conn in self.conns:  # shut down, not closed: each thread closes its own when it ends
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
         for thread in self.threads:
             thread.join(5)
-        assert not any(thread.is_alive() for thread in (self.thread, *self.threads))
+        assert not any(thread.is_alive() for thread in self.threads)
 
 
 @pytest.fixture
