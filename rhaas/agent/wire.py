@@ -306,7 +306,8 @@ class Pool:
                 sock.close()
                 raise
         sock = connect(host, port, timeout, pin)
-        self.opened += 1
+        with self._lock:
+            self.opened += 1
         rfile = sock.makefile("rb")
         try:
             sock.sendall(message)
