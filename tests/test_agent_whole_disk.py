@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -114,3 +115,26 @@ def test_an_image_with_no_bootable_linux_says_what_was_searched(fake_api, tmp_pa
     assert "no bootable Linux found" in searched and "/boot/grub/grub.cfg" in searched, error
     assert "/loader/entries" in searched and "/etc/fstab" in searched, error
     assert system.kexecs == []
+
+
+def test_a_deploy_through_the_peer_exchange_says_where_its_bytes_came_from(fake_api, tmp_path):
+    """With ``peers`` in the work answer, the agent deploys through the exchange; its tracker here lists
+    no peer, so every chunk comes from the server, and write-disk's detail says so, with no peer's
+    address in it (the customer reads the job's history)."""
+    system = FakeSystem(tmp_path)
+    _fake_fpbl(tmp_path)
+    path, _ = debian_disk(tmp_path / "img", b"DEBIAN-KERNEL" * 5000,
+                          images.write_cpio([images.file_entry("init", b"#!/bin/sh\n", 0o755)]))  # fmt: skip
+    image = chunked(fake_api, path)
+    free = socket.create_server(("127.0.0.1", 0))
+    image["peers"] = {"url": "peers", "port": free.getsockname()[1]}
+    free.close()
+    fake_api.push({
+        "action": "deploy", "job": "j1", "image": image, "cmdline": "", "boot": {"cmdline": None},
+        "secret": "s3cret-of-j1", "return_token": "token-of-j1", "seed": None,
+    })  # fmt: skip
+    _agent(fake_api, system).run(rounds=2)
+    done = {r["phase"]: r["detail"] for r in fake_api.reports if r["job"] == "j1" and r["state"] == "done"}
+    data = sum(e["length"] for e in image["extents"])
+    assert f"peer exchange: {data} bytes from the server, 0 from peers" in done["write-disk"], done
+    assert len(system.kexecs) == 1
