@@ -115,15 +115,15 @@ class Picker:
     def __init__(self, seed: int | None = None) -> None:
         if seed is None:
             seed = time.time_ns() ^ time.monotonic_ns() << 17 ^ os.getpid() << 40 ^ id(self)
-        self.state = seed & 0xFFFF_FFFF_FFFF_FFFF or 0x9E37_79B9_7F4A_7C15
+        self.word = seed & 0xFFFF_FFFF_FFFF_FFFF or 0x9E37_79B9_7F4A_7C15
 
     def below(self, n: int) -> int:
         """An integer in [0, n)."""
-        x = self.state
+        x = self.word
         x ^= x >> 12
         x ^= x << 25 & 0xFFFF_FFFF_FFFF_FFFF
         x ^= x >> 27
-        self.state = x
+        self.word = x
         return ((x * 0x2545_F491_4F6C_DD1D & 0xFFFF_FFFF_FFFF_FFFF) >> 11) % n
 
     def choice(self, items: Sequence[Any]) -> Any:
