@@ -35,21 +35,25 @@ class RawServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    got = conn.recv(65536)
-                    if not got:
-                        break
-                    data += got
-                head, _, rest = data.partition(b"\r\n\r\n")
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        want = int(line.split(b":")[1])
-                        while len(rest) < want:
-                            rest += conn.recv(65536)
-                self.requests.append(head + b"\r\n\r\n" + rest)
-                conn.sendall(self.answers.pop(0))
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        """One request on ``conn``, answered, and the connection closed."""
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                got = conn.recv(65536)
+                if not got:
+                    break
+                data += got
+            head, _, rest = data.partition(b"\r\n\r\n")
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    want = int(line.split(b":")[1])
+                    while len(rest) < want:
+                        rest += conn.recv(65536)
+            self.requests.append(head + b"\r\n\r\n" + rest)
+            conn.sendall(self.answers.pop(0))
 
     def close(self) -> None:
         """Stop the thread before the socket goes: a thread still blocked in accept() on a closed socket
@@ -144,15 +148,10 @@ class KeepServer(RawServer):
         super().__init__()
         self.answers: list[bytes | None] = []  # type: ignore[assignment]
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            self.threads.append(threading.Thread(target=self._answer, args=(conn,), daemon=True))
-            self.threads[-1].start()
+    def _accepted(self, conn: socket.socket) -> None:
+        self.conns.append(conn)
+        self.threads.append(threading.Thread(target=self._answer, args=(conn,), daemon=True))
+        self.threads[-1].start()
 
     def _answer(self, conn: socket.socket) -> None:
         seen: list[bytes] = []

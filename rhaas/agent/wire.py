@@ -116,11 +116,7 @@ class Response:
         self._sock = sock
         self._file = rfile if rfile is not None else sock.makefile("rb")
         self._release = release  # called with (sock, file) instead of closing them, when reusable
-        line = self._file.readline(MAX_LINE + 1)
-        if not line:
-            raise NoAnswer("the server closed the connection before answering")
-        if len(line) > MAX_LINE:
-            raise HttpError("header line too long")
+        line = self._line(NoAnswer)
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError(f"not an HTTP status line: {line[:80]!r}")
@@ -151,12 +147,13 @@ class Response:
                 raise HttpError(f"bad Content-Length {self._left}")
         self._done = self._left == 0
 
-    def _line(self) -> bytes:
+    def _line(self, closed: type[HttpError] = HttpError) -> bytes:
+        """The next line; ``closed`` is raised if the connection ended before it."""
         line = self._file.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
             raise HttpError("header line too long")
         if not line:
-            raise HttpError("the server closed the connection before answering")
+            raise closed("the server closed the connection before answering")
         return line
 
     def read(self, size: int = -1) -> bytes:
@@ -291,25 +288,24 @@ class Pool:
         message = _head(method, host, port, target, headers, body, keep=True)
         kept = self._take(key)
         if kept is not None:
-            sock, rfile = kept
-            sock.settimeout(timeout)
             try:
-                sock.sendall(message)
-                return Response(sock, method, rfile, lambda s, f: self._give(key, s, f))
+                return self._send(key, *kept, message, method, timeout)
             except (HttpError, ConnectionError) as exc:
-                rfile.close()
-                sock.close()
                 if not _unanswered(exc):
                     raise
-            except BaseException:
-                rfile.close()
-                sock.close()
-                raise
         sock = connect(host, port, timeout, pin)
         with self._lock:
             self.opened += 1
-        rfile = sock.makefile("rb")
+        return self._send(key, sock, sock.makefile("rb"), message, method, timeout)
+
+    def _send(
+        self, key: tuple[str, int, str | None], sock: socket.socket, rfile: Any, message: bytes, method: str,
+        timeout: float,
+    ) -> Response:  # fmt: skip
+        """Send ``message`` on the connection and read the answer's head; the connection closed if that
+        fails."""
         try:
+            sock.settimeout(timeout)
             sock.sendall(message)
             return Response(sock, method, rfile, lambda s, f: self._give(key, s, f))
         except BaseException:
@@ -325,7 +321,7 @@ class Pool:
                 if not idle:
                     return None
                 sock, rfile, since = idle.pop()
-            if now - since <= self.idle_seconds and not _closed_meanwhile(sock, rfile):
+            if now - since <= self.idle_seconds and not _closed_meanwhile(sock):
                 return sock, rfile
             rfile.close()
             sock.close()
@@ -344,7 +340,7 @@ class Pool:
                 sock.close()
 
 
-def _closed_meanwhile(sock: socket.socket, rfile: Any) -> bool:
+def _closed_meanwhile(sock: socket.socket) -> bool:
     """An idle connection is readable only if the server closed it (or sent what it should not have)."""
     try:
         readable, _, _ = select.select([sock], [], [], 0)
