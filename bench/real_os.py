@@ -39,6 +39,7 @@ from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.site import Lab
 from rhaas.lab.straight import Straight
 from rhaas.provisioning.fpbl import build_fpbl, export
+from rhaas.provisioning.phases import phase_durations
 
 TIMEOUT = 1500.0  # TCG: a Debian first boot, on up to four nodes sharing two cores
 HEADNODE, HEAD_IP, DESK, DESK_IP = "head", "10.0.0.1/24", "desk", "10.0.1.1/24"
@@ -128,16 +129,10 @@ class RealOsBench:
         return float(detail.split()[0])
 
     def phases(self, name: str) -> dict[str, float]:
-        """Seconds of each phase of the node's last deploy, from its start to its end as the agent reported
-        them (the node's own clock), and the agent's whole part: first report to last."""
+        """Seconds of each phase of the node's last deploy (`phase_durations`, as bench/provision.py and the
+        demo count them), and the agent's whole part: its first report to its last (the node's clock)."""
         deploy = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "deploy"][-1]
-        starts: dict[str, float] = {}
-        seconds: dict[str, float] = {}
-        for p in deploy["phases"]:
-            if p["state"] == "start":
-                starts.setdefault(p["phase"], p["at"])  # later "start"s carry progress
-            elif p["state"] == "done" and p["phase"] in starts:
-                seconds[f"deploy phase {p['phase']}"] = p["at"] - starts[p["phase"]]
+        seconds = {f"deploy phase {phase}": s for phase, s in phase_durations(deploy).items()}
         ats = [p["at"] for p in deploy["phases"]]
         seconds["deploy in the agent (first report to last)"] = max(ats) - min(ats)
         return seconds
