@@ -277,9 +277,18 @@ class _Story:
             for n, j in self.a_returns.items()
         }
         free = self.admin.node.list("free")
+        why = {
+            n: [
+                f"{p['phase']} {p['state']}: {p['detail']}"
+                for p in j["phases"]
+                if p["phase"] in ("nmi", "fallback", "reboot-path")
+            ]
+            for n, j in self.a_returns.items()
+            if j["path"] != "fast"
+        }
         self.check(
             "seed 2/4: they were wiped without a reboot and are back in the pool",
-            f"{verified}; free: {', '.join(sorted(free))}",
+            f"{verified}; free: {', '.join(sorted(free))}" + (f"; not fast: {why}" if why else ""),
             all(v == ("fast", "DONE", True) for v in verified.values()) and set(self.pool) <= set(free),
         )
 

@@ -410,46 +410,70 @@ def test_behind_a_hil_upstream_a_return_takes_the_reboot_path_from_the_start(pro
     assert prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]["status"] == "DONE"
 
 
+class ScriptedBMC:
+    """A BMC for the ticker whose NMI and boot-device calls run ``on_nmi`` and ``on_bootdev`` (which may
+    raise, as a BMC that did not answer), recording every call in ``calls``."""
+
+    name, address = "ipmi", "bmc.example"
+
+    def __init__(self, on_nmi=lambda n: None, on_bootdev=lambda n: None) -> None:
+        self.calls: list[str] = []
+        self.on_nmi, self.on_bootdev = on_nmi, on_bootdev
+
+    def nmi_unavailable(self) -> None:
+        return None
+
+    def send_nmi(self) -> None:
+        self.calls.append("nmi")
+        self.on_nmi(self.calls.count("nmi"))
+
+    def set_bootdev(self, bootdev: str) -> None:
+        self.calls.append(f"bootdev {bootdev}")
+        self.on_bootdev(self.calls.count(f"bootdev {bootdev}"))
+
+    def power_cycle(self, force: bool = False) -> None:
+        self.calls.append("cycle")
+
+
+def no_answer(what: str):
+    """What a BMC that did not answer ``what`` raises."""
+    from rhaas.errors import OBMError
+
+    return OBMError(f"IPMI BMC at bmc.example: no answer to {what} after 8.0 s")
+
+
 def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
     """A BMC that misses one call (a busy machine, a lost UDP packet) must not leave the return stuck
     until its deadline: the reboot path tries the power cycle again."""
     from rhaas.core.provisioning import clock
-    from rhaas.errors import OBMError
 
     monkeypatch.setattr(clock, "RETRY_SECONDS", 0.2)
 
-    class FlakyBMC:
-        name, address = "ipmi", "bmc.example"
-        calls: list[str] = []
+    def deaf(what: str):
+        def fail(_n: int) -> None:
+            raise no_answer(what)
 
-        def nmi_unavailable(self) -> None:
-            return None
+        return fail
 
-        def send_nmi(self) -> None:
-            self.calls.append("nmi")
-            raise OBMError("IPMI BMC at bmc.example: no answer to NMI after 8.0 s")
+    def first_deaf(n: int) -> None:
+        if n == 1:
+            raise no_answer("set boot device pxe")
 
-        def set_bootdev(self, bootdev: str) -> None:
-            self.calls.append(f"bootdev {bootdev}")
-            if self.calls.count("bootdev pxe") == 1:
-                raise OBMError("IPMI BMC at bmc.example: no answer to set boot device pxe after 8.0 s")
-
-        def power_cycle(self, force: bool = False) -> None:
-            self.calls.append("cycle")
-
-    monkeypatch.setattr(AppState.of(prov.client.app).ticker, "obm_for", lambda node: FlakyBMC())
+    bmc = ScriptedBMC(on_nmi=deaf("NMI"), on_bootdev=first_deaf)
+    monkeypatch.setattr(AppState.of(prov.client.app).ticker, "obm_for", lambda node: bmc)
     agent = deploy_then_detach(prov, "n1")
 
     def phases():
         return last_job_phases(prov, "n1")
 
     wait_for("the second power cycle", lambda: ("power-cycle", "done") in phases(), 15.0, every=0.05)
-    # The NMI failed, so the fallback came at once (not at the deadline); the first power cycle failed
-    # and the second went through; nothing was called twice more than that.
-    assert FlakyBMC.calls == ["nmi", "bootdev pxe", "bootdev pxe", "cycle"]
+    # The NMI failed three times, so the fallback came then (not at the deadline); the first power
+    # cycle failed and the second went through; nothing was called more than that.
+    assert bmc.calls == ["nmi", "nmi", "nmi", "bootdev pxe", "bootdev pxe", "cycle"]
     seen = phases()
+    assert seen.count(("nmi", "error")) == clock.NMI_TRIES == 3
     assert (
-        seen.index(("nmi", "error"))
+        len(seen) - seen[::-1].index(("nmi", "error")) - 1
         < seen.index(("fallback", "start"))
         < seen.index(("power-cycle", "error"))
     )
@@ -460,6 +484,59 @@ def test_a_power_cycle_the_bmc_did_not_answer_is_tried_again(prov, monkeypatch):
     agent.report(item["job"], "ready", "done")
     ret = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
     assert (ret["status"], ret["path"]) == ("DONE", "reboot")
+
+
+def test_an_nmi_the_bmc_missed_once_is_sent_again_and_the_return_stays_fast(prov, monkeypatch):
+    """One lost NMI (a busy BMC, a lost UDP packet) must not cost the node a firmware boot: the NMI is
+    sent again after `clock.RETRY_SECONDS`, on the fast path, and no power cycle is ever asked for."""
+    from rhaas.core.provisioning import clock
+
+    monkeypatch.setattr(clock, "RETRY_SECONDS", 0.2)
+
+    def deaf_once(n: int) -> None:
+        if n == 1:
+            raise no_answer("NMI")
+
+    bmc = ScriptedBMC(on_nmi=deaf_once)
+    monkeypatch.setattr(AppState.of(prov.client.app).ticker, "obm_for", lambda node: bmc)
+    deploy_then_detach(prov, "n1")
+    wait_for("the second NMI", lambda: ("nmi", "done") in last_job_phases(prov, "n1"), 15.0, every=0.05)
+    job = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
+    phases = [(p["phase"], p["state"]) for p in job["phases"]]
+    assert phases[-2:] == [("nmi", "error"), ("nmi", "done")], phases
+    assert (job["path"], job["status"], bmc.calls) == ("fast", "RUNNING", ["nmi", "nmi"])
+    retried = job["phases"][-1]["at"] - job["phases"][-2]["at"]
+    assert retried >= clock.RETRY_SECONDS, retried
+
+
+def test_an_nmi_whose_answer_was_lost_is_not_sent_again_once_the_return_fpbl_checked_in(prov, monkeypatch):
+    """The BMC may deliver an NMI and lose its answer: if the return FPBL checked in meanwhile, the
+    return carries on on the fast path, with no second NMI and no power cycle."""
+    from rhaas.core.provisioning import clock
+
+    monkeypatch.setattr(clock, "RETRY_SECONDS", 0.2)
+
+    def delivered_unanswered(_n: int) -> None:
+        agent.checkin("return")  # the return FPBL is up before the answer came
+        raise no_answer("NMI")
+
+    bmc = ScriptedBMC(on_nmi=delivered_unanswered)
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    deploy(prov, agent, "n1")
+    monkeypatch.setattr(AppState.of(prov.client.app).ticker, "obm_for", lambda node: bmc)
+    prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n1"})
+    wait_for("the NMI's failure", lambda: ("nmi", "error") in last_job_phases(prov, "n1"), 15.0, every=0.05)
+    item = agent.work()
+    assert item["action"] == "wipe", item
+    agent.report(item["job"], "wipe", "done")
+    agent.report(item["job"], "verify-wipe", "done")
+    agent.checkin("ready")
+    agent.report(item["job"], "ready", "done")
+    job = prov.admin.ok("GET", "/node/n1/provisioning")["jobs"][-1]
+    assert (job["path"], job["status"], bmc.calls) == ("fast", "DONE", ["nmi"])
+    assert ("fallback", "start") not in last_job_phases(prov, "n1")
 
 
 def test_a_phase_stamped_by_the_ticker_while_an_agent_report_is_open_is_not_lost(prov, db_url):

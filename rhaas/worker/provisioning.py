@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from rhaas.config import ProvisioningSettings
 from rhaas.core.nodes import obm_of
 from rhaas.core.provisioning import clock
-from rhaas.core.provisioning.jobs import REBOOT, RUNNING, stamp
+from rhaas.core.provisioning.jobs import FAST, REBOOT, RUNNING, stamp
 from rhaas.db.models import PENDING, Node, NodeProvisioning, ProvisionJob
 from rhaas.drivers.obm.base import OBMDriver
 from rhaas.errors import RhaasError
@@ -127,7 +127,8 @@ def _network_boot(sessions: Any, node_id: int, obm_for: ObmFor) -> int:
 
 def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings, obm_for: ObmFor) -> int:
     """Claim a new return and set it going: an NMI (fast path), or a power cycle (reboot path). A
-    power cycle that failed is tried again every `clock.RETRY_SECONDS` until the job's deadline."""
+    power cycle that failed is tried again every `clock.RETRY_SECONDS` until the job's deadline; an NMI
+    that failed, `clock.NMI_TRIES` times in all, then the reboot path."""
     with sessions() as db:
         job = db.get(ProvisionJob, job_id)
         if job is None or not clock.return_may_start(db, job):
@@ -152,10 +153,19 @@ def _start_return(sessions: Any, job_id: int, settings: ProvisioningSettings, ob
     try:
         driver.send_nmi()
     except RhaasError as exc:  # a BMC's DriverError, or an upstream's error on a recursive instance
-        # No NMI, no fast return: take the reboot path now rather than at the deadline.
-        record(sessions, job_id, "nmi", "error", f"NMI failed: {exc}")
         with sessions() as db:
-            why = "the NMI could not be sent: power cycle, network boot"
+            job = db.get(ProvisionJob, job_id, with_for_update=True)  # see jobs.open_job
+            assert job is not None
+            stamp(job, "nmi", "error", f"NMI failed: {exc}")
+            then = clock.after_failed_nmi(job)
+            if then == clock.NMI_AGAIN:  # a BMC that missed one call (a busy machine, a lost UDP packet)
+                clock.claim(db, job_id, RUNNING, FAST, status=PENDING)
+            db.commit()
+        if then != clock.NMI_GIVE_UP:
+            return 1
+        # No NMI, no fast return: take the reboot path now rather than at the deadline.
+        with sessions() as db:
+            why = f"the NMI could not be sent ({clock.NMI_TRIES} tries): power cycle, network boot"
             if clock.fall_back(db, job_id, RUNNING, settings, why) is None:
                 return 1
             db.commit()

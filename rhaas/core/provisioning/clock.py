@@ -4,9 +4,9 @@ The worker's ticker (`rhaas.worker.provisioning`) runs these in its own transact
 calls between them. Here: which nodes and jobs are due (a NIC that changed hands, a network boot, a new
 return, a deadline passed), claiming one with a conditional UPDATE (so several servers can share the
 work), a return's first step (an NMI, or a power cycle on the reboot path), how long a failed power
-cycle waits before the next try (`RETRY_SECONDS`), and what a missed deadline does: a deploy or a
-return by reboot fails its node, a fast return falls back to the reboot path. Nothing here commits,
-calls a BMC or a switch, or sleeps.
+cycle or NMI waits before the next try (`RETRY_SECONDS`; an NMI has `NMI_TRIES`), and what a missed
+deadline does: a deploy or a return by reboot fails its node, a fast return falls back to the reboot
+path. Nothing here commits, calls a BMC or a switch, or sleeps.
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ from rhaas.core.provisioning.jobs import (
 )
 from rhaas.db.models import ERROR, PENDING, NetworkingAction, Nic, NodeProvisioning, ProvisionJob, utcnow
 
-#: Seconds between two tries of a power cycle that failed (a BMC that did not answer, an upstream error).
+#: Seconds between two tries of a power cycle or an NMI that failed (a BMC that did not answer, an
+#: upstream error).
 RETRY_SECONDS = 5.0
+#: How many times a fast return sends its NMI before it takes the reboot path. A second NMI is harmless
+#: whichever way the first went: the customer's kernel panics into the return FPBL on the first one it
+#: gets, and the return FPBL itself ignores NMIs (it boots without ``unknown_nmi_panic``).
+NMI_TRIES = 3
 
 
 # --- what is due -------------------------------------------------------------------------------------
@@ -139,11 +144,25 @@ def claim(db: Session, job_id: int, was_status: str, was_path: str, **values: An
 
 def return_may_start(db: Session, job: ProvisionJob) -> bool:
     """Whether a pending return may be set going now: its NIC is back on the provisioning network (the
-    return FPBL needs it), and a power cycle that failed was not tried within `RETRY_SECONDS`."""
+    return FPBL needs it), and a power cycle or an NMI that failed was not tried within `RETRY_SECONDS`."""
     if port_busy(db, db.get(NodeProvisioning, job.node_id)):
         return False
     last = job.phases[-1] if job.phases else None
     return not (last and last["state"] == "error" and last["at"] > time.time() - RETRY_SECONDS)
+
+
+#: What a fast return does after an NMI that failed (`after_failed_nmi`).
+NMI_ARRIVED, NMI_AGAIN, NMI_GIVE_UP = "arrived", "again", "give-up"
+
+
+def after_failed_nmi(job: ProvisionJob) -> str:
+    """What a fast return does once its NMI failed (that failure already stamped): `NMI_ARRIVED` if the
+    return FPBL checked in all the same (an answer lost, the NMI delivered: carry on), `NMI_AGAIN` while
+    it has had fewer than `NMI_TRIES` tries, else `NMI_GIVE_UP` (the reboot path)."""
+    if any(p["phase"] == "checkin" for p in job.phases):
+        return NMI_ARRIVED
+    failed = sum(1 for p in job.phases if p["phase"] == "nmi" and p["state"] == "error")
+    return NMI_AGAIN if failed < NMI_TRIES else NMI_GIVE_UP
 
 
 def power_cycles_first(job: ProvisionJob) -> bool:
