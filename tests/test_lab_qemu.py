@@ -238,3 +238,41 @@ def test_two_nodes_on_taps_in_one_ovs_bridge(image, tmp_path_factory, nodes):
         ovs.stop()
     for node in nodes:
         assert not Path("/sys/class/net", str(node.tap)).exists(), "QEMU's tap outlived it"
+
+
+def test_a_qmp_command_skips_an_event_sent_before_the_greeting(workdir):
+    """QEMU keeps its monitor in command mode from one client to the next, so a client connecting as the
+    machine starts may read a RESUME event before the greeting (seen under load, as a power cycle's
+    start failed with "not a QMP greeting"). The command still runs and answers."""
+    import json
+    import socket
+    import threading
+
+    from rhaas.lab.qemu import qmp_command
+
+    path = workdir / "fake.qmp"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    asked: list[str] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as stream:
+            stream.write(b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}\n')
+            stream.write(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+            stream.flush()
+            for _ in range(2):
+                asked.append(json.loads(stream.readline())["execute"])
+                reply = {"status": "running"} if asked[-1] == "query-status" else {}
+                stream.write(json.dumps({"return": reply}).encode() + b"\n")
+                stream.flush()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert qmp_command(path, "query-status", timeout=5.0) == {"status": "running"}
+        thread.join(5)
+        assert asked == ["qmp_capabilities", "query-status"]
+    finally:
+        server.close()

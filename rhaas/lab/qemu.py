@@ -149,6 +149,10 @@ def qmp_command(
         sock.connect(str(path))
         stream = sock.makefile("rwb")
         greeting = _qmp_read(stream)
+        while "event" in greeting:
+            # QEMU keeps a monitor in command mode from one client to the next, and may send an event
+            # (RESUME as the machine starts) to a new client before its greeting: not ours to read.
+            greeting = _qmp_read(stream)
         if "QMP" not in greeting:
             raise QemuError(f"not a QMP greeting from {path}: {greeting}")
         _qmp_execute(stream, "qmp_capabilities", None)
