@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from disk_images import Disk, Link, blkid, debian_grub_cfg, ext4, make_tree, require_tools
-from test_fpbl import FakeAgentApi, FakeSystem, _agent, _fake_fpbl
+from test_fpbl import FakeAgentApi, FakeSystem, _agent, _crashed_agent, _fake_fpbl
 
 from rhaas.lab import images
 
@@ -100,6 +100,38 @@ def test_a_whole_disk_image_boots_its_own_grub_default_with_the_way_back_and_a_s
     assert blkid(part)["LABEL"] == "CIDATA"
     meta = subprocess.run(["mtype", "-i", str(part), "::meta-data"], check=True, capture_output=True).stdout
     assert json.loads(meta) == {"instance-id": "j1", "local-hostname": "n1", "public-keys": [KEY]}
+
+
+def test_an_image_too_big_for_the_crash_kernel_frees_its_files_before_loading_the_full_fpbl(
+    fake_api, tmp_path
+):
+    """From the return FPBL, a whole-disk image's boot files are known only once written and found: if
+    they do not fit there, the full FPBL is booted to do the deploy again. Its load must not meet the
+    image's kernel and initrd and the prepared return payload still in the (RAM) tmpfs: a Debian 13
+    image with dracut's initramfs had kexec killed for memory on the lab's nodes."""
+    loaded_with: list[list[str]] = []
+
+    class Watched(FakeSystem):
+        def kexec_load(self, kernel: str, initrd: str, cmdline: str) -> None:
+            loaded_with.append(sorted(Path(self.tmp).iterdir()))
+            super().kexec_load(kernel, initrd, cmdline)
+
+    system = Watched(tmp_path)
+    _fake_fpbl(tmp_path)
+    system.set_available(100_000)  # 97 MiB: 3 x (kernel + 20 MiB initrd + payload) + headroom is more
+    initrd = images.write_cpio([images.file_entry("init", b"#!/bin/sh\n", 0o755)]) + bytes(20 * MIB)
+    path, _uuid = debian_disk(tmp_path / "img", b"DEBIAN-KERNEL" * 5000, initrd)
+    fake_api.push({"action": "deploy", "job": "j1", "image": chunked(fake_api, path), "cmdline": "",
+                   "boot": {"cmdline": None}})  # fmt: skip
+    agent = _crashed_agent(fake_api, system)
+    agent.payload.made()  # prepared while the node idled, as the agent does
+    agent.run(rounds=1)
+
+    start = fake_api.report_of("j1", "restore-memory", "start")
+    assert start and "the return FPBL has 97 MiB available" in start["detail"], start
+    [(kernel, fpbl_initrd, _cmdline)] = system.kexecs
+    assert kernel.endswith("rhaas/fpbl/vmlinuz"), "the full FPBL, not the image's kernel"
+    assert [p.name for p in loaded_with[0]] == [Path(fpbl_initrd).name], loaded_with
 
 
 def test_an_image_with_no_bootable_linux_says_what_was_searched(fake_api, tmp_path):

@@ -10,6 +10,7 @@ kernel, after an NMI) it first checks that the node's memory is enough, and boot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -307,6 +308,12 @@ class Deployment:
         usable = kexec.usable_bytes(agent.memmap)
         agent.report(job, "restore-memory", "start", f"{why}; booting the full FPBL ({usable} bytes usable)")
         os.makedirs(agent.system.tmp, exist_ok=True)
+        # The full FPBL does this deploy again from the start: what this one copied out (the image's
+        # kernel and initrd, the prepared return payload) would only take the memory the load needs.
+        with agent.payload.lock:
+            for name in ("kernel", "initrd", "initrd.combined", STATIC_PAYLOAD):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(agent.system.tmp, name))
         fpbl_initrd = os.path.join(agent.system.tmp, "fpbl.initrd")
         kexec.compose_fpbl_initrd(fpbl_initrd, agent.system.fpbl_dir)
         args = [*kexec.inherited_args(agent.settings.cmdline), *kexec.exactmap_params(agent.memmap)]
