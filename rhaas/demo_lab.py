@@ -297,7 +297,8 @@ class _Story:
         b_vlan = bob.network.show("b-net")["channels"][1].split("/")[1]
         put_on(self.base, DESK, "reseller", b_vlan, away_from=self.a_net)
         self.b_jobs, self.b_up = self.step(
-            "customer B claims the same nodes, puts them on b-net, provisions Debian 13 with B's SSH key",
+            "customer B claims the same nodes, puts them on b-net, provisions Debian 13 (its initramfs "
+            "made by dracut) with B's SSH key",
             lambda: self.provision(bob, "customer-b", "debian13", "bob", "b-net"),
         )
         # -z: records end at NUL bytes (a disk's zeroes), not at newlines, so grep's memory stays small.

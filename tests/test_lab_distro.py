@@ -77,6 +77,35 @@ def images() -> dict[str, DistroImage]:
     return built
 
 
+_DECOMPRESSORS = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz"}
+
+
+def initramfs_names(data: bytes) -> set[str]:
+    """The names in an initramfs as the kernel unpacks it: newc archives one after the other (an
+    early-microcode one in front, say), zero padding between them, the last one compressed."""
+    names: set[str] = set()
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:
+            pos += 1
+            continue
+        if data[pos : pos + 6] == b"070701":
+            namesize, size = int(data[pos + 94 : pos + 102], 16), int(data[pos + 54 : pos + 62], 16)
+            name = data[pos + 110 : pos + 110 + namesize - 1].decode()
+            pos += 110 + namesize + (-(110 + namesize) % 4)
+            pos += size + (-size % 4)
+            if name != "TRAILER!!!":
+                names.add(name)
+            continue
+        tool = next((t for magic, t in _DECOMPRESSORS.items() if data[pos:].startswith(magic)), None)
+        assert tool is not None, (
+            f"neither cpio nor a known compression at offset {pos}: {data[pos : pos + 8]!r}"
+        )
+        done = subprocess.run([tool, "-dc"], input=data[pos:], capture_output=True, check=True)
+        return names | initramfs_names(done.stdout)
+    return names
+
+
 def _debugfs(disk: Path, request: str) -> str:
     done = subprocess.run(["debugfs", "-R", request, f"{disk}?offset={distro.ROOT_START}"],
                           capture_output=True, text=True, check=True)  # fmt: skip
@@ -307,16 +336,35 @@ class TestBuiltImage:
             "/usr/sbin/resize2fs",
         ):  # fsck of the root at boot; cloud-init's resizefs
             assert "Type: regular" in _debugfs(image.disk, f"stat {tool}"), tool
-        conf = _root_text(image, "/etc/initramfs-tools/conf.d/rhaas-lab")
-        assert re.search(r"^MODULES=most$", conf, re.M)
+        builder = distro.FLAVOURS[flavour].initramfs
+        path, text, _packages = distro.INITRAMFS_BUILDERS[builder]
+        conf = _root_text(image, path)
+        assert conf == text
+        generic = {distro.INITRAMFS_TOOLS: r"^MODULES=most$", distro.DRACUT: r'^hostonly="no"$'}[builder]
+        assert re.search(generic, conf, re.M)
+
+    def test_the_initramfs_is_made_by_the_flavours_builder(self, images, flavour):
+        """bookworm's by initramfs-tools, trixie's by dracut: each leaves its own files in the archive,
+        and the other builder is not installed."""
+        image = images[flavour]
+        builder = distro.FLAVOURS[flavour].initramfs
+        other = ({distro.INITRAMFS_TOOLS, distro.DRACUT} - {builder}).pop()
+        assert builder in image.packages and other not in image.packages
+        status = _root_text(image, "/var/lib/dpkg/status")
+        assert re.search(rf"^Package: {other}\nStatus: install ok installed$", status, re.M) is None
+        names = initramfs_names(image.initrd.read_bytes())
+        marker = {distro.INITRAMFS_TOOLS: "scripts/init-top", distro.DRACUT: "usr/lib/dracut"}
+        assert any(name.startswith(marker[builder]) for name in names), sorted(names)[:40]
+        assert not any(name.startswith(marker[other]) for name in names)
 
     def test_manifest_names_the_installed_versions(self, images, flavour):
         image = images[flavour]
         manifest = json.loads(image.manifest.read_text())
         assert manifest["key"] == image.key == image.manifest.parent.name
         assert manifest["packages"] == image.packages
-        for name in (image.kernel_package, "systemd", "cloud-init", "openssh-server", "initramfs-tools",
-                     distro.FLAVOURS[flavour].kernel_meta, distro.GRUB_PACKAGE):  # fmt: skip
+        for name in (image.kernel_package, "systemd", "cloud-init", "openssh-server",
+                     distro.FLAVOURS[flavour].initramfs, distro.FLAVOURS[flavour].kernel_meta,
+                     distro.GRUB_PACKAGE):  # fmt: skip
             assert image.packages.get(name), name
         status = _root_text(image, "/var/lib/dpkg/status")
         for name, version in image.packages.items():

@@ -5,8 +5,9 @@ runs a distribution. This module builds one, as a raw disk image that boots on i
 virtio) and on any node the image is written to:
 
 - the root file system comes from ``mmdebstrap`` (variant ``minbase``) with systemd, udev, a Debian
-  kernel, initramfs-tools, cloud-init, openssh-server, sudo and systemd-networkd (what cloud-init's
-  Debian configuration renders network settings to when ifupdown is absent);
+  kernel, an initramfs builder (initramfs-tools or dracut, generic rather than host-only: the build's
+  chroot says nothing of a node's drivers), cloud-init, openssh-server, sudo and systemd-networkd (what
+  cloud-init's Debian configuration renders network settings to when ifupdown is absent);
 - the disk is GPT: a 1 MiB BIOS boot partition, then one ext4 root partition filling the rest. The root
   file system is made from the build directory with ``mkfs.ext4 -d`` at the partition's offset, with a
   UUID derived from the build's key, so no loop device and no mount is needed;
@@ -22,13 +23,14 @@ virtio) and on any node the image is written to:
 
 Two flavours, so that two customers really run different operating systems: ``bookworm`` (Debian 12) and
 ``trixie`` (Debian 13), both with Debian's cloud kernel: virtio is all a lab node has, and the generic
-kernel (400 MB installed, against 105 MB) would take the bookworm image past 600 MB of data.
+kernel (400 MB installed, against 105 MB) would take the bookworm image past 600 MB of data. bookworm's
+initramfs is made by initramfs-tools, trixie's by dracut (as Fedora's, RHEL's and SUSE's are).
 
 Builds are cached under ``<cache>/distro/<key>/``: ``disk.raw`` (sparse), the image's ``vmlinuz`` and
 ``initrd.img`` (for a deploy that starts them with kexec) and ``manifest.json``. The key is a hash of the
 builder's version, the flavour, the image's configuration and apt sources, and the exact versions apt
 reports for the image's top-level packages (the versioned kernel its meta package depends on, systemd,
-cloud-init, openssh-server, initramfs-tools) and of this machine's ``grub-pc-bin``. Each release's
+cloud-init, openssh-server, the initramfs builder) and of this machine's ``grub-pc-bin``. Each release's
 package lists are kept apart from this machine's apt, under ``<cache>/distro/apt/<release>/``, so that
 computing a key is an ``apt-cache`` call: a cache hit costs well under a second. The lists are fetched
 when missing, before every build (a miss), and when asked (``refresh=True``).
@@ -79,14 +81,16 @@ GRUB_DIR = Path("/usr/lib/grub/i386-pc")
 GRUB_PACKAGE = "grub-pc-bin"
 #: The kernel command line: the lab reads the serial console.
 CMDLINE = "ro console=ttyS0"
-#: The image's top-level packages besides the kernel, whose versions key the cache.
-KEYED_PACKAGES = ("systemd", "cloud-init", "openssh-server", "initramfs-tools")
-#: What is installed on top of ``minbase`` (besides the kernel).
+#: The image's top-level packages besides the kernel and the initramfs builder, whose versions key the
+#: cache (`keyed_packages`).
+KEYED_PACKAGES = ("systemd", "cloud-init", "openssh-server")
+#: What is installed on top of ``minbase`` (besides the kernel and the initramfs builder).
 INCLUDE = (
-    "systemd-sysv", "udev", "dbus", "iproute2", "systemd-resolved", "initramfs-tools", "cloud-init",
-    "openssh-server", "sudo",
+    "systemd-sysv", "udev", "dbus", "iproute2", "systemd-resolved", "cloud-init", "openssh-server",
+    "sudo",
     "e2fsprogs",  # the root's fsck and cloud-init's resize2fs; trixie's minbase no longer has it
 )  # fmt: skip
+INITRAMFS_TOOLS, DRACUT = "initramfs-tools", "dracut"
 #: Documentation and translations are left out of the image (copyright files stay), to keep it small.
 DPKG_OPTIONS = (
     "path-exclude=/usr/share/man/*",
@@ -112,6 +116,17 @@ INITRAMFS_CONF = """\
 # Written by rhaas's lab image builder: the image's disk driver is not the build machine's.
 MODULES=most
 """
+#: dracut's generic (not host-only) initramfs, for the same reason; zstd, as initramfs-tools compresses.
+DRACUT_CONF = """\
+# Written by rhaas's lab image builder: the image's disk driver is not the build machine's.
+hostonly="no"
+compress="zstd"
+"""
+#: Each initramfs builder: its configuration file in the image, its text, and what it needs installed.
+INITRAMFS_BUILDERS = {
+    INITRAMFS_TOOLS: ("/etc/initramfs-tools/conf.d/rhaas-lab", INITRAMFS_CONF, (INITRAMFS_TOOLS,)),
+    DRACUT: ("/etc/dracut.conf.d/rhaas-lab.conf", DRACUT_CONF, (DRACUT, "zstd")),
+}
 HOSTS = """\
 127.0.0.1\tlocalhost
 ::1\t\tlocalhost ip6-localhost ip6-loopback
@@ -174,11 +189,14 @@ class Flavour:
     release: str
     title: str
     kernel_meta: str = "linux-image-cloud-amd64"
+    #: What makes the image's initramfs: `INITRAMFS_TOOLS` (Debian's default) or `DRACUT`.
+    initramfs: str = INITRAMFS_TOOLS
 
 
 FLAVOURS = {
     "bookworm": Flavour("bookworm", "bookworm", "Debian GNU/Linux 12 (bookworm)"),
-    "trixie": Flavour("trixie", "trixie", "Debian GNU/Linux 13 (trixie)"),
+    # dracut, as Fedora, RHEL and SUSE images have: the way back must ride in both kinds of initramfs.
+    "trixie": Flavour("trixie", "trixie", "Debian GNU/Linux 13 (trixie)", initramfs=DRACUT),
 }
 DEFAULT_FLAVOUR = "bookworm"
 
@@ -314,12 +332,17 @@ def host_package_version(name: str) -> str:
     return version
 
 
+def keyed_packages(flavour: Flavour) -> tuple[str, ...]:
+    """The image's top-level packages besides the kernel: `KEYED_PACKAGES` and its initramfs builder."""
+    return (*KEYED_PACKAGES, flavour.initramfs)
+
+
 def resolve_packages(flavour: Flavour, apt: ReleaseApt) -> dict[str, str]:
     """The exact versions of the image's top-level packages, as apt reports them for its release."""
-    fields = apt.show(flavour.kernel_meta, *KEYED_PACKAGES)
+    fields = apt.show(flavour.kernel_meta, *keyed_packages(flavour))
     kernel, kernel_version = kernel_dependency(flavour.kernel_meta, fields[flavour.kernel_meta], apt)
     versions = {flavour.kernel_meta: fields[flavour.kernel_meta]["Version"], kernel: kernel_version}
-    versions.update({name: fields[name]["Version"] for name in KEYED_PACKAGES})
+    versions.update({name: fields[name]["Version"] for name in keyed_packages(flavour)})
     versions[GRUB_PACKAGE] = host_package_version(GRUB_PACKAGE)
     return versions
 
@@ -327,7 +350,8 @@ def resolve_packages(flavour: Flavour, apt: ReleaseApt) -> dict[str, str]:
 def cache_key(flavour: Flavour, packages: dict[str, str], sources: Sequence[str] = ()) -> str:
     """The build's cache key: builder version, flavour, configuration texts, package versions and the
     image's apt sources."""
-    config = "\0".join([CLOUD_CFG, INITRAMFS_CONF, _GRUB_EARLY, _GRUB_CFG, CMDLINE, HOSTS, *INCLUDE,
+    initramfs_conf = INITRAMFS_BUILDERS[flavour.initramfs][1]
+    config = "\0".join([CLOUD_CFG, initramfs_conf, _GRUB_EARLY, _GRUB_CFG, CMDLINE, HOSTS, *INCLUDE,
                         *DPKG_OPTIONS, *_GRUB_CORE_MODULES, str(DISK_BYTES)])  # fmt: skip
     data = {
         "builder": _BUILDER_VERSION,
@@ -375,17 +399,16 @@ def _remove_build_dir(path: Path) -> None:
 
 def mmdebstrap_command(flavour: Flavour, rootdir: Path, mirror: str, security: str) -> list[str]:
     """The ``mmdebstrap`` command that makes the image's root file system in ``rootdir``."""
-    setup = (
-        f'mkdir -p "$1/etc/initramfs-tools/conf.d" && printf %s {shlex.quote(INITRAMFS_CONF)}'
-        f' > "$1/etc/initramfs-tools/conf.d/rhaas-lab"'
-    )
+    conf, text, packages = INITRAMFS_BUILDERS[flavour.initramfs]
+    # Before any package: the kernel's postinst makes the initramfs with what this file says.
+    setup = f'mkdir -p "$1{os.path.dirname(conf)}" && printf %s {shlex.quote(text)} > "$1{conf}"'
     cmd = [
         "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
         "--aptopt=Acquire::Languages \"none\"",
         *(f"--dpkgopt={opt}" for opt in DPKG_OPTIONS),
         f"--setup-hook={setup}",
         # The kernel's meta package, as on an installed system: upgrades follow new kernels.
-        f"--include={','.join([*INCLUDE, flavour.kernel_meta])}",
+        f"--include={','.join([*INCLUDE, *packages, flavour.kernel_meta])}",
         # cloud-init renders network settings for systemd-networkd when ifupdown is absent; Debian
         # leaves networkd disabled.
         '--customize-hook=chroot "$1" systemctl enable systemd-networkd.service',
@@ -728,7 +751,7 @@ def _build(spec: Flavour, apt: ReleaseApt, base: Path, mirror: str, security: st
         # The key names what the image holds: the archive may have moved since the lists were read.
         release = kernel_release_of(rootdir)
         kernel = f"linux-image-{release}"  # Debian names a kernel's package after its release
-        names = [spec.kernel_meta, kernel, *KEYED_PACKAGES]
+        names = [spec.kernel_meta, kernel, *keyed_packages(spec)]
         installed = installed_versions(rootdir, names)
         missing = [name for name in names if name not in installed]
         if missing:
