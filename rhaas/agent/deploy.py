@@ -32,6 +32,10 @@ STATIC_PAYLOAD_BYTES = 48 << 20
 #: 32 MiB was not enough with the generic FPBL on a MegaRAID node: kexec was killed for memory (the
 #: drivers coldplug loads take their share of the crash region).
 DEPLOY_HEADROOM_BYTES = 64 << 20
+#: What a whole-disk image's kernel and initrd are taken to weigh before it is written: a distribution's
+#: (Debian 12's are 14 + 15 MB, Debian 13's with dracut 12 + 21 MB). With the return payload they do not
+#: fit in the return FPBL, which then boots the full FPBL before writing anything, not after.
+WHOLE_DISK_BOOT_FILES_GUESS = 32 << 20
 #: The deploy-independent part of the return payload, under System.tmp (see `StaticPayload`).
 STATIC_PAYLOAD = "return-static.cpio"
 
@@ -100,6 +104,10 @@ class Deployment:
                                  "only the crash region's memory")  # fmt: skip
             if job.kernel is not None and job.initrd is not None:
                 self._check_memory(job.kernel.size + job.initrd.size)
+            elif job.image is not None:
+                # Its boot files are known only once it is written: checking then would write the image
+                # twice when they do not fit (as a distribution's do not). Decide now, on a guess.
+                self._check_memory(WHOLE_DISK_BOOT_FILES_GUESS)
         os.makedirs(agent.system.tmp, exist_ok=True)
         kernel = os.path.join(agent.system.tmp, "kernel")
         initrd = os.path.join(agent.system.tmp, "initrd")
