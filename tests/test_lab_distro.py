@@ -337,9 +337,9 @@ class TestBuiltImage:
         ):  # fsck of the root at boot; cloud-init's resizefs
             assert "Type: regular" in _debugfs(image.disk, f"stat {tool}"), tool
         builder = distro.FLAVOURS[flavour].initramfs
-        path, text, _packages = distro.INITRAMFS_BUILDERS[builder]
-        conf = _root_text(image, path)
-        assert conf == text
+        wanted = distro.INITRAMFS_BUILDERS[builder]
+        conf = _root_text(image, wanted.conf)
+        assert conf == wanted.text
         generic = {distro.INITRAMFS_TOOLS: r"^MODULES=most$", distro.DRACUT: r'^hostonly="no"$'}[builder]
         assert re.search(generic, conf, re.M)
 

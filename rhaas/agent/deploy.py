@@ -38,6 +38,9 @@ DEPLOY_HEADROOM_BYTES = 64 << 20
 WHOLE_DISK_BOOT_FILES_GUESS = 32 << 20
 #: The deploy-independent part of the return payload, under System.tmp (see `StaticPayload`).
 STATIC_PAYLOAD = "return-static.cpio"
+#: What a deploy copies out under System.tmp: the kernel, its initrd, and that initrd with the return
+#: payload after it (what kexec loads).
+KERNEL, INITRD, COMBINED = "kernel", "initrd", "initrd.combined"
 
 
 class StaticPayload:
@@ -109,8 +112,8 @@ class Deployment:
                 # twice when they do not fit (as a distribution's do not). Decide now, on a guess.
                 self._check_memory(WHOLE_DISK_BOOT_FILES_GUESS)
         os.makedirs(agent.system.tmp, exist_ok=True)
-        kernel = os.path.join(agent.system.tmp, "kernel")
-        initrd = os.path.join(agent.system.tmp, "initrd")
+        kernel = os.path.join(agent.system.tmp, KERNEL)
+        initrd = os.path.join(agent.system.tmp, INITRD)
         if job.image is not None:
             cmdline = self._deploy_image(kernel, initrd)
         else:
@@ -303,7 +306,7 @@ class Deployment:
         if agent.memmap:
             crash.append(f"rhaas.memmap={kexec.format_memmap(agent.memmap)}")
         new_cmdline, next_init = kexec.customer_cmdline(cmdline)
-        combined = os.path.join(agent.system.tmp, "initrd.combined")
+        combined = os.path.join(agent.system.tmp, COMBINED)
         with agent.payload.lock:  # copied: not needed again unless this deploy fails (then made again)
             kexec.append_payload(initrd, combined, static, " ".join(crash), next_init)
             os.unlink(static)
@@ -319,7 +322,7 @@ class Deployment:
         # The full FPBL does this deploy again from the start: what this one copied out (the image's
         # kernel and initrd, the prepared return payload) would only take the memory the load needs.
         with agent.payload.lock:
-            for name in ("kernel", "initrd", "initrd.combined", STATIC_PAYLOAD):
+            for name in (KERNEL, INITRD, COMBINED, STATIC_PAYLOAD):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(agent.system.tmp, name))
         fpbl_initrd = os.path.join(agent.system.tmp, "fpbl.initrd")

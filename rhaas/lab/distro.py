@@ -56,6 +56,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from rhaas.imaging import ImageBuildError, run
 from rhaas.imaging.cache import cache_dir, locked, read_manifest, write_manifest
@@ -122,10 +123,22 @@ DRACUT_CONF = """\
 hostonly="no"
 compress="zstd"
 """
-#: Each initramfs builder: its configuration file in the image, its text, and what it needs installed.
+
+
+class InitramfsBuilder(NamedTuple):
+    """How an image's initramfs is made: the builder's configuration file in the image, its text, and the
+    packages it needs installed."""
+
+    conf: str
+    text: str
+    packages: tuple[str, ...]
+
+
 INITRAMFS_BUILDERS = {
-    INITRAMFS_TOOLS: ("/etc/initramfs-tools/conf.d/rhaas-lab", INITRAMFS_CONF, (INITRAMFS_TOOLS,)),
-    DRACUT: ("/etc/dracut.conf.d/rhaas-lab.conf", DRACUT_CONF, (DRACUT, "zstd")),
+    INITRAMFS_TOOLS: InitramfsBuilder(
+        "/etc/initramfs-tools/conf.d/rhaas-lab", INITRAMFS_CONF, (INITRAMFS_TOOLS,)
+    ),
+    DRACUT: InitramfsBuilder("/etc/dracut.conf.d/rhaas-lab.conf", DRACUT_CONF, (DRACUT, "zstd")),
 }
 HOSTS = """\
 127.0.0.1\tlocalhost
@@ -350,7 +363,7 @@ def resolve_packages(flavour: Flavour, apt: ReleaseApt) -> dict[str, str]:
 def cache_key(flavour: Flavour, packages: dict[str, str], sources: Sequence[str] = ()) -> str:
     """The build's cache key: builder version, flavour, configuration texts, package versions and the
     image's apt sources."""
-    initramfs_conf = INITRAMFS_BUILDERS[flavour.initramfs][1]
+    initramfs_conf = INITRAMFS_BUILDERS[flavour.initramfs].text
     config = "\0".join([CLOUD_CFG, initramfs_conf, _GRUB_EARLY, _GRUB_CFG, CMDLINE, HOSTS, *INCLUDE,
                         *DPKG_OPTIONS, *_GRUB_CORE_MODULES, str(DISK_BYTES)])  # fmt: skip
     data = {
@@ -399,16 +412,17 @@ def _remove_build_dir(path: Path) -> None:
 
 def mmdebstrap_command(flavour: Flavour, rootdir: Path, mirror: str, security: str) -> list[str]:
     """The ``mmdebstrap`` command that makes the image's root file system in ``rootdir``."""
-    conf, text, packages = INITRAMFS_BUILDERS[flavour.initramfs]
+    builder = INITRAMFS_BUILDERS[flavour.initramfs]
     # Before any package: the kernel's postinst makes the initramfs with what this file says.
-    setup = f'mkdir -p "$1{os.path.dirname(conf)}" && printf %s {shlex.quote(text)} > "$1{conf}"'
+    conf = builder.conf
+    setup = f'mkdir -p "$1{os.path.dirname(conf)}" && printf %s {shlex.quote(builder.text)} > "$1{conf}"'
     cmd = [
         "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
         "--aptopt=Acquire::Languages \"none\"",
         *(f"--dpkgopt={opt}" for opt in DPKG_OPTIONS),
         f"--setup-hook={setup}",
         # The kernel's meta package, as on an installed system: upgrades follow new kernels.
-        f"--include={','.join([*INCLUDE, *packages, flavour.kernel_meta])}",
+        f"--include={','.join([*INCLUDE, *builder.packages, flavour.kernel_meta])}",
         # cloud-init renders network settings for systemd-networkd when ifupdown is absent; Debian
         # leaves networkd disabled.
         '--customize-hook=chroot "$1" systemctl enable systemd-networkd.service',
