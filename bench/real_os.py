@@ -18,7 +18,9 @@ sits on the customer's VLAN: its DHCP server answers cloud-init, and it logs in 
 - **return → ready** by the fast path (NMI, wipe, verified) and by the reboot path (power cycle, network
   boot, wipe), and firmware boots per cycle from the BMCs' counters;
 - **bytes sent against the virtual size**: what a deploy fetched (the image's data) and the disk it
-  fills.
+  fills;
+- **deployed from**: per round, the FPBL the deploy started in (round 1 the full FPBL, later rounds the
+  return FPBL the round before left), and why it booted the full FPBL first where it did (memory).
 """
 
 from __future__ import annotations
@@ -137,6 +139,12 @@ class RealOsBench:
         seconds["deploy in the agent (first report to last)"] = max(ats) - min(ats)
         return seconds
 
+    def restored(self, name: str) -> str | None:
+        """Why the node's last deploy booted the full FPBL first (the return FPBL's memory), or None."""
+        deploy = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "deploy"][-1]
+        starts = (p for p in deploy["phases"] if p["phase"] == "restore-memory" and p["state"] == "start")
+        return next((str(p["detail"]) for p in starts), None)
+
     def boots(self) -> dict[str, int]:
         return {n["node"]: n["firmware_boots"] for n in self.lab.status()["nodes"]}
 
@@ -151,6 +159,7 @@ class RealOsBench:
 def run(nodes: int, rounds: int, memory: int, cpu: str = "qemu64") -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     boots: dict[str, list[int]] = {}
+    deployed_from: list[str] = []
 
     def add(key: str, values: dict[str, float]) -> None:
         samples.setdefault(key, []).extend(values.values())
@@ -167,6 +176,9 @@ def run(nodes: int, rounds: int, memory: int, cpu: str = "qemu64") -> dict[str, 
                 sent = bench.sent_bytes(one[0])
                 for key, value in bench.phases(one[0]).items():
                     add(key, {"1": value})
+                line = f"round {r + 1}: " + ("the full FPBL" if r == 0 else "the return FPBL")
+                why = bench.restored(one[0])
+                deployed_from.append(line + (f", which booted the full FPBL first ({why})" if why else ""))
                 add("return by the fast path, 1 node", in_parallel(one, bench.give_back))
                 boots.setdefault("fast path", []).extend(bench.boots()[n] - before[n] for n in one)
                 add("straight from its disk -> SSH answers, 1 node", {"straight": bench.straight(r)})
@@ -193,6 +205,7 @@ def run(nodes: int, rounds: int, memory: int, cpu: str = "qemu64") -> dict[str, 
     result: dict[str, Any] = {
         "image": f"{bench.image.release} ({bench.image.kernel_release})",
         "medians_s": medians,
+        "deployed_from": deployed_from,
         "samples_s": {k: [round(x, 1) for x in v] for k, v in samples.items()},
         "firmware_boots_per_cycle": {k: statistics.median(v) for k, v in boots.items()},
         "register_s": round(figures["register_s"], 1),
@@ -237,6 +250,8 @@ def main(argv: list[str]) -> int:
         print(f"{key:<50} {value:>9.1f}   {result['samples_s'][key]}")
     reboot = result["provision_reboot_path_s"]
     print(f"provision by the reboot path (network boot + the same deploy): {reboot} s")
+    for line in result["deployed_from"]:
+        print(f"deployed from {line}")
     for key, value in result["firmware_boots_per_cycle"].items():
         print(f"firmware boots per provision+return cycle, {key}: {value:g}")
     sent, virtual = result["bytes_sent_per_deploy"], result["virtual_bytes"]

@@ -271,7 +271,7 @@ def test_relative_and_absolute_urls(fake_api):
 
 def test_customer_cmdline_arms_the_return():
     line, nxt = kx.customer_cmdline("console=ttyS0 crashkernel=64M quiet")
-    assert line == "console=ttyS0 quiet rdinit=/rhaas/init crashkernel=384M unknown_nmi_panic=1"
+    assert line == "console=ttyS0 quiet rdinit=/rhaas/init crashkernel=448M unknown_nmi_panic=1"
     assert nxt == "/init"
     line, nxt = kx.customer_cmdline("rdinit=/sbin/myinit console=ttyS0 -- single")
     assert nxt == "/sbin/myinit"
@@ -346,7 +346,7 @@ def test_return_payload_contents(tmp_path):
     customer = tmp_path / "customer.initrd"
     customer.write_bytes(gzip.compress(images.write_cpio([images.file_entry("init", b"x")]), mtime=0))
     static = tmp_path / "static.cpio"
-    kx.prepare_static_payload(str(static), files, str(tmp_path / "rhaas/fpbl"))
+    kx.prepare_static_payload(str(static), files)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("static")) == ["static.cpio"]
     out = tmp_path / "combined"
     total = kx.append_payload(str(customer), str(out), str(static), "crash line", "/init")
@@ -364,7 +364,12 @@ def test_return_payload_contents(tmp_path):
     assert "kexec -i -p /rhaas/fpbl/vmlinuz" in kx.WRAPPER and 'exec "$NEXT"' in kx.WRAPPER
     assert payload["rhaas/crash.cmdline"].data == b"crash line\n"
     assert payload["rhaas/next"].data == b"/init\n"
-    assert payload["rhaas/fpbl/initrd"].data == data
+    parts = payload["rhaas/fpbl/initrd.parts"].data.decode().split()
+    joined = b"".join(payload[p.lstrip("/")].data for p in parts)
+    assert joined == data, "the wrapper's cat makes the FPBL initrd"
+    assert static.read_bytes().count(b"KERNEL" * 1000) == 1, "the FPBL kernel is carried once"
+    assert static.read_bytes().count(core) == 1, "and so is its core"
+    assert "$B cat $($B cat /rhaas/fpbl/initrd.parts) > /rhaas/fpbl/initrd" in kx.WRAPPER
     assert payload["rhaas/lib/ld-linux-x86-64.so.2"].data == b"ld-linux-x86-64.so.2"
     assert {"rhaas/bin/busybox", "rhaas/bin/kexec", "rhaas/lib/libc.so.6"} <= set(payload)
 
@@ -599,7 +604,7 @@ def test_deploy_writes_verifies_and_arms_the_return(fake_api, tmp_path):
     assert (tmp_path / "dev/vda").read_bytes()[: len(image)] == image  # zero chunks over 0xee: written
     [(kernel, initrd, cmdline)] = system.kexecs
     assert Path(kernel).read_bytes() == b"KERNEL"
-    assert cmdline == "console=ttyS0 rdinit=/rhaas/init crashkernel=384M unknown_nmi_panic=1"
+    assert cmdline == "console=ttyS0 rdinit=/rhaas/init crashkernel=448M unknown_nmi_panic=1"
     data = Path(initrd).read_bytes()
     payload = images.read_cpio(data[len(customer) + (-len(customer) % 4) :])
     crash = payload["rhaas/crash.cmdline"].data.decode()
@@ -711,7 +716,7 @@ def test_a_deploy_from_the_crash_kernel_hands_the_customer_the_full_memory_map(f
     assert system.published == [kx.parse_memmap(MEMMAP)], "kexec-tools reads the full map, not the crash one"
     [(kernel, _, cmdline)] = system.kexecs
     assert Path(kernel).read_bytes() == b"KERNEL"
-    assert cmdline == "console=ttyS0 rdinit=/rhaas/init crashkernel=384M unknown_nmi_panic=1"
+    assert cmdline == "console=ttyS0 rdinit=/rhaas/init crashkernel=448M unknown_nmi_panic=1"
     assert fake_api.report_of("j5", "kexec", "done") and not fake_api.report_of(
         "j5", "restore-memory", "start"
     )
@@ -725,8 +730,8 @@ def test_a_deploy_too_big_for_the_crash_kernel_restores_the_memory_first(fake_ap
     fake_api.push(_deploy_item(fake_api, "j6", b"\x00" * (20 << 20)))
     _crashed_agent(fake_api, system).run(rounds=1)
     start = fake_api.report_of("j6", "restore-memory", "start")
-    assert start and start["detail"] == (  # 3 x (kernel + 20 MiB initrd + 48 MiB payload) + 64 MiB
-        "the deploy needs 268 MiB, the return FPBL has 195 MiB available; booting the full FPBL"
+    assert start and start["detail"] == (  # 3 x (kernel + 20 MiB initrd + 30 MiB payload) + 64 MiB
+        "the deploy needs 214 MiB, the return FPBL has 195 MiB available; booting the full FPBL"
         f" ({0x9FC00 + 0x5FF00000} bytes usable)"
     )
     [(kernel, _, cmdline)] = system.kexecs
@@ -969,7 +974,7 @@ def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nod
         "return check-in", lambda: [c for c in fake_api.checkins[checkins:] if c[1]["mode"] == "return"], 120
     )[0]
     timings["return: NMI -> return check-in"] = back[0] - nmi
-    assert back[1]["memory_kb"] < 400 * 1024, "the crash kernel sees only the reserved region"
+    assert back[1]["memory_kb"] < kx.CRASH_MIB * 1024, "the crash kernel sees only the reserved region"
     fake_api.wait_for("verified wipe", lambda: fake_api.report_of("ret", "verify-wipe", "done"), BOOT_TIMEOUT)
     fake_api.wait_for("ready report", lambda: fake_api.report_of("ret", "ready", "done"), 60)
     timings["return: NMI -> wiped and ready"] = time.monotonic() - nmi
@@ -1008,7 +1013,7 @@ def test_deploy_by_kexec_and_return_by_nmi(fpbl, fake_api, tmp_path_factory, nod
     scrub = fake_api.report_of("ret2", "scrub-memory", "done")
     assert scrub and "zeroed and read back" in scrub["detail"], fake_api.reports
     outside = int(scrub["detail"].split()[0])
-    assert outside > (memory_mb - 400) << 20, scrub["detail"]  # all but the crash region
+    assert outside > (memory_mb - kx.CRASH_MIB - 16) << 20, scrub["detail"]  # all but the crash region, holes
     assert "not reachable" not in scrub["detail"]
     print(scrub["detail"])
     own = scrub["detail"].split("(its RAM: ", 1)[1].split(")", 1)[0]

@@ -26,15 +26,16 @@ if TYPE_CHECKING:
     from rhaas.agent import swarm
     from rhaas.agent.agent import Agent
 
-#: Deploying from the return FPBL (the crash kernel's ~340 MB): what the static return payload takes, and
-#: what must stay free besides. A deploy that needs more restores the node's memory first.
-STATIC_PAYLOAD_BYTES = 48 << 20
+#: Deploying from the return FPBL (the crash kernel's ~400 MB, `kexec.CRASH_MIB`): what the static return
+#: payload takes, and what must stay free besides. A deploy that needs more restores the node's memory
+#: first.
+STATIC_PAYLOAD_BYTES = 30 << 20
 #: 32 MiB was not enough with the generic FPBL on a MegaRAID node: kexec was killed for memory (the
 #: drivers coldplug loads take their share of the crash region).
 DEPLOY_HEADROOM_BYTES = 64 << 20
 #: What a whole-disk image's kernel and initrd are taken to weigh before it is written: a distribution's
-#: (Debian 12's are 14 + 15 MB, Debian 13's with dracut 12 + 21 MB). With the return payload they do not
-#: fit in the return FPBL, which then boots the full FPBL before writing anything, not after.
+#: (Debian 12's are 14 + 15 MB, Debian 13's with dracut 12 + 21 MB). A return FPBL without room for them
+#: and the return payload boots the full FPBL before writing anything, not after.
 WHOLE_DISK_BOOT_FILES_GUESS = 32 << 20
 #: The deploy-independent part of the return payload, under System.tmp (see `StaticPayload`).
 STATIC_PAYLOAD = "return-static.cpio"
@@ -44,7 +45,7 @@ KERNEL, INITRD, COMBINED = "kernel", "initrd", "initrd.combined"
 
 
 class StaticPayload:
-    """The deploy-independent part of the return payload (busybox, kexec, the FPBL; ~40 MB), made once
+    """The deploy-independent part of the return payload (busybox, kexec, the FPBL; ~28 MB), made once
     while the node idles (`prepare`) so that a deploy only copies it."""
 
     def __init__(self, system: System) -> None:
@@ -63,7 +64,7 @@ class StaticPayload:
             if not os.path.exists(path):
                 os.makedirs(self.system.tmp, exist_ok=True)
                 files = kexec.FpblFiles.load(self.system.fpbl_dir)
-                kexec.prepare_static_payload(path, files, self.system.fpbl_dir)
+                kexec.prepare_static_payload(path, files)
             return path
 
     def prepare(self) -> None:
@@ -109,7 +110,7 @@ class Deployment:
                 self._check_memory(job.kernel.size + job.initrd.size)
             elif job.image is not None:
                 # Its boot files are known only once it is written: checking then would write the image
-                # twice when they do not fit (as a distribution's do not). Decide now, on a guess.
+                # twice when they do not fit. Decide now, on a guess of a distribution's.
                 self._check_memory(WHOLE_DISK_BOOT_FILES_GUESS)
         os.makedirs(agent.system.tmp, exist_ok=True)
         kernel = os.path.join(agent.system.tmp, KERNEL)

@@ -11,15 +11,21 @@ initramfs gains::
     /rhaas/bin/kexec       Debian's kexec, run through /rhaas/lib/ld-linux-x86-64.so.2 with its libraries
     /rhaas/lib/...
     /rhaas/fpbl/vmlinuz    the FPBL kernel
-    /rhaas/fpbl/initrd     the FPBL initrd (recomposed, see `compose_fpbl_initrd`)
+    /rhaas/fpbl/core.cpio.gz
+    /rhaas/fpbl/initrd.N   the bytes of the FPBL initrd between those two files (see `fpbl_initrd_parts`)
+    /rhaas/fpbl/initrd.parts  the order in which they make the FPBL initrd
 
 The payload is two archives: the small one made for each deploy (wrapper, next init, crash command line)
-and a ~40 MB one that is the same for every deploy (busybox, kexec, the FPBL), which the agent prepares
-once while the node idles (`prepare_static_payload`) so that a deploy only copies it.
+and a ~28 MB one that is the same for every deploy (busybox, kexec, the FPBL), which the agent prepares
+once while the node idles (`prepare_static_payload`) so that a deploy only copies it. The FPBL initrd
+holds the FPBL's kernel and core a second time (its self-copy); the payload carries each once, and the
+wrapper joins the parts with ``cat`` in the customer's memory, which is plentiful, not in the return
+FPBL's, which a deploy needs three times over (see `rhaas.agent.deploy`).
 
-The wrapper loads the FPBL as the crash kernel (``kexec -p``), removes /rhaas and ``exec``s the customer's
-init. ``crashkernel=384M unknown_nmi_panic=1`` on the customer's command line reserve the memory and turn
-an NMI into a panic, and so into the FPBL: no firmware, no cooperation from the customer OS.
+The wrapper makes the FPBL initrd, loads the FPBL as the crash kernel (``kexec -p``), removes /rhaas and
+``exec``s the customer's init. ``crashkernel=448M unknown_nmi_panic=1`` on the customer's command line
+reserve the memory and turn an NMI into a panic, and so into the FPBL: no firmware, no cooperation from
+the customer OS.
 
 The crash kernel sees only the reserved region, and stays the node's FPBL after a return. The next
 customer's kernel gets the node's whole memory all the same: the agent shows kexec-tools the map the first
@@ -36,9 +42,11 @@ can hold the parts to make one, and `compose_fpbl_initrd` makes exactly the byte
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
+import stat
 from typing import BinaryIO, NamedTuple
 
 from rhaas.agent.cpio import CpioWriter, pad4
@@ -48,7 +56,12 @@ FPBL_DIR = "/rhaas/fpbl"
 #: The return FPBL's own: ``iomem=relaxed`` lets a memory scrub reach, through /dev/mem, the customer's
 #: RAM that the crash kernel marks busy as "RAM buffer" (up to 64 MiB after each of its RAM ranges).
 CRASH_ARGS = ("irqpoll", "nr_cpus=1", "reset_devices", "iomem=relaxed")
-CUSTOMER_ARGS = ("rdinit=/rhaas/init", "crashkernel=384M", "unknown_nmi_panic=1")
+#: The crash region the customer's kernel reserves for the return FPBL (MiB). It must hold that FPBL and,
+#: for the next deploy from it, three copies of the next customer's kernel and initrd with the return
+#: payload (see `rhaas.agent.deploy`): 448 lets a distribution's (Debian's: 14 + 15 MB) deploy there, where
+#: 384 fell short by a few MiB and the deploy first booted the full FPBL (about 8 s under TCG).
+CRASH_MIB = 448
+CUSTOMER_ARGS = ("rdinit=/rhaas/init", f"crashkernel={CRASH_MIB}M", "unknown_nmi_panic=1")
 #: Parameters of one boot that must not be passed on to the next kernel.
 _NOT_INHERITED = {
     "irqpoll", "nr_cpus", "reset_devices", "elfcorehdr", "memmap", "crashkernel", "initrd", "BOOT_IMAGE",
@@ -66,7 +79,9 @@ B=/rhaas/bin/busybox
 $B mkdir -p /proc /sys
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
-if /rhaas/lib/ld-linux-x86-64.so.2 --library-path /rhaas/lib /rhaas/bin/kexec -i -p /rhaas/fpbl/vmlinuz \
+if ! $B cat $($B cat /rhaas/fpbl/initrd.parts) > /rhaas/fpbl/initrd; then
+    echo "RHAAS-RETURN unarmed: the FPBL initrd could not be put together"
+elif /rhaas/lib/ld-linux-x86-64.so.2 --library-path /rhaas/lib /rhaas/bin/kexec -i -p /rhaas/fpbl/vmlinuz \
         --initrd=/rhaas/fpbl/initrd --append="$($B cat /rhaas/crash.cmdline)"; then
     echo "RHAAS-RETURN armed crash_loaded=$($B cat /sys/kernel/kexec_crash_loaded)"
 else
@@ -75,7 +90,7 @@ fi
 $B umount /sys
 $B umount /proc
 NEXT=$($B cat /rhaas/next)
-# The payload holds the deploy's return token (good for one return check-in) and ~30 MB the customer
+# The payload holds the deploy's return token (good for one return check-in) and ~50 MB the customer
 # does not need.
 $B rm -rf /rhaas
 exec "$NEXT"
@@ -190,15 +205,57 @@ def customer_cmdline(cmdline: str) -> tuple[str, str]:
 # --- the FPBL's parts to recompose itself ------------------------------------------------------------
 
 
-def write_selfcopy(out: BinaryIO, core: str, vmlinuz: str) -> int:
-    """The uncompressed cpio that gives an FPBL the files to recompose itself; returns its length."""
-    cpio = CpioWriter(out)
+class _PartsCpio(CpioWriter):
+    """A cpio archive laid out as parts: the bytes it writes, and the paths of the files it copies in
+    place of their contents (`fpbl_initrd_parts`)."""
+
+    def __init__(self, parts: list[bytes | str], lead: bytes = b"") -> None:
+        self.buffer = io.BytesIO()
+        self.buffer.write(lead)
+        super().__init__(self.buffer)
+        self.parts = parts
+
+    def flush(self) -> None:
+        literal = self.buffer.getvalue()
+        if literal:
+            self.parts.append(literal)
+            self.buffer.seek(0)
+            self.buffer.truncate()
+
+    def copy(self, name: str, path: str, perm: int | None = None) -> None:
+        size = os.path.getsize(path)
+        self._header(name, stat.S_IFREG | (0o644 if perm is None else perm), size)
+        self.flush()
+        self.parts.append(path)
+        self.written += size
+        self._emit(b"\0" * (-size % 4))
+
+
+def fpbl_initrd_parts(core: str, vmlinuz: str) -> list[bytes | str]:
+    """The FPBL initrd as it is laid out, in order: bytes as they are, and the paths of ``core`` and
+    ``vmlinuz`` where their contents go. It is ``core`` (everything), padding, and an uncompressed cpio
+    (the self-copy) holding ``/rhaas/fpbl/core.cpio.gz`` and ``/rhaas/fpbl/vmlinuz``."""
+    parts: list[bytes | str] = [core]
+    cpio = _PartsCpio(parts, lead=b"\0" * (-os.path.getsize(core) % 4))
     cpio.directory("rhaas")
     cpio.directory("rhaas/fpbl")
-    cpio.copy("rhaas/fpbl/core.cpio.gz", core, 0o644)
-    cpio.copy("rhaas/fpbl/vmlinuz", vmlinuz, 0o644)
+    cpio.copy("rhaas/fpbl/core.cpio.gz", core)
+    cpio.copy("rhaas/fpbl/vmlinuz", vmlinuz)
     cpio.close()
-    return cpio.written
+    cpio.flush()
+    return parts
+
+
+def write_parts(out: BinaryIO, parts: list[bytes | str]) -> int:
+    """Write ``parts`` (bytes, and paths of files to copy) to ``out`` (a real file); the bytes written."""
+    length = 0
+    for part in parts:
+        if isinstance(part, bytes):
+            out.write(part)
+            length += len(part)
+        else:
+            length += copy_file(out, part)
+    return length
 
 
 def copy_file(out: BinaryIO, path: str) -> int:
@@ -218,11 +275,9 @@ def copy_file(out: BinaryIO, path: str) -> int:
 
 def compose_fpbl_initrd(out_path: str, fpbl_dir: str = FPBL_DIR) -> int:
     """Write the FPBL initrd (core + self-copy) to ``out_path`` from the FPBL's own files; its size."""
-    core = os.path.join(fpbl_dir, "core.cpio.gz")
+    parts = fpbl_initrd_parts(os.path.join(fpbl_dir, "core.cpio.gz"), os.path.join(fpbl_dir, "vmlinuz"))
     with open(out_path, "wb") as out:
-        length = pad4(out, copy_file(out, core))
-        length += write_selfcopy(out, core, os.path.join(fpbl_dir, "vmlinuz"))
-    return length
+        return write_parts(out, parts)
 
 
 # --- the return payload ------------------------------------------------------------------------------
@@ -251,35 +306,42 @@ class FpblFiles(NamedTuple):
         )
 
 
-def write_static_payload(out: BinaryIO, files: FpblFiles, fpbl_initrd: str) -> int:
+def write_static_payload(out: BinaryIO, files: FpblFiles) -> int:
     """The part of the return payload that is the same for every deploy (busybox, kexec and its
-    libraries, the FPBL kernel and initrd): a cpio of its own, ~40 MB, written once while the node idles.
-    Returns its length."""
+    libraries, the FPBL's kernel and core, and the bytes that make them the FPBL initrd): a cpio of its
+    own, ~28 MB, written once while the node idles. Returns its length."""
     cpio = CpioWriter(out)
     for d in ("rhaas", "rhaas/bin", "rhaas/lib", "rhaas/fpbl"):
         cpio.directory(d)
     cpio.copy("rhaas/bin/busybox", files.busybox, 0o755)
     cpio.copy("rhaas/bin/kexec", files.kexec, 0o755)
-    for lib in files.libs:
-        cpio.copy(f"rhaas/lib/{os.path.basename(lib)}", os.path.realpath(lib), 0o755)
-    cpio.copy("rhaas/fpbl/vmlinuz", files.vmlinuz, 0o644)
-    cpio.copy("rhaas/fpbl/initrd", fpbl_initrd, 0o644)
+    libs = {os.path.basename(lib): os.path.realpath(lib) for lib in files.libs}  # the loader is listed twice
+    for name, path in libs.items():
+        cpio.copy(f"rhaas/lib/{name}", path, 0o755)
+    carried = {files.vmlinuz: "rhaas/fpbl/vmlinuz", files.core: "rhaas/fpbl/core.cpio.gz"}
+    for path, name in carried.items():
+        cpio.copy(name, path, 0o644)
+    order = []
+    for i, part in enumerate(fpbl_initrd_parts(files.core, files.vmlinuz)):
+        if isinstance(part, bytes):
+            cpio.file(f"rhaas/fpbl/initrd.{i}", part)
+            order.append(f"/rhaas/fpbl/initrd.{i}")
+        else:
+            order.append("/" + carried[part])
+    cpio.file("rhaas/fpbl/initrd.parts", "\n".join(order).encode() + b"\n")
     cpio.close()
     return cpio.written
 
 
-def prepare_static_payload(out_path: str, files: FpblFiles, fpbl_dir: str = FPBL_DIR) -> int:
-    """Write the static payload to ``out_path`` (recomposing the FPBL initrd on the way); its length."""
-    fpbl_initrd = out_path + ".fpbl-initrd"
+def prepare_static_payload(out_path: str, files: FpblFiles) -> int:
+    """Write the static payload to ``out_path``; its length."""
     try:
-        compose_fpbl_initrd(fpbl_initrd, fpbl_dir)
         with open(out_path + ".part", "wb") as out:
-            length = write_static_payload(out, files, fpbl_initrd)
+            length = write_static_payload(out, files)
         os.replace(out_path + ".part", out_path)
     finally:
-        for leftover in (fpbl_initrd, out_path + ".part"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        if os.path.exists(out_path + ".part"):
+            os.unlink(out_path + ".part")
     return length
 
 

@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rhaas.agent import coldplug
-from rhaas.agent import cpio as agent_cpio
 from rhaas.agent import kexec as agent_kexec
 from rhaas.imaging import ImageBuildError, cache
 from rhaas.imaging.debs import (
@@ -395,9 +394,7 @@ def _write_outputs(out: Path, archive: bytes, kernel: Kernel) -> dict[str, int]:
     cache.atomic_write(vmlinuz, kernel.vmlinuz.read_bytes())
     initrd = out / "initrd.img"
     with open(initrd.with_suffix(".tmp"), "wb") as f:
-        length = f.write(core.read_bytes())
-        agent_cpio.pad4(f, length)
-        agent_kexec.write_selfcopy(f, str(core), str(vmlinuz))
+        agent_kexec.write_parts(f, agent_kexec.fpbl_initrd_parts(str(core), str(vmlinuz)))
     initrd.with_suffix(".tmp").rename(initrd)
     return {
         "kernel": vmlinuz.stat().st_size, "core": core.stat().st_size, "initrd": initrd.stat().st_size,
