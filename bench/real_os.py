@@ -122,9 +122,13 @@ class RealOsBench:
         finally:
             node.stop()
 
+    def last_deploy(self, name: str) -> dict[str, Any]:
+        """The node's last deploy job, with its phases."""
+        return [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "deploy"][-1]
+
     def sent_bytes(self, name: str) -> float:
         """What the node's last deploy wrote (the image's data: every byte of it was fetched once)."""
-        deploy = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "deploy"][-1]
+        deploy = self.last_deploy(name)
         detail = next(
             p["detail"] for p in deploy["phases"] if p["phase"] == "write-disk" and p["state"] == "done"
         )
@@ -133,7 +137,7 @@ class RealOsBench:
     def phases(self, name: str) -> dict[str, float]:
         """Seconds of each phase of the node's last deploy (`phase_durations`, as bench/provision.py and the
         demo count them), and the agent's whole part: its first report to its last (the node's clock)."""
-        deploy = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "deploy"][-1]
+        deploy = self.last_deploy(name)
         seconds = {f"deploy phase {phase}": s for phase, s in phase_durations(deploy).items()}
         ats = [p["at"] for p in deploy["phases"]]
         seconds["deploy in the agent (first report to last)"] = max(ats) - min(ats)
@@ -141,7 +145,7 @@ class RealOsBench:
 
     def restored(self, name: str) -> str | None:
         """Why the node's last deploy booted the full FPBL first (the return FPBL's memory), or None."""
-        deploy = [j for j in self.admin.node.provisioning(name)["jobs"] if j["kind"] == "deploy"][-1]
+        deploy = self.last_deploy(name)
         starts = (p for p in deploy["phases"] if p["phase"] == "restore-memory" and p["state"] == "start")
         return next((str(p["detail"]) for p in starts), None)
 

@@ -90,8 +90,8 @@ fi
 $B umount /sys
 $B umount /proc
 NEXT=$($B cat /rhaas/next)
-# The payload holds the deploy's return token (good for one return check-in) and ~50 MB the customer
-# does not need.
+# The payload holds the deploy's return token (good for one return check-in) and ~60 MB the customer
+# does not need (the payload and the FPBL initrd made from it).
 $B rm -rf /rhaas
 exec "$NEXT"
 """
@@ -223,8 +223,9 @@ class _PartsCpio(CpioWriter):
             self.buffer.truncate()
 
     def copy(self, name: str, path: str, perm: int | None = None) -> None:
-        size = os.path.getsize(path)
-        self._header(name, stat.S_IFREG | (0o644 if perm is None else perm), size)
+        info = os.stat(path)
+        size = info.st_size
+        self._header(name, stat.S_IFREG | (stat.S_IMODE(info.st_mode) if perm is None else perm), size)
         self.flush()
         self.parts.append(path)
         self.written += size
@@ -239,8 +240,8 @@ def fpbl_initrd_parts(core: str, vmlinuz: str) -> list[bytes | str]:
     cpio = _PartsCpio(parts, lead=b"\0" * (-os.path.getsize(core) % 4))
     cpio.directory("rhaas")
     cpio.directory("rhaas/fpbl")
-    cpio.copy("rhaas/fpbl/core.cpio.gz", core)
-    cpio.copy("rhaas/fpbl/vmlinuz", vmlinuz)
+    cpio.copy("rhaas/fpbl/core.cpio.gz", core, 0o644)
+    cpio.copy("rhaas/fpbl/vmlinuz", vmlinuz, 0o644)
     cpio.close()
     cpio.flush()
     return parts
