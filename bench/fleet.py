@@ -52,6 +52,8 @@ SERVER_IP = "10.77.0.1"
 PORT = 8080
 PEER_PORT = 7070
 SUBNET = 16
+#: How long a link's queue may be, in milliseconds at its rate (``--queue-ms``).
+QUEUE_MS = 100
 
 
 def node_ip(i: int) -> str:
@@ -73,7 +75,7 @@ def shape(dev: str, rate_mbit: int, netns: str | None = None) -> None:
     where = ["ip", "netns", "exec", netns] if netns else []
     burst = max(16, rate_mbit * 2)  # kbit: a few ms at the rate
     sh(*where, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{rate_mbit}mbit",
-       "burst", f"{burst}kbit", "latency", "100ms")  # fmt: skip
+       "burst", f"{burst}kbit", "latency", f"{QUEUE_MS}ms")  # fmt: skip
 
 
 def cable(netns: str, host_dev: str, address: str, rate_mbit: int) -> None:
@@ -97,6 +99,24 @@ def teardown() -> None:
         dev = line.split(":")[1].strip().split("@")[0]
         if dev.startswith(f"{PREFIX}-"):
             sh("ip", "link", "delete", dev, check=False)
+
+
+@contextlib.contextmanager
+def neighbour_room(nodes: int) -> Iterator[None]:
+    """Room in the kernel's ARP table for every node to know every other. The table is one for all
+    namespaces (1024 entries by default): 65 namespaces that each talk to 64 others need 4160, and past
+    the limit the kernel drops packets ("neighbor table overflow"): connections time out at N = 32 and 64
+    for a reason a real fleet, one host per node, does not have. Restored afterwards."""
+    keys = [f"/proc/sys/net/ipv4/neigh/default/gc_thresh{i}" for i in (1, 2, 3)]
+    before = [Path(k).read_text().strip() for k in keys]
+    need = 2 * (nodes + 1) ** 2
+    try:
+        for key, least in zip(keys, (need // 4, need // 2, need), strict=True):
+            Path(key).write_text(str(max(least, int(Path(key).read_text()))))
+        yield
+    finally:
+        for key, value in zip(reversed(keys), reversed(before), strict=True):
+            Path(key).write_text(value)
 
 
 @contextlib.contextmanager
@@ -175,13 +195,13 @@ class Proc:
 
 
 def one_run(
-    mechanism: str, n: int, image: Path, chunk_mib: int, work: Path, timeout: float
+    mechanism: str, n: int, image: Path, chunk_mib: int, piece_kib: int, work: Path, timeout: float
 ) -> dict[str, Any]:
     """One fleet delivery; its figures."""
     procs: list[Proc] = []
     try:
         server = Proc(f"{PREFIX}-s", "serve", "--image", str(image), "--chunk-mib", str(chunk_mib),
-                      "--mechanism", mechanism)  # fmt: skip
+                      "--piece-kib", str(piece_kib), "--mechanism", mechanism)  # fmt: skip
         procs.append(server)
         server.line("ready", 30)
         agents = []
@@ -211,17 +231,19 @@ def one_run(
     return {
         "mechanism": mechanism, "n": n, "last": max(r["done_at"] for r in results) - go,
         "first": min(r["done_at"] for r in results) - go, "server_bytes": stats["sent"],
-        "image_bytes": stats["size"], "agent_cpu": sum(c["cpu"] for c in checks),
+        "image_bytes": stats["size"], "server_done": stats["last_at"] - go,
+        "agent_cpu": sum(c["cpu"] for c in checks),
         "agent_cpu_max": max(c["cpu"] for c in checks), "server_cpu": stats["cpu"],
         "from_peers": sum(r["from_peers"] for r in results),
         "dropped": sum(len(r["dropped"]) for r in results),
+        "twice": sum(r["twice"] for r in results),
         "times": sorted(round(r["done_at"] - go, 1) for r in results),
     }  # fmt: skip
 
 
 def bench(args: argparse.Namespace) -> int:
-    global PREFIX
-    PREFIX = args.prefix
+    global PREFIX, QUEUE_MS
+    PREFIX, QUEUE_MS = args.prefix, args.queue_ms
     if os.geteuid() != 0:
         print("bench/fleet.py needs root (network namespaces, tc)", file=sys.stderr)
         return 2
@@ -239,21 +261,23 @@ def bench(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     results: list[dict[str, Any]] = []
     try:
-        with topology(max(n for _, n in runs), args.rate_mbit):
+        with neighbour_room(max(n for _, n in runs)), topology(max(n for _, n in runs), args.rate_mbit):
             for mechanism, n in runs:
-                r = one_run(mechanism, n, image, args.chunk_mib, work, args.timeout)
+                r = one_run(mechanism, n, image, args.chunk_mib, args.piece_kib, work, args.timeout)
                 results.append(r)
                 print(
                     f"# {mechanism} N={n}: last node {r['last']:.1f} s, server sent "
-                    f"{r['server_bytes'] / r['image_bytes']:.2f} images; nodes done at {r['times']}",
+                    f"{r['server_bytes'] / r['image_bytes']:.2f} images "
+                    f"(the last at {r['server_done']:.0f} s); nodes done at {r['times']}",
                     flush=True,
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nimage {args.size_mib} MiB of random data in {args.chunk_mib} MiB chunks; every link "
+    print(f"\nimage {args.size_mib} MiB of random data in {args.chunk_mib} MiB chunks, exchanged in "
+          f"{args.piece_kib} KiB pieces; every link "
           f"{args.rate_mbit} Mbit/s each way (server's too); {os.cpu_count()} CPUs")  # fmt: skip
     head = ("mechanism", "N", "last node s", "T(N)/T(1)", "server MB", "server images", "from peers MB",
-            "agents CPU s", "max agent CPU s", "server CPU s", "dropped")  # fmt: skip
+            "agents CPU s", "max agent CPU s", "server CPU s", "dropped", "received twice MB")  # fmt: skip
     print(" | ".join(head))
     base = {
         m: next((r["last"] for r in results if r["mechanism"] == m and r["n"] == 1), None)
@@ -266,6 +290,7 @@ def bench(args: argparse.Namespace) -> int:
             r["mechanism"], str(r["n"]), f"{r['last']:.1f}", ratio, f"{r['server_bytes'] / 1e6:.1f}",
             f"{r['server_bytes'] / r['image_bytes']:.2f}", f"{r['from_peers'] / 1e6:.0f}",
             f"{r['agent_cpu']:.1f}", f"{r['agent_cpu_max']:.2f}", f"{r['server_cpu']:.1f}", str(r["dropped"]),
+            f"{r['twice'] / 1e6:.1f}",
         )))  # fmt: skip
     return 0
 
@@ -280,19 +305,26 @@ def serve(args: argparse.Namespace) -> int:
 
     data = Path(args.image).read_bytes()
     size = args.chunk_mib << 20
+    piece_size = args.piece_kib << 10
     chunks = {}
     extents = []
+    layout = []  # pieces per chunk
     for offset in range(0, len(data), size):
-        piece = data[offset : offset + size]
-        digest = hashlib.sha256(piece).hexdigest()
-        chunks[digest] = piece
-        extents.append({"offset": offset, "length": len(piece), "sha256": digest})
+        chunk = data[offset : offset + size]
+        digest = hashlib.sha256(chunk).hexdigest()
+        chunks[digest] = chunk
+        pieces = [
+            hashlib.sha256(chunk[at : at + piece_size]).hexdigest() for at in range(0, len(chunk), piece_size)
+        ]
+        extents.append({"offset": offset, "length": len(chunk), "sha256": digest, "pieces": pieces})
+        layout.append(len(pieces))
     image: dict[str, Any] = {"virtual_size": len(data), "zeroed": True, "chunk_url": "chunks/{sha256}",
                              "extents": extents}  # fmt: skip
     if args.mechanism == "swarm":
-        image["peers"] = {"url": "peers", "port": PEER_PORT}
+        image["peers"] = {"url": "peers", "port": PEER_PORT, "piece_size": piece_size}
     tracker = Tracker()
     sent = [0]
+    last = [0.0]  # when the server last finished sending a chunk
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -313,13 +345,15 @@ def serve(args: argparse.Namespace) -> int:
         def do_GET(self) -> None:
             parts = self.path.split("/")  # /agent/v1/nodes/<node>/...
             if parts[-1].startswith("work"):
-                mine = dict(image, peers={"url": f"{'/'.join(parts[:-1])}/peers", "port": PEER_PORT})
+                peers = {"url": f"{'/'.join(parts[:-1])}/peers", "port": PEER_PORT, "piece_size": piece_size}
+                mine = dict(image, peers=peers)
                 answer = {"action": "deploy", "job": "j", "image": mine if "peers" in image else image}
                 self._reply(200, json.dumps(answer).encode())
             elif parts[-2] == "chunks" and parts[-1] in chunks:
                 self._reply(200, chunks[parts[-1]], "application/octet-stream")
                 with lock:
                     sent[0] += len(chunks[parts[-1]])
+                    last[0] = time.time()
             else:
                 self._reply(404, b"{}")
 
@@ -332,7 +366,13 @@ def serve(args: argparse.Namespace) -> int:
             dropped = [(d["address"], d["port"]) for d in body.get("dropped", [])]
             address = body.get("address") or self.client_address[0]
             answer = tracker.announce(
-                "image", len(extents), parts[-2], address, body["port"], body["have"], dropped
+                "image",
+                lambda: layout,
+                parts[-2],
+                address,
+                body["port"],
+                int(body["have"] or "0", 16),
+                dropped,
             )
             self._reply(200, json.dumps(answer).encode())
 
@@ -343,7 +383,7 @@ def serve(args: argparse.Namespace) -> int:
     def stop(*_: object) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         stats = {"sent": sent[0], "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                 "cpu": usage.ru_utime + usage.ru_stime}  # fmt: skip
+                 "cpu": usage.ru_utime + usage.ru_stime, "last_at": last[0]}  # fmt: skip
         print(f"stats {json.dumps(stats)}", flush=True)
         os._exit(0)
 
@@ -369,7 +409,7 @@ def agent(args: argparse.Namespace) -> int:
     def fetch(artifact: Artifact, sink: Any) -> str:
         return api.download(artifact, sink, lambda done, total: None)
 
-    def announce(url: str, have: list[int], port: int, dropped: list[tuple[str, int]]) -> object:
+    def announce(url: str, have: str, port: int, dropped: list[tuple[str, int]]) -> object:
         body = {"port": port, "have": have, "address": args.address,
                 "dropped": [{"address": a, "port": p} for a, p in dropped]}  # fmt: skip
         return api.call_url("POST", url, body, "peers")
@@ -390,6 +430,7 @@ def agent(args: argparse.Namespace) -> int:
         "node": args.node, "done_at": done_at,
         "from_server": stats.from_server if stats else image.data_bytes,
         "from_peers": stats.from_peers if stats else 0, "dropped": list(stats.dropped) if stats else [],
+        "twice": stats.twice if stats else 0,
     }  # fmt: skip
     print(f"done {json.dumps(result)}", flush=True)
     if exchange is not None:
@@ -412,12 +453,15 @@ def main() -> int:
     parser.add_argument("--mechanisms", default="plain,swarm", help="plain, swarm, or both")
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--chunk-mib", type=int, default=4)
+    parser.add_argument("--piece-kib", type=int, default=256, help="of the pieces the agents exchange")
     parser.add_argument("--rate-mbit", type=int, default=20)
+    parser.add_argument("--queue-ms", type=int, default=QUEUE_MS, help="each link's queue, in ms at its rate")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a run may take")
     parser.add_argument("--prefix", default=PREFIX, help="of the namespaces and links made (<= 5 chars)")
     s = sub.add_parser("serve")
     s.add_argument("--image", required=True)
     s.add_argument("--chunk-mib", type=int, default=4)
+    s.add_argument("--piece-kib", type=int, default=256)
     s.add_argument("--mechanism", choices=("plain", "swarm"), required=True)
     a = sub.add_parser("agent")
     a.add_argument("--node", required=True)

@@ -11,19 +11,22 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from rhaas.agent import swarm
+from rhaas.agent import swarm, wire
 from rhaas.agent.disk import Disk
 from rhaas.agent.extents import DiskImage, Extent, exchange_for, write_image
 from rhaas.agent.work import AgentError, Artifact
 from rhaas.core.provisioning.tracker import Tracker
 
 CHUNK = 256 << 10
+#: Pieces per chunk: the agents exchange pieces, the server serves whole chunks.
+PIECES = 2
+PIECE = CHUNK // PIECES
 COUNT = 12
 
 
@@ -31,12 +34,21 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def extent(offset: int, data: bytes) -> swarm.Extent:
+    pieces = tuple(
+        swarm.Chunk(offset + at, len(data[at : at + PIECE]), sha(data[at : at + PIECE]))
+        for at in range(0, len(data), PIECE)
+    )
+    return swarm.Extent(swarm.Chunk(offset, len(data), sha(data)), pieces)
+
+
 class Server:
     """The image's chunks as the server holds them; counts the bytes it sends."""
 
     def __init__(self, count: int = COUNT) -> None:
         self.data = [os.urandom(CHUNK) for _ in range(count)]
-        self.chunks = [swarm.Chunk(n * CHUNK, CHUNK, sha(d)) for n, d in enumerate(self.data)]
+        self.extents = [extent(n * CHUNK, d) for n, d in enumerate(self.data)]
+        self.by_sha = {e.chunk.sha256: d for e, d in zip(self.extents, self.data, strict=True)}
         self.sent = 0
         self.lock = threading.Lock()
         self.delay = 0.0
@@ -46,20 +58,31 @@ class Server:
     def image(self) -> bytes:
         return b"".join(self.data)
 
-    def fetch(self, n: int, chunk: swarm.Chunk) -> bytes:
+    @property
+    def layout(self) -> list[int]:
+        return [len(e.pieces) for e in self.extents]
+
+    def fetch(self, chunk: swarm.Chunk, sink: Callable[[bytes], object]) -> str:
+        data = self.by_sha.get(chunk.sha256, bytes(chunk.length))
         with self.lock:
             self.sent += chunk.length
             self.at_once += 1
             self.most_at_once = max(self.most_at_once, self.at_once)
-        time.sleep(self.delay)  # a chunk on the wire, so that fetches can overlap
-        with self.lock:
-            self.at_once -= 1
-        return self.data[n]
+        try:
+            for at in range(0, len(data), PIECE // 2):  # streamed, half a piece at a time
+                time.sleep(self.delay / (2 * PIECES))  # a chunk on the wire, so that fetches can overlap
+                sink(data[at : at + PIECE // 2])
+        finally:
+            with self.lock:
+                self.at_once -= 1
+        return sha(data)
 
 
-def announcer(tracker: Tracker, name: str, count: int) -> swarm.Announce:
-    def announce(have: list[int], port: int, dropped: list[tuple[str, int]]) -> dict[str, object]:
-        return tracker.announce("image", count, name, "127.0.0.1", port, have, dropped)
+def announcer(tracker: Tracker, name: str, layout: list[int]) -> swarm.Announce:
+    def announce(have: str, port: int, dropped: list[tuple[str, int]]) -> dict[str, object]:
+        return tracker.announce(
+            "image", lambda: layout, name, "127.0.0.1", port, int(have or "0", 16), dropped
+        )
 
     return announce
 
@@ -82,7 +105,7 @@ def run_fleet(tmp_path: Path, server: Server, tracker: Tracker, names: list[str]
     errors: list[BaseException] = []
     exchanges = {
         n: swarm.Exchange(
-            server.chunks, server.fetch, announcer(tracker, n, len(server.chunks)), "127.0.0.1",
+            server.extents, server.fetch, announcer(tracker, n, server.layout), "127.0.0.1",
             announce_every=0.1, peer_timeout=1.0,
         )
         for n in names
@@ -120,8 +143,8 @@ def test_a_fleet_gets_the_image_with_about_one_image_from_the_server(tmp_path):
 
 @contextmanager
 def rogue_peer(mode: str) -> Iterator[int]:
-    """A peer on loopback that claims every chunk and serves each ``corrupt`` (a flipped byte) or
-    ``stall`` (accepts, reads the request, sends nothing); its port."""
+    """A peer on loopback that claims every piece and serves the first one asked for ``corrupt`` (random
+    bytes) or ``stall`` (accepts, reads the request, sends nothing); its port."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
@@ -135,12 +158,16 @@ def rogue_peer(mode: str) -> Iterator[int]:
                 continue
             except OSError:
                 return
-            conn.recv(4096)
+            request = conn.recv(65536).split(b" ")[1].decode()
             if mode == "stall":
                 held.append(conn)  # kept open, silent, until the test ends
                 continue
-            body = os.urandom(CHUNK)
-            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            want = int(request.partition("want=")[2] or "0", 16)
+            n = (want & -want).bit_length() - 1
+            body = os.urandom(PIECE)
+            head = (
+                f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nX-Piece: {n}\r\nConnection: close\r\n\r\n"
+            )
             try:
                 conn.sendall(head.encode() + body)
             finally:
@@ -163,8 +190,10 @@ def test_a_peer_that_serves_bad_chunks_or_stalls_is_dropped_and_every_node_is_ri
     server = Server()
     tracker = Tracker()
     with rogue_peer(mode) as port:
-        # It announces everything: the rarest-first choice sends every agent to it early.
-        tracker.announce("image", COUNT, "rogue", "127.0.0.1", port, list(range(COUNT)))
+        # It announces everything: every agent finds it likely to hold what it wants, early.
+        tracker.announce(
+            "image", lambda: server.layout, "rogue", "127.0.0.1", port, (1 << COUNT * PIECES) - 1
+        )
         stats = run_fleet(tmp_path, server, tracker, ["n1", "n2", "n3"])
     for name, s in stats.items():
         assert any(f":{port}:" in why for why in s.dropped), f"{name} kept the {mode} peer"
@@ -174,10 +203,10 @@ def test_a_peer_that_serves_bad_chunks_or_stalls_is_dropped_and_every_node_is_ri
 def test_without_a_tracker_every_chunk_comes_from_the_server(tmp_path):
     server = Server()
 
-    def unreachable(have: list[int], port: int, dropped: list[tuple[str, int]]) -> dict[str, object]:
+    def unreachable(have: str, port: int, dropped: list[tuple[str, int]]) -> dict[str, object]:
         raise ConnectionRefusedError("no route to the tracker")
 
-    exchange = swarm.Exchange(server.chunks, server.fetch, unreachable, "127.0.0.1", announce_every=0.1)
+    exchange = swarm.Exchange(server.extents, server.fetch, unreachable, "127.0.0.1", announce_every=0.1)
     path = tmp_path / "disk"
     stats = deliver_into(exchange, path)
     assert path.read_bytes() == server.image
@@ -193,10 +222,10 @@ def test_peers_that_cannot_be_reached_leave_the_node_to_the_server(tmp_path):
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there any more: connections are refused
-    tracker.announce("image", 4, "gone", "127.0.0.1", port, [0, 1, 2, 3])
+    tracker.announce("image", lambda: server.layout, "gone", "127.0.0.1", port, (1 << 4 * PIECES) - 1)
     exchange = swarm.Exchange(
-        server.chunks, server.fetch, announcer(tracker, "n1", 4), "127.0.0.1", announce_every=0.1,
-        stall=0.5,
+        server.extents, server.fetch, announcer(tracker, "n1", server.layout), "127.0.0.1",
+        announce_every=0.1, stall=0.5,
     )  # fmt: skip
     path = tmp_path / "disk"
     stats = deliver_into(exchange, path)
@@ -208,28 +237,103 @@ def test_peers_that_cannot_be_reached_leave_the_node_to_the_server(tmp_path):
 
 def test_a_server_chunk_that_does_not_match_fails_the_delivery(tmp_path):
     server = Server(count=2)
-    bad = swarm.Chunk(0, CHUNK, sha(b"something else"))
-    exchange = swarm.Exchange([bad, server.chunks[1]], server.fetch, None, "127.0.0.1")
+    bad = extent(0, os.urandom(CHUNK))  # its digests are of other bytes than the server's chunk 0
+    server.by_sha[bad.chunk.sha256] = server.data[0]
+    exchange = swarm.Exchange([bad, server.extents[1]], server.fetch, None, "127.0.0.1")
     path = tmp_path / "disk"
     with pytest.raises(OSError, match="does not match"):
         deliver_into(exchange, path)
-    assert path.read_bytes()[:CHUNK] != server.data[0], "nothing unverified is written"
+    assert server.data[0][:PIECE] not in path.read_bytes(), "nothing unverified is written"
+
+
+def test_a_server_chunk_whose_pieces_do_not_match_fails_the_delivery(tmp_path):
+    """The chunk's own digest is right, one piece's is not: refused before the piece is written."""
+    server = Server(count=1)
+    good = server.extents[0]
+    wrong = good._replace(pieces=(good.pieces[0], good.pieces[1]._replace(sha256=sha(b"other"))))
+    exchange = swarm.Exchange([wrong], server.fetch, None, "127.0.0.1")
+    path = tmp_path / "disk"
+    with pytest.raises(OSError, match="piece 1"):
+        deliver_into(exchange, path)
+    assert server.data[0][PIECE:] not in path.read_bytes(), "the piece that does not match is not written"
+
+
+def test_pieces_are_passed_on_while_the_chunk_still_streams_in(tmp_path):
+    """A piece that has arrived whole is written and offered before the rest of its chunk: one agent's
+    first piece is served to another while the server is still sending the chunk's second."""
+    server = Server(count=1)
+    gate = threading.Event()
+    streamed = threading.Event()
+
+    def slow(chunk: swarm.Chunk, sink: Callable[[bytes], object]) -> str:
+        data = server.by_sha[chunk.sha256]
+        sink(data[:PIECE])
+        streamed.set()
+        assert gate.wait(10), "the second agent never got the first piece"
+        sink(data[PIECE:])
+        return sha(data)
+
+    first = swarm.Exchange(server.extents, slow, None, "127.0.0.1")
+    path = tmp_path / "first"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    runner = threading.Thread(target=first.deliver, args=(fd, str(path)), daemon=True)
+    runner.start()
+    try:
+        assert streamed.wait(10)
+        deadline = time.monotonic() + 10
+        while not first.have & 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        want = swarm.mask_hex(0b11)
+        token = {"X-Swarm": swarm.swarm_token([server.extents[0].chunk.sha256])}
+        with wire.request("GET", "127.0.0.1", first.port, f"/pieces?want={want}", {}, timeout=5) as answer:
+            assert answer.status == 403, "only the image's agents, who know its chunk list, are served"
+        answer = wire.request("GET", "127.0.0.1", first.port, f"/pieces?want={want}", token, timeout=5)
+        with answer:
+            assert answer.status == 200 and answer.headers["x-piece"] == "0", answer.status
+            assert answer.read(PIECE + 1) == server.data[0][:PIECE]
+            assert answer.headers["x-have"] == "1", "it says what it holds: the first piece only"
+        for target, status in (("/pieces?want=2", 404), ("/pieces?want=zz", 400), ("/chunks/x", 400)):
+            with wire.request("GET", "127.0.0.1", first.port, target, token, timeout=5) as answer:
+                assert answer.status == status, target
+        gate.set()
+        runner.join(timeout=10)
+        assert path.read_bytes() == server.data[0]
+    finally:
+        gate.set()
+        os.close(fd)
+        first.close(linger=0)
 
 
 def test_the_tracker_hands_out_each_chunk_from_the_server_once_a_few_at_a_time():
     now = [0.0]
     tracker = Tracker(clock=lambda: now[0], slots=2, grant_seconds=30, peer_seconds=100)
-    seeds = [tracker.announce("img", 4, f"n{i}", "10.0.0.1", 7070, [])["seed"] for i in range(4)]
+    layout = [2, 2, 2, 2]  # four chunks of two pieces
+
+    def announce(name: str, have: int) -> dict:
+        return tracker.announce("img", lambda: layout, name, "10.0.0.1", 7070, have)
+
+    seeds = [announce(f"n{i}", 0)["seed"] for i in range(4)]
     assert seeds == [[0], [1], [], []], "two slots: two chunks handed out, to two agents"
-    again = tracker.announce("img", 4, "n0", "10.0.0.1", 7070, [])
-    assert again["seed"] == [0], "a hand-out stays with its agent until it reports the chunk"
-    done = tracker.announce("img", 4, "n0", "10.0.0.1", 7070, [0])
+    assert announce("n0", 0b01)["seed"] == [0], "a hand-out stays with its agent until it holds it all"
+    done = announce("n0", 0b11)
     assert done["seed"] == [2] and done["missing"]
     assert {p["address"] for p in done["peers"]} == {"10.0.0.1"} and len(done["peers"]) == 3
     now[0] = 31.0  # n1 never reported chunk 1: it is handed out again, to whoever asks
-    assert tracker.announce("img", 4, "n2", "10.0.0.1", 7070, [])["seed"] == [1]
-    assert tracker.announce("img", 4, "n3", "10.0.0.1", 7070, [])["seed"] == [2], "n0's expired too"
-    assert tracker.announce("img", 4, "n0", "10.0.0.1", 7070, [0])["seed"] == [], "both slots taken"
+    assert announce("n2", 0)["seed"] == [1]
+    assert announce("n3", 0)["seed"] == [2], "n0's expired too"
+    assert announce("n0", 0b11)["seed"] == [], "both slots taken"
+
+
+def test_the_tracker_lists_those_holding_what_an_agent_lacks_first_and_few():
+    tracker = Tracker(max_peers=3)
+    layout = [4]
+    for i in range(5):
+        tracker.announce("img", lambda: layout, f"empty{i}", f"10.0.0.{i}", 7070, 0)
+    tracker.announce("img", lambda: layout, "full", "10.0.1.1", 7070, 0b1111)
+    answer = tracker.announce("img", lambda: layout, "n", "10.0.2.1", 7070, 0b0001)
+    assert len(answer["peers"]) == 3, "at most max_peers"
+    assert answer["peers"][0] == {"address": "10.0.1.1", "port": 7070, "have": "f"}, answer["peers"]
 
 
 def test_a_work_answer_without_peers_makes_no_exchange_and_one_with_peers_does(tmp_path):
@@ -263,20 +367,21 @@ def test_write_image_through_the_exchange_fails_as_a_write_disk_error(tmp_path):
 
 def test_the_tracker_lists_no_dropped_peer_and_hands_out_what_only_it_holds():
     tracker = Tracker()
-    tracker.announce("img", 2, "liar", "10.0.0.9", 7070, [0, 1])
-    first = tracker.announce("img", 2, "n1", "10.0.0.1", 7070, [])
+    layout = [1, 1]
+    tracker.announce("img", lambda: layout, "liar", "10.0.0.9", 7070, 0b11)
+    first = tracker.announce("img", lambda: layout, "n1", "10.0.0.1", 7070, 0)
     assert first["seed"] == [] and [p["address"] for p in first["peers"]] == ["10.0.0.9"]
-    after = tracker.announce("img", 2, "n1", "10.0.0.1", 7070, [], [("10.0.0.9", 7070)])
+    after = tracker.announce("img", lambda: layout, "n1", "10.0.0.1", 7070, 0, [("10.0.0.9", 7070)])
     assert after["peers"] == [] and after["seed"] == [0]
 
 
 def test_agents_of_different_images_are_not_each_others_peers():
     tracker = Tracker()
-    tracker.announce("a", 2, "n1", "10.0.0.1", 7070, [0])
-    assert tracker.announce("b", 2, "n2", "10.0.0.2", 7070, [])["peers"] == []
-    assert [p["address"] for p in tracker.announce("a", 2, "n3", "10.0.0.3", 7070, [])["peers"]] == [
-        "10.0.0.1"
-    ]
+    layout = [1, 1]
+    tracker.announce("a", lambda: layout, "n1", "10.0.0.1", 7070, 0b01)
+    assert tracker.announce("b", lambda: layout, "n2", "10.0.0.2", 7070, 0)["peers"] == []
+    third = tracker.announce("a", lambda: layout, "n3", "10.0.0.3", 7070, 0)
+    assert [p["address"] for p in third["peers"]] == ["10.0.0.1"]
 
 
 @pytest.fixture
@@ -304,8 +409,8 @@ def test_peers_serve_chunks_read_from_block_devices(loop_devices):
     the disk's size from fstat (0 for a block device). One agent delivers the image onto its block device
     from the server; the other takes it all from that one."""
     server, tracker = Server(), Tracker()
-    first = swarm.Exchange(server.chunks, server.fetch, announcer(tracker, "n1", COUNT), "127.0.0.1",
-                           announce_every=0.1, peer_timeout=1.0)  # fmt: skip
+    first = swarm.Exchange(server.extents, server.fetch, announcer(tracker, "n1", server.layout),
+                           "127.0.0.1", announce_every=0.1, peer_timeout=1.0)  # fmt: skip
     fd = os.open(loop_devices[0], os.O_WRONLY)
     try:
         assert first.deliver(fd, loop_devices[0]).from_server == len(server.image)
@@ -313,8 +418,8 @@ def test_peers_serve_chunks_read_from_block_devices(loop_devices):
         os.close(fd)
     assert os.stat(loop_devices[0]).st_size == 0, "a block device: what broke sendfile"
     sent = server.sent
-    second = swarm.Exchange(server.chunks, server.fetch, announcer(tracker, "n2", COUNT), "127.0.0.1",
-                            announce_every=0.1, peer_timeout=1.0)  # fmt: skip
+    second = swarm.Exchange(server.extents, server.fetch, announcer(tracker, "n2", server.layout),
+                            "127.0.0.1", announce_every=0.1, peer_timeout=1.0)  # fmt: skip
     fd = os.open(loop_devices[1], os.O_WRONLY)
     try:
         stats = second.deliver(fd, loop_devices[1])
@@ -331,12 +436,13 @@ def test_peers_serve_chunks_read_from_block_devices(loop_devices):
 
 
 def test_an_agent_with_no_peer_to_wait_for_fetches_from_the_server_with_every_worker(tmp_path):
-    """Alone with the tracker (or with every peer dropped), an agent has no one to share with: it fetches
-    as without the exchange, with all its workers, not one chunk per grant of the tracker."""
+    """Alone with the tracker (or with every peer dropped) for ``alone`` seconds, an agent has no one to
+    share with: it fetches as without the exchange, with all its workers, not one chunk per grant of the
+    tracker."""
     server, tracker = Server(count=8), Tracker()
-    server.delay = 0.05
-    exchange = swarm.Exchange(server.chunks, server.fetch, announcer(tracker, "n1", 8), "127.0.0.1",
-                              announce_every=0.1, stall=60)  # fmt: skip
+    server.delay = 0.2
+    exchange = swarm.Exchange(server.extents, server.fetch, announcer(tracker, "n1", server.layout),
+                              "127.0.0.1", announce_every=0.1, stall=60, alone=0.3)  # fmt: skip
     stats = deliver_into(exchange, tmp_path / "disk")
     assert (tmp_path / "disk").read_bytes() == server.image
     assert stats.from_server == len(server.image)

@@ -30,7 +30,7 @@ from rhaas.client import Client
 from rhaas.client.base import Connection
 from rhaas.core import images
 from rhaas.core.access import ADMIN
-from rhaas.core.chunks import CHUNK_SIZE, check_manifest, store_chunk
+from rhaas.core.chunks import CHUNK_SIZE, PIECE_SIZE, check_manifest, piece_digests, pieces, store_chunk
 from rhaas.db.models import Chunk, ChunkUpload, ImageExtent
 from rhaas.db.session import alembic_config, make_engine, make_sessionmaker, upgrade
 from rhaas.errors import BadArgumentError, DuplicateError, NotFoundError
@@ -452,6 +452,28 @@ def test_downgrade_drops_whole_disk_images_and_upgrade_brings_the_tables_back(db
         with make_sessionmaker(engine)() as db:
             assert images.list_images(db, ADMIN) == []
             assert db.scalar(select(func.count()).select_from(Chunk)) == 0
+    finally:
+        engine.dispose()
+
+
+def test_chunks_stored_before_pieces_existed_get_them_when_first_needed(db_url, disks):
+    """Migration 0011 adds the digests of each chunk's pieces (what the agents' peer exchange checks);
+    chunks stored before it have none until a deploy's work answer needs them."""
+    command.downgrade(alembic_config(db_url), "0010")
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as db:
+            window = windows_of(disks["raw"])[0][1]
+            store_chunk(db, ADMIN, sha(window), window)
+            row = db.get(Chunk, sha(window))
+            assert row is not None and row.pieces == piece_digests(window), "computed as it is stored"
+            row.pieces = None  # as a chunk stored before 0011 is
+            db.commit()
+            expected = [sha(window[at : at + PIECE_SIZE]) for at in range(0, len(window), PIECE_SIZE)]
+            assert pieces(db, [sha(window)]) == {sha(window): expected}
+            db.commit()
+            assert db.scalar(select(Chunk.pieces).where(Chunk.sha256 == sha(window))) == piece_digests(window)
     finally:
         engine.dispose()
 

@@ -4,6 +4,7 @@ tests). Mock BMCs record the NMIs and power cycles the server sends."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
@@ -742,24 +743,35 @@ def test_agents_deploying_the_same_image_learn_of_each_other_from_the_tracker(pr
         agent.checkin()
         prov.alice.ok("POST", "/project/p1/connect_node", {"node": node})
         prov.alice.ok("POST", f"/node/{node}/provision", {"image": image}, status=202)
-        peers = agent.work()["image"]["peers"]
-        assert peers == {"url": f"http://testserver/agent/v1/nodes/{node}/peers", "port": 7070}
+        image = agent.work()["image"]
+        assert image["peers"] == {
+            "url": f"http://testserver/agent/v1/nodes/{node}/peers", "port": 7070, "piece_size": 256 * 1024,
+        }  # fmt: skip
+        first_chunk = (b"C" if node == "n3" else b"A") * 4 * MIB
+        pieces = [
+            hashlib.sha256(first_chunk[at : at + 256 * 1024]).hexdigest()
+            for at in range(0, 4 * MIB, 256 * 1024)
+        ]
+        assert image["extents"][0]["pieces"] == pieces, "each piece's digest, for the agents to check"
     n1, n2, n3 = agents["n1"], agents["n2"], agents["n3"]
-    first = n1.call("POST", "peers", {"port": 7070, "address": "10.0.0.11", "have": [0]})
+    # Pieces 0 to 15 are chunk 0, 16 to 31 chunk 1: n1 holds chunk 0 whole.
+    first = n1.call("POST", "peers", {"port": 7070, "address": "10.0.0.11", "have": "ffff"})
     assert first == {"peers": [], "seed": [1], "missing": True}, (
         "chunk 1 is nowhere: n1 gets it from the server"
     )
-    second = n2.call("POST", "peers", {"port": 7071, "address": "10.0.0.12", "have": []})
-    assert second["peers"] == [{"address": "10.0.0.11", "port": 7070, "have": [0]}]
+    second = n2.call("POST", "peers", {"port": 7071, "address": "10.0.0.12", "have": ""})
+    assert second["peers"] == [{"address": "10.0.0.11", "port": 7070, "have": "ffff"}]
     assert second["seed"] == [], "chunk 0 is at n1, chunk 1 handed out to n1 already"
-    other = n3.call("POST", "peers", {"port": 7070, "address": "10.0.0.13", "have": []})
+    other = n3.call("POST", "peers", {"port": 7070, "address": "10.0.0.13", "have": ""})
     assert other["peers"] == [] and other["seed"] == [0], "another image's agents are not its peers"
 
     for body, kind in (
-        ({"port": 0, "have": []}, "ValidationError"),
-        ({"port": 7070, "address": "n1.example", "have": []}, "ValidationError"),
-        ({"port": 7070, "have": [-1]}, "ValidationError"),
-        ({"port": 7070, "have": [], "dropped": [{"address": "10.0.0.11"}]}, "ValidationError"),
+        ({"port": 0, "have": ""}, "ValidationError"),
+        ({"port": 7070, "address": "n1.example", "have": ""}, "ValidationError"),
+        ({"port": 7070, "have": "-1"}, "ValidationError"),
+        ({"port": 7070, "have": [0]}, "ValidationError"),
+        ({"port": 7070, "have": "f" * (1 << 18 + 1)}, "ValidationError"),
+        ({"port": 7070, "have": "", "dropped": [{"address": "10.0.0.11"}]}, "ValidationError"),
     ):
         refused = n2.client.post("/agent/v1/nodes/n2/peers", json=body, headers=n2.headers)
         assert refused.status_code == 400 and refused.json()["type"] == kind, refused.text
@@ -767,11 +779,11 @@ def test_agents_deploying_the_same_image_learn_of_each_other_from_the_tracker(pr
         "/agent/v1/nodes/n2/peers", json={"port": 1}, headers={"Authorization": "Bearer x"}
     )
     assert stranger.status_code == 401
-    again = n2.call("POST", "peers", {"port": 7071, "address": "10.0.0.12", "have": []})
+    again = n2.call("POST", "peers", {"port": 7071, "address": "10.0.0.12", "have": ""})
     assert again["peers"] == second["peers"], "the refused calls changed nothing"
     idle = enroll(prov, "n4")
     idle.checkin()
-    assert idle.call("POST", "peers", {"port": 7070, "have": []}, status=404)["type"] == "NotFoundError"
+    assert idle.call("POST", "peers", {"port": 7070, "have": ""}, status=404)["type"] == "NotFoundError"
 
 
 def test_with_the_peer_exchange_off_agents_fetch_from_the_server_only(db_url):
@@ -786,5 +798,5 @@ def test_with_the_peer_exchange_off_agents_fetch_from_the_server_only(db_url):
         api.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
         api.alice.ok("POST", "/node/n1/provision", {"image": "debian"}, status=202)
         assert "peers" not in agent.work()["image"]
-        off = agent.call("POST", "peers", {"port": 7070, "have": []}, status=409)
+        off = agent.call("POST", "peers", {"port": 7070, "have": ""}, status=409)
         assert off["type"] == "IllegalStateError" and "peer_exchange" in off["msg"]

@@ -220,7 +220,7 @@ class Deployment:
                          f"{done['table']} table, {done['size']} bytes")  # fmt: skip
         return entry.cmdline
 
-    def _announce(self, url: str, have: list[int], port: int, dropped: list[tuple[str, int]]) -> object:
+    def _announce(self, url: str, have: str, port: int, dropped: list[tuple[str, int]]) -> object:
         """Tell the peer exchange's tracker what this node holds and which peers it dropped; its answer."""
         body: dict[str, object] = {"port": port, "have": have}
         if dropped:

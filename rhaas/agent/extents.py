@@ -6,8 +6,10 @@ by its SHA-256; the rest of the image reads as zeroes (holes) and is neither sto
 work answer carries the list (``"image"``)::
 
     {"virtual_size": N, "zeroed": bool, "chunk_url": "chunks/{sha256}",
-     "extents": [{"offset": O, "length": L, "sha256": S}, ...],   # ordered, not overlapping
-     "peers": {"url": TRACKER, "port": P}}   # optional: exchange chunks with peers (rhaas.agent.swarm)
+     "extents": [{"offset": O, "length": L, "sha256": S,           # ordered, not overlapping
+                  "pieces": [S0, S1, ...]}, ...],                 # with peers: each piece's digest
+     "peers": {"url": TRACKER, "port": P, "piece_size": B}}  # optional: exchange pieces with peers
+                                                             # (rhaas.agent.swarm)
 
 The agent refuses, before writing anything, an image larger than the disk. It fetches each chunk,
 checks its digest before a byte of it reaches the disk, and writes it at its offset. Holes are skipped
@@ -35,6 +37,9 @@ class Extent(NamedTuple):
     offset: int
     length: int
     sha256: str
+    #: The digests of its pieces, the slices of ``DiskImage.piece_size`` bytes the agents exchange among
+    #: themselves (empty: the peers exchange it whole).
+    pieces: tuple[str, ...] = ()
 
 
 class DiskImage(NamedTuple):
@@ -47,6 +52,8 @@ class DiskImage(NamedTuple):
     #: The peer exchange's tracker URL (relative to the agent API's URL) and the port to serve peers on;
     #: None: every chunk from the server.
     peers: tuple[str, int] | None = None
+    #: The size of the extents' pieces (the last piece of an extent may be shorter).
+    piece_size: int = 0
 
     @property
     def data_bytes(self) -> int:
@@ -92,16 +99,17 @@ def parse_image(data: object) -> DiskImage:
         offset = _count(item.get("offset"), f"image.extents[{n}].offset")
         length = _count(item.get("length"), f"image.extents[{n}].length")
         sha = item.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if not _is_sha256(sha):
             raise ProtocolError(f"image.extents[{n}].sha256 is not a SHA-256 hex digest")
         if not 0 < length <= MAX_CHUNK:
             raise ProtocolError(f"image.extents[{n}] is {length} bytes long (1 to {MAX_CHUNK})")
         if offset < end or offset + length > size:
             raise ProtocolError(f"image.extents[{n}] overlaps the one before or ends past the image")
-        extents.append(Extent(offset, length, sha))
+        extents.append(Extent(offset, length, str(sha)))
         end = offset + length
     peers = data.get("peers")
     tracker: tuple[str, int] | None = None
+    piece_size = 0
     if peers is not None:
         if not isinstance(peers, dict) or not isinstance(peers.get("url"), str):
             raise ProtocolError("image.peers has no url")
@@ -109,7 +117,25 @@ def parse_image(data: object) -> DiskImage:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ProtocolError("image.peers.port is not a TCP port")
         tracker = (peers["url"], port)
-    return DiskImage(size, tuple(extents), zeroed, url, tracker)
+        if "piece_size" in peers:
+            piece_size = _count(peers["piece_size"], "image.peers.piece_size")
+            if not 0 < piece_size <= MAX_CHUNK:
+                raise ProtocolError(f"image.peers.piece_size is {piece_size} (1 to {MAX_CHUNK})")
+            extents = [_pieces(e, raw[n], piece_size, n) for n, e in enumerate(extents)]
+    return DiskImage(size, tuple(extents), zeroed, url, tracker, piece_size)
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _pieces(extent: Extent, item: dict[str, Any], piece_size: int, n: int) -> Extent:
+    """``extent`` with the digests of its pieces (``item["pieces"]``), one per ``piece_size`` bytes."""
+    pieces = item.get("pieces")
+    count = -(-extent.length // piece_size)
+    if not isinstance(pieces, list) or len(pieces) != count or not all(_is_sha256(p) for p in pieces):
+        raise ProtocolError(f"image.extents[{n}].pieces is not a list of {count} SHA-256 hex digests")
+    return extent._replace(pieces=tuple(pieces))
 
 
 class Written(NamedTuple):
@@ -172,35 +198,40 @@ def write_image(
 
 def exchange_for(
     image: DiskImage, fetch: Callable[[Artifact, Callable[[bytes], object]], str],
-    announce: Callable[[str, list[int], int, list[tuple[str, int]]], object],
+    announce: Callable[[str, str, int, list[tuple[str, int]]], object],
 ) -> swarm.Exchange | None:  # fmt: skip
     """The peer exchange of ``image`` (None if the work answer offers none): chunks from the server by
-    ``fetch`` (as `write_image` takes it), announcements by ``announce(tracker_url, have, port,
-    dropped)`` (the tracker's JSON answer). None too if the peers' port cannot be opened: the server then
-    sends it all."""
+    ``fetch`` (as `write_image` takes it), announcements by ``announce(tracker_url, have, port, dropped)``
+    (``have``: the bit map of the pieces held, hex; the tracker's JSON answer). None too if the peers'
+    port cannot be opened: the server then sends it all."""
     if image.peers is None:
         return None
     from rhaas.agent import swarm  # here: only a deploy with peers needs it
 
     tracker, port = image.peers
 
-    def from_server(n: int, chunk: swarm.Chunk) -> bytes:
-        buf = bytearray()
-        fetch(
-            Artifact(image.chunk_url.replace("{sha256}", chunk.sha256), chunk.sha256, chunk.length),
-            buf.extend,
-        )
-        return bytes(buf)
+    def from_server(chunk: swarm.Chunk, sink: Callable[[bytes], object]) -> str:
+        url = image.chunk_url.replace("{sha256}", chunk.sha256)
+        return fetch(Artifact(url, chunk.sha256, chunk.length), sink)
 
-    def tell(have: list[int], port: int, dropped: list[tuple[str, int]]) -> dict[str, Any]:
+    def tell(have: str, port: int, dropped: list[tuple[str, int]]) -> dict[str, Any]:
         answer = announce(tracker, have, port, dropped)
         if not isinstance(answer, dict):
             raise ValueError("the tracker's answer is not an object")
         return answer
 
-    chunks = [swarm.Chunk(e.offset, e.length, e.sha256) for e in image.extents]
+    parts = []
+    for e in image.extents:
+        pieces = [swarm.Chunk(e.offset, e.length, e.sha256)]
+        if e.pieces:
+            size = image.piece_size
+            pieces = [
+                swarm.Chunk(e.offset + k * size, min(size, e.length - k * size), sha)
+                for k, sha in enumerate(e.pieces)
+            ]
+        parts.append(swarm.Extent(swarm.Chunk(e.offset, e.length, e.sha256), tuple(pieces)))
     try:
-        return swarm.Exchange(chunks, from_server, tell, port=port)
+        return swarm.Exchange(parts, from_server, tell, port=port)
     except OSError as exc:
         from rhaas.agent.system import log
 

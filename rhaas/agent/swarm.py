@@ -1,25 +1,34 @@
-"""Peer exchange of a whole-disk image's chunks between the agents deploying it (standard library only).
+"""Peer exchange of a whole-disk image between the agents deploying it (standard library only).
 
 Deploying one image to N nodes from the server alone costs the server N images, and the time grows with
-N. Here each deploying agent also serves the chunks it has already verified and written to the other
-agents deploying the same image, over plain HTTP on the provisioning network, and fetches chunks from
-them first; the server seeds the swarm and is the fallback.
+N. Here each deploying agent also serves what it has already verified and written to the other agents
+deploying the same image, over plain HTTP on the provisioning network, and fetches from them first; the
+server seeds the swarm and is the fallback.
 
-- No peer is trusted: every chunk, from a peer or from the server, is checked against its SHA-256 from
-  the (authenticated) work answer before it is written, and so before it is served onward. A peer that
-  serves a chunk that does not match, or stalls in the middle of one, is dropped for the rest of the
-  deploy and the chunk is fetched elsewhere; so is one that cannot be connected to or does not answer
-  (a per-request timeout) `STRIKES` times in a row.
-- A tracker on the server (``POST {agent}/agent/v1/nodes/{node}/peers``, authenticated like the other
-  agent calls) is told, every `ANNOUNCE_EVERY` seconds and at every chunk done, which chunks this agent
-  holds, and answers with the other agents deploying the same image and what they hold, and which chunks
-  this agent may take from the server (``seed``): the tracker hands each chunk out from the server about
-  once, a few at a time, so the server sends about one image per fleet.
-- The chunks the tracker hands out from the server are fetched first (the server's link is the one
-  every chunk must cross once). Otherwise a peer is picked at random among those holding a wanted chunk
-  (uploads are the scarce resource: spread the asking over them), and of its chunks the rarest (ties
-  broken at random), so that different agents fetch different chunks and soon have something to give.
-  A peer whose upload slots are full answers 503 and is left alone for a while, longer at each 503.
+- **Pieces.** The unit of exchange is a *piece*: a slice of one of the image's chunks (`PIECE_SIZE` on the
+  server, 256 KiB), each with its own SHA-256 in the (authenticated) work answer. A chunk from the server
+  is passed on piece by piece as it streams in, not once the whole chunk has arrived: on a slow link a
+  4 MiB chunk takes seconds, and a fleet is as slow as the number of hops times that.
+- **No peer is trusted.** Every piece, from a peer or from the server, is checked against its digest
+  before it is written, and so before it is served onward (a chunk from the server is checked whole as
+  well). A peer that serves a piece that does not match, one it was not asked for, or stalls in the middle
+  of one, is dropped for the rest of the deploy; so is one that cannot be connected to or does not answer
+  (a per-request timeout) `STRIKES` times in a row and never served this agent (one that did is busy:
+  it is asked again after a while, longer at each failure).
+- **Asking by what is wanted.** An agent asks a peer for *any* of the pieces it still wants (a bit map in
+  the request), and the peer answers with one it holds, picked at random. So the asker needs no up-to-date
+  view of what each peer holds (pieces arrive every few tens of milliseconds; the tracker's view is a
+  second old), and different askers get different pieces, so they soon have something to give.
+- **A tracker** on the server (``POST {agent}/agent/v1/nodes/{node}/peers``, authenticated like the other
+  agent calls) is told, every `ANNOUNCE_EVERY` seconds and when a chunk from the server is done, which
+  pieces this agent holds (a bit map, hex), and answers with some of the other agents deploying the same
+  image (what they held then: a hint of whom to ask), and which chunks this agent may take from the server
+  (``seed``): the tracker hands each chunk out from the server about once, a few at a time, so the server
+  sends about one image per fleet.
+- The chunks the tracker hands out are fetched first (the server's link is the one every chunk must cross
+  once). Otherwise a peer is picked at random among those believed to hold a wanted piece (else among
+  all: they may have gained some since). A peer whose upload slots are full answers 503, one that holds
+  nothing wanted 404; either is left alone for a while, longer at each time in a row.
 - A node that cannot reach the tracker, or gets nothing from anyone for `STALL_SECONDS`, fetches what it
   lacks from the server (plain HTTP(S) from the server, as without the exchange).
 
@@ -27,15 +36,19 @@ them first; the server seeds the swarm and is the fallback.
 and returns once all are written; peers keep being served until `close`. The deploy path
 (`rhaas.agent.extents.write_image`) and the fleet benchmark (bench/fleet.py) both drive it.
 
-The peer protocol is one request per connection::
+The peer protocol is HTTP/1.1, connections kept open between requests::
 
-    GET /chunks/<sha256> HTTP/1.1   -> 200 with the chunk | 404 not held | 503 busy (upload slots full)
+    GET /pieces?want=<hex bit map> HTTP/1.1
+    X-Swarm: <token: a digest of the image's chunk list, see `swarm_token`>
+        -> 200 with one piece, its index in ``X-Piece`` | 404 none of them held | 503 busy (slots full)
+           each with ``X-Have: <hex bit map>``, what the peer holds now | 403 without the token
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 import socket
 import threading
@@ -49,39 +62,64 @@ from rhaas.agent.system import log
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-#: Seconds between two announcements to the tracker; sooner when a chunk is done or this agent has nothing
+#: Seconds between two announcements to the tracker; sooner when this agent gained a piece or has nothing
 #: to fetch, but never more often than every `ANNOUNCE_AT_MOST` seconds.
 ANNOUNCE_EVERY = 1.0
 ANNOUNCE_AT_MOST = 0.3
 #: Bytes read from the disk and sent to a peer at a time.
 SEND_PIECE = 1 << 20
+#: A connection from a peer is closed after this long without a request (the asker drops an idle one
+#: sooner: `wire.KEEP_IDLE_SECONDS`).
+KEEP_SECONDS = 5.0
 #: A peer that sends nothing for this long is dropped (the socket timeout of a peer request).
 PEER_TIMEOUT = 5.0
-#: A peer must deliver a whole chunk within this many seconds per MiB, or is dropped (a trickling peer).
-PEER_SECONDS_PER_MIB = 4.0
-#: With no chunk done for this long although some are missing, fetch from the server regardless.
+#: A peer must deliver a whole piece within `PEER_TIMEOUT` plus this many seconds per MiB (64 KiB/s), or is
+#: dropped (a trickling peer). Generous: a busy peer on a slow link shares it among its uploads.
+PEER_SECONDS_PER_MIB = 16.0
+#: A chunk from the server that fails (the connection, not its digest) is fetched again, up to this many
+#: times in a row, a second later for each failure; then the deploy fails.
+SERVER_TRIES = 3
+#: With nothing done for this long although some pieces are missing, fetch from the server regardless.
 STALL_SECONDS = 20.0
-#: Chunks fetched at the same time by one agent, and served at the same time to other agents (more makes
-#: each chunk cross its link slower, and so later passed on: bench/fleet.py measured 1 to 8).
-FETCH_SLOTS = 2
-UPLOAD_SLOTS = 2
+#: Pieces fetched from peers at the same time by one agent, and served at the same time to other agents:
+#: enough to keep a link busy between one piece and the next (bench/fleet.py: 4 and 8 alike at N = 8).
+FETCH_SLOTS = 4
+UPLOAD_SLOTS = 4
 #: The longest an agent keeps serving peers once it has everything (see `Exchange.close`).
 LINGER_SECONDS = 60.0
-#: A peer that answered "busy" is not asked again for this long, doubled at each "busy" in a row (to
-#: `BUSY_BACKOFF_MAX`): many agents after the few holders of a new chunk must not flood their links.
-BUSY_BACKOFF = 0.2
-BUSY_BACKOFF_MAX = 3.0
-#: A peer that cannot be connected to or does not answer is dropped at this many failures in a row (one
-#: may be a full queue on a busy link); before that, not asked again for a second per failure.
+#: A peer that answered "busy" or "nothing you want" is not asked again for this long, doubled at each
+#: such answer in a row (to `BACKOFF_MAX`).
+BACKOFF = 0.1
+BACKOFF_MAX = 2.0
+#: With at most this many pieces missing and all of them being fetched, ask other peers for them too.
+ENDGAME = 8
+#: Of how many pieces, picked at random among those a peer may have, the rarest is sent.
+OFFER_SAMPLE = 6
+#: With no peer listed by the tracker for this long, this agent is alone: it fetches from the server with
+#: every worker (not at once: the others of a fleet deploy may not have announced themselves yet).
+ALONE_SECONDS = 2.0
+#: A peer that cannot be connected to or does not answer is not asked again for a second, doubled at each
+#: failure in a row (to `NO_ANSWER_BACKOFF_MAX`): on a busy link, queues are full and drop packets. One
+#: that has never sent this agent a piece is dropped at `STRIKES` failures in a row.
 STRIKES = 3
+NO_ANSWER_BACKOFF_MAX = 30.0
+#: The longest ``want`` bit map a peer accepts, in hex digits (a million pieces: 256 GiB at 256 KiB).
+MAX_WANT_HEX = 1 << 18
 
 
 class Chunk(NamedTuple):
-    """One extent of the image: where it goes and its digest."""
+    """A piece, or a chunk from the server: where it goes and its digest."""
 
     offset: int
     length: int
     sha256: str
+
+
+class Extent(NamedTuple):
+    """One chunk of the image as the server serves it, and its pieces (in order, covering it)."""
+
+    chunk: Chunk
+    pieces: tuple[Chunk, ...]
 
 
 class Peer(NamedTuple):
@@ -94,19 +132,41 @@ class Stats(NamedTuple):
     from_peers: int
     #: Bytes this agent served to peers.
     served: int
-    #: Peers dropped: they served a chunk that did not match, stalled, or could not be reached.
+    #: Peers dropped: they served a piece that did not match, stalled, or could not be reached.
     dropped: tuple[str, ...]
+    #: Bytes received twice (two peers answered with the same piece at the same time), not counted above.
+    twice: int = 0
 
 
-#: ``announce(have, port, dropped) -> {"peers": [{"address", "port", "have": [index...]}...],
-#: "seed": [index...], "missing": bool}``: ``dropped`` lists the (address, port) of the peers dropped.
-Announce = Callable[[list[int], int, list[tuple[str, int]]], dict[str, Any]]
-#: ``fetch(index, chunk) -> bytes``: a chunk from the server (authenticated; checked by the caller).
-ServerFetch = Callable[[int, Chunk], bytes]
+#: ``announce(have, port, dropped) -> {"peers": [{"address", "port", "have": hex}...], "seed": [index...],
+#: "missing": bool}``: ``have`` the bit map (hex) of the pieces held, ``dropped`` the (address, port) of
+#: the peers dropped for sending a bad piece; ``seed`` lists indices of chunks (`Extent`) to take from the
+#: server.
+Announce = Callable[[str, int, list[tuple[str, int]]], dict[str, Any]]
+#: ``fetch(chunk, sink) -> sha256``: a chunk from the server (authenticated), streamed into ``sink``; the
+#: digest of the bytes it gave ``sink``.
+ServerFetch = Callable[[Chunk, Callable[[bytes], object]], str]
+
+
+def swarm_token(digests: Sequence[str]) -> str:
+    """The token of the exchange of an image made of the chunks ``digests``."""
+    return hashlib.sha256("\n".join(["rhaas peer exchange", *digests]).encode()).hexdigest()
+
+
+def mask_hex(mask: int) -> str:
+    """A bit map as the wire carries it: bit n is piece n."""
+    return format(mask, "x")
+
+
+def parse_mask(text: object, width: int) -> int:
+    """A bit map from the wire, cut to ``width`` bits. ValueError if it is not hex."""
+    if not isinstance(text, str) or len(text) > MAX_WANT_HEX:
+        raise ValueError("a bit map is a string of hex digits")
+    return int(text, 16) & ((1 << width) - 1) if text else 0
 
 
 class Picker:
-    """Picks at random, well enough to spread agents over chunks and peers (xorshift64*; not for secrets).
+    """Picks at random, well enough to spread agents over pieces and peers (xorshift64*; not for secrets).
 
     Not ``random``: it seeds itself from os.urandom, which in a just-booted FPBL waits for the kernel's
     pool, and the FPBL does not ship it (tests/test_agent_wire.py keeps the agent free of it). The seed
@@ -131,38 +191,62 @@ class Picker:
             raise IndexError("cannot choose from an empty sequence")
         return items[self.below(len(items))]
 
+    def bit(self, mask: int) -> int:
+        """The index of a set bit of ``mask`` (> 0), from a random place on (nearly uniform when the set
+        bits are spread)."""
+        start = self.below(mask.bit_length())
+        high = mask >> start
+        low = high if high else mask
+        return (start if high else 0) + (low & -low).bit_length() - 1
+
 
 class Exchange:
     """The peer exchange of one deploy: ``deliver`` the image into a file, serve peers meanwhile."""
 
     def __init__(
-        self, chunks: list[Chunk], server: ServerFetch, announce: Announce | None, listen: str = "0.0.0.0",
+        self, extents: list[Extent], server: ServerFetch, announce: Announce | None, listen: str = "0.0.0.0",
         port: int = 0, *, peer_timeout: float = PEER_TIMEOUT, stall: float = STALL_SECONDS,
-        announce_every: float = ANNOUNCE_EVERY, rng: Picker | None = None,
+        announce_every: float = ANNOUNCE_EVERY, alone: float = ALONE_SECONDS, rng: Picker | None = None,
     ) -> None:  # fmt: skip
-        self.chunks = chunks
-        self.index: dict[str, list[int]] = {}
-        for n, c in enumerate(chunks):
-            self.index.setdefault(c.sha256, []).append(n)
+        self.extents = extents
+        self.pieces: list[Chunk] = [p for e in extents for p in e.pieces]
+        #: The bit map of each extent's pieces.
+        self.extent_mask: list[int] = []
+        at = 0
+        for e in extents:
+            self.extent_mask.append(((1 << len(e.pieces)) - 1) << at)
+            at += len(e.pieces)
+        self.full = (1 << at) - 1
+        #: What a peer shows to be served: a digest of the image's chunk list, which only the agents
+        #: deploying it (and whoever may read the image) know.
+        self.token = swarm_token([e.chunk.sha256 for e in extents])
         self.server = server
         self.announce_fn = announce
         self.peer_timeout = peer_timeout
         self.stall = stall
         self.announce_every = announce_every
+        self.alone = alone
         self.rng = rng if rng is not None else Picker()
         self.cond = threading.Condition()
-        self.have: set[int] = set()
-        self.busy: set[int] = set()  # being fetched
-        self.seed: set[int] = set()  # the tracker's leave to fetch these from the server
-        self.peers: dict[Peer, frozenset[int]] = {}
+        self.have = 0  # bit map of the pieces verified and written
+        self.busy = 0  # bit map of the pieces being fetched
+        self.done_bytes = 0
+        self.loading: set[int] = set()  # extents being fetched from the server
+        self.seed: set[int] = set()  # the tracker's leave to fetch these extents from the server
+        self.peers: dict[Peer, int] = {}  # what each held when the tracker last said
+        self.asking: set[Peer] = set()  # peers a request of this agent is open to
         self.dropped: dict[Peer, str] = {}
+        self.bad: set[Peer] = set()  # dropped for what they sent: reported to the tracker
+        self.served_us: set[Peer] = set()  # peers that have sent this agent a piece
+        self.server_failures = 0  # chunks from the server that failed in a row
         self.backoff: dict[Peer, float] = {}
-        self.busy_count: dict[Peer, int] = {}
+        self.refusals: dict[Peer, int] = {}
         self.strikes: dict[Peer, int] = {}
         self.tracker_ok = announce is not None
-        self.answered = False  # whether the tracker has answered yet
-        self.others_missing = True  # whether the tracker last said some peer still lacks chunks
-        self.from_server = self.from_peers = self.served = 0
+        self.alone_since: float | None = None  # since when the tracker has listed no peer
+        self.probing = False  # whether a worker is asking a peer not known to hold anything wanted
+        self.others_missing = True  # whether the tracker last said some peer still lacks pieces
+        self.from_server = self.from_peers = self.served = self.twice = 0
         self.last_done = time.monotonic()
         self.error: BaseException | None = None
         self.closed = threading.Event()
@@ -172,6 +256,8 @@ class Exchange:
         self._listener = socket.create_server((listen, port), backlog=64, reuse_port=False)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
+        #: Connections to peers, kept open between requests.
+        self.pool = wire.Pool()
 
     # --- serving peers ---
 
@@ -187,63 +273,104 @@ class Exchange:
             threading.Thread(target=self._answer, args=(conn,), name="swarm-upload", daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
+        """Answer the requests of one connection, kept open between them (HTTP/1.1 keep-alive: on a busy
+        link a new connection's handshake waits in the queues, and may be dropped there) until the asker
+        closes it, says ``Connection: close``, or sends nothing for `KEEP_SECONDS`."""
         with conn:
-            conn.settimeout(self.peer_timeout)
+            buf = b""
             try:
-                head = b""
-                while b"\r\n\r\n" not in head and len(head) < 8192:
-                    data = conn.recv(4096)
-                    if not data:
+                while not self.closed.is_set():
+                    conn.settimeout(KEEP_SECONDS if not buf else self.peer_timeout)
+                    while b"\r\n\r\n" not in buf:
+                        if len(buf) > MAX_WANT_HEX + 8192:
+                            return
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                        conn.settimeout(self.peer_timeout)
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    if not self._answer_one(conn, head):
                         return
-                    head += data
-                parts = head.split(b"\r\n", 1)[0].split()
-                if len(parts) < 2 or parts[0] != b"GET" or not parts[1].startswith(b"/chunks/"):
-                    conn.sendall(_status(400, "Bad Request"))
-                    return
-                where = self.index.get(parts[1][len(b"/chunks/") :].decode("ascii", "replace"), [])
-                with self.cond:
-                    n = next((i for i in where if i in self.have), None)
-                    source_fd = None if self._read_fd is None else os.dup(self._read_fd)
-                if n is None or source_fd is None:
-                    if source_fd is not None:
-                        os.close(source_fd)
-                    conn.sendall(_status(404, "Not Found"))
-                    return
-                if not self.uploads.acquire(blocking=False):
-                    os.close(source_fd)
-                    conn.sendall(_status(503, "Busy"))
-                    return
-                try:
-                    chunk = self.chunks[n]
-                    conn.sendall(
-                        f"HTTP/1.1 200 OK\r\nContent-Length: {chunk.length}\r\nContent-Type: "
-                        "application/octet-stream\r\nConnection: close\r\n\r\n".encode()
-                    )
-                    sent = _send_range(conn, source_fd, chunk.offset, chunk.length)
-                    with self.cond:
-                        self.served += sent
-                finally:
-                    os.close(source_fd)
-                    self.uploads.release()
             except OSError:
                 return
+
+    def _answer_one(self, conn: socket.socket, head: bytes) -> bool:
+        """Answer one request; whether the connection stays open."""
+        lines = head.split(b"\r\n")
+        parts = lines[0].split()
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        keep = fields.get(b"connection", b"").lower() != b"close"
+        if len(parts) < 2 or parts[0] != b"GET" or not parts[1].startswith(b"/pieces?want="):
+            conn.sendall(_status(400, "Bad Request", close=True))
+            return False
+        if not hmac.compare_digest(fields.get(b"x-swarm", b""), self.token.encode()):
+            conn.sendall(_status(403, "Forbidden", close=True))
+            return False
+        try:
+            want = parse_mask(parts[1][len(b"/pieces?want=") :].decode("ascii"), len(self.pieces))
+        except (ValueError, UnicodeDecodeError):
+            conn.sendall(_status(400, "Bad Request", close=True))
+            return False
+        with self.cond:
+            n = self._offer(want & self.have)
+            source_fd = None if self._read_fd is None else os.dup(self._read_fd)
+            held = f"X-Have: {mask_hex(self.have)}\r\n"  # news for the asker's next choice
+        if n is None or source_fd is None:
+            if source_fd is not None:
+                os.close(source_fd)
+            conn.sendall(_status(404, "Not Found", held, close=not keep))
+            return keep
+        if not self.uploads.acquire(blocking=False):
+            os.close(source_fd)
+            conn.sendall(_status(503, "Busy", held, close=not keep))
+            return keep
+        try:
+            piece = self.pieces[n]
+            end = "\r\n" if keep else "Connection: close\r\n\r\n"
+            conn.sendall(
+                f"HTTP/1.1 200 OK\r\nContent-Length: {piece.length}\r\nX-Piece: {n}\r\n{held}"
+                f"Content-Type: application/octet-stream\r\n{end}".encode()
+            )
+            sent = _send_range(conn, source_fd, piece.offset, piece.length)
+            with self.cond:
+                self.served += sent
+        finally:
+            os.close(source_fd)
+            self.uploads.release()
+        return keep
+
+    def _offer(self, offer: int) -> int | None:
+        """Which of the pieces ``offer`` to send a peer: of a few picked at random, the one the fewest
+        peers held when last heard of (so the rare ones spread first). Called with the lock held."""
+        if not offer:
+            return None
+        best, fewest = -1, len(self.peers) + 1
+        for _ in range(OFFER_SAMPLE):
+            n = self.rng.bit(offer)
+            holders = sum(held >> n & 1 for held in self.peers.values())
+            if holders < fewest:
+                best, fewest = n, holders
+        return best
 
     # --- the tracker ---
 
     def _announce_once(self) -> None:
         assert self.announce_fn is not None
         with self.cond:
-            have = sorted(self.have)
-            dropped = sorted(self.dropped)
+            have = self.have
+            dropped = sorted(self.bad)
         try:
-            answer = self.announce_fn(have, self.port, [(p.address, p.port) for p in dropped])
-            peers: dict[Peer, frozenset[int]] = {}
+            answer = self.announce_fn(mask_hex(have), self.port, [(p.address, p.port) for p in dropped])
+            peers: dict[Peer, int] = {}
             for item in answer.get("peers", []):
-                held = frozenset(
-                    n for n in item.get("have", []) if isinstance(n, int) and 0 <= n < len(self.chunks)
+                peers[Peer(str(item["address"]), int(item["port"]))] = parse_mask(
+                    item.get("have", ""), len(self.pieces)
                 )
-                peers[Peer(str(item["address"]), int(item["port"]))] = held
-            seed = {n for n in answer.get("seed", []) if isinstance(n, int) and 0 <= n < len(self.chunks)}
+            seed = {n for n in answer.get("seed", []) if isinstance(n, int) and 0 <= n < len(self.extents)}
             missing = bool(answer.get("missing", True))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             with self.cond:
@@ -253,9 +380,13 @@ class Exchange:
                 self.cond.notify_all()
             return
         with self.cond:
-            self.tracker_ok = self.answered = True
+            self.tracker_ok = True
             self.peers = {p: h for p, h in peers.items() if p not in self.dropped}
-            self.seed |= seed - self.have
+            if self.peers:
+                self.alone_since = None
+            elif self.alone_since is None:
+                self.alone_since = time.monotonic()
+            self.seed |= {n for n in seed if self.extent_mask[n] & ~self.have}
             self.others_missing = missing
             self.cond.notify_all()
 
@@ -269,151 +400,243 @@ class Exchange:
 
     # --- fetching ---
 
-    def _pick(self) -> tuple[int, Peer | None] | None:
-        """The next chunk to fetch and where from (None: the server); None if there is nothing to do now.
-        Called with the lock held."""
-        wanted = [n for n in range(len(self.chunks)) if n not in self.have and n not in self.busy]
+    def _pick(self) -> tuple[int, None, int] | tuple[None, Peer, int] | None:
+        """What to fetch next: ``(extent, None, 0)`` from the server, ``(None, peer, want)`` any piece of
+        the bit map ``want`` from ``peer``; None if there is nothing to do now. Called with the lock
+        held."""
+        missing = self.full & ~self.have
+        wanted = missing & ~self.busy
+        if not wanted and missing.bit_count() <= ENDGAME:
+            wanted = missing  # the last few: ask others too, the first answer wins
         if not wanted:
             return None
-        now = time.monotonic()
-        counts: dict[int, list[Peer]] = {}
-        for peer, held in self.peers.items():
-            if self.backoff.get(peer, 0) > now:
-                continue
-            for n in held:
-                if n not in self.have and n not in self.busy:
-                    counts.setdefault(n, []).append(peer)
-        seeds = sorted(n for n in self.seed if n in wanted)
+        seeds = sorted(n for n in self.seed if n not in self.loading and self.extent_mask[n] & wanted)
         if seeds:  # first: the server's link is the one every chunk must cross once
-            return seeds[0], None
-        if counts:
-            # A peer at random among those that hold something wanted (the uploads are what is scarce:
-            # spread the asking over them), then the rarest of what it holds, ties broken at random.
-            offers: dict[Peer, list[int]] = {}
-            for n, holders in counts.items():
-                for peer in holders:
-                    offers.setdefault(peer, []).append(n)
-            peer = self.rng.choice(sorted(offers))
-            rarest = min(len(counts[n]) for n in offers[peer])
-            return self.rng.choice(sorted(n for n in offers[peer] if len(counts[n]) == rarest)), peer
-        # No tracker, no peer left to wait for (alone, or every peer dropped), or no progress for a while:
-        # the server, with every worker, as without the exchange.
-        alone = self.answered and not self.peers
-        if not self.tracker_ok or alone or now - self.last_done > self.stall:
-            return self.rng.choice(wanted), None
+            return seeds[0], None, 0
+        now = time.monotonic()
+        ready = [p for p in self.peers if p not in self.asking and self.backoff.get(p, 0) <= now]
+        if ready:
+            # Whom to ask, at random (the uploads are what is scarce: spread the asking over them), among
+            # those that held something wanted when the tracker last said (they may hold more by now);
+            # else any: the tracker's view is a second old, and a peer gains a piece every few tenths.
+            likely = sorted(p for p in ready if self.peers[p] & wanted)
+            if likely:
+                return None, self.rng.choice(likely), wanted
+            if not self.probing:  # one worker at a time asks a peer that may have gained something since
+                self.probing = True
+                return None, self.rng.choice(sorted(ready)), wanted
+        # No peer to wait for (alone, every peer dropped, or no tracker and none known): the server, with
+        # every worker, as without the exchange. No progress for a while, or a tracker that stopped
+        # answering: the server, one chunk at a time, the known peers all the same (in a large fleet, many
+        # agents may be slow at once; all of them on the server with every worker would swamp its link).
+        alone = self.alone_since is not None and now - self.alone_since > self.alone
+        alone = alone or not self.tracker_ok and not self.peers
+        slow = (now - self.last_done > self.stall or not self.tracker_ok) and not self.loading
+        if alone or slow:
+            todo = [n for n, m in enumerate(self.extent_mask) if m & wanted and n not in self.loading]
+            if todo:
+                return self.rng.choice(todo), None, 0
         return None
 
-    def _fetch_peer(self, peer: Peer, chunk: Chunk) -> bytes:
-        deadline = time.monotonic() + max(self.peer_timeout, PEER_SECONDS_PER_MIB * chunk.length / (1 << 20))
+    def _from_server(self, fd: int, n: int) -> None:
+        """Stream extent ``n`` from the server, writing each piece once it is whole and checked."""
+        extent = self.extents[n]
+        buf = bytearray()
+        index = sum(len(e.pieces) for e in self.extents[:n])
+        queue = list(enumerate(extent.pieces, index))
+
+        def sink(data: bytes) -> None:
+            buf.extend(data)
+            while queue and len(buf) >= queue[0][1].length:
+                k, piece = queue.pop(0)
+                part = bytes(buf[: piece.length])
+                del buf[: piece.length]
+                if hashlib.sha256(part).hexdigest() != piece.sha256:
+                    raise _BadChunk(f"the server's chunk {extent.chunk.sha256} does not match the digest of "
+                                  f"its piece {k - index}")  # fmt: skip
+                self._write(fd, k, part, None)
+
+        digest = self.server(extent.chunk, sink)
+        if digest != extent.chunk.sha256 or queue or buf:
+            raise _BadChunk(f"the server's chunk {extent.chunk.sha256} does not match its digest")
+
+    def _write(self, fd: int, k: int, data: bytes, peer: Peer | None) -> None:
+        """Write piece ``k`` (checked) and count it held."""
+        with self.cond:
+            if self.have >> k & 1:  # the same piece came twice at once
+                self.twice += len(data)
+                return
+        piece = self.pieces[k]
+        view, at = memoryview(data), 0
+        while at < len(view):
+            at += os.pwrite(fd, view[at:], piece.offset + at)
+        with self.cond:
+            if self.have >> k & 1:
+                self.twice += len(data)
+                return
+            self.have |= 1 << k
+            self.done_bytes += piece.length
+            self.last_done = time.monotonic()
+            if peer is None:
+                self.from_server += piece.length
+            else:
+                self.from_peers += piece.length
+            self.cond.notify_all()
+        self._wake_announcer.set()  # at most every ANNOUNCE_AT_MOST seconds all the same
+
+    def _from_peer(self, fd: int, peer: Peer, want: int) -> None:
+        """Ask ``peer`` for any piece of ``want``; write it if it is one of them and matches."""
         try:
-            response = wire.request(
-                "GET", peer.address, peer.port, f"/chunks/{chunk.sha256}", {}, timeout=self.peer_timeout
+            target = f"/pieces?want={mask_hex(want)}"
+            response = self.pool.request(
+                "GET", peer.address, peer.port, target, {"X-Swarm": self.token}, timeout=self.peer_timeout
             )
         except OSError as exc:
             raise _NoAnswer(f"{type(exc).__name__}: {exc}") from exc
         with response:
-            if response.status == 503:
-                raise _Busy()
+            try:  # what the peer holds now: fresher than the tracker's word
+                held = parse_mask(response.headers.get("x-have", ""), len(self.pieces))
+            except ValueError:
+                held = 0
+            with self.cond:
+                if peer in self.peers:
+                    self.peers[peer] |= held
+            if response.status in (404, 503):
+                raise _Refused()
             if response.status != 200:
                 raise OSError(f"HTTP {response.status}")
-            buf = bytearray()
-            while len(buf) <= chunk.length and (data := response.read(1 << 20)):
-                buf += data
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(buf)} of {chunk.length} bytes in {deadline:.0f} s")
-            return bytes(buf)
+            try:
+                k = int(response.headers.get("x-piece", ""))
+            except ValueError:
+                raise _BadPiece("its answer names no piece") from None
+            if not 0 <= k < len(self.pieces) or not want >> k & 1:
+                raise _BadPiece(f"it sent piece {k}, which was not asked for")
+            piece = self.pieces[k]
+            with self.cond:
+                mine = not self.busy >> k & 1  # else another worker is fetching it too: leave its mark
+                self.busy |= 1 << k
+            try:
+                allowed = self.peer_timeout + PEER_SECONDS_PER_MIB * piece.length / (1 << 20)
+                deadline = time.monotonic() + allowed
+                buf = bytearray()
+                while len(buf) <= piece.length and (data := response.read(1 << 20)):
+                    buf += data
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{len(buf)} of {piece.length} bytes in {allowed:.0f} s")
+                if len(buf) != piece.length or hashlib.sha256(buf).hexdigest() != piece.sha256:
+                    raise _BadPiece(f"piece {k} does not match its digest")
+                self._write(fd, k, bytes(buf), peer)
+            finally:
+                if mine:
+                    with self.cond:
+                        self.busy &= ~(1 << k)
 
     def _worker(self, fd: int) -> None:
+        mine = 0
+        probe = False
         while True:
             with self.cond:
                 while True:
-                    if self.error is not None or len(self.have) == len(self.chunks):
+                    if self.error is not None or self.have == self.full:
                         return
                     choice = self._pick()
                     if choice is not None:
                         break
                     self._wake_announcer.set()  # nothing to do: news of the peers, please
                     self.cond.wait(0.25)
-                n, peer = choice
-                self.busy.add(n)
-            chunk = self.chunks[n]
+                n, peer, want = choice
+                if peer is None:
+                    assert n is not None
+                    self.loading.add(n)
+                    mine = self.extent_mask[n] & ~self.have & ~self.busy
+                    self.busy |= mine
+                else:
+                    probe = self.probing and not self.peers[peer] & want
+                    self.asking.add(peer)
             try:
-                data = self.server(n, chunk) if peer is None else self._fetch_peer(peer, chunk)
-                good = len(data) == chunk.length and hashlib.sha256(data).hexdigest() == chunk.sha256
-                if not good and peer is None:
-                    raise OSError(f"the server's chunk {chunk.sha256} does not match its digest")
-                if good:
-                    view, at = memoryview(data), 0
-                    while at < len(view):
-                        at += os.pwrite(fd, view[at:], chunk.offset + at)
-            except _Busy:
-                with self.cond:
-                    self.busy.discard(n)
-                    assert peer is not None
-                    count = self.busy_count[peer] = self.busy_count.get(peer, 0) + 1
-                    self.backoff[peer] = time.monotonic() + min(
-                        BUSY_BACKOFF_MAX, BUSY_BACKOFF * 2 ** (count - 1)
-                    )
-                    self.cond.notify_all()
+                if peer is None:
+                    assert n is not None
+                    try:
+                        self._from_server(fd, n)
+                        with self.cond:
+                            self.server_failures = 0
+                    finally:
+                        with self.cond:
+                            self.loading.discard(n)
+                            self.seed.discard(n)
+                            self.busy &= ~mine
+                            self.cond.notify_all()
+                    continue
+                self._from_peer(fd, peer, want)
+            except _Refused:
+                self._back_off(peer)
                 continue
             except _NoAnswer as exc:
                 assert peer is not None
                 with self.cond:
                     strikes = self.strikes[peer] = self.strikes.get(peer, 0) + 1
-                    if strikes < STRIKES:
-                        self.busy.discard(n)
-                        self.backoff[peer] = time.monotonic() + strikes
-                        self.cond.notify_all()
-                if strikes >= STRIKES:
-                    self._drop(peer, n, f"{strikes} times no answer, the last: {exc}")
+                    # One that has served this agent before is busy, not broken: it is asked again later.
+                    drop = strikes >= STRIKES and peer not in self.served_us
+                    self.backoff[peer] = time.monotonic() + min(NO_ANSWER_BACKOFF_MAX, 2.0 ** (strikes - 1))
+                if drop:
+                    self._drop(peer, f"{strikes} times no answer, the last: {exc}")
                 continue
             except OSError as exc:
                 if peer is None:
                     with self.cond:
-                        self.error = exc
-                        self.cond.notify_all()
-                    return
-                self._drop(peer, n, f"{type(exc).__name__}: {exc}")
+                        self.server_failures += 1
+                        if isinstance(exc, _BadChunk) or self.server_failures >= SERVER_TRIES:
+                            self.error = exc
+                            self.cond.notify_all()
+                            return
+                    log(f"peer exchange: a chunk from the server failed ({exc}); trying again")
+                    self.closed.wait(self.server_failures)
+                    continue
+                self._drop(peer, f"{type(exc).__name__}: {exc}", bad=isinstance(exc, _BadPiece))
                 continue
             except Exception as exc:  # noqa: BLE001 - handed to `deliver`, which raises it
                 with self.cond:
                     self.error = exc
                     self.cond.notify_all()
                 return
-            if not good:
-                assert peer is not None
-                self._drop(peer, n, f"chunk {n} does not match its digest")
-                continue
-            with self.cond:
-                self.busy.discard(n)
-                self.seed.discard(n)
-                self.have.add(n)
+            finally:
                 if peer is not None:
-                    self.busy_count.pop(peer, None)
-                    self.strikes.pop(peer, None)
-                self.last_done = time.monotonic()
-                if peer is None:
-                    self.from_server += chunk.length
-                else:
-                    self.from_peers += chunk.length
-                self.cond.notify_all()
-            self._wake_announcer.set()
+                    with self.cond:
+                        self.asking.discard(peer)
+                        if probe:
+                            self.probing = False
+                        self.cond.notify_all()
+            with self.cond:
+                self.refusals.pop(peer, None)
+                self.strikes.pop(peer, None)
+                self.served_us.add(peer)
 
-    def _drop(self, peer: Peer, n: int, why: str) -> None:
+    def _back_off(self, peer: Peer | None) -> None:
+        """``peer`` is busy or holds nothing wanted: leave it alone for a while, longer each time."""
+        assert peer is not None
+        with self.cond:
+            count = self.refusals[peer] = self.refusals.get(peer, 0) + 1
+            self.backoff[peer] = time.monotonic() + min(BACKOFF_MAX, BACKOFF * 2 ** (count - 1))
+            self.cond.notify_all()
+
+    def _drop(self, peer: Peer, why: str, bad: bool = False) -> None:
+        """Ask ``peer`` no more; with ``bad`` (it sent what it must not have), tell the tracker too: a peer
+        that is only slow or unreachable from here may serve others well."""
         log(f"peer exchange: dropping peer {peer.address}:{peer.port} ({why})")
         with self.cond:
-            self.busy.discard(n)
             self.dropped[peer] = why
+            if bad:
+                self.bad.add(peer)
             self.peers.pop(peer, None)
             self.cond.notify_all()
 
     def deliver(self, fd: int, path: str, progress: Callable[[int, int], None] | None = None) -> Stats:
-        """Write every chunk at its offset into ``fd`` (the disk, or a file, at ``path``: reopened to serve
+        """Write every piece at its offset into ``fd`` (the disk, or a file, at ``path``: reopened to serve
         peers from), each checked against its digest first; return once all are written. Raises what the
         server fetch raised if it fails, or OSError if the server's chunk does not match (peers failing
         only costs time)."""
         self._read_fd = os.open(path, os.O_RDONLY)
-        total = sum(c.length for c in self.chunks)
+        total = sum(p.length for p in self.pieces)
         self._threads = [threading.Thread(target=self._serve, name="swarm-serve", daemon=True)]
         if self.announce_fn is not None:
             self._threads.append(threading.Thread(target=self._announcer, name="swarm-announce", daemon=True))
@@ -427,8 +650,8 @@ class Exchange:
             t.start()
         while True:
             with self.cond:
-                done = sum(self.chunks[n].length for n in self.have)
-                if self.error is not None or len(self.have) == len(self.chunks):
+                done = self.done_bytes
+                if self.error is not None or self.have == self.full:
                     break
                 self.cond.wait(1.0)
             if progress is not None:
@@ -446,7 +669,7 @@ class Exchange:
     def stats(self) -> Stats:
         with self.cond:
             dropped = tuple(f"{p.address}:{p.port}: {why}" for p, why in self.dropped.items())
-            return Stats(self.from_server, self.from_peers, self.served, dropped)
+            return Stats(self.from_server, self.from_peers, self.served, dropped, self.twice)
 
     def close(self, linger: float = LINGER_SECONDS) -> None:
         """Stop serving peers: at once, or once the tracker says no peer lacks a chunk, or ``linger``
@@ -461,13 +684,22 @@ class Exchange:
             self._listener.close()
         for t in self._threads:
             t.join(timeout=2.0)
+        self.pool.close()
         if self._read_fd is not None:
             os.close(self._read_fd)
             self._read_fd = None
 
 
-class _Busy(Exception):
-    """The peer's upload slots are full: ask someone else."""
+class _Refused(Exception):
+    """The peer's upload slots are full, or it holds nothing wanted: ask someone else."""
+
+
+class _BadChunk(OSError):
+    """The server's chunk does not match its digest, or its pieces theirs: the deploy fails."""
+
+
+class _BadPiece(OSError):
+    """The peer sent a piece that does not match its digest, or one that was not asked for."""
 
 
 class _NoAnswer(OSError):
@@ -488,5 +720,6 @@ def _send_range(conn: socket.socket, fd: int, offset: int, length: int) -> int:
     return sent
 
 
-def _status(code: int, reason: str) -> bytes:
-    return f"HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+def _status(code: int, reason: str, headers: str = "", close: bool = False) -> bytes:
+    end = "Connection: close\r\n\r\n" if close else "\r\n"
+    return f"HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\n{headers}{end}".encode()

@@ -218,8 +218,9 @@ class AgentPeersBody(Body):
     #: Where it serves chunks to its peers; the address is the one it calls from unless given.
     port: int = Field(gt=0, lt=65536)
     address: str | None = Field(default=None, max_length=64)
-    #: The indices (in the work answer's ``extents``) of the chunks it has verified and written.
-    have: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=1 << 20)
+    #: The pieces it has verified and written: a bit map in hex, bit n for the n-th piece of the work
+    #: answer's extents, in order (a million pieces at most).
+    have: str = Field(default="", max_length=1 << 18, pattern=r"^[0-9a-f]*$")
     #: Peers it dropped (they served a chunk that did not match, stalled, or could not be reached).
     dropped: list[PeerAddress] = Field(default_factory=list, max_length=1024)
 

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,6 +44,9 @@ from rhaas.errors import AuthorizationError, BadArgumentError, NotFoundError
 
 #: The logical size of a chunk (the last chunk of an image is shorter when its size is not a multiple).
 CHUNK_SIZE = 4 * 2**20
+#: The size of a chunk's pieces: what the agents' peer exchange passes on, each checked against its own
+#: digest (a chunk takes seconds on a slow link; a piece is passed on as soon as it arrives).
+PIECE_SIZE = 256 * 2**10
 #: The whole-disk image formats a client may upload (recorded; the store holds the logical content).
 FORMATS = ("raw", "qcow2", "gzip", "xz", "zstd")
 #: The most digests one "which are missing?" question may ask about.
@@ -105,7 +108,7 @@ def store_chunk(db: Session, caller: Caller, sha256: str, data: bytes) -> int:
     if db.get(Chunk, digest) is None:
         try:
             with db.begin_nested():
-                db.add(Chunk(sha256=digest, size=len(data), data=data))
+                db.add(Chunk(sha256=digest, size=len(data), data=data, pieces=piece_digests(data)))
         except IntegrityError:
             pass  # a concurrent upload of the same bytes stored it first
     user_id = db.scalar(select(User.id).where(User.label == caller.name))
@@ -147,6 +150,35 @@ def missing_chunks(db: Session, caller: Caller, digests: list[str]) -> list[str]
     wanted = list(dict.fromkeys(check_sha256(d) for d in digests))
     have = _available(db, caller, wanted)
     return [d for d in wanted if d not in have]
+
+
+def piece_digests(data: bytes) -> bytes:
+    """The raw SHA-256 digests of ``data``'s pieces, one after the other."""
+    return b"".join(
+        hashlib.sha256(data[at : at + PIECE_SIZE]).digest() for at in range(0, len(data), PIECE_SIZE)
+    )
+
+
+def piece_count(length: int) -> int:
+    """How many pieces a chunk of ``length`` bytes has."""
+    return -(-length // PIECE_SIZE)
+
+
+def pieces(db: Session, digests: Sequence[str]) -> dict[str, list[str]]:
+    """The hex digests of the pieces of each chunk of ``digests``. A chunk stored before pieces existed
+    (or with pieces of another size) gets them computed now, and kept."""
+    out: dict[str, list[str]] = {}
+    wanted = sorted(set(digests))
+    for at in range(0, len(wanted), MAX_QUERY):
+        query = select(Chunk.sha256, Chunk.size, Chunk.pieces).where(
+            Chunk.sha256.in_(wanted[at : at + MAX_QUERY])
+        )
+        for sha, size, raw in db.execute(query).all():
+            if raw is None or len(raw) != 32 * piece_count(size):
+                raw = piece_digests(chunk_data(db, sha))
+                db.execute(update(Chunk).where(Chunk.sha256 == sha).values(pieces=raw))
+            out[sha] = [raw[i : i + 32].hex() for i in range(0, len(raw), 32)]
+    return out
 
 
 def chunk_data(db: Session, sha256: str) -> bytes:

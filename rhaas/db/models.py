@@ -269,6 +269,10 @@ class Chunk(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The raw SHA-256 digests of its pieces (slices of `rhaas.core.chunks.PIECE_SIZE` bytes), one after
+    #: the other: what the agents' peer exchange checks each piece against. NULL for a chunk stored before
+    #: pieces existed: computed when first needed.
+    pieces: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -250,16 +250,25 @@ def _whole_disk(
         boot["cmdline"] = image.cmdline
     first_boot = {"instance_id": job.uuid, "hostname": job.node.label}
     first_boot |= {k: seed[k] for k in ("ssh_keys", "user_data", "network_config") if k in seed}
+    held = chunks.extents(db, image.id)
+    listed: list[dict[str, Any]] = [
+        {"offset": e.offset, "length": e.length, "sha256": e.sha256} for e in held
+    ]
     whole: dict[str, Any] = {
         "virtual_size": image.manifest.virtual_size,
         "zeroed": bool(job.disk_zeroed),
         "chunk_url": f"{node_url}/chunks/{{sha256}}",
-        "extents": [
-            {"offset": e.offset, "length": e.length, "sha256": e.sha256} for e in chunks.extents(db, image.id)
-        ],
+        "extents": listed,
     }
     if settings.peer_exchange:
-        whole["peers"] = {"url": f"{node_url}/peers", "port": settings.peer_port}
+        whole["peers"] = {
+            "url": f"{node_url}/peers",
+            "port": settings.peer_port,
+            "piece_size": chunks.PIECE_SIZE,
+        }
+        digests = chunks.pieces(db, [e.sha256 for e in held])
+        for e, item in zip(held, listed, strict=True):
+            item["pieces"] = digests[e.sha256]
     return {
         "image": whole,
         "boot": boot,
@@ -328,7 +337,7 @@ def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
 
 
 def peer_announce(
-    db: Session, row: NodeProvisioning, tracker: Tracker, address: str, port: int, have: list[int],
+    db: Session, row: NodeProvisioning, tracker: Tracker, address: str, port: int, have: str,
     dropped: list[tuple[str, int]],
 ) -> dict[str, Any]:  # fmt: skip
     """An agent's announcement to the peer-exchange tracker: its peers deploying the same image, and the
@@ -337,8 +346,13 @@ def peer_announce(
     job = open_job(db, row.node, DEPLOY)
     if job is None or job.image is None or job.image.manifest is None:
         raise NotFoundError(f"Node {row.node.label} has no whole-disk deploy under way.")
-    count, _ = chunks.extent_summary(db, job.image.id)
-    return tracker.announce(("image", job.image.id), count, row.node.label, address, port, have, dropped)
+    image_id = job.image.id
+
+    def layout() -> list[int]:
+        return [chunks.piece_count(e.length) for e in chunks.extents(db, image_id)]
+
+    held = int(have, 16) if have else 0
+    return tracker.announce(("image", image_id), layout, row.node.label, address, port, held, dropped)
 
 
 def deploy_chunk(db: Session, row: NodeProvisioning, sha256: str) -> bytes:

@@ -1,14 +1,17 @@
 """The tracker of the agents' peer exchange (rhaas.agent.swarm): which agents deploy the same image, what
 each holds, and which chunks an agent may take from the server.
 
-Each agent deploying a whole-disk image announces itself every second or so (its address on the
-provisioning network, the port it serves chunks on, the indices of the extents it has verified and
-written). The answer lists the other agents of the same swarm (the same image), with what they hold, and
-``seed``: chunks this agent may fetch from the server, because no agent holds them yet. The server hands
-each chunk out about once, at most `SERVER_SLOTS` at a time across the swarm (one chunk that arrives
-whole soon spreads faster than several that arrive slowly); a hand-out whose agent does not report the
-chunk within `GRANT_SECONDS` is handed out again. So the server sends about one image per fleet deploy;
-agents that cannot reach their peers fall back to it on their own (see the agent's module).
+The agents exchange *pieces* (slices of the image's chunks, see the agent's module); the server serves
+whole chunks. Each agent deploying a whole-disk image announces itself every second or so: its address on
+the provisioning network, the port it serves pieces on, the bit map of the pieces it has verified and
+written. The answer lists up to `MAX_PEERS` other agents of the same swarm (the same image), picked at
+random, those holding something this one lacks first, with what they hold (the agents ask each other by
+what they want, so this is only a hint of whom to ask); and ``seed``: chunks this agent may fetch from the
+server, because no agent holds them yet. The server hands each chunk out about once, at most
+`SERVER_SLOTS` at a time across the swarm (one chunk that arrives soon spreads faster than several that
+arrive slowly); a hand-out whose agent does not report the chunk within `GRANT_SECONDS` is handed out
+again. So the server sends about one image per fleet deploy; agents that cannot reach their peers fall
+back to it on their own (see the agent's module).
 
 State is in memory, per API server process: agents of one swarm that talk to different API servers form
 one swarm per server. Agents not heard from for `PEER_SECONDS` are forgotten.
@@ -16,38 +19,54 @@ one swarm per server. Agents not heard from for `PEER_SECONDS` are forgotten.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Chunks being sent by the server at once, per swarm (few: a chunk that arrives whole soon is passed on).
-SERVER_SLOTS = 2
+#: Chunks being sent by the server at once, per swarm: a few, so that its link stays busy while a hand-out
+#: is being told (the agents pass a chunk on piece by piece as it arrives; bench/fleet.py measured 2 to 4).
+SERVER_SLOTS = 4
 #: A chunk handed out from the server and not reported held within this long is handed out again.
 GRANT_SECONDS = 30.0
 #: An agent not heard from for this long is no longer listed.
 PEER_SECONDS = 15.0
+#: The most peers one answer lists (each with its bit map): enough to keep an agent's fetches busy, few
+#: enough that answers stay small and cheap to read in a fleet of hundreds.
+MAX_PEERS = 16
 
 
 @dataclass
 class _Peer:
     address: str
     port: int
-    have: frozenset[int]
+    have: int
     seen: float
     complete: bool
 
 
 @dataclass
 class _Swarm:
-    chunks: int
+    #: The bit map of each chunk's pieces.
+    chunks: list[int]
+    full: int
     peers: dict[str, _Peer] = field(default_factory=dict)
-    #: (address, port) of agents another agent dropped (a bad chunk, a stall): not listed, and what they
-    #: hold is handed out from the server all the same.
+    #: (address, port) of agents another agent dropped for a bad piece (one that did not match its digest,
+    #: or was not asked for): not listed, and what they hold is handed out from the server all the same.
     suspects: set[tuple[str, int]] = field(default_factory=set)
     #: chunk index -> (agent, when) it was handed out from the server.
     grants: dict[int, tuple[str, float]] = field(default_factory=dict)
+
+
+def layout_masks(pieces: Sequence[int]) -> list[int]:
+    """The bit map of each chunk's pieces, from how many pieces each chunk has."""
+    masks, at = [], 0
+    for count in pieces:
+        masks.append(((1 << count) - 1) << at)
+        at += count
+    return masks
 
 
 class Tracker:
@@ -56,52 +75,59 @@ class Tracker:
     def __init__(
         self, clock: Callable[[], float] = time.monotonic, slots: int = SERVER_SLOTS,
         grant_seconds: float = GRANT_SECONDS, peer_seconds: float = PEER_SECONDS,
+        max_peers: int = MAX_PEERS, rng: random.Random | None = None,
     ) -> None:  # fmt: skip
         self.clock = clock
         self.slots = slots
         self.grant_seconds = grant_seconds
         self.peer_seconds = peer_seconds
+        self.max_peers = max_peers
+        self.rng = rng if rng is not None else random.Random()
         self._swarms: dict[Hashable, _Swarm] = {}
         self._lock = threading.Lock()
 
     def announce(
-        self, swarm: Hashable, chunks: int, agent: str, address: str, port: int, have: list[int],
-        dropped: Sequence[tuple[str, int]] = (),
+        self, swarm: Hashable, layout: Callable[[], Sequence[int]], agent: str, address: str, port: int,
+        have: int, dropped: Sequence[tuple[str, int]] = (),
     ) -> dict[str, Any]:  # fmt: skip
-        """Record that ``agent`` (serving on ``address:port``) holds the chunks ``have`` of ``swarm`` (an
-        image of ``chunks`` chunks) and has dropped the peers ``dropped``; the other agents, what they
-        hold, and the chunks ``agent`` may fetch from the server (``seed``); ``missing``: whether any agent
-        of the swarm still lacks a chunk."""
+        """Record that ``agent`` (serving on ``address:port``) holds the pieces ``have`` (a bit map) of
+        ``swarm`` and has dropped the peers ``dropped``; ``layout()``: how many pieces each of the image's
+        chunks has (asked once per swarm). Answers the other agents, what they hold (hex bit maps), the
+        chunks ``agent`` may fetch from the server (``seed``), and ``missing``: whether any agent of the
+        swarm still lacks a piece."""
         now = self.clock()
-        held = frozenset(n for n in have if 0 <= n < chunks)
         with self._lock:
             self._forget(now)
             s = self._swarms.get(swarm)
-            if s is None or s.chunks != chunks:
-                s = self._swarms[swarm] = _Swarm(chunks)
-            s.peers[agent] = _Peer(address, port, held, now, len(held) == chunks)
+            if s is None:
+                masks = layout_masks(layout())
+                s = self._swarms[swarm] = _Swarm(masks, sum(masks))
+            held = have & s.full
+            s.peers[agent] = _Peer(address, port, held, now, held == s.full)
             s.suspects |= {(a, p) for a, p in dropped if (a, p) != (address, port)}
-            for n in held:
-                if n in s.grants:
-                    del s.grants[n]
             trusted = {k: p for k, p in s.peers.items() if (p.address, p.port) not in s.suspects}
-            anywhere: set[int] = set()
+            anywhere = 0
             for p in trusted.values():
                 anywhere |= p.have
             for n, (who, when) in list(s.grants.items()):
-                if now - when > self.grant_seconds or who not in s.peers or n in anywhere:
+                if now - when > self.grant_seconds or who not in s.peers or not s.chunks[n] & ~anywhere:
                     del s.grants[n]
             seed = [n for n, (who, _) in s.grants.items() if who == agent]
-            if not seed and len(s.grants) < self.slots:
-                free = next((n for n in range(chunks) if n not in anywhere and n not in s.grants), None)
-                if free is not None:
-                    s.grants[free] = (agent, now)
-                    seed.append(free)
-            peers = [
-                {"address": p.address, "port": p.port, "have": sorted(p.have)}
-                for name, p in trusted.items()
-                if name != agent
-            ]
+            share = 1  # one at a time: an agent alone takes everything from the server on its own
+            while len(seed) < share and len(s.grants) < self.slots:
+                free = next((n for n, m in enumerate(s.chunks) if m & ~anywhere and n not in s.grants), None)
+                if free is None:
+                    break
+                s.grants[free] = (agent, now)
+                seed.append(free)
+            others = [p for name, p in trusted.items() if name != agent]
+            # Those holding something this one lacks first; the rest only to fill (an agent with no peer
+            # listed at all is alone, and takes everything from the server).
+            useful = [p for p in others if p.have & ~held]
+            rest = [p for p in others if not p.have & ~held]
+            listed = self.rng.sample(useful, min(len(useful), self.max_peers))
+            listed += self.rng.sample(rest, min(len(rest), self.max_peers - len(listed)))
+            peers = [{"address": p.address, "port": p.port, "have": format(p.have, "x")} for p in listed]
             missing = any(not p.complete for p in s.peers.values())
         return {"peers": peers, "seed": sorted(seed), "missing": missing}
 
