@@ -134,11 +134,12 @@ coldplug.coldplug(table, lambda: {"pci:v00001AF4d00001000sv1sd1bc1sc1i0"} | cold
                   lambda name: None, coldplug.loaded_modules(os.path.join(work, "modules")))
 from rhaas.agent import swarm, wire
 blob = b"chunk" * 100
-exchange = swarm.Exchange([swarm.Chunk(0, len(blob), hashlib.sha256(blob).hexdigest())],
-                          lambda n, c: blob, None, "127.0.0.1")
+whole = swarm.Chunk(0, len(blob), hashlib.sha256(blob).hexdigest())
+exchange = swarm.Exchange([swarm.Extent(whole, (whole,))], lambda c, sink: sink(blob) or whole.sha256, None,
+                          "127.0.0.1")
 out = os.open(os.path.join(work, "swarm"), os.O_RDWR | os.O_CREAT)
 exchange.deliver(out, os.path.join(work, "swarm"))
-with wire.request("GET", "127.0.0.1", exchange.port, "/chunks/" + hashlib.sha256(blob).hexdigest(), {},
+with wire.request("GET", "127.0.0.1", exchange.port, "/pieces?want=1", {"X-Swarm": exchange.token},
                   timeout=5) as answer:
     assert answer.read() == blob
 exchange.close(linger=0); exchange.stats(); os.close(out)
