@@ -350,11 +350,14 @@ def test_a_work_answer_without_peers_makes_no_exchange_and_one_with_peers_does(t
 
 
 def test_write_image_through_the_exchange_fails_as_a_write_disk_error(tmp_path):
-    """A server that fails mid-deploy is the deploy's error (phase write-disk), as without peers."""
+    """A server that keeps failing mid-deploy is the deploy's error (phase write-disk), as without peers,
+    once its chunk was tried `SERVER_TRIES` times."""
     data = os.urandom(CHUNK)
     image = DiskImage(CHUNK, (Extent(0, CHUNK, sha(data)),), False, "chunks/{sha256}", ("peers", 0))
+    tries = []
 
     def failing(artifact: Artifact, sink: object) -> str:
+        tries.append(artifact.url)
         raise OSError("connection reset")
 
     exchange = exchange_for(image, failing, lambda *a: {"peers": [], "seed": [0]})
@@ -363,6 +366,22 @@ def test_write_image_through_the_exchange_fails_as_a_write_disk_error(tmp_path):
     with pytest.raises(AgentError, match="connection reset") as raised:
         write_image(image, Disk("vda", str(disk), 2 * CHUNK), failing, lambda d, t: None, exchange)
     assert raised.value.phase == "write-disk"
+    assert len(tries) == swarm.SERVER_TRIES
+
+
+def test_a_server_chunk_that_fails_once_is_fetched_again(tmp_path):
+    """The deploy's fetch reports a failure as an AgentError; one failure costs a retry, not the deploy."""
+    server = Server(count=2)
+    failures = [AgentError("write-disk", "downloading chunks/x failed: timed out")]
+
+    def flaky(chunk: swarm.Chunk, sink: Callable[[bytes], object]) -> str:
+        if failures:
+            raise failures.pop()
+        return server.fetch(chunk, sink)
+
+    exchange = swarm.Exchange(server.extents, flaky, None, "127.0.0.1")
+    deliver_into(exchange, tmp_path / "disk")
+    assert (tmp_path / "disk").read_bytes() == server.image and not failures
 
 
 def test_the_tracker_lists_no_dropped_peer_and_hands_out_what_only_it_holds():

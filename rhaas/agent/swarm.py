@@ -581,24 +581,22 @@ class Exchange:
                 if drop:
                     self._drop(peer, f"{strikes} times no answer, the last: {exc}")
                 continue
-            except OSError as exc:
-                if peer is None:
-                    with self.cond:
-                        self.server_failures += 1
-                        if isinstance(exc, _BadChunk) or self.server_failures >= SERVER_TRIES:
-                            self.error = exc
-                            self.cond.notify_all()
-                            return
-                    log(f"peer exchange: a chunk from the server failed ({exc}); trying again")
-                    self.closed.wait(self.server_failures)
+            except Exception as exc:  # noqa: BLE001 - the last one is handed to `deliver`, which raises it
+                if peer is not None and isinstance(exc, OSError):
+                    self._drop(peer, f"{type(exc).__name__}: {exc}", bad=isinstance(exc, _BadPiece))
                     continue
-                self._drop(peer, f"{type(exc).__name__}: {exc}", bad=isinstance(exc, _BadPiece))
-                continue
-            except Exception as exc:  # noqa: BLE001 - handed to `deliver`, which raises it
                 with self.cond:
-                    self.error = exc
-                    self.cond.notify_all()
-                return
+                    # The server's chunk failed (the deploy's fetch may say so as an AgentError): again, a
+                    # few times in a row, unless it did not match its digest.
+                    if peer is None:
+                        self.server_failures += 1
+                    if peer is not None or isinstance(exc, _BadChunk) or self.server_failures >= SERVER_TRIES:
+                        self.error = exc
+                        self.cond.notify_all()
+                        return
+                log(f"peer exchange: a chunk from the server failed ({exc}); trying again")
+                self.closed.wait(self.server_failures)
+                continue
             finally:
                 if peer is not None:
                     with self.cond:
