@@ -211,9 +211,12 @@ class Exchange:
         self.extents = extents
         self.pieces: list[Chunk] = [p for e in extents for p in e.pieces]
         #: The bit map of each extent's pieces.
+        #: The index of each extent's first piece, and the bit map of its pieces.
+        self.first: list[int] = []
         self.extent_mask: list[int] = []
         at = 0
         for e in extents:
+            self.first.append(at)
             self.extent_mask.append(((1 << len(e.pieces)) - 1) << at)
             at += len(e.pieces)
         self.full = (1 << at) - 1
@@ -442,7 +445,7 @@ class Exchange:
         """Stream extent ``n`` from the server, writing each piece once it is whole and checked."""
         extent = self.extents[n]
         buf = bytearray()
-        index = sum(len(e.pieces) for e in self.extents[:n])
+        index = self.first[n]
         queue = list(enumerate(extent.pieces, index))
 
         def sink(data: bytes) -> None:
