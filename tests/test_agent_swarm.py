@@ -162,7 +162,7 @@ def rogue_peer(mode: str) -> Iterator[int]:
             if mode == "stall":
                 held.append(conn)  # kept open, silent, until the test ends
                 continue
-            want = int(request.partition("want=")[2] or "0", 16)
+            want = int(request.partition("want=")[2].partition("&")[0] or "0", 16)
             n = (want & -want).bit_length() - 1
             body = os.urandom(PIECE)
             head = (
@@ -466,3 +466,98 @@ def test_an_agent_with_no_peer_to_wait_for_fetches_from_the_server_with_every_wo
     assert (tmp_path / "disk").read_bytes() == server.image
     assert stats.from_server == len(server.image)
     assert server.most_at_once == swarm.FETCH_SLOTS, "the workers fetched one at a time"
+
+
+def ask(port: int, target: str, headers: dict[str, str]) -> wire.Response:
+    return wire.request("GET", "127.0.0.1", port, target, headers, timeout=10)
+
+
+def full_peer(tmp_path: Path, server: Server) -> tuple[swarm.Exchange, int]:
+    """An agent that has delivered the whole image and serves it (no tracker); and its disk's fd."""
+    peer = swarm.Exchange(server.extents, server.fetch, None, "127.0.0.1")
+    path = tmp_path / "peer"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    peer.deliver(fd, str(path))
+    return peer, fd
+
+
+def test_a_held_request_is_answered_once_a_wanted_piece_arrives(tmp_path):
+    """``wait``: a peer that holds none of the pieces asked for keeps the request until one arrives, and
+    sends it then (not a 404 the asker would have to ask again after)."""
+    server = Server(count=1)
+    gate = threading.Event()
+    streamed = threading.Event()
+
+    def slow(chunk: swarm.Chunk, sink: Callable[[bytes], object]) -> str:
+        data = server.by_sha[chunk.sha256]
+        sink(data[:PIECE])
+        streamed.set()
+        assert gate.wait(10)
+        sink(data[PIECE:])
+        return sha(data)
+
+    first = swarm.Exchange(server.extents, slow, None, "127.0.0.1")
+    path = tmp_path / "first"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    runner = threading.Thread(target=first.deliver, args=(fd, str(path)), daemon=True)
+    runner.start()
+    token = {"X-Swarm": swarm.swarm_token([server.extents[0].chunk.sha256])}
+    try:
+        assert streamed.wait(10)
+        released: list[float] = []
+        threading.Timer(0.5, lambda: (released.append(time.monotonic()), gate.set())).start()
+        started = time.monotonic()
+        with ask(first.port, "/pieces?want=2&wait=8000", token) as answer:
+            answered = time.monotonic()
+            assert answer.status == 200 and answer.headers["x-piece"] == "1", answer.status
+            assert answer.read(PIECE + 1) == server.data[0][PIECE:]
+        assert released and released[0] <= answered < started + 5, "answered when the piece came"
+        with ask(first.port, "/pieces?want=4&wait=300", token) as answer:
+            assert answer.status == 404, "a piece not in the image never comes: 404 once the wait is over"
+        for query in ("want=1&wait=10001", "want=1&wait=-1", "want=1&wait=x", "wait=1"):
+            with ask(first.port, f"/pieces?{query}", token) as answer:
+                assert answer.status == 400, query
+        runner.join(timeout=10)
+    finally:
+        gate.set()
+        os.close(fd)
+        first.close(linger=0)
+
+
+def test_an_upload_holds_its_slot_until_its_piece_has_left(tmp_path):
+    """A peer sends at most `UPLOAD_SLOTS` pieces at once: a piece counts as sent once it has left the
+    socket, not once it is in the kernel's send buffer (that takes megabytes, and the link would be shared
+    by every asker at once). Askers that do not read keep their slots; the next one is told busy."""
+    server = Server(count=4)
+    peer, fd = full_peer(tmp_path, server)
+    token = f"X-Swarm: {swarm.swarm_token([e.chunk.sha256 for e in server.extents])}"
+    stuck = []
+    try:
+        for n in range(swarm.UPLOAD_SLOTS):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+            sock.connect(("127.0.0.1", peer.port))
+            sock.sendall(f"GET /pieces?want={swarm.mask_hex(1 << n)} HTTP/1.1\r\n{token}\r\n\r\n".encode())
+            stuck.append(sock)
+        deadline = time.monotonic() + 5
+        while peer.uploading < swarm.UPLOAD_SLOTS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        want = swarm.mask_hex(0xFF)
+        headers = {"X-Swarm": token.split(": ", 1)[1]}
+        with ask(peer.port, f"/pieces?want={want}", headers) as answer:
+            assert answer.status == 503, "every slot is taken by a piece still on its way"
+        for sock in stuck:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while peer.uploading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with ask(peer.port, f"/pieces?want={want}", headers) as answer:
+            assert answer.status == 200, "the slots are free again once those askers are gone"
+            answer.read()
+    finally:
+        for sock in stuck:
+            sock.close()
+        os.close(fd)
+        peer.close(linger=0)

@@ -18,7 +18,18 @@ server seeds the swarm and is the fallback.
 - **Asking by what is wanted.** An agent asks a peer for *any* of the pieces it still wants (a bit map in
   the request), and the peer answers with one it holds, picked at random. So the asker needs no up-to-date
   view of what each peer holds (pieces arrive every few tens of milliseconds; the tracker's view is a
-  second old), and different askers get different pieces, so they soon have something to give.
+  second old), and different askers get different pieces, so they soon have something to give. Each open
+  request of one agent asks first for pieces the others do not (a piece that comes from two peers at once
+  is cut off at its head).
+- **Waiting at the peer, not asking again.** On a busy link a request takes a few tenths of a second there
+  and back, about as long as a piece takes to send; a "busy" or "none of them" asked again costs that
+  each time. So a request may ask the peer to hold it (``wait``) until it has a wanted piece and a free
+  upload slot: a peer known to hold a wanted piece is asked to wait for a slot, and a few of an agent's
+  requests wait at peers not known to hold any for what they will gain, which then leaves as soon as it
+  has arrived and been checked.
+- **Upload slots are real.** A peer sends at most `UPLOAD_SLOTS` pieces at once, and a piece's slot is
+  free once the piece has left (``TCP_NOTSENT_LOWAT``), not once it is in the kernel's send buffer: else
+  every asker shares the link at once and each piece crawls.
 - **A tracker** on the server (``POST {agent}/agent/v1/nodes/{node}/peers``, authenticated like the other
   agent calls) is told, every `ANNOUNCE_EVERY` seconds and when a chunk from the server is done, which
   pieces this agent holds (a bit map, hex), and answers with some of the other agents deploying the same
@@ -27,8 +38,8 @@ server seeds the swarm and is the fallback.
   sends about one image per fleet.
 - The chunks the tracker hands out are fetched first (the server's link is the one every chunk must cross
   once). Otherwise a peer is picked at random among those believed to hold a wanted piece (else among
-  all: they may have gained some since). A peer whose upload slots are full answers 503, one that holds
-  nothing wanted 404; either is left alone for a while, longer at each time in a row.
+  all: they may have gained some since). A peer whose upload slots stayed full answers 503, one that
+  holds nothing wanted 404; either is left alone for a while, longer at each time in a row.
 - A node that cannot reach the tracker, or gets nothing from anyone for `STALL_SECONDS`, fetches what it
   lacks from the server (plain HTTP(S) from the server, as without the exchange).
 
@@ -38,10 +49,11 @@ and returns once all are written; peers keep being served until `close`. The dep
 
 The peer protocol is HTTP/1.1, connections kept open between requests::
 
-    GET /pieces?want=<hex bit map> HTTP/1.1
+    GET /pieces?want=<hex bit map>[&wait=<ms, at most MAX_WAIT_MS>] HTTP/1.1
     X-Swarm: <token: a digest of the image's chunk list, see `swarm_token`>
-        -> 200 with one piece, its index in ``X-Piece`` | 404 none of them held | 503 busy (slots full)
-           each with ``X-Have: <hex bit map>``, what the peer holds now | 403 without the token
+        -> 200 with one piece, its index in ``X-Piece`` | 404 none of them held | 503 busy (slots full),
+           the last two only once ``wait`` is over; each with ``X-Have: <hex bit map>``, what the peer
+           holds now | 403 without the token | 400 a malformed request
 """
 
 from __future__ import annotations
@@ -105,6 +117,20 @@ STRIKES = 3
 NO_ANSWER_BACKOFF_MAX = 30.0
 #: The longest ``want`` bit map a peer accepts, in hex digits (a million pieces: 256 GiB at 256 KiB).
 MAX_WANT_HEX = 1 << 18
+#: How long a peer may hold a request (``wait``, milliseconds; at most `MAX_WAIT_MS`) until it has one of
+#: the pieces asked for and a free upload slot: a request on a busy link takes a few tenths of a second
+#: there and back, as long as sending a piece; a 404 or 503 asked again costs that each time. A peer not
+#: known to hold anything wanted is asked to wait `WAIT_SECONDS` for what it will gain (by up to `HELD`
+#: workers at a time: the piece then leaves as soon as it has arrived and been checked, not after the
+#: tracker's next word); one known to hold some, `SLOT_WAIT_SECONDS` for a free slot.
+WAIT_SECONDS = 2.0
+SLOT_WAIT_SECONDS = 1.0
+MAX_WAIT_MS = 10_000
+HELD = 2
+#: A piece is counted sent, and its upload slot freed, once at most this many of its bytes are still
+#: unsent (``TCP_NOTSENT_LOWAT``): else a send returns as soon as the piece is in the kernel's buffer
+#: (megabytes), and every asker at once shares the link, each slower than the pieces' turnover needs.
+SEND_LOWAT = 16 << 10
 
 
 class Chunk(NamedTuple):
@@ -136,6 +162,12 @@ class Stats(NamedTuple):
     dropped: tuple[str, ...]
     #: Bytes received twice (two peers answered with the same piece at the same time), not counted above.
     twice: int = 0
+    #: Requests this agent sent to peers, how many of them were answered "none of them", and "busy".
+    asked: int = 0
+    refused: int = 0
+    busy: int = 0
+    #: Answers cut off at their head: the piece was on its way from another peer already.
+    cut: int = 0
 
 
 #: ``announce(have, port, dropped) -> {"peers": [{"address", "port", "have": hex}...], "seed": [index...],
@@ -237,7 +269,7 @@ class Exchange:
         self.loading: set[int] = set()  # extents being fetched from the server
         self.seed: set[int] = set()  # the tracker's leave to fetch these extents from the server
         self.peers: dict[Peer, int] = {}  # what each held when the tracker last said
-        self.asking: set[Peer] = set()  # peers a request of this agent is open to
+        self.asking: dict[Peer, int] = {}  # peers a request of this agent is open to, and its want
         self.dropped: dict[Peer, str] = {}
         self.bad: set[Peer] = set()  # dropped for what they sent: reported to the tracker
         self.served_us: set[Peer] = set()  # peers that have sent this agent a piece
@@ -247,13 +279,14 @@ class Exchange:
         self.strikes: dict[Peer, int] = {}
         self.tracker_ok = announce is not None
         self.alone_since: float | None = None  # since when the tracker has listed no peer
-        self.probing = False  # whether a worker is asking a peer not known to hold anything wanted
+        self.probing = 0  # workers asking a peer not known to hold anything wanted (held requests)
+        self.uploading = 0  # pieces being sent to peers
         self.others_missing = True  # whether the tracker last said some peer still lacks pieces
         self.from_server = self.from_peers = self.served = self.twice = 0
+        self.asked = self.refused = self.busy_answers = self.cut = 0
         self.last_done = time.monotonic()
         self.error: BaseException | None = None
         self.closed = threading.Event()
-        self.uploads = threading.BoundedSemaphore(UPLOAD_SLOTS)
         self._read_fd: int | None = None
         self._wake_announcer = threading.Event()
         self._listener = socket.create_server((listen, port), backlog=64, reuse_port=False)
@@ -282,6 +315,7 @@ class Exchange:
         with conn:
             buf = b""
             try:
+                conn.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_NOTSENT_LOWAT", 25), SEND_LOWAT)
                 while not self.closed.is_set():
                     conn.settimeout(KEEP_SECONDS if not buf else self.peer_timeout)
                     while b"\r\n\r\n" not in buf:
@@ -307,29 +341,38 @@ class Exchange:
             name, _, value = line.partition(b":")
             fields[name.strip().lower()] = value.strip()
         keep = fields.get(b"connection", b"").lower() != b"close"
-        if len(parts) < 2 or parts[0] != b"GET" or not parts[1].startswith(b"/pieces?want="):
+        path, _, query = parts[1].partition(b"?") if len(parts) >= 2 else (b"", b"", b"")
+        if len(parts) < 2 or parts[0] != b"GET" or path != b"/pieces":
             conn.sendall(_status(400, "Bad Request", close=True))
             return False
         if not hmac.compare_digest(fields.get(b"x-swarm", b""), self.token.encode()):
             conn.sendall(_status(403, "Forbidden", close=True))
             return False
         try:
-            want = parse_mask(parts[1][len(b"/pieces?want=") :].decode("ascii"), len(self.pieces))
-        except (ValueError, UnicodeDecodeError):
+            params = dict(item.partition(b"=")[::2] for item in query.split(b"&"))
+            want = parse_mask(params[b"want"].decode("ascii"), len(self.pieces))
+            wait = int(params.get(b"wait", b"0"))
+            if not 0 <= wait <= MAX_WAIT_MS:
+                raise ValueError(f"wait {wait} ms")
+        except (KeyError, ValueError, UnicodeDecodeError):
             conn.sendall(_status(400, "Bad Request", close=True))
             return False
+        deadline = time.monotonic() + wait / 1000
         with self.cond:
-            n = self._offer(want & self.have)
-            source_fd = None if self._read_fd is None else os.dup(self._read_fd)
+            while True:  # a piece wanted and a slot to send it: at once, or once both are there
+                n = self._offer(want & self.have) if self._read_fd is not None else None
+                free = self.uploading < UPLOAD_SLOTS
+                left = deadline - time.monotonic()
+                if n is not None and free or left <= 0 or self.closed.is_set():
+                    break
+                self.cond.wait(left)
             held = f"X-Have: {mask_hex(self.have)}\r\n"  # news for the asker's next choice
+            source_fd = None
+            if n is not None and free and self._read_fd is not None:
+                source_fd = os.dup(self._read_fd)
+                self.uploading += 1
         if n is None or source_fd is None:
-            if source_fd is not None:
-                os.close(source_fd)
-            conn.sendall(_status(404, "Not Found", held, close=not keep))
-            return keep
-        if not self.uploads.acquire(blocking=False):
-            os.close(source_fd)
-            conn.sendall(_status(503, "Busy", held, close=not keep))
+            conn.sendall(_status(*((404, "Not Found") if n is None else (503, "Busy")), held, close=not keep))
             return keep
         try:
             piece = self.pieces[n]
@@ -343,7 +386,9 @@ class Exchange:
                 self.served += sent
         finally:
             os.close(source_fd)
-            self.uploads.release()
+            with self.cond:
+                self.uploading -= 1
+                self.cond.notify_all()
         return keep
 
     def _offer(self, offer: int) -> int | None:
@@ -403,10 +448,10 @@ class Exchange:
 
     # --- fetching ---
 
-    def _pick(self) -> tuple[int, None, int] | tuple[None, Peer, int] | None:
-        """What to fetch next: ``(extent, None, 0)`` from the server, ``(None, peer, want)`` any piece of
-        the bit map ``want`` from ``peer``; None if there is nothing to do now. Called with the lock
-        held."""
+    def _pick(self) -> tuple[int, None, int, bool] | tuple[None, Peer, int, bool] | None:
+        """What to fetch next: ``(extent, None, 0, False)`` from the server, ``(None, peer, want, held)``
+        any piece of the bit map ``want`` from ``peer`` (``held``: a peer not known to hold any, asked to
+        wait for one); None if there is nothing to do now. Called with the lock held."""
         missing = self.full & ~self.have
         wanted = missing & ~self.busy
         if not wanted and missing.bit_count() <= ENDGAME:
@@ -415,19 +460,28 @@ class Exchange:
             return None
         seeds = sorted(n for n in self.seed if n not in self.loading and self.extent_mask[n] & wanted)
         if seeds:  # first: the server's link is the one every chunk must cross once
-            return seeds[0], None, 0
+            return seeds[0], None, 0, False
         now = time.monotonic()
         ready = [p for p in self.peers if p not in self.asking and self.backoff.get(p, 0) <= now]
         if ready:
             # Whom to ask, at random (the uploads are what is scarce: spread the asking over them), among
             # those that held something wanted when the tracker last said (they may hold more by now);
             # else any: the tracker's view is a second old, and a peer gains a piece every few tenths.
+            # Ask first for what no other open request of this agent asks for: two peers answering the same
+            # piece at once would send it twice.
+            asked = 0
+            for mask in self.asking.values():
+                asked |= mask
+            fresh = wanted & ~asked
+            likely = sorted(p for p in ready if self.peers[p] & fresh)
+            if likely:
+                return None, self.rng.choice(likely), fresh, False
             likely = sorted(p for p in ready if self.peers[p] & wanted)
             if likely:
-                return None, self.rng.choice(likely), wanted
-            if not self.probing:  # one worker at a time asks a peer that may have gained something since
-                self.probing = True
-                return None, self.rng.choice(sorted(ready)), wanted
+                return None, self.rng.choice(likely), wanted, False
+            if self.probing < HELD:  # a few workers wait at peers for what they will gain
+                self.probing += 1
+                return None, self.rng.choice(sorted(ready)), fresh or wanted, True
         # No peer to wait for (alone, every peer dropped, or no tracker and none known): the server, with
         # every worker, as without the exchange. No progress for a while, or a tracker that stopped
         # answering: the server, one chunk at a time, the known peers all the same (in a large fleet, many
@@ -438,7 +492,7 @@ class Exchange:
         if alone or slow:
             todo = [n for n, m in enumerate(self.extent_mask) if m & wanted and n not in self.loading]
             if todo:
-                return self.rng.choice(todo), None, 0
+                return self.rng.choice(todo), None, 0, False
         return None
 
     def _from_server(self, fd: int, n: int) -> None:
@@ -487,13 +541,17 @@ class Exchange:
             self.cond.notify_all()
         self._wake_announcer.set()  # at most every ANNOUNCE_AT_MOST seconds all the same
 
-    def _from_peer(self, fd: int, peer: Peer, want: int) -> None:
-        """Ask ``peer`` for any piece of ``want``; write it if it is one of them and matches."""
+    def _from_peer(self, fd: int, peer: Peer, want: int, wait: float = 0.0) -> None:
+        """Ask ``peer`` for any piece of ``want`` (held up to ``wait`` seconds for one to arrive there);
+        write it if it is one of them and matches."""
         try:
             target = f"/pieces?want={mask_hex(want)}"
+            if wait:
+                target += f"&wait={round(wait * 1000)}"
             response = self.pool.request(
-                "GET", peer.address, peer.port, target, {"X-Swarm": self.token}, timeout=self.peer_timeout
-            )
+                "GET", peer.address, peer.port, target, {"X-Swarm": self.token},
+                timeout=self.peer_timeout + wait,
+            )  # fmt: skip
         except OSError as exc:
             raise _NoAnswer(f"{type(exc).__name__}: {exc}") from exc
         with response:
@@ -501,10 +559,14 @@ class Exchange:
                 held = parse_mask(response.headers.get("x-have", ""), len(self.pieces))
             except ValueError:
                 held = 0
+            refused = response.status in (404, 503)
             with self.cond:
                 if peer in self.peers:
                     self.peers[peer] |= held
-            if response.status in (404, 503):
+                self.asked += 1
+                self.refused += response.status == 404
+                self.busy_answers += response.status == 503
+            if refused:
                 raise _Refused()
             if response.status != 200:
                 raise OSError(f"HTTP {response.status}")
@@ -517,6 +579,10 @@ class Exchange:
             piece = self.pieces[k]
             with self.cond:
                 mine = not self.busy >> k & 1  # else another worker is fetching it too: leave its mark
+                endgame = (self.full & ~self.have).bit_count() <= ENDGAME
+                if self.have >> k & 1 or not mine and not endgame:
+                    self.cut += 1
+                    return  # coming from another peer already: cut this answer off (closes the connection)
                 self.busy |= 1 << k
             try:
                 allowed = self.peer_timeout + PEER_SECONDS_PER_MIB * piece.length / (1 << 20)
@@ -524,7 +590,7 @@ class Exchange:
                 buf = bytearray()
                 while len(buf) <= piece.length and (data := response.read(1 << 20)):
                     buf += data
-                    if time.monotonic() > deadline:
+                    if len(buf) < piece.length and time.monotonic() > deadline:
                         raise TimeoutError(f"{len(buf)} of {piece.length} bytes in {allowed:.0f} s")
                 if len(buf) != piece.length or hashlib.sha256(buf).hexdigest() != piece.sha256:
                     raise _BadPiece(f"piece {k} does not match its digest")
@@ -536,7 +602,6 @@ class Exchange:
 
     def _worker(self, fd: int) -> None:
         mine = 0
-        probe = False
         while True:
             with self.cond:
                 while True:
@@ -547,15 +612,14 @@ class Exchange:
                         break
                     self._wake_announcer.set()  # nothing to do: news of the peers, please
                     self.cond.wait(0.25)
-                n, peer, want = choice
+                n, peer, want, probe = choice
                 if peer is None:
                     assert n is not None
                     self.loading.add(n)
                     mine = self.extent_mask[n] & ~self.have & ~self.busy
                     self.busy |= mine
                 else:
-                    probe = self.probing and not self.peers[peer] & want
-                    self.asking.add(peer)
+                    self.asking[peer] = want
             try:
                 if peer is None:
                     assert n is not None
@@ -570,7 +634,7 @@ class Exchange:
                             self.busy &= ~mine
                             self.cond.notify_all()
                     continue
-                self._from_peer(fd, peer, want)
+                self._from_peer(fd, peer, want, WAIT_SECONDS if probe else SLOT_WAIT_SECONDS)
             except _Refused:
                 self._back_off(peer)
                 continue
@@ -603,9 +667,9 @@ class Exchange:
             finally:
                 if peer is not None:
                     with self.cond:
-                        self.asking.discard(peer)
+                        self.asking.pop(peer, None)
                         if probe:
-                            self.probing = False
+                            self.probing -= 1
                         self.cond.notify_all()
             with self.cond:
                 self.refusals.pop(peer, None)
@@ -670,7 +734,10 @@ class Exchange:
     def stats(self) -> Stats:
         with self.cond:
             dropped = tuple(f"{p.address}:{p.port}: {why}" for p, why in self.dropped.items())
-            return Stats(self.from_server, self.from_peers, self.served, dropped, self.twice)
+            return Stats(
+                self.from_server, self.from_peers, self.served, dropped, self.twice, self.asked, self.refused,
+                self.busy_answers, self.cut,
+            )  # fmt: skip
 
     def close(self, linger: float = LINGER_SECONDS) -> None:
         """Stop serving peers: at once, or once the tracker says no peer lacks a chunk, or ``linger``
@@ -680,6 +747,8 @@ class Exchange:
             while self.tracker_ok and self.others_missing and time.monotonic() < deadline:
                 self.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
         self.closed.set()
+        with self.cond:
+            self.cond.notify_all()  # held requests end
         self._wake_announcer.set()
         with contextlib.suppress(OSError):
             self._listener.close()
