@@ -6,9 +6,10 @@ exchange, over rate-limited links.
 
 Needs root. Every node is a network namespace holding one end of a veth pair whose other end is a port of
 one Linux bridge; the server is one more namespace on the same bridge. Each link is shaped in both
-directions with ``tc qdisc ... tbf`` (``--rate-mbit``, 20 Mbit/s by default: the server's link too), so the
-network, not this machine's CPUs, is the bottleneck. The image is ``--size-mib`` of random data (nothing
-compresses, every chunk differs).
+directions with ``tc qdisc ... tbf`` (``--rate-mbit``, 20 Mbit/s by default: the server's link too), with
+jumbo frames (``--mtu``, see `MTU`), so the network, not this machine's CPUs, is the bottleneck: each run
+prints how busy the machine was. The image is ``--size-mib`` of random data (nothing compresses, every
+chunk differs).
 
 What is real: on each node, the agent's own delivery code in a process of its own, as in the FPBL: it asks
 the server for work with the agent API client (`rhaas.agent.api`), parses the answer
@@ -20,9 +21,11 @@ agent calls the delivery makes (``work``, ``chunks/<sha256>``, ``peers``) from t
 nodes do not boot anything afterwards.
 
 Per N and mechanism it prints the completion time of the last node (from the moment all agents are told
-to start), the bytes the server sent (and as images), T(N)/T(1), and the CPU seconds the agents and the
-server used. Every node's file is checked against the image. Namespaces, veths, the bridge and every
-process are removed at the end, also on an error or Ctrl-C.
+to start), the bytes the server sent (and as images), T(N)/T(1), the CPU seconds the agents and the
+server used and how busy the whole machine was; and per run what the fleet wrote in each second, the
+packets the links' queues dropped, and how the agents' requests to their peers were answered. Every
+node's file is checked against the image. Namespaces, veths, the bridge and every process are removed at
+the end, also on an error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ PEER_PORT = 7070
 SUBNET = 16
 #: How long a link's queue may be, in milliseconds at its rate (``--queue-ms``).
 QUEUE_MS = 100
+#: Of every link (``--mtu``): jumbo frames, as provisioning networks often use. This machine does the
+#: networking of every host of the bench in its kernel: at 1500 bytes and N = 64 that took more than
+#: half its CPU time and left it 99 % busy, so the CPU, not the links, set the pace.
+MTU = 9000
+#: Bytes each link's token bucket holds (``--burst``): one whole segmentation-offload packet (64 KiB) and
+#: a frame. With less, ``tbf`` cuts every such packet into frames in software, at a cost in CPU.
+BURST = 70_000
+#: TCP congestion control on every host of the bench (``--congestion``): an FPBL runs Debian's kernel,
+#: whose default is cubic; this machine's may differ (BBR here: it does not back off on loss, and 8 of
+#: its flows into one tail-drop queue of jumbo frames starved some of them past the agent's timeout).
+CONGESTION = "cubic"
 
 
 def node_ip(i: int) -> str:
@@ -73,15 +87,17 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def shape(dev: str, rate_mbit: int, netns: str | None = None) -> None:
     """Egress of ``dev`` limited to ``rate_mbit`` (a token bucket)."""
     where = ["ip", "netns", "exec", netns] if netns else []
-    burst = max(16, rate_mbit * 2)  # kbit: a few ms at the rate
+    burst = max(BURST, MTU + 100)
     sh(*where, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{rate_mbit}mbit",
-       "burst", f"{burst}kbit", "latency", f"{QUEUE_MS}ms")  # fmt: skip
+       "burst", f"{burst}", "latency", f"{QUEUE_MS}ms")  # fmt: skip
 
 
 def cable(netns: str, host_dev: str, address: str, rate_mbit: int) -> None:
     """A namespace with ``eth0`` at ``address``, cabled to the bridge by ``host_dev``, shaped both ways."""
     sh("ip", "netns", "add", netns)
-    sh("ip", "link", "add", host_dev, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    mtu = str(MTU)
+    sh("ip", "link", "add", host_dev, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu,
+       "netns", netns)  # fmt: skip
     sh("ip", "link", "set", host_dev, "master", f"{PREFIX}-br", "up")
     sh("ip", "-n", netns, "addr", "add", f"{address}/{SUBNET}", "dev", "eth0")
     sh("ip", "-n", netns, "link", "set", "eth0", "up")
@@ -122,15 +138,22 @@ def neighbour_room(nodes: int) -> Iterator[None]:
 @contextlib.contextmanager
 def topology(nodes: int, rate_mbit: int) -> Iterator[None]:
     teardown()
+    # A namespace starts with the host's default, and may not set another itself: set the host's while
+    # the namespaces are made, and put it back at once.
+    key = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+    before = key.read_text().strip()
     try:
-        sh("ip", "link", "add", f"{PREFIX}-br", "type", "bridge")
+        key.write_text(CONGESTION)
+        sh("ip", "link", "add", f"{PREFIX}-br", "mtu", str(MTU), "type", "bridge")
         sh("ip", "link", "set", f"{PREFIX}-br", "type", "bridge", "ageing_time", "30000")
         sh("ip", "link", "set", f"{PREFIX}-br", "up")
         cable(f"{PREFIX}-s", f"{PREFIX}-hs", SERVER_IP, rate_mbit)
         for i in range(nodes):
             cable(f"{PREFIX}-n{i}", f"{PREFIX}-h{i}", node_ip(i), rate_mbit)
+        key.write_text(before)
         yield
     finally:
+        key.write_text(before)
         teardown()
 
 
@@ -194,6 +217,46 @@ class Proc:
                 self.popen.wait()
 
 
+def machine_cpu() -> dict[str, float]:
+    """The whole machine's CPU seconds so far, by kind (/proc/stat): what the kernel's bridging and
+    shaping cost is in ``system`` and ``softirq``, beside the processes'."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq = (int(f) / tick for f in fields)
+    return {"user": user + nice, "system": system + irq, "softirq": softirq, "idle": idle + iowait}
+
+
+def link_drops(nodes: int) -> tuple[int, int, int]:
+    """Packets sent so far by the queues of every link (both directions), and dropped by the queues
+    towards the nodes (their downloads) and from them (their uploads), from ``tc -s``."""
+    sent = down = up = 0
+    devices = [([], f"{PREFIX}-hs"), (["ip", "netns", "exec", f"{PREFIX}-s"], "eth0")]
+    for i in range(nodes):
+        devices += [([], f"{PREFIX}-h{i}"), (["ip", "netns", "exec", f"{PREFIX}-n{i}"], "eth0")]
+    for where, dev in devices:
+        out = sh(*where, "tc", "-s", "qdisc", "show", "dev", dev, check=False).stdout.split()
+        if "Sent" in out:
+            at = out.index("Sent")
+            sent += int(out[at + 3])
+            if where:
+                up += int(out[at + 6].rstrip(","))
+            else:
+                down += int(out[at + 6].rstrip(","))
+    return sent, down, up
+
+
+def fleet_timeline(timelines: list[list[int]], size: int) -> list[float]:
+    """MB the whole fleet wrote in each second from go, from each node's bytes written by each second."""
+    seconds = max(len(t) for t in timelines)
+    total = [0] * seconds
+    for t in timelines:
+        held = 0
+        for s in range(seconds):
+            held = max(held, t[s] if s < len(t) else size)
+            total[s] += held
+    return [round((b - a) / 1e6, 1) for a, b in zip([0, *total], total, strict=False)]
+
+
 def one_run(
     mechanism: str, n: int, image: Path, chunk_mib: int, piece_kib: int, work: Path, timeout: float
 ) -> dict[str, Any]:
@@ -213,10 +276,14 @@ def one_run(
             agents.append(agent)
         for agent in agents:
             agent.line("ready", 60)
+        drops_before = link_drops(n)
         go = time.time()
+        cpu_before = machine_cpu()
         for agent in agents:
             agent.tell(f"go {go}")
         results = [json.loads(agent.line("done", timeout)) for agent in agents]
+        cpu = {k: v - cpu_before[k] for k, v in machine_cpu().items()}
+        drops = [b - a for a, b in zip(drops_before, link_drops(n), strict=True)]
         checks = [json.loads(agent.line("checked", timeout)) for agent in agents]
         server.stop()
         stats = json.loads(server.line("stats", 10))
@@ -234,16 +301,21 @@ def one_run(
         "image_bytes": stats["size"], "server_done": stats["last_at"] - go,
         "agent_cpu": sum(c["cpu"] for c in checks),
         "agent_cpu_max": max(c["cpu"] for c in checks), "server_cpu": stats["cpu"],
+        "asked": sum(r["asked"] for r in results), "refused": sum(r["refused"] for r in results),
+        "busy_answers": sum(r["busy"] for r in results), "cut": sum(r["cut"] for r in results),
         "from_peers": sum(r["from_peers"] for r in results),
         "dropped": sum(len(r["dropped"]) for r in results),
         "twice": sum(r["twice"] for r in results),
         "times": sorted(round(r["done_at"] - go, 1) for r in results),
+        "timeline": fleet_timeline([r["timeline"] for r in results], results[0]["size"]),
+        "busy": 1 - cpu["idle"] / sum(cpu.values()), "machine": cpu, "packets": drops,
     }  # fmt: skip
 
 
 def bench(args: argparse.Namespace) -> int:
-    global PREFIX, QUEUE_MS
-    PREFIX, QUEUE_MS = args.prefix, args.queue_ms
+    global PREFIX, QUEUE_MS, BURST, MTU, CONGESTION
+    PREFIX, QUEUE_MS, BURST, MTU = args.prefix, args.queue_ms, args.burst, args.mtu
+    CONGESTION = args.congestion
     if os.geteuid() != 0:
         print("bench/fleet.py needs root (network namespaces, tc)", file=sys.stderr)
         return 2
@@ -268,7 +340,12 @@ def bench(args: argparse.Namespace) -> int:
                 print(
                     f"# {mechanism} N={n}: last node {r['last']:.1f} s, server sent "
                     f"{r['server_bytes'] / r['image_bytes']:.2f} images "
-                    f"(the last at {r['server_done']:.0f} s); nodes done at {r['times']}",
+                    f"(the last at {r['server_done']:.0f} s); nodes done at {r['times']}; the fleet wrote "
+                    f"MB/s {r['timeline']}; machine {r['busy']:.0%} busy (CPU s: "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in r["machine"].items() if k != "idle")
+                    + f"); links sent {r['packets'][0]} packets, dropped {r['packets'][1]} towards the "
+                    f"nodes, {r['packets'][2]} from them; peers asked {r['asked']} times: "
+                    f"{r['refused']} had none, {r['busy_answers']} busy, {r['cut']} cut off",
                     flush=True,
                 )
     finally:
@@ -277,7 +354,8 @@ def bench(args: argparse.Namespace) -> int:
           f"{args.piece_kib} KiB pieces; every link "
           f"{args.rate_mbit} Mbit/s each way (server's too); {os.cpu_count()} CPUs")  # fmt: skip
     head = ("mechanism", "N", "last node s", "T(N)/T(1)", "server MB", "server images", "from peers MB",
-            "agents CPU s", "max agent CPU s", "server CPU s", "dropped", "received twice MB")  # fmt: skip
+            "agents CPU s", "max agent CPU s", "server CPU s", "machine busy", "dropped",
+            "received twice MB")  # fmt: skip
     print(" | ".join(head))
     base = {
         m: next((r["last"] for r in results if r["mechanism"] == m and r["n"] == 1), None)
@@ -289,7 +367,8 @@ def bench(args: argparse.Namespace) -> int:
         print(" | ".join((
             r["mechanism"], str(r["n"]), f"{r['last']:.1f}", ratio, f"{r['server_bytes'] / 1e6:.1f}",
             f"{r['server_bytes'] / r['image_bytes']:.2f}", f"{r['from_peers'] / 1e6:.0f}",
-            f"{r['agent_cpu']:.1f}", f"{r['agent_cpu_max']:.2f}", f"{r['server_cpu']:.1f}", str(r["dropped"]),
+            f"{r['agent_cpu']:.1f}", f"{r['agent_cpu_max']:.2f}", f"{r['server_cpu']:.1f}",
+            f"{r['busy']:.0%}", str(r["dropped"]),
             f"{r['twice'] / 1e6:.1f}",
         )))  # fmt: skip
     return 0
@@ -423,14 +502,25 @@ def agent(args: argparse.Namespace) -> int:
     line = stdin.readline().split()
     if not line or line[0] != "go":
         return 1
-    extents.write_image(image, disk, fetch, lambda done, total: None, exchange)
+    go = float(line[1])
+    timeline = [0] * 600  # bytes written by each second from go
+
+    def progress(done: int, total: int) -> None:
+        second = int(time.time() - go)
+        if 0 <= second < len(timeline):
+            timeline[second] = max(timeline[second], done)
+
+    extents.write_image(image, disk, fetch, progress, exchange)
     done_at = time.time()
     stats = exchange.stats() if exchange is not None else None
     result = {
         "node": args.node, "done_at": done_at,
         "from_server": stats.from_server if stats else image.data_bytes,
         "from_peers": stats.from_peers if stats else 0, "dropped": list(stats.dropped) if stats else [],
-        "twice": stats.twice if stats else 0,
+        "twice": stats.twice if stats else 0, "asked": stats.asked if stats else 0,
+        "refused": stats.refused if stats else 0, "busy": stats.busy if stats else 0,
+        "cut": stats.cut if stats else 0, "timeline": timeline[: int(done_at - go) + 1],
+        "size": image.data_bytes,
     }  # fmt: skip
     print(f"done {json.dumps(result)}", flush=True)
     if exchange is not None:
@@ -455,6 +545,9 @@ def main() -> int:
     parser.add_argument("--chunk-mib", type=int, default=4)
     parser.add_argument("--piece-kib", type=int, default=256, help="of the pieces the agents exchange")
     parser.add_argument("--rate-mbit", type=int, default=20)
+    parser.add_argument("--mtu", type=int, default=MTU, help="of every link")
+    parser.add_argument("--congestion", default=CONGESTION, help="TCP congestion control of the hosts")
+    parser.add_argument("--burst", type=int, default=BURST, help="each link's token bucket, bytes")
     parser.add_argument("--queue-ms", type=int, default=QUEUE_MS, help="each link's queue, in ms at its rate")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a run may take")
     parser.add_argument("--prefix", default=PREFIX, help="of the namespaces and links made (<= 5 chars)")
