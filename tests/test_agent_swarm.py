@@ -258,9 +258,13 @@ def test_a_server_chunk_whose_pieces_do_not_match_fails_the_delivery(tmp_path):
     assert server.data[0][PIECE:] not in path.read_bytes(), "the piece that does not match is not written"
 
 
-def test_pieces_are_passed_on_while_the_chunk_still_streams_in(tmp_path):
-    """A piece that has arrived whole is written and offered before the rest of its chunk: one agent's
-    first piece is served to another while the server is still sending the chunk's second."""
+@contextmanager
+def half_delivered(
+    tmp_path: Path,
+) -> Iterator[tuple[Server, swarm.Exchange, threading.Event, threading.Thread, Path]]:
+    """An agent delivering a one-chunk image whose server has sent the chunk's first piece and holds the
+    second until ``gate`` is set: the server, the agent's exchange, the gate, the delivering thread and
+    the agent's disk."""
     server = Server(count=1)
     gate = threading.Event()
     streamed = threading.Event()
@@ -269,7 +273,7 @@ def test_pieces_are_passed_on_while_the_chunk_still_streams_in(tmp_path):
         data = server.by_sha[chunk.sha256]
         sink(data[:PIECE])
         streamed.set()
-        assert gate.wait(10), "the second agent never got the first piece"
+        assert gate.wait(10), "the test never let the second piece through"
         sink(data[PIECE:])
         return sha(data)
 
@@ -281,6 +285,18 @@ def test_pieces_are_passed_on_while_the_chunk_still_streams_in(tmp_path):
     runner.start()
     try:
         assert streamed.wait(10)
+        yield server, first, gate, runner, path
+    finally:
+        gate.set()
+        runner.join(timeout=10)
+        os.close(fd)
+        first.close(linger=0)
+
+
+def test_pieces_are_passed_on_while_the_chunk_still_streams_in(tmp_path):
+    """A piece that has arrived whole is written and offered before the rest of its chunk: one agent's
+    first piece is served to another while the server is still sending the chunk's second."""
+    with half_delivered(tmp_path) as (server, first, gate, runner, path):
         deadline = time.monotonic() + 10
         while not first.have & 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -299,10 +315,6 @@ def test_pieces_are_passed_on_while_the_chunk_still_streams_in(tmp_path):
         gate.set()
         runner.join(timeout=10)
         assert path.read_bytes() == server.data[0]
-    finally:
-        gate.set()
-        os.close(fd)
-        first.close(linger=0)
 
 
 def test_the_tracker_hands_out_each_chunk_from_the_server_once_a_few_at_a_time():
@@ -485,27 +497,8 @@ def full_peer(tmp_path: Path, server: Server) -> tuple[swarm.Exchange, int]:
 def test_a_held_request_is_answered_once_a_wanted_piece_arrives(tmp_path):
     """``wait``: a peer that holds none of the pieces asked for keeps the request until one arrives, and
     sends it then (not a 404 the asker would have to ask again after)."""
-    server = Server(count=1)
-    gate = threading.Event()
-    streamed = threading.Event()
-
-    def slow(chunk: swarm.Chunk, sink: Callable[[bytes], object]) -> str:
-        data = server.by_sha[chunk.sha256]
-        sink(data[:PIECE])
-        streamed.set()
-        assert gate.wait(10)
-        sink(data[PIECE:])
-        return sha(data)
-
-    first = swarm.Exchange(server.extents, slow, None, "127.0.0.1")
-    path = tmp_path / "first"
-    path.write_bytes(b"")
-    fd = os.open(path, os.O_WRONLY)
-    runner = threading.Thread(target=first.deliver, args=(fd, str(path)), daemon=True)
-    runner.start()
-    token = {"X-Swarm": swarm.swarm_token([server.extents[0].chunk.sha256])}
-    try:
-        assert streamed.wait(10)
+    with half_delivered(tmp_path) as (server, first, gate, runner, _):
+        token = {"X-Swarm": swarm.swarm_token([server.extents[0].chunk.sha256])}
         released: list[float] = []
         threading.Timer(0.5, lambda: (released.append(time.monotonic()), gate.set())).start()
         started = time.monotonic()
@@ -520,10 +513,6 @@ def test_a_held_request_is_answered_once_a_wanted_piece_arrives(tmp_path):
             with ask(first.port, f"/pieces?{query}", token) as answer:
                 assert answer.status == 400, query
         runner.join(timeout=10)
-    finally:
-        gate.set()
-        os.close(fd)
-        first.close(linger=0)
 
 
 def test_an_upload_holds_its_slot_until_its_piece_has_left(tmp_path):
