@@ -68,6 +68,11 @@ BURST = 70_000
 #: whose default is cubic; this machine's may differ (BBR here: it does not back off on loss, and 8 of
 #: its flows into one tail-drop queue of jumbo frames starved some of them past the agent's timeout).
 CONGESTION = "cubic"
+#: With ``multicast``: the rate the group is sent at, as a share of the links' (``--multicast-share``; the
+#: server's ``peer_multicast_mbit``). Every node's link carries the group's datagrams at that rate; the
+#: rest is room for the peers' repairs, the tracker and bursts, so that the queues do not drop datagrams.
+MULTICAST_SHARE = 0.9
+RATE_MBIT = 20
 
 
 def node_ip(i: int) -> str:
@@ -264,7 +269,8 @@ def one_run(
     procs: list[Proc] = []
     try:
         server = Proc(f"{PREFIX}-s", "serve", "--image", str(image), "--chunk-mib", str(chunk_mib),
-                      "--piece-kib", str(piece_kib), "--mechanism", mechanism)  # fmt: skip
+                      "--piece-kib", str(piece_kib), "--mechanism", mechanism,
+                      "--multicast-mbit", str(MULTICAST_SHARE * RATE_MBIT))  # fmt: skip
         procs.append(server)
         server.line("ready", 30)
         agents = []
@@ -304,6 +310,9 @@ def one_run(
         "asked": sum(r["asked"] for r in results), "refused": sum(r["refused"] for r in results),
         "busy_answers": sum(r["busy"] for r in results), "cut": sum(r["cut"] for r in results),
         "from_peers": sum(r["from_peers"] for r in results),
+        "from_multicast": sum(r["from_multicast"] for r in results),
+        "multicast_sent": sum(r["multicast_sent"] for r in results),
+        "multicast_lost": sum(r["multicast_lost"] for r in results),
         "dropped": sum(len(r["dropped"]) for r in results),
         "twice": sum(r["twice"] for r in results),
         "times": sorted(round(r["done_at"] - go, 1) for r in results),
@@ -313,7 +322,8 @@ def one_run(
 
 
 def bench(args: argparse.Namespace) -> int:
-    global PREFIX, QUEUE_MS, BURST, MTU, CONGESTION
+    global PREFIX, QUEUE_MS, BURST, MTU, CONGESTION, MULTICAST_SHARE, RATE_MBIT
+    MULTICAST_SHARE, RATE_MBIT = args.multicast_share, args.rate_mbit
     PREFIX, QUEUE_MS, BURST, MTU = args.prefix, args.queue_ms, args.burst, args.mtu
     CONGESTION = args.congestion
     if os.geteuid() != 0:
@@ -324,7 +334,7 @@ def bench(args: argparse.Namespace) -> int:
         int(x) for x in (args.plain_nodes if args.plain_nodes is not None else args.nodes).split(",") if x
     ]
     runs = [("plain", n) for n in plain_ns if "plain" in args.mechanisms.split(",")]
-    runs += [("swarm", n) for n in swarm_ns if "swarm" in args.mechanisms.split(",")]
+    runs += [(m, n) for m in ("swarm", "multicast") for n in swarm_ns if m in args.mechanisms.split(",")]
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     image = work / "image.raw"
     with open(image, "wb") as out:
@@ -345,7 +355,9 @@ def bench(args: argparse.Namespace) -> int:
                     + ", ".join(f"{k} {v:.0f}" for k, v in r["machine"].items() if k != "idle")
                     + f"); links sent {r['packets'][0]} packets, dropped {r['packets'][1]} towards the "
                     f"nodes, {r['packets'][2]} from them; peers asked {r['asked']} times: "
-                    f"{r['refused']} had none, {r['busy_answers']} busy, {r['cut']} cut off",
+                    f"{r['refused']} had none, {r['busy_answers']} busy, {r['cut']} cut off; multicast sent "
+                    f"{r['multicast_sent'] / 1e6:.1f} MB, {r['from_multicast'] / 1e6:.0f} MB taken from it, "
+                    f"{r['multicast_lost']} pieces lost a datagram",
                     flush=True,
                 )
     finally:
@@ -355,11 +367,11 @@ def bench(args: argparse.Namespace) -> int:
           f"{args.rate_mbit} Mbit/s each way (server's too); {os.cpu_count()} CPUs")  # fmt: skip
     head = ("mechanism", "N", "last node s", "T(N)/T(1)", "server MB", "server images", "from peers MB",
             "agents CPU s", "max agent CPU s", "server CPU s", "machine busy", "dropped",
-            "received twice MB")  # fmt: skip
+            "received twice MB", "from the group MB", "pieces that lost a datagram")  # fmt: skip
     print(" | ".join(head))
     base = {
         m: next((r["last"] for r in results if r["mechanism"] == m and r["n"] == 1), None)
-        for m in ("plain", "swarm")
+        for m in ("plain", "swarm", "multicast")
     }
     for r in results:
         one = base[r["mechanism"]]
@@ -369,7 +381,7 @@ def bench(args: argparse.Namespace) -> int:
             f"{r['server_bytes'] / r['image_bytes']:.2f}", f"{r['from_peers'] / 1e6:.0f}",
             f"{r['agent_cpu']:.1f}", f"{r['agent_cpu_max']:.2f}", f"{r['server_cpu']:.1f}",
             f"{r['busy']:.0%}", str(r["dropped"]),
-            f"{r['twice'] / 1e6:.1f}",
+            f"{r['twice'] / 1e6:.1f}", f"{r['from_multicast'] / 1e6:.0f}", str(r["multicast_lost"]),
         )))  # fmt: skip
     return 0
 
@@ -399,7 +411,7 @@ def serve(args: argparse.Namespace) -> int:
         layout.append(len(pieces))
     image: dict[str, Any] = {"virtual_size": len(data), "zeroed": True, "chunk_url": "chunks/{sha256}",
                              "extents": extents}  # fmt: skip
-    if args.mechanism == "swarm":
+    if args.mechanism != "plain":
         image["peers"] = {"url": "peers", "port": PEER_PORT, "piece_size": piece_size}
     tracker = Tracker()
     sent = [0]
@@ -439,7 +451,7 @@ def serve(args: argparse.Namespace) -> int:
         def do_POST(self) -> None:
             parts = self.path.split("/")
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            if parts[-1] != "peers" or args.mechanism != "swarm":
+            if parts[-1] != "peers" or args.mechanism == "plain":
                 self._reply(404, b"{}")
                 return
             dropped = [(d["address"], d["port"]) for d in body.get("dropped", [])]
@@ -452,6 +464,7 @@ def serve(args: argparse.Namespace) -> int:
                 body["port"],
                 int(body["have"] or "0", 16),
                 dropped,
+                (PEER_PORT, args.multicast_mbit * 125_000.0) if args.mechanism == "multicast" else None,
             )
             self._reply(200, json.dumps(answer).encode())
 
@@ -519,7 +532,9 @@ def agent(args: argparse.Namespace) -> int:
         "from_peers": stats.from_peers if stats else 0, "dropped": list(stats.dropped) if stats else [],
         "twice": stats.twice if stats else 0, "asked": stats.asked if stats else 0,
         "refused": stats.refused if stats else 0, "busy": stats.busy if stats else 0,
-        "cut": stats.cut if stats else 0, "timeline": timeline[: int(done_at - go) + 1],
+        "cut": stats.cut if stats else 0, "from_multicast": stats.from_multicast if stats else 0,
+        "multicast_sent": stats.multicast_sent if stats else 0,
+        "multicast_lost": stats.multicast_lost if stats else 0, "timeline": timeline[: int(done_at - go) + 1],
         "size": image.data_bytes,
     }  # fmt: skip
     print(f"done {json.dumps(result)}", flush=True)
@@ -540,11 +555,16 @@ def main() -> int:
     sub = parser.add_subparsers(dest="role")
     parser.add_argument("--nodes", default="1,8,32,64", help="fleet sizes, comma-separated")
     parser.add_argument("--plain-nodes", help="fleet sizes for plain HTTP (default: --nodes)")
-    parser.add_argument("--mechanisms", default="plain,swarm", help="plain, swarm, or both")
+    parser.add_argument(
+        "--mechanisms", default="plain,swarm,multicast",
+        help="of plain, swarm (the peers alone), multicast (to the group, the peers repair)",
+    )  # fmt: skip
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--chunk-mib", type=int, default=4)
     parser.add_argument("--piece-kib", type=int, default=256, help="of the pieces the agents exchange")
-    parser.add_argument("--rate-mbit", type=int, default=20)
+    parser.add_argument("--rate-mbit", type=int, default=RATE_MBIT)
+    parser.add_argument("--multicast-share", type=float, default=MULTICAST_SHARE,
+                        help="of the links' rate the multicast group is sent at")  # fmt: skip
     parser.add_argument("--mtu", type=int, default=MTU, help="of every link")
     parser.add_argument("--congestion", default=CONGESTION, help="TCP congestion control of the hosts")
     parser.add_argument("--burst", type=int, default=BURST, help="each link's token bucket, bytes")
@@ -555,7 +575,8 @@ def main() -> int:
     s.add_argument("--image", required=True)
     s.add_argument("--chunk-mib", type=int, default=4)
     s.add_argument("--piece-kib", type=int, default=256)
-    s.add_argument("--mechanism", choices=("plain", "swarm"), required=True)
+    s.add_argument("--mechanism", choices=("plain", "swarm", "multicast"), required=True)
+    s.add_argument("--multicast-mbit", type=float, required=True)
     a = sub.add_parser("agent")
     a.add_argument("--node", required=True)
     a.add_argument("--disk", required=True)

@@ -170,6 +170,13 @@ class ProvisioningSettings(Section):
     #: fetches every chunk from the server.
     peer_exchange: bool = False
     peer_port: int = Field(default=7070, gt=0, lt=65536)
+    #: With the peer exchange, and not 0: each piece an agent takes from the server is also sent once to a
+    #: multicast group of the image (UDP ``peer_port``, 239.255.x.y, TTL 1) at this many Mbit/s in all, and
+    #: every agent deploying it takes it from there; the peers only repair what the network lost. Set it
+    #: below the slowest node link's rate (the group's datagrams reach every node; a full link drops them),
+    #: on a provisioning network that carries multicast (switches flood it, or snoop IGMP). 0 (the
+    #: default): no multicast.
+    peer_multicast_mbit: int = Field(default=0, ge=0, le=400_000)
 
     @field_validator("fpbl_args")
     @classmethod

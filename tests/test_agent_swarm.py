@@ -98,13 +98,17 @@ def deliver_into(exchange: swarm.Exchange, path: Path, linger: float = 0) -> swa
         exchange.close(linger=linger)
 
 
-def run_fleet(tmp_path: Path, server: Server, tracker: Tracker, names: list[str]) -> dict[str, swarm.Stats]:
-    """Every agent delivers the image into a file of its own, all at once; their stats, once all have
-    delivered and stopped serving (each serves until no peer lacks a chunk)."""
+def run_fleet(
+    tmp_path: Path, server: Server, tracker: Tracker, names: list[str],
+    make: Callable[[str], swarm.Exchange] | None = None,
+) -> dict[str, swarm.Stats]:  # fmt: skip
+    """Every agent delivers the image into a file of its own, all at once (each agent's exchange made by
+    ``make(name)``, else a plain one); their stats, once all have delivered and stopped serving (each
+    serves until no peer lacks a chunk)."""
     stats: dict[str, swarm.Stats] = {}
     errors: list[BaseException] = []
     exchanges = {
-        n: swarm.Exchange(
+        n: make(n) if make is not None else swarm.Exchange(
             server.extents, server.fetch, announcer(tracker, n, server.layout), "127.0.0.1",
             announce_every=0.1, peer_timeout=1.0,
         )

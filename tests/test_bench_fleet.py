@@ -1,6 +1,7 @@
 """bench/fleet.py, small: 1 and 4 agents in network namespaces over shaped links, a 4 MiB image. Every
 node must get the image (the bench checks each file and fails otherwise), the peer exchange must keep
-the server under two images, and nothing of the topology may be left behind."""
+the server under two images, multicast through a real bridge must carry most of it with the server
+sending one image, and nothing of the topology may be left behind."""
 
 from __future__ import annotations
 
@@ -42,11 +43,13 @@ def test_a_small_fleet_gets_the_image_with_the_server_sending_it_about_once():
     rows = {}
     for line in done.stdout.splitlines():
         cells = [c.strip() for c in line.split("|")]
-        if cells[0] in ("plain", "swarm"):
+        if cells[0] in ("plain", "swarm", "multicast"):
             rows[cells[0], int(cells[1])] = cells
-    assert set(rows) == {("plain", 1), ("plain", 4), ("swarm", 1), ("swarm", 4)}, done.stdout
+    assert set(rows) == {(m, n) for m in ("plain", "swarm", "multicast") for n in (1, 4)}, done.stdout
     images = 5  # the "server images" column
     assert float(rows["plain", 4][images]) == pytest.approx(4.0, abs=0.01), "plain: one image per node"
     assert float(rows["swarm", 4][images]) <= 2.0, "the peer exchange: the server sends about one image"
     assert float(rows["swarm", 4][6]) > 0, "the peers carried part of it"
+    assert float(rows["multicast", 4][images]) == pytest.approx(1.0, abs=0.01), "one agent sends to the group"
+    assert float(rows["multicast", 4][13]) >= 3 * 3, "the group carried most of the other three's image"
     assert not left, f"left behind: {left}"

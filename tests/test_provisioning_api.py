@@ -800,3 +800,36 @@ def test_with_the_peer_exchange_off_agents_fetch_from_the_server_only(db_url):
         assert "peers" not in agent.work()["image"]
         off = agent.call("POST", "peers", {"port": 7070, "have": ""}, status=409)
         assert off["type"] == "IllegalStateError" and "peer_exchange" in off["msg"]
+
+
+def test_with_multicast_the_tracker_names_the_images_group_and_one_agent_sends_to_it(db_url):
+    overrides = {"provisioning__enabled": True, "provisioning__agent_url": "http://10.0.2.2:5000",
+                 "provisioning__peer_exchange": True, "provisioning__peer_multicast_mbit": 900}  # fmt: skip
+    with make_api(db_url, **overrides) as api:
+        populate_site(api)
+        prov_images(api)
+        whole_disk(api, "debian", {0: b"A" * 4 * MIB, 8 * MIB: b"B" * 4 * MIB}, 16 * MIB)
+        agents = []
+        for node in ("n1", "n2"):
+            agents.append(agent := enroll(api, node))
+            agent.checkin()
+            api.alice.ok("POST", "/project/p1/connect_node", {"node": node})
+            api.alice.ok("POST", f"/node/{node}/provision", {"image": "debian"}, status=202)
+            agent.work()
+        first = agents[0].call("POST", "peers", {"port": 7070, "address": "10.0.0.11", "have": ""})
+        second = agents[1].call("POST", "peers", {"port": 7070, "address": "10.0.0.12", "have": ""})
+        group = first["multicast"]["group"]
+        assert group.startswith("239.255.") and second["multicast"]["group"] == group, "one group per image"
+        assert first["multicast"] == {"group": group, "port": 7070, "interface": "10.0.0.11", "rate": 112.5e6}
+        assert second["multicast"]["interface"] == "10.0.0.12", "each joins on its own address"
+        assert first["seed"] == [0] and second["seed"] == [], "the first sends every chunk, the other none"
+
+
+def test_multicast_is_off_unless_its_rate_is_set(prov):
+    whole_disk(prov, "debian", {0: b"A" * 4 * MIB}, 8 * MIB)
+    agent = enroll(prov, "n1")
+    agent.checkin()
+    prov.alice.ok("POST", "/project/p1/connect_node", {"node": "n1"})
+    prov.alice.ok("POST", "/node/n1/provision", {"image": "debian"}, status=202)
+    agent.work()
+    assert "multicast" not in agent.call("POST", "peers", {"port": 7070, "address": "10.0.0.11", "have": ""})

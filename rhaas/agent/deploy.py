@@ -183,6 +183,11 @@ class Deployment:
             stats = self.exchange.stats()
             detail += (f"; peer exchange: {stats.from_server} bytes from the server, {stats.from_peers} from "
                        f"peers, {stats.served} served to peers")  # fmt: skip
+            if stats.from_multicast or stats.multicast_sent:
+                detail += (
+                    f"; multicast: {stats.from_multicast} of the peers' bytes from the group, "
+                    f"{stats.multicast_sent} sent to it, {stats.multicast_lost} pieces lost"
+                )
             if stats.dropped:  # how many, not who: the customer reads this history
                 detail += f", {len(stats.dropped)} peers dropped (the node's console names them)"
         self._report("done", detail)

@@ -40,6 +40,16 @@ server seeds the swarm and is the fallback.
   once). Otherwise a peer is picked at random among those believed to hold a wanted piece (else among
   all: they may have gained some since). A peer whose upload slots stayed full answers 503, one that
   holds nothing wanted 404; either is left alone for a while, longer at each time in a row.
+- **Multicast.** Where the tracker names a multicast group (``multicast``: group, UDP port, this agent's
+  address to join it on, and the rate to send at), the tracker hands every chunk to one agent, which
+  passes each piece it took from the server (and checked) on once more, to the group, paced at the rate:
+  every agent of the deploy that hears it has it after one hop, at the cost of one upload, whatever the
+  fleet's size. The pieces are encrypted (`MulticastKey`: a key only the agents deploying the image can
+  derive from the work answer; the group is open to any host of the network) and checked against their
+  digests like any other. While pieces arrive that way an agent asks its peers for nothing (a TCP stream
+  beside the datagrams fills the links' queues, which then drop datagrams); once the group has been
+  quiet for `MULTICAST_QUIET`, the peers repair what it lost (or sent before this agent joined). A
+  network that does not carry multicast costs each piece one wasted upload, nothing else.
 - A node that cannot reach the tracker, or gets nothing from anyone for `STALL_SECONDS`, fetches what it
   lacks from the server (plain HTTP(S) from the server, as without the exchange).
 
@@ -131,6 +141,29 @@ HELD = 2
 #: unsent (``TCP_NOTSENT_LOWAT``): else a send returns as soon as the piece is in the kernel's buffer
 #: (megabytes), and every asker at once shares the link, each slower than the pieces' turnover needs.
 SEND_LOWAT = 16 << 10
+#: Multicast: a datagram is a head (`MULTICAST_MAGIC`, the swarm's tag, the sender's id, the piece's
+#: index and the offset in it: 24 bytes) and at most this many bytes of a piece, fewer if the link's MTU
+#: is smaller (1452 at 1500 bytes).
+MULTICAST_MAGIC = b"RHMC"
+MULTICAST_HEAD = 24
+MULTICAST_PAYLOAD = 8948
+#: Since the last piece from the group, for how long multicast counts as flowing (longer at a slow rate:
+#: see `Exchange.multicast_flowing`).
+MULTICAST_QUIET = 2.0
+#: Seconds between two announcements while multicast flows (and no sooner for a piece gained from it): the
+#: agent needs no news of its peers then, and a fleet's announcements share the server's link with the
+#: chunks the group is sent.
+MULTICAST_ANNOUNCE_EVERY = 3.0
+#: A piece being assembled from datagrams that gets none for this long lost some: the peers repair it.
+MULTICAST_STALE = 1.0
+#: The multicast socket's send buffer: a sender blocks once this much is queued, so that its link's queue
+#: (a few hundred ms at its rate) takes its bursts whole instead of dropping their tails.
+MULTICAST_SEND_BUFFER = 64 << 10
+#: Bytes a sender may send faster than its rate after a stall (a thread not scheduled for a while).
+MULTICAST_CATCH_UP = 64 << 10
+MULTICAST_RECEIVE_BUFFER = 4 << 20
+#: Pieces being assembled from datagrams at once (the oldest is given up past that).
+MULTICAST_PARTIAL = 64
 
 
 class Chunk(NamedTuple):
@@ -153,6 +186,26 @@ class Peer(NamedTuple):
     port: int
 
 
+class MulticastKey:
+    """The encryption of the pieces multicast for one image: a keystream of SHAKE-256 under a key derived
+    from the image's chunk list (which the agents have from their authenticated work answer, and which is
+    not sent anywhere: the peers' token is a different digest of it), per datagram from the piece and the
+    offset, XORed with the bytes. Each (piece, offset) always carries the same bytes, so reusing its stream
+    reveals nothing; a datagram forged or from another swarm decrypts to bytes that fail the piece's
+    digest."""
+
+    def __init__(self, digests: Sequence[str]) -> None:
+        self.key = hashlib.sha256("\n".join(["rhaas multicast key", *digests]).encode()).digest()
+        #: Which swarm a datagram is of (not secret): lets an agent skip other deploys' datagrams cheaply.
+        self.tag = hashlib.sha256(b"tag" + self.key).digest()[:8]
+
+    def apply(self, k: int, at: int, data: bytes) -> bytes:
+        """``data`` encrypted (or decrypted: the same) as the bytes at ``at`` of piece ``k``."""
+        stream = hashlib.shake_256(self.key + k.to_bytes(8, "big") + at.to_bytes(8, "big")).digest(len(data))
+        n = len(data)
+        return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+
+
 class Stats(NamedTuple):
     from_server: int
     from_peers: int
@@ -168,6 +221,11 @@ class Stats(NamedTuple):
     busy: int = 0
     #: Answers cut off at their head: the piece was on its way from another peer already.
     cut: int = 0
+    #: Bytes of pieces taken from multicast (in ``from_peers`` too), and sent to the group.
+    from_multicast: int = 0
+    multicast_sent: int = 0
+    #: Pieces that lost a datagram on the way here (left to the peers).
+    multicast_lost: int = 0
 
 
 #: ``announce(have, port, dropped) -> {"peers": [{"address", "port", "have": hex}...], "seed": [index...],
@@ -294,6 +352,18 @@ class Exchange:
         self._threads: list[threading.Thread] = []
         #: Connections to peers, kept open between requests.
         self.pool = wire.Pool()
+        # Multicast, once the tracker names a group (`_join`).
+        self.mc_key = MulticastKey([e.chunk.sha256 for e in extents])
+        self.mc_id = self.rng.below(1 << 32).to_bytes(4, "big")  # skips its own datagrams (loopback)
+        self.mc_joined = False
+        self.mc_heard: float | None = None  # when the last piece from the group (that matched) arrived
+        self.mc_tx: socket.socket | None = None
+        self.mc_payload = MULTICAST_PAYLOAD
+        self.from_multicast = self.multicast_sent = self.multicast_lost = 0
+        self.mc_rate = 0.0  # bytes per second this agent sends to the group at
+        self.mc_next = 0.0  # when it may send its next datagram
+        self._write_fd: int | None = None
+        self._hearing: threading.Thread | None = None
 
     # --- serving peers ---
 
@@ -361,7 +431,8 @@ class Exchange:
         with self.cond:
             while True:  # a piece wanted and a slot to send it: at once, or once both are there
                 n = self._offer(want & self.have) if self._read_fd is not None else None
-                free = self.uploading < UPLOAD_SLOTS
+                # Sending to the group, this agent's link is the group's: no peer is served meanwhile.
+                free = self.uploading < UPLOAD_SLOTS and not (self.mc_tx is not None and self.loading)
                 left = deadline - time.monotonic()
                 if n is not None and free or left <= 0 or self.closed.is_set():
                     break
@@ -420,6 +491,7 @@ class Exchange:
                 )
             seed = {n for n in answer.get("seed", []) if isinstance(n, int) and 0 <= n < len(self.extents)}
             missing = bool(answer.get("missing", True))
+            multicast = answer.get("multicast")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             with self.cond:
                 if self.tracker_ok:
@@ -427,6 +499,8 @@ class Exchange:
                 self.tracker_ok = False
                 self.cond.notify_all()
             return
+        if multicast is not None and not self.mc_joined:  # before taking chunks: they go to the group too
+            self._join(multicast)
         with self.cond:
             self.tracker_ok = True
             self.peers = {p: h for p, h in peers.items() if p not in self.dropped}
@@ -442,7 +516,8 @@ class Exchange:
         while not self.closed.is_set():
             started = time.monotonic()
             self._announce_once()
-            self._wake_announcer.wait(self.announce_every)
+            flowing = self.multicast_flowing(time.monotonic())
+            self._wake_announcer.wait(MULTICAST_ANNOUNCE_EVERY if flowing else self.announce_every)
             self._wake_announcer.clear()
             self.closed.wait(min(self.announce_every, ANNOUNCE_AT_MOST) - (time.monotonic() - started))
 
@@ -463,7 +538,12 @@ class Exchange:
             return seeds[0], None, 0, False
         now = time.monotonic()
         ready = [p for p in self.peers if p not in self.asking and self.backoff.get(p, 0) <= now]
-        if ready:
+        flowing = self.multicast_flowing(now)
+        # While the group's datagrams flow, the links are theirs: the peers repair what was lost once they
+        # stop (a TCP stream beside them fills the queues, which then drop datagrams, which costs more
+        # repairs: seen on the bench, a node that lost most of the pieces).
+        ask = 0 if flowing else wanted
+        if ready and ask:
             # Whom to ask, at random (the uploads are what is scarce: spread the asking over them), among
             # those that held something wanted when the tracker last said (they may hold more by now);
             # else any: the tracker's view is a second old, and a peer gains a piece every few tenths.
@@ -472,16 +552,16 @@ class Exchange:
             asked = 0
             for mask in self.asking.values():
                 asked |= mask
-            fresh = wanted & ~asked
+            fresh = ask & ~asked
             likely = sorted(p for p in ready if self.peers[p] & fresh)
             if likely:
                 return None, self.rng.choice(likely), fresh, False
-            likely = sorted(p for p in ready if self.peers[p] & wanted)
+            likely = sorted(p for p in ready if self.peers[p] & ask)
             if likely:
-                return None, self.rng.choice(likely), wanted, False
-            if self.probing < HELD:  # a few workers wait at peers for what they will gain
+                return None, self.rng.choice(likely), ask, False
+            if self.probing < HELD and not flowing:  # a few workers wait at peers for what they will gain
                 self.probing += 1
-                return None, self.rng.choice(sorted(ready)), fresh or wanted, True
+                return None, self.rng.choice(sorted(ready)), fresh or ask, True
         # No peer to wait for (alone, every peer dropped, or no tracker and none known): the server, with
         # every worker, as without the exchange. No progress for a while, or a tracker that stopped
         # answering: the server, one chunk at a time, the known peers all the same (in a large fleet, many
@@ -512,13 +592,19 @@ class Exchange:
                     raise _BadChunk(f"the server's chunk {extent.chunk.sha256} does not match the digest of "
                                   f"its piece {k - index}")  # fmt: skip
                 self._write(fd, k, part, None)
+                # To the group if the tracker handed the chunk out (not a fallback's), unless alone (the
+                # first announcements of a fleet list no peer yet: not alone for `alone` seconds).
+                alone = self.alone_since is not None and time.monotonic() - self.alone_since > self.alone
+                if self.mc_tx is not None and n in self.seed and not alone:
+                    self._multicast(k, part)
 
         digest = self.server(extent.chunk, sink)
         if digest != extent.chunk.sha256 or queue or buf:
             raise _BadChunk(f"the server's chunk {extent.chunk.sha256} does not match its digest")
 
-    def _write(self, fd: int, k: int, data: bytes, peer: Peer | None) -> None:
-        """Write piece ``k`` (checked) and count it held."""
+    def _write(self, fd: int, k: int, data: bytes, peer: Peer | None, multicast: bool = False) -> None:
+        """Write piece ``k`` (checked) and count it held (from the server unless from ``peer`` or
+        ``multicast``)."""
         with self.cond:
             if self.have >> k & 1:  # the same piece came twice at once
                 self.twice += len(data)
@@ -534,12 +620,15 @@ class Exchange:
             self.have |= 1 << k
             self.done_bytes += piece.length
             self.last_done = time.monotonic()
-            if peer is None:
+            if multicast:
+                self.from_multicast += piece.length
+            if peer is None and not multicast:
                 self.from_server += piece.length
             else:
                 self.from_peers += piece.length
             self.cond.notify_all()
-        self._wake_announcer.set()  # at most every ANNOUNCE_AT_MOST seconds all the same
+        if not multicast:
+            self._wake_announcer.set()  # at most every ANNOUNCE_AT_MOST seconds all the same
 
     def _from_peer(self, fd: int, peer: Peer, want: int, wait: float = 0.0) -> None:
         """Ask ``peer`` for any piece of ``want`` (held up to ``wait`` seconds for one to arrive there);
@@ -610,7 +699,8 @@ class Exchange:
                     choice = self._pick()
                     if choice is not None:
                         break
-                    self._wake_announcer.set()  # nothing to do: news of the peers, please
+                    if not self.multicast_flowing(time.monotonic()):
+                        self._wake_announcer.set()  # nothing to do: news of the peers, please
                     self.cond.wait(0.25)
                 n, peer, want, probe = choice
                 if peer is None:
@@ -695,12 +785,167 @@ class Exchange:
             self.peers.pop(peer, None)
             self.cond.notify_all()
 
+    # --- multicast ---
+
+    def multicast_flowing(self, now: float) -> bool:
+        """Whether pieces arrive by multicast: one came whole and matched lately (`MULTICAST_QUIET`, or
+        the time 4 pieces take at the group's rate if longer). Only a matching piece counts: forged
+        datagrams must not hold the repairs back."""
+        if self.mc_heard is None:
+            return False
+        quiet = (
+            max(MULTICAST_QUIET, 4 * self.pieces[0].length / self.mc_rate)
+            if self.mc_rate
+            else MULTICAST_QUIET
+        )
+        return now - self.mc_heard < quiet
+
+    def _join(self, spec: object) -> None:
+        """Join the multicast group the tracker named (``{"group", "port", "interface"}``: this agent's
+        address), and send the pieces from the server to it; once. A group that cannot be joined is only
+        logged: the peers and the server deliver all the same."""
+        self.mc_joined = True
+        try:
+            assert isinstance(spec, dict)
+            group, port, interface = str(spec["group"]), int(spec["port"]), str(spec["interface"])
+            rate = float(spec.get("rate", 0))
+            group_b, interface_b = socket.inet_aton(group), socket.inet_aton(interface)
+            if not 224 <= group_b[0] <= 239 or not 0 < port < 65536:
+                raise ValueError(f"{group}:{port} is not a multicast group and port")
+        except (AssertionError, KeyError, TypeError, ValueError, OSError) as exc:
+            log(f"peer exchange: the tracker's multicast group is not usable ({exc}); none")
+            return
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            rx.bind((group, port))
+            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group_b + interface_b)
+            for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):  # the first as root
+                with contextlib.suppress(OSError):
+                    rx.setsockopt(socket.SOL_SOCKET, option, MULTICAST_RECEIVE_BUFFER)
+                    break
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, interface_b)
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)  # the provisioning network only
+            tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MULTICAST_SEND_BUFFER)
+            tx.connect((group, port))
+            with contextlib.suppress(OSError):  # the route's MTU, less the IP and UDP heads
+                mtu = tx.getsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU", 14))
+                self.mc_payload = max(512, min(MULTICAST_PAYLOAD, mtu - 28 - MULTICAST_HEAD))
+        except OSError as exc:
+            rx.close()
+            tx.close()
+            log(f"peer exchange: cannot join the multicast group {group}:{port} on {interface} ({exc}); none")
+            return
+        with self.cond:
+            self.mc_tx = tx
+            self.mc_rate = rate if rate > 0 else 0.0
+        self._hearing = threading.Thread(target=self._hear, args=(rx,), name="swarm-hear", daemon=True)
+        self._hearing.start()
+
+    def _multicast(self, k: int, data: bytes) -> None:
+        """Send piece ``k`` (from the server, checked) to the group, paced at the tracker's ``rate``: the
+        server's stream to this agent then runs at that pace too, and the group's datagrams, from every
+        agent sending at once, stay below the links' rate, which a burst would overflow (a datagram lost is
+        a piece the peers must repair). Errors are logged, not raised: the peers repair."""
+        head = MULTICAST_MAGIC + self.mc_key.tag + self.mc_id
+        tx = self.mc_tx
+        try:
+            for at in range(0, len(data), self.mc_payload):
+                part = data[at : at + self.mc_payload]
+                if self.mc_rate:  # the pace is this agent's, over every chunk it streams
+                    now = time.monotonic()
+                    with self.cond:  # a token bucket: a short stall is made up for, by at most its size
+                        start = max(now - MULTICAST_CATCH_UP / self.mc_rate, self.mc_next)
+                        self.mc_next = start + len(part) / self.mc_rate
+                    if start > now:
+                        time.sleep(start - now)
+                if tx is None:
+                    return
+                self._send_datagram(
+                    tx, head + k.to_bytes(4, "big") + at.to_bytes(4, "big") + self.mc_key.apply(k, at, part)
+                )
+            with self.cond:
+                self.multicast_sent += len(data)
+        except OSError as exc:
+            log(f"peer exchange: sending piece {k} to the multicast group failed ({exc})")
+
+    def _send_datagram(self, tx: socket.socket, datagram: bytes) -> None:
+        tx.send(datagram)
+
+    def _hear(self, rx: socket.socket) -> None:
+        """Take pieces from the group: assemble each from its datagrams, check it, write it. A piece that
+        lost a datagram (its last one came, or none for `MULTICAST_STALE`) is left to the peers."""
+        # piece -> its bytes so far, the offsets of the datagrams received, [bytes received, when last]
+        partial: dict[int, tuple[bytearray, set[int], list[float]]] = {}
+        tag = MULTICAST_MAGIC + self.mc_key.tag
+        rx.settimeout(0.25)
+        swept = time.monotonic()
+
+        def lost(k: int) -> None:
+            partial.pop(k, None)
+            with self.cond:
+                self.multicast_lost += 1
+
+        with rx:
+            while not self.closed.is_set() and self.error is None and self.have != self.full:
+                now = time.monotonic()
+                if now - swept > MULTICAST_STALE / 4:
+                    swept = now
+                    for k in [k for k, got in partial.items() if now - got[2][1] > MULTICAST_STALE]:
+                        lost(k)
+                try:
+                    data = rx.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if len(data) <= MULTICAST_HEAD or data[:12] != tag or data[12:16] == self.mc_id:
+                    continue
+                k, at = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+                body = data[MULTICAST_HEAD:]
+                if k >= len(self.pieces) or at + len(body) > self.pieces[k].length:
+                    continue
+                piece = self.pieces[k]
+                with self.cond:
+                    if self.have >> k & 1:
+                        partial.pop(k, None)
+                        continue
+                got = partial.get(k)
+                if got is None:
+                    if len(partial) >= MULTICAST_PARTIAL:
+                        lost(next(iter(partial)))
+                    got = partial[k] = (bytearray(piece.length), set(), [0, now])
+                buf, offsets, count = got
+                if at in offsets:
+                    continue
+                offsets.add(at)
+                buf[at : at + len(body)] = self.mc_key.apply(k, at, body)
+                count[0] += len(body)
+                count[1] = now
+                if count[0] < piece.length:
+                    if at + len(body) == piece.length:  # its last datagram, and some before it lost
+                        lost(k)
+                    continue
+                del partial[k]
+                whole = bytes(buf)
+                fd = self._write_fd
+                good = count[0] == piece.length and fd is not None  # else overlapping datagrams: forged
+                if good and hashlib.sha256(whole).hexdigest() == piece.sha256:
+                    assert fd is not None
+                    with self.cond:
+                        self.mc_heard = now  # a piece that matched: datagrams that do not say nothing
+                    self._write(fd, k, whole, None, multicast=True)
+                    continue
+                lost(k)
+
     def deliver(self, fd: int, path: str, progress: Callable[[int, int], None] | None = None) -> Stats:
         """Write every piece at its offset into ``fd`` (the disk, or a file, at ``path``: reopened to serve
         peers from), each checked against its digest first; return once all are written. Raises what the
         server fetch raised if it fails, or OSError if the server's chunk does not match (peers failing
         only costs time)."""
         self._read_fd = os.open(path, os.O_RDONLY)
+        self._write_fd = fd
         total = sum(p.length for p in self.pieces)
         self._threads = [threading.Thread(target=self._serve, name="swarm-serve", daemon=True)]
         if self.announce_fn is not None:
@@ -736,7 +981,7 @@ class Exchange:
             dropped = tuple(f"{p.address}:{p.port}: {why}" for p, why in self.dropped.items())
             return Stats(
                 self.from_server, self.from_peers, self.served, dropped, self.twice, self.asked, self.refused,
-                self.busy_answers, self.cut,
+                self.busy_answers, self.cut, self.from_multicast, self.multicast_sent, self.multicast_lost,
             )  # fmt: skip
 
     def close(self, linger: float = LINGER_SECONDS) -> None:
@@ -752,9 +997,13 @@ class Exchange:
         self._wake_announcer.set()
         with contextlib.suppress(OSError):
             self._listener.close()
-        for t in self._threads:
+        for t in [*self._threads, *([self._hearing] if self._hearing else [])]:
             t.join(timeout=2.0)
         self.pool.close()
+        with self.cond:
+            tx, self.mc_tx = self.mc_tx, None
+        if tx is not None:
+            tx.close()
         if self._read_fd is not None:
             os.close(self._read_fd)
             self._read_fd = None

@@ -199,7 +199,12 @@ def agent_peers(node: str, body: AgentPeersBody, request: Request, db: DB, state
     if not address:
         raise BadArgumentError("No address given, and the caller's is unknown.")
     dropped = [(str(p.address), p.port) for p in body.dropped]
-    answer = provisioning.peer_announce(db, row, state.tracker, address, body.port, body.have, dropped)
+    settings = _settings(state)
+    mbit = settings.peer_multicast_mbit
+    multicast = (settings.peer_port, mbit * 125_000.0) if mbit else None
+    answer = provisioning.peer_announce(
+        db, row, state.tracker, address, body.port, body.have, dropped, multicast
+    )
     return reply(answer)
 
 

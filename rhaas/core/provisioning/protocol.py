@@ -338,11 +338,12 @@ def deploy_blobs(db: Session, row: NodeProvisioning) -> set[str]:
 
 def peer_announce(
     db: Session, row: NodeProvisioning, tracker: Tracker, address: str, port: int, have: str,
-    dropped: list[tuple[str, int]],
+    dropped: list[tuple[str, int]], multicast: tuple[int, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """An agent's announcement to the peer-exchange tracker: its peers deploying the same image, and the
-    chunks it may take from the server (see `rhaas.core.provisioning.tracker`). NotFoundError if the node
-    has no open whole-disk deploy."""
+    chunks it may take from the server (see `rhaas.core.provisioning.tracker`); with ``multicast`` (a UDP
+    port and a rate in bytes per second), the image's multicast group. NotFoundError if the node has no
+    open whole-disk deploy."""
     job = open_job(db, row.node, DEPLOY)
     if job is None or job.image is None or job.image.manifest is None:
         raise NotFoundError(f"Node {row.node.label} has no whole-disk deploy under way.")
@@ -352,7 +353,9 @@ def peer_announce(
         return [chunks.piece_count(e.length) for e in chunks.extents(db, image_id)]
 
     held = int(have, 16) if have else 0
-    return tracker.announce(("image", image_id), layout, row.node.label, address, port, held, dropped)
+    return tracker.announce(
+        ("image", image_id), layout, row.node.label, address, port, held, dropped, multicast
+    )
 
 
 def deploy_chunk(db: Session, row: NodeProvisioning, sha256: str) -> bytes:

@@ -13,12 +13,18 @@ arrive slowly); a hand-out whose agent does not report the chunk within `GRANT_S
 again. So the server sends about one image per fleet deploy; agents that cannot reach their peers fall
 back to it on their own (see the agent's module).
 
+With ``multicast`` (a UDP port), the answer also names a multicast group of the swarm (`multicast_group`,
+in the organisation-local scope 239.255.0.0/16) and the address the agent joins it on (the one it
+announced): each agent then passes the pieces it takes from the server on to the group once, and every
+agent takes them from there (see the agent's module).
+
 State is in memory, per API server process: agents of one swarm that talk to different API servers form
 one swarm per server. Agents not heard from for `PEER_SECONDS` are forgotten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -58,6 +64,16 @@ class _Swarm:
     suspects: set[tuple[str, int]] = field(default_factory=set)
     #: chunk index -> (agent, when) it was handed out from the server.
     grants: dict[int, tuple[str, float]] = field(default_factory=dict)
+    #: With multicast: the one agent that takes every chunk from the server and sends it to the group.
+    caster: str | None = None
+
+
+def multicast_group(swarm: Hashable) -> str:
+    """The multicast group of ``swarm``: the same in every API server process (a digest of its key, not
+    Python's hash), different for different images but for a collision in 65536 (the agents then skip the
+    other's datagrams by their tag)."""
+    digest = hashlib.sha256(repr(swarm).encode()).digest()
+    return f"239.255.{digest[0]}.{digest[1]}"
 
 
 def layout_masks(pieces: Sequence[int]) -> list[int]:
@@ -88,13 +104,16 @@ class Tracker:
 
     def announce(
         self, swarm: Hashable, layout: Callable[[], Sequence[int]], agent: str, address: str, port: int,
-        have: int, dropped: Sequence[tuple[str, int]] = (),
+        have: int, dropped: Sequence[tuple[str, int]] = (), multicast: tuple[int, float] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Record that ``agent`` (serving on ``address:port``) holds the pieces ``have`` (a bit map) of
         ``swarm`` and has dropped the peers ``dropped``; ``layout()``: how many pieces each of the image's
         chunks has (asked once per swarm). Answers the other agents, what they hold (hex bit maps), the
         chunks ``agent`` may fetch from the server (``seed``), and ``missing``: whether any agent of the
-        swarm still lacks a piece."""
+        swarm still lacks a piece. With ``multicast`` (a UDP port, and the rate in bytes per second the
+        group is sent at), also the swarm's group on that port, ``address`` to join it on, and the rate;
+        then one agent (the first to announce, and the next one once it is gone) is handed every chunk
+        from the server, and sends it on to the group."""
         now = self.clock()
         with self._lock:
             self._forget(now)
@@ -114,6 +133,14 @@ class Tracker:
                     del s.grants[n]
             seed = [n for n, (who, _) in s.grants.items() if who == agent]
             share = 1  # one at a time: an agent alone takes everything from the server on its own
+            if multicast is not None:
+                # One sender: every other agent's link then carries the group's datagrams only, and its
+                # own only the server's stream (two senders would each carry the other's datagrams too).
+                if s.caster not in trusted:
+                    s.caster = agent
+                # One more chunk per announcement: chunks started together, sent at one pace, would all end
+                # together, and the sender would be idle until its next announcement.
+                share = min(self.slots, len(seed) + 1) if agent == s.caster else 0
             while len(seed) < share and len(s.grants) < self.slots:
                 free = next((n for n, m in enumerate(s.chunks) if m & ~anywhere and n not in s.grants), None)
                 if free is None:
@@ -129,7 +156,12 @@ class Tracker:
             listed += self.rng.sample(rest, min(len(rest), self.max_peers - len(listed)))
             peers = [{"address": p.address, "port": p.port, "have": format(p.have, "x")} for p in listed]
             missing = any(not p.complete for p in s.peers.values())
-        return {"peers": peers, "seed": sorted(seed), "missing": missing}
+        answer: dict[str, Any] = {"peers": peers, "seed": sorted(seed), "missing": missing}
+        if multicast is not None:
+            port, rate = multicast
+            answer["multicast"] = {"group": multicast_group(swarm), "port": port, "interface": address,
+                                   "rate": rate}  # fmt: skip
+        return answer
 
     def leave(self, swarm: Hashable, agent: str) -> None:
         """``agent`` is done with ``swarm`` (its deploy ended)."""
