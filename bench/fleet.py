@@ -3,6 +3,7 @@ exchange, over rate-limited links.
 
     .venv/bin/python bench/fleet.py                              # N = 1, 8, 32, 64; both mechanisms
     .venv/bin/python bench/fleet.py --nodes 1,8 --plain-nodes 1 --size-mib 32 --rate-mbit 20
+    .venv/bin/python bench/fleet.py --nodes 3 --mechanisms multicast --slow-node-mbit 5   # repairs
 
 Needs root. Every node is a network namespace holding one end of a veth pair whose other end is a port of
 one Linux bridge; the server is one more namespace on the same bridge. Each link is shaped in both
@@ -73,6 +74,14 @@ CONGESTION = "cubic"
 #: rest is room for the peers' repairs, the tracker and bursts, so that the queues do not drop datagrams.
 MULTICAST_SHARE = 0.9
 RATE_MBIT = 20
+#: With ``--slow-node-mbit``: the last node's download link at that rate instead (0: as the others). Below
+#: the group's rate, its queue drops datagrams in the kernel, as a node on a slower link would: a test of
+#: the repairs (this kernel has no ``netem``, nor the ``gact`` action, to drop packets at random). That
+#: node starts `SLOW_START` seconds after the others, so that it is not the one sending to the group (the
+#: first to announce itself is): the group would then go at its pace.
+SLOW_MBIT = 0
+SLOW_START = 1.0
+SLOW_NODE = -1  # its index, once the topology is made
 
 
 def node_ip(i: int) -> str:
@@ -97,8 +106,9 @@ def shape(dev: str, rate_mbit: int, netns: str | None = None) -> None:
        "burst", f"{burst}", "latency", f"{QUEUE_MS}ms")  # fmt: skip
 
 
-def cable(netns: str, host_dev: str, address: str, rate_mbit: int) -> None:
-    """A namespace with ``eth0`` at ``address``, cabled to the bridge by ``host_dev``, shaped both ways."""
+def cable(netns: str, host_dev: str, address: str, rate_mbit: int, down_mbit: int = 0) -> None:
+    """A namespace with ``eth0`` at ``address``, cabled to the bridge by ``host_dev``, shaped both ways
+    (its download at ``down_mbit`` if given)."""
     sh("ip", "netns", "add", netns)
     mtu = str(MTU)
     sh("ip", "link", "add", host_dev, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu,
@@ -107,7 +117,7 @@ def cable(netns: str, host_dev: str, address: str, rate_mbit: int) -> None:
     sh("ip", "-n", netns, "addr", "add", f"{address}/{SUBNET}", "dev", "eth0")
     sh("ip", "-n", netns, "link", "set", "eth0", "up")
     sh("ip", "-n", netns, "link", "set", "lo", "up")
-    shape(host_dev, rate_mbit)  # towards the namespace: its download
+    shape(host_dev, down_mbit or rate_mbit)  # towards the namespace: its download
     shape("eth0", rate_mbit, netns)  # from the namespace: its upload
 
 
@@ -153,8 +163,11 @@ def topology(nodes: int, rate_mbit: int) -> Iterator[None]:
         sh("ip", "link", "set", f"{PREFIX}-br", "type", "bridge", "ageing_time", "30000")
         sh("ip", "link", "set", f"{PREFIX}-br", "up")
         cable(f"{PREFIX}-s", f"{PREFIX}-hs", SERVER_IP, rate_mbit)
+        global SLOW_NODE
+        SLOW_NODE = nodes - 1 if SLOW_MBIT else -1
         for i in range(nodes):
-            cable(f"{PREFIX}-n{i}", f"{PREFIX}-h{i}", node_ip(i), rate_mbit)
+            slow = SLOW_MBIT if i == SLOW_NODE else 0
+            cable(f"{PREFIX}-n{i}", f"{PREFIX}-h{i}", node_ip(i), rate_mbit, slow)
         key.write_text(before)
         yield
     finally:
@@ -285,8 +298,12 @@ def one_run(
         drops_before = link_drops(n)
         go = time.time()
         cpu_before = machine_cpu()
-        for agent in agents:
-            agent.tell(f"go {go}")
+        for i, agent in enumerate(agents):
+            if i != SLOW_NODE:
+                agent.tell(f"go {go}")
+        if 0 <= SLOW_NODE < n:
+            time.sleep(SLOW_START)  # a late start, on purpose (see SLOW_MBIT): nothing to wait for
+            agents[SLOW_NODE].tell(f"go {go}")
         results = [json.loads(agent.line("done", timeout)) for agent in agents]
         cpu = {k: v - cpu_before[k] for k, v in machine_cpu().items()}
         drops = [b - a for a, b in zip(drops_before, link_drops(n), strict=True)]
@@ -322,8 +339,8 @@ def one_run(
 
 
 def bench(args: argparse.Namespace) -> int:
-    global PREFIX, QUEUE_MS, BURST, MTU, CONGESTION, MULTICAST_SHARE, RATE_MBIT
-    MULTICAST_SHARE, RATE_MBIT = args.multicast_share, args.rate_mbit
+    global PREFIX, QUEUE_MS, BURST, MTU, CONGESTION, MULTICAST_SHARE, RATE_MBIT, SLOW_MBIT
+    MULTICAST_SHARE, RATE_MBIT, SLOW_MBIT = args.multicast_share, args.rate_mbit, args.slow_node_mbit
     PREFIX, QUEUE_MS, BURST, MTU = args.prefix, args.queue_ms, args.burst, args.mtu
     CONGESTION = args.congestion
     if os.geteuid() != 0:
@@ -569,6 +586,8 @@ def main() -> int:
     parser.add_argument("--congestion", default=CONGESTION, help="TCP congestion control of the hosts")
     parser.add_argument("--burst", type=int, default=BURST, help="each link's token bucket, bytes")
     parser.add_argument("--queue-ms", type=int, default=QUEUE_MS, help="each link's queue, in ms at its rate")
+    parser.add_argument("--slow-node-mbit", type=int, default=SLOW_MBIT,
+                        help="the last node's download at this rate (a test of the repairs)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a run may take")
     parser.add_argument("--prefix", default=PREFIX, help="of the namespaces and links made (<= 5 chars)")
     s = sub.add_parser("serve")

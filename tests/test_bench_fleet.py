@@ -31,25 +31,49 @@ def leftovers() -> list[str]:
     return [name for name in names if name.startswith(f"{PREFIX}-")]
 
 
-def test_a_small_fleet_gets_the_image_with_the_server_sending_it_about_once():
-    argv = [sys.executable, str(ROOT / "bench/fleet.py"), "--prefix", PREFIX, "--nodes", "1,4",
-            "--size-mib", "4", "--chunk-mib", "1", "--rate-mbit", "50", "--timeout", "120"]  # fmt: skip
+def bench_rows(*args: str) -> tuple[dict[tuple[str, int], list[str]], str]:
+    """Run the bench with ``args`` (small: a 4 MiB image in 1 MiB chunks, 50 Mbit/s links); its table's
+    rows by (mechanism, N), and its output. Fails if it failed or left anything of its topology."""
+    argv = [sys.executable, str(ROOT / "bench/fleet.py"), "--prefix", PREFIX, "--size-mib", "4",
+            "--chunk-mib", "1", "--rate-mbit", "50", "--timeout", "120", *args]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=False)
     finally:
         left = leftovers()
     assert done.returncode == 0, done.stdout + done.stderr
+    assert not left, f"left behind: {left}"
     rows = {}
     for line in done.stdout.splitlines():
         cells = [c.strip() for c in line.split("|")]
         if cells[0] in ("plain", "swarm", "multicast"):
             rows[cells[0], int(cells[1])] = cells
-    assert set(rows) == {(m, n) for m in ("plain", "swarm", "multicast") for n in (1, 4)}, done.stdout
-    images = 5  # the "server images" column
-    assert float(rows["plain", 4][images]) == pytest.approx(4.0, abs=0.01), "plain: one image per node"
-    assert float(rows["swarm", 4][images]) <= 2.0, "the peer exchange: the server sends about one image"
-    assert float(rows["swarm", 4][6]) > 0, "the peers carried part of it"
-    assert float(rows["multicast", 4][images]) == pytest.approx(1.0, abs=0.01), "one agent sends to the group"
-    assert float(rows["multicast", 4][13]) >= 3 * 3, "the group carried most of the other three's image"
-    assert not left, f"left behind: {left}"
+    return rows, done.stdout
+
+
+#: Columns of the table.
+IMAGES, FROM_PEERS, FROM_GROUP, LOST = 5, 6, 13, 14
+
+
+def test_a_small_fleet_gets_the_image_with_the_server_sending_it_about_once():
+    rows, out = bench_rows("--nodes", "1,4")
+    assert set(rows) == {(m, n) for m in ("plain", "swarm", "multicast") for n in (1, 4)}, out
+    assert float(rows["plain", 4][IMAGES]) == pytest.approx(4.0, abs=0.01), "plain: one image per node"
+    assert float(rows["swarm", 4][IMAGES]) <= 2.0, "the peer exchange: the server sends about one image"
+    assert float(rows["swarm", 4][FROM_PEERS]) > 0, "the peers carried part of it"
+    assert float(rows["multicast", 4][IMAGES]) == pytest.approx(1.0, abs=0.01), "one agent sends to the group"
+    assert float(rows["multicast", 4][FROM_GROUP]) >= 3 * 3, (
+        "the group carried most of the other three's image"
+    )
+
+
+def test_a_node_whose_link_drops_the_groups_datagrams_is_repaired_by_its_peers():
+    """The last node's download is shaped below the group's rate: its queue drops datagrams in the kernel.
+    It must still end with the image (the bench checks every file), its pieces repaired by the peers."""
+    rows, out = bench_rows(
+        "--nodes", "3", "--mechanisms", "multicast", "--size-mib", "16", "--slow-node-mbit", "10"
+    )
+    row = rows["multicast", 3]
+    assert int(row[LOST]) > 0, f"no piece lost a datagram: the slow link dropped nothing\n{out}"
+    assert float(row[FROM_PEERS]) > float(row[FROM_GROUP]), "the peers repaired nothing"
+    assert float(row[IMAGES]) == pytest.approx(1.0, abs=0.01), "the repairs came from the server"

@@ -46,7 +46,7 @@ def test_demo_plays_the_whole_story_on_the_lab_and_cleans_up(tmp_path):
             assert f"✔ seed {n}/4: " in result.stdout, out
         assert "the seed's acceptance criteria" in result.stdout, out
         assert "fast path against reboot path" in result.stdout, out
-        assert "✔ the nodes passed the image's chunks to each other (peer exchange)" in out
+        assert "✔ the nodes passed the image to each other (one sent it to a multicast group)" in out
         assert "the request walked down to the base, and the level-3 network reached the switch" in out
         assert "n1: DONE (fast path" in result.stderr, out  # live progress per node
         assert "provision: request -> SSH answers" in result.stdout, out
