@@ -361,7 +361,6 @@ class Exchange:
         self.mc_joined = False
         self.mc_heard: float | None = None  # when the last piece from the group (that matched) arrived
         self.mc_tx: socket.socket | None = None
-        self.mc_payload = MULTICAST_PAYLOAD
         self.from_multicast = self.multicast_sent = self.multicast_lost = 0
         self.mc_rate = 0.0  # bytes per second this agent sends to the group at
         self.mc_next = 0.0  # when it may send its next datagram
@@ -569,7 +568,7 @@ class Exchange:
         # every worker, as without the exchange. No progress for a while, or a tracker that stopped
         # answering: the server, one chunk at a time, the known peers all the same (in a large fleet, many
         # agents may be slow at once; all of them on the server with every worker would swamp its link).
-        alone = self.alone_since is not None and now - self.alone_since > self.alone
+        alone = self._alone(now)
         alone = alone or not self.tracker_ok and not self.peers
         slow = (now - self.last_done > self.stall or not self.tracker_ok) and not self.loading
         if alone or slow:
@@ -577,6 +576,10 @@ class Exchange:
             if todo:
                 return self.rng.choice(todo), None, 0, False
         return None
+
+    def _alone(self, now: float) -> bool:
+        """Whether the tracker has listed no peer for `alone` seconds."""
+        return self.alone_since is not None and now - self.alone_since > self.alone
 
     def _from_server(self, fd: int, n: int) -> None:
         """Stream extent ``n`` from the server, writing each piece once it is whole and checked."""
@@ -597,8 +600,7 @@ class Exchange:
                 self._write(fd, k, part, None)
                 # To the group if the tracker handed the chunk out (not a fallback's), unless alone (the
                 # first announcements of a fleet list no peer yet: not alone for `alone` seconds).
-                alone = self.alone_since is not None and time.monotonic() - self.alone_since > self.alone
-                if self.mc_tx is not None and n in self.seed and not alone:
+                if self.mc_tx is not None and n in self.seed and not self._alone(time.monotonic()):
                     self._multicast(k, part)
 
         digest = self.server(extent.chunk, sink)
@@ -851,8 +853,8 @@ class Exchange:
         head = MULTICAST_MAGIC + self.mc_key.tag + self.mc_id
         tx = self.mc_tx
         try:
-            for at in range(0, len(data), self.mc_payload):
-                part = data[at : at + self.mc_payload]
+            for at in range(0, len(data), MULTICAST_PAYLOAD):
+                part = data[at : at + MULTICAST_PAYLOAD]
                 if self.mc_rate:  # the pace is this agent's, over every chunk it streams
                     now = time.monotonic()
                     with self.cond:  # a token bucket: a short stall is made up for, by at most its size

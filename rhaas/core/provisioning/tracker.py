@@ -14,9 +14,9 @@ again. So the server sends about one image per fleet deploy; agents that cannot 
 back to it on their own (see the agent's module).
 
 With ``multicast`` (a UDP port), the answer also names a multicast group of the swarm (`multicast_group`,
-in the organisation-local scope 239.255.0.0/16) and the address the agent joins it on (the one it
-announced): each agent then passes the pieces it takes from the server on to the group once, and every
-agent takes them from there (see the agent's module).
+in the organisation-local scope 239.255.0.0/16), the address the agent joins it on (the one it
+announced) and the rate to send at; and every chunk is handed out to one agent of the swarm, which passes
+it on to the group, and every other agent takes it from there (see the agent's module).
 
 State is in memory, per API server process: agents of one swarm that talk to different API servers form
 one swarm per server. Agents not heard from for `PEER_SECONDS` are forgotten.
