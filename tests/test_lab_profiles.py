@@ -43,6 +43,22 @@ def test_each_profile_names_its_firmware_nic_and_disk_on_the_command_line(tmp_pa
     assert len(seen) == len(PROFILES), "no two profiles are the same hardware"
 
 
+def test_uefi_nodes_get_their_boot_order_as_boot_indexes(tmp_path: Path):
+    """OVMF ignores ``-boot order``: a UEFI node's NIC and disk carry the order as ``bootindex``."""
+    node = QemuNode("p1", tmp_path / "uefi", profile="uefi-nvme")
+    for device, first in (("pxe", "nic0"), ("disk", "disk0dev"), ("none", "nic0")):
+        node.set_boot_device(device)  # type: ignore[arg-type]
+        cmd = node.command()
+        nic = next(a for a in cmd if a.startswith("e1000e,"))
+        disk = next(a for a in cmd if a.startswith("nvme,"))
+        indexes = {"nic0": nic, "disk0dev": disk}
+        assert f"id={first},bootindex=1" in indexes[first], (device, cmd)
+        other = ({"nic0", "disk0dev"} - {first}).pop()
+        assert f"id={other},bootindex=2" in indexes[other], (device, cmd)
+    bios = QemuNode("p1", tmp_path / "bios", profile="bios-megasas")
+    assert not any("bootindex" in a for a in bios.command()), "SeaBIOS takes -boot order"
+
+
 def test_unknown_profile_and_post_out_of_range_are_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown node profile 'sparc'.*virtio"):
         QemuNode("p1", tmp_path, profile="sparc")
@@ -98,6 +114,29 @@ def test_a_node_of_each_profile_boots_with_its_hardware(make_node, name: str):
     assert node.firmware_boots == 1
     if profile.firmware == "uefi":
         assert node.efivars.stat().st_size == Path(str(OVMF_CODE).replace("CODE", "VARS")).stat().st_size
+
+
+@pytest.mark.skipif(not OVMF_CODE.exists(), reason=f"no UEFI firmware at {OVMF_CODE} (Debian package ovmf)")
+def test_a_running_uefi_node_takes_a_new_boot_device_for_its_next_reset(make_node):
+    """The BMC's boot override reaches a running UEFI node's devices (QEMU gives the firmware the new
+    order at the reset), both ways round, with no restart of QEMU."""
+    node = make_node("uefi-nvme", flavour="generic")
+    node.start()
+    pid = node.pid()
+
+    def indexes() -> dict[str, int]:
+        return {
+            device: node.qmp("qom-get", {"path": f"/machine/peripheral/{device}", "property": "bootindex"})
+            for device in ("nic0", "disk0dev")
+        }
+
+    assert indexes() == {"nic0": 1, "disk0dev": 2}
+    node.set_boot_device("disk")
+    assert indexes() == {"nic0": 2, "disk0dev": 1}
+    node.set_boot_device("pxe")
+    assert indexes() == {"nic0": 1, "disk0dev": 2}
+    node.reset()
+    assert node.pid() == pid and node.firmware_boots == 2
 
 
 @pytest.mark.parametrize("name", ["virtio"])

@@ -49,6 +49,11 @@ Accel = Literal["tcg", "kvm"]
 #: ``-boot order=`` per boot device; ``none`` means "no override": the node's default order.
 BOOT_ORDERS: dict[str, str] = {"pxe": "n", "disk": "c"}
 DEFAULT_BOOT_ORDER = "nc"
+#: The QOM ids of a node's NIC and disk devices: UEFI nodes get their boot order as the devices'
+#: ``bootindex``, which QEMU hands the firmware (its ``bootorder`` file) at every reset. OVMF ignores
+#: ``-boot order`` (SeaBIOS's CMOS setting): without this it would boot a bootable disk before the
+#: network whatever the BMC set, as no server honouring a boot override does.
+NIC_ID, DISK_ID = "nic0", "disk0dev"
 #: A unix socket path longer than this does not fit in ``sockaddr_un``.
 _MAX_SOCKET_PATH = 107
 #: A guest's reset this soon after the last start or reset is the firmware finishing that one: SeaBIOS
@@ -365,9 +370,13 @@ class QemuNode:
         else:
             # A hub with one port: the NIC exists (and iPXE runs) but reaches nothing.
             netdev = "hubport,id=net0,hubid=0"
-        cmd += ["-netdev", netdev, "-device", f"{self.nic_model},netdev=net0,mac={self.mac}"]
+        index = self.boot_indexes()
+        nic = f"{self.nic_model},netdev=net0,mac={self.mac}"
+        if index:
+            nic += f",id={NIC_ID},bootindex={index[NIC_ID]}"
+        cmd += ["-netdev", netdev, "-device", nic]
         if self.disk is not None:
-            cmd += self._disk_args(self.disk)
+            cmd += self._disk_args(self.disk, f",id={DISK_ID},bootindex={index[DISK_ID]}" if index else "")
         if self.kernel is not None:
             cmd += ["-kernel", str(self.kernel)]
             if self.initrd is not None:
@@ -376,17 +385,35 @@ class QemuNode:
                 cmd += ["-append", self.append]
         return cmd + self.extra_args
 
-    def _disk_args(self, disk: Path) -> list[str]:
+    def boot_indexes(self) -> dict[str, int]:
+        """UEFI nodes: the NIC's and the disk's ``bootindex`` for the current boot order (1 first);
+        BIOS nodes: none (SeaBIOS takes ``-boot order``)."""
+        if self.profile.firmware != "uefi":
+            return {}
+        order = [NIC_ID if c == "n" else DISK_ID for c in self.boot_order() if c in "nc"]
+        order += [d for d in (NIC_ID, DISK_ID) if d not in order]
+        return {device: i for i, device in enumerate(order, start=1)}
+
+    def _disk_args(self, disk: Path, device: str = "") -> list[str]:
+        """The disk's arguments; ``device`` is added to its device's options (an id and a boot index)."""
         drive = f"file={disk},format=qcow2,discard=unmap"
         bus = self.profile.disk_bus
         if bus == "virtio":
+            if device:
+                return [
+                    "-drive",
+                    f"{drive},if=none,id=disk0",
+                    "-device",
+                    f"virtio-blk-pci,drive=disk0{device}",
+                ]
             return ["-drive", f"{drive},if=virtio"]
         if bus == "nvme":
-            return ["-drive", f"{drive},if=none,id=disk0", "-device", f"nvme,drive=disk0,serial={self.name}"]
+            return ["-drive", f"{drive},if=none,id=disk0",
+                    "-device", f"nvme,drive=disk0,serial={self.name}{device}"]  # fmt: skip
         return [
             "-device", "megasas-gen2,id=raid0",
             "-drive", f"{drive},if=none,id=disk0",
-            "-device", "scsi-hd,drive=disk0,bus=raid0.0",
+            "-device", f"scsi-hd,drive=disk0,bus=raid0.0{device}",
         ]  # fmt: skip
 
     # --- the process ---
@@ -637,17 +664,34 @@ class QemuNode:
     def set_boot_device(self, device: BootDevice) -> None:
         """Boot from ``device`` from the next start or reset on ('none': the node's default order).
 
-        A running QEMU takes the new order at once through HMP ``boot_set``; if it refuses, the next
-        `reset` restarts the process.
+        A running QEMU takes the new order at once: through HMP ``boot_set`` (SeaBIOS), or as the
+        devices' ``bootindex`` (UEFI); if it refuses, the next `reset` restarts the process.
         """
         self._check_boot_device(device)
         with self._lock:
             self.boot_device = device
             if self.is_running():
                 try:
-                    self.qmp("human-monitor-command", {"command-line": f"boot_set {self.boot_order()}"})
+                    if self.boot_indexes():
+                        self._set_boot_indexes()
+                    else:
+                        self.qmp("human-monitor-command", {"command-line": f"boot_set {self.boot_order()}"})
                 except QemuError:
                     self._restart_on_reset = True
+
+    def _set_boot_indexes(self) -> None:
+        """Give the running devices their boot indexes (`boot_indexes`). QEMU refuses an index another
+        device holds, so all first move out of the way."""
+        wanted = self.boot_indexes()
+        for value, device in enumerate(wanted, start=len(wanted) + 1):
+            self._qom_bootindex(device, value)
+        for device, index in wanted.items():
+            self._qom_bootindex(device, index)
+
+    def _qom_bootindex(self, device: str, value: int) -> None:
+        self.qmp(
+            "qom-set", {"path": f"/machine/peripheral/{device}", "property": "bootindex", "value": value}
+        )
 
     def get_boot_device(self) -> BootDevice:
         return self.boot_device
