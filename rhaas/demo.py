@@ -24,12 +24,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from rhaas.cli.lab import BMC_PROTOCOLS, NODE_PROFILES
 from rhaas.client import Client
 
 if TYPE_CHECKING:
     from rhaas.lab.servers import Server
 
 T = TypeVar("T")
+#: The lab's nodes by default look like a data centre's servers: n1 (and n3) a UEFI server with an Intel
+#: e1000e NIC and an NVMe disk behind a Redfish BMC, n2 a BIOS server with an Intel e1000 NIC and a
+#: MegaRAID disk behind an IPMI BMC. ``--profile virtio --bmc ipmi`` gives cloud-VM nodes (faster).
+LAB_PROFILES = ("uefi-nvme", "bios-megasas")
+LAB_BMCS = ("redfish", "ipmi")
 
 
 @dataclass
@@ -115,14 +121,34 @@ def _switch_vlans(base: Instance, ports: dict[str, str], nodes: list[str]) -> di
               help="Nodes of the mock site.")  # fmt: skip
 @click.option("--memory", default=1536, show_default=True, type=click.IntRange(1024, 4096),
               help="MB of memory per lab node.")  # fmt: skip
+@click.option("--profile", "profiles", type=click.Choice(NODE_PROFILES), multiple=True,
+              help="The lab nodes' hardware, node i taking the i-th given (round the list; repeat to mix): "
+              "virtio (a cloud VM's), uefi-nvme (OVMF, e1000e, NVMe), bios-megasas (SeaBIOS, e1000, "
+              f"MegaRAID). Default: {' '.join(LAB_PROFILES)}.")  # fmt: skip
+@click.option(
+    "--bmc",
+    "bmcs",
+    type=click.Choice(BMC_PROTOCOLS),
+    multiple=True,
+    help=f"The protocol each lab node's BMC speaks, the same way round. Default: {' '.join(LAB_BMCS)}.",
+)
 @click.option("--keep", is_flag=True, help="Leave the instances running and print how to reach them.")
 @click.option(
     "--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where logs and databases go."
 )
-def demo(mock: bool, nodes: int, memory: int, keep: bool, workdir: Path | None) -> None:
+def demo(
+    mock: bool,
+    nodes: int,
+    memory: int,
+    profiles: tuple[str, ...],
+    bmcs: tuple[str, ...],
+    keep: bool,
+    workdir: Path | None,
+) -> None:
     """Play the rhaas story: a base site, a reseller on it, customers A and B, and a third level.
 
-    As root, on the lab: three QEMU nodes behind Open vSwitch and IPMI BMCs; the reseller provisions
+    As root, on the lab: three QEMU nodes behind Open vSwitch that look like servers (UEFI, e1000e and
+    NVMe behind a Redfish BMC; BIOS, e1000 and MegaRAID behind an IPMI one); the reseller provisions
     customer A's Debian 12 whole-disk image on two nodes by kexec (A logs in over SSH), takes them back
     through an NMI and wipes them, provisions customer B's Debian 13, with no firmware boot; then B
     reboots one node, which comes back and returns by the reboot path beside the other's fast return.
@@ -142,7 +168,9 @@ def demo(mock: bool, nodes: int, memory: int, keep: bool, workdir: Path | None) 
     else:
         from rhaas import demo_lab
 
-        rows, reach = demo_lab.play(workdir, story.step, story.check, keep, memory)
+        rows, reach = demo_lab.play(
+            workdir, story.step, story.check, keep, memory, profiles or LAB_PROFILES, bmcs or LAB_BMCS
+        )
     click.echo("\n" + click.style("step timings", bold=True))
     for title, seconds in story.timings:
         click.echo(f"  {seconds:8.1f} s  {title}")

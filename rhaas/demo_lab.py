@@ -22,7 +22,7 @@ import re
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,16 @@ MIB = 1 << 20
 MULTICAST_MBIT = 64
 #: Where A writes data past the 2 GiB image, on the 4 GiB disk (MiB offsets): none of it is the image's.
 RAW_MIB = (2100, 2600, 3100, 3600)
+#: In a customer's OS: the disk the root file system is on (``/dev/vda``, ``/dev/nvme0n1``, ``/dev/sda``...
+#: by the node's hardware), and the driver of its NIC.
+ROOT_DISK = 'disk=/dev/$(lsblk -no pkname "$(findmnt -no source /)")'
+NIC_DRIVER = "basename $(readlink /sys/class/net/*/device/driver)"
+#: What each lab profile's node looks like from inside Linux: its disk and its NIC's driver.
+GUEST_SEES = {
+    "virtio": ("/dev/vda", "virtio_net"),
+    "uefi-nvme": ("/dev/nvme0n1", "e1000e"),
+    "bios-megasas": ("/dev/sda", "e1000"),
+}
 
 
 def wait_each(
@@ -109,10 +119,12 @@ class _Story:
     ) -> None:  # fmt: skip
         self.workdir, self.lab, self.stack, self.step, self.check = workdir, lab, stack, step, check
 
-    def bring_up(self, memory_mb: int) -> None:
+    def bring_up(self, memory_mb: int, profiles: Sequence[str], bmcs: Sequence[str]) -> None:
+        hardware = ", ".join(f"{p} through {b.upper() if b == 'ipmi' else 'Redfish'}"
+                             for p, b in _mixed(profiles, bmcs))  # fmt: skip
         self.step(
-            "bring up the lab: Open vSwitch, 3 QEMU nodes with IPMI BMCs, the base instance",
-            lambda: self.lab.up(3, memory_mb),
+            f"bring up the lab: Open vSwitch, 3 QEMU nodes with their BMCs ({hardware}), the base instance",
+            lambda: self.lab.up(3, memory_mb, profiles=profiles, bmcs=bmcs),
         )
         self.base = self.stack.enter_context(self.lab.client())
         self.step(
@@ -125,6 +137,7 @@ class _Story:
         )
         status = self.lab.status()
         self.ports = {n["node"]: n["switch_port"] for n in status["nodes"]}
+        self.profiles = {n["node"]: n["profile"] for n in status["nodes"]}
         self.macs = {n["node"]: n["mac"] for n in status["nodes"]}
         self.desk_ns = next(h["netns"] for h in status["headnodes"] if h["headnode"] == DESK)
 
@@ -251,15 +264,23 @@ class _Story:
             all(shared.values()) and sum(e[2] for e in shared.values() if e) > 0,
         )
         plant = (
-            f"set -e; echo {nonce} | sudo tee /root/a-data /var/tmp/a-data >/dev/null; "
+            f"set -e; {ROOT_DISK}; echo $disk; {NIC_DRIVER}; "
+            f"echo {nonce} | sudo tee /root/a-data /var/tmp/a-data >/dev/null; "
             f"yes {nonce} | head -c {64 * MIB} | sudo tee /var/tmp/a-bulk >/dev/null; "
-            f"for mib in {' '.join(map(str, RAW_MIB))}; do echo {nonce} | sudo dd of=/dev/vda bs=1M "
+            f"for mib in {' '.join(map(str, RAW_MIB))}; do echo {nonce} | sudo dd of=$disk bs=1M "
             "seek=$mib conv=notrunc,fsync status=none; done; sync; "
             "uname -r; timeout 600 sh -c 'until systemctl is-active -q multi-user.target; do sleep 1; done'; "
             "systemctl is-active multi-user.target; sudo grep -c "
             f"{nonce} /root/a-data"
         )
-        seen = {n: self._on("alice", n, plant, 900).split() for n in self.pool}
+        out = {n: self._on("alice", n, plant, 900).split() for n in self.pool}
+        hardware = {n: tuple(v[:2]) for n, v in out.items()}
+        seen = {n: v[2:] for n, v in out.items()}
+        self.check(
+            "A's OS drives each node's own hardware (disk, NIC driver)",
+            ", ".join(f"{n} ({self.profiles[n]}): {' on '.join(hardware[n])}" for n in self.pool),
+            all(hardware[n] == GUEST_SEES[self.profiles[n]] for n in self.pool),
+        )
         self.check(
             "seed 1/4: A's OS runs on both nodes, A's data on their disks",
             f"A logged in over SSH from A's network as 'debian' on {', '.join(self.pool)}: {seen}; A's data "
@@ -311,7 +332,7 @@ class _Story:
             lambda: self.provision(bob, "customer-b", "debian13", "bob", "b-net"),
         )
         # -z: records end at NUL bytes (a disk's zeroes), not at newlines, so grep's memory stays small.
-        scan = f"uname -r; sudo grep -a -z -c {nonce} /dev/vda || true"
+        scan = f"{ROOT_DISK}; uname -r; sudo grep -a -z -c {nonce} $disk || true"
         found: dict[str, list[str]] = {}
         self.step(
             "B scans every byte of both disks for A's data",
@@ -320,7 +341,7 @@ class _Story:
         refused = {n: self.desk.ssh(self.keys["alice"][0], n, "true").returncode for n in self.pool}
         self.check(
             "seed 3/4: B's OS runs on them and finds none of A's data",
-            f"B's scans of /dev/vda (kernel, matches): {found}; A's key on B's nodes: exit {refused} "
+            f"B's scans of each whole disk (kernel, matches): {found}; A's key on B's nodes: exit {refused} "
             "(255: refused)",
             all(v == [image.kernel_release, "0"] for v in found.values()) and set(refused.values()) == {255},
         )
@@ -426,30 +447,48 @@ class _Story:
         ]
 
 
+def _mixed(profiles: Sequence[str], bmcs: Sequence[str], nodes: int = 3) -> list[tuple[str, str]]:
+    """Each node's (profile, BMC protocol), as `Lab.up` hands them out."""
+    return [(profiles[i % len(profiles)], bmcs[i % len(bmcs)]) for i in range(nodes)]
+
+
+def kernel_for(profiles: Sequence[str]) -> str:
+    """The Debian kernel the FPBL and the images need: the cloud one has the drivers of ``virtio`` nodes
+    only; nodes that look like servers (Intel NICs, MegaRAID) need the generic one."""
+    return "cloud" if set(profiles) <= {"virtio"} else "generic"
+
+
 def play(
     workdir: Path,
     step: Callable[..., Any],
     check: Callable[[str, str, bool], None],
     keep: bool,
     memory_mb: int = 1024,
+    profiles: Sequence[str] = ("virtio",),
+    bmcs: Sequence[str] = ("ipmi",),
 ) -> tuple[list[tuple[str, str, str, str]], list[str]]:
-    """Play the story; returns the closing table's rows (what, fast, reboot, firmware boots) and, with
-    ``keep``, the lines that tell how to reach each instance."""
+    """Play the story on nodes of ``profiles`` with BMCs speaking ``bmcs`` (node i takes the i-th of
+    each, round the list); returns the closing table's rows (what, fast, reboot, firmware boots) and,
+    with ``keep``, the lines that tell how to reach each instance."""
     from rhaas.provisioning.fpbl import build_fpbl, export
 
     lab = Lab(workdir / "lab", say=lambda line: click.echo(click.style(f"    {line}", dim=True)))
-    fpbl = step("build the FPBL from Debian packages (cached by package versions)", build_fpbl)
+    kernel = kernel_for(profiles)
+    fpbl = step(
+        f"build the FPBL from Debian packages, {kernel} kernel (cached by package versions)",
+        lambda: build_fpbl(flavour=kernel),
+    )
     export(fpbl, workdir / "fpbl")
     bookworm, trixie = step(
-        "build Debian 12 and Debian 13 whole-disk images (cloud-init, SSH, GRUB) from Debian packages "
-        "(cached by package versions)",
-        lambda: (distro.build_debian("bookworm"), distro.build_debian("trixie")),
+        f"build Debian 12 and Debian 13 whole-disk images (cloud-init, SSH, GRUB for BIOS and UEFI, "
+        f"{kernel} kernel) from Debian packages (cached by package versions)",
+        lambda: tuple(distro.build_debian(release, kernel=kernel) for release in ("bookworm", "trixie")),
     )
     nonce = f"RHAAS-NONCE-{secrets.token_hex(6)}"
 
     with _teardown(lab, keep) as stack:
         story = _Story(workdir, lab, stack, step, check)
-        story.bring_up(memory_mb)
+        story.bring_up(memory_mb, profiles, bmcs)
         story.take_nodes()
         alice, bob = story.customers(bookworm, trixie)
         story.customer_a(alice, bookworm, nonce)

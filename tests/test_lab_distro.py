@@ -1,6 +1,8 @@
 """Real Debian images for the lab (`rhaas.lab.distro`): two releases built from Debian packages, small,
-cached by package versions, a valid GPT with GRUB for BIOS; and each boots on its own in QEMU until SSH
-answers as the default user and systemd says the system is running.
+cached by package versions, a valid GPT with GRUB for BIOS and for UEFI; and each boots on its own in QEMU
+until SSH answers as the default user and systemd says the system is running. With Debian's generic
+kernel, they boot on the lab's server hardware too: UEFI firmware, an e1000e NIC and an NVMe disk, or
+BIOS, an e1000 NIC and a MegaRAID disk.
 
 The images are built into the default cache ($RHAAS_CACHE or ~/.cache/rhaas): a few minutes per flavour
 the first time on a machine, a cache hit after. Files of the images are read with ``debugfs`` at the root
@@ -28,12 +30,15 @@ from rhaas.lab import distro
 from rhaas.lab.desk import keypair
 from rhaas.lab.distro import DistroImage
 from rhaas.lab.polling import wait_for
+from rhaas.lab.qemu import OVMF_CODE
 from rhaas.lab.straight import Straight
 
 _TOOLS = ("mmdebstrap", "grub-mkimage", "sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs", "apt-get")
 _MISSING = [tool for tool in _TOOLS if not shutil.which(tool)]
 if not (distro.GRUB_DIR / "boot.img").is_file():
     _MISSING.append("grub-pc-bin")
+if not (distro.GRUB_EFI_DIR / "linux.mod").is_file():
+    _MISSING.append("grub-efi-amd64-bin")
 needs_tools = pytest.mark.skipif(bool(_MISSING), reason=f"needs {', '.join(_MISSING)} (scripts/bootstrap)")
 needs_grub = pytest.mark.skipif(
     not (distro.GRUB_DIR / "boot.img").is_file() or not shutil.which("grub-mkimage"),
@@ -249,7 +254,7 @@ class TestBuiltImage:
         assert fields["Filesystem UUID"] == image.root_uuid
         print(f"{flavour}: {allocated / 1e6:.0f} MB allocated, {used / 1e6:.0f} MB used in the root fs")
 
-    def test_gpt_is_valid_with_bios_boot_and_root(self, images, flavour):
+    def test_gpt_is_valid_with_bios_boot_esp_and_root(self, images, flavour):
         disk = images[flavour].disk
         verify = subprocess.run(["sfdisk", "--verify", str(disk)], capture_output=True, text=True)
         assert verify.returncode == 0 and "No errors detected" in verify.stdout, verify.stdout + verify.stderr
@@ -259,15 +264,33 @@ class TestBuiltImage:
         listing = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True)
         table = json.loads(listing.stdout)["partitiontable"]
         assert table["label"] == "gpt"
-        bios, root = table["partitions"]
+        bios, esp, root = table["partitions"]
         assert bios["type"] == distro.BIOS_BOOT_TYPE
         assert (bios["start"] * 512, bios["size"] * 512) == (distro.MIB, distro.MIB)
+        assert esp["type"] == distro.ESP_TYPE
+        assert (esp["start"] * 512, esp["size"] * 512) == (distro.ESP_START, distro.ESP_BYTES)
         assert root["type"] == distro.LINUX_FS_TYPE and root["start"] * 512 == distro.ROOT_START
         assert (root["start"] + root["size"]) * 512 == disk.stat().st_size - distro.MIB
         with open(disk, "rb") as f:
             mbr = f.read(512)
         assert mbr[0x1FE:] == b"\x55\xaa"
         assert int.from_bytes(mbr[0x5C:0x64], "little") == bios["start"], "GRUB's boot sector misses its core"
+
+    def test_the_esp_holds_grub_for_uefi_at_the_removable_media_path(self, images, flavour):
+        """UEFI firmware with no boot entry for the disk runs EFI/BOOT/BOOTX64.EFI from its FAT ESP: GRUB,
+        built to find this image's root and read its grub.cfg (whose modules the root holds)."""
+        image = images[flavour]
+        at = f"{image.disk}@@{distro.ESP_START}"
+        listing = subprocess.run(["mdir", "-i", at, "-b", "::/EFI/BOOT"], capture_output=True, text=True,
+                                 env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.split() == ["::/EFI/BOOT/BOOTX64.EFI"]
+        loader = subprocess.run(["mtype", "-i", at, "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True,
+                                env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True).stdout  # fmt: skip
+        pe = int.from_bytes(loader[0x3C:0x40], "little")
+        assert loader[:2] == b"MZ" and loader[pe : pe + 6] == b"PE\0\0\x64\x86", "not an x86-64 EFI program"
+        assert image.root_uuid.encode() in loader, "GRUB's early configuration does not name the root"
+        assert "Type: regular" in _debugfs(image.disk, "stat /boot/grub/x86_64-efi/linux.mod")
 
     def test_boot_files_and_grub_cfg(self, images, flavour):
         image = images[flavour]
@@ -364,15 +387,15 @@ class TestBuiltImage:
         assert manifest["packages"] == image.packages
         for name in (image.kernel_package, "systemd", "cloud-init", "openssh-server",
                      distro.FLAVOURS[flavour].initramfs, distro.FLAVOURS[flavour].kernel_meta,
-                     distro.GRUB_PACKAGE):  # fmt: skip
+                     distro.GRUB_PACKAGE, distro.GRUB_EFI_PACKAGE):  # fmt: skip
             assert image.packages.get(name), name
         status = _root_text(image, "/var/lib/dpkg/status")
         for name, version in image.packages.items():
-            if name == distro.GRUB_PACKAGE:  # GRUB comes from the build machine
+            if name in (distro.GRUB_PACKAGE, distro.GRUB_EFI_PACKAGE):  # GRUB comes from the build machine
                 continue
             assert re.search(rf"^Package: {re.escape(name)}\n(?:.+\n)*?Version: {re.escape(version)}$",
                              status, re.M), (name, version)  # fmt: skip
-        assert image.kernel_release.endswith("-cloud-amd64")
+        assert image.kernel_release.endswith("-cloud-amd64") and image.kernel_flavour == "cloud"
         assert image.packages[image.kernel_package] == image.kernel_version
 
     def test_second_build_is_a_cache_hit(self, images, flavour):
@@ -460,3 +483,40 @@ def test_image_boots_from_its_own_disk_until_ssh_answers(booted, flavour, images
     assert lines[5] == image.root_uuid and lines[6:] == ["active", "active"], lines
     text = booted.console.read_text(errors="replace")
     assert "Loading Linux " + image.kernel_release in text, "GRUB's entry did not show on the serial console"
+
+
+#: Per server profile: the release whose generic image boots on it (one each: both releases and both
+#: initramfs builders meet server hardware), and what the OS sees: firmware, disk, NIC driver.
+SERVER_BOOTS = {
+    "uefi-nvme": ("bookworm", ["efi", "nvme0n1", "e1000e"]),
+    "bios-megasas": ("trixie", ["bios", "sda", "e1000"]),
+}
+
+
+@_built
+@pytest.mark.qemu
+@pytest.mark.timeout(2700)
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64") or not shutil.which("genisoimage"),
+                    reason="needs qemu-system-x86 and genisoimage")  # fmt: skip
+@pytest.mark.skipif(not OVMF_CODE.exists(), reason=f"no UEFI firmware at {OVMF_CODE} (Debian package ovmf)")
+@pytest.mark.parametrize("profile", list(SERVER_BOOTS))
+def test_generic_image_boots_from_its_disk_on_server_hardware(profile, tmp_path):
+    """The firmware finds GRUB on the disk (UEFI: the ESP's BOOTX64.EFI; BIOS: the boot sector, through
+    the MegaRAID controller's option ROM), and the generic kernel drives the Intel NIC SSH comes in on."""
+    release, sees = SERVER_BOOTS[profile]
+    image = distro.build_debian(release, kernel="generic", say=_say)
+    assert image.kernel_flavour == "generic" and not image.kernel_release.endswith("-cloud-amd64")
+    key, pub = keypair(tmp_path, "id_ed25519")
+    node = Straight(image.disk, tmp_path / "node", 1024, key, pub.read_text(), profile=profile)
+    try:
+        wait_for(f"SSH on {profile}", node.answers, timeout=900, every=2)
+        print(f"{release} generic on {profile}: QEMU start to SSH {time.monotonic() - node.started:.0f} s")
+        facts = node.ssh(
+            'test -d /sys/firmware/efi && echo efi || echo bios; lsblk -no pkname "$(findmnt -no source /)"; '
+            "basename $(readlink /sys/class/net/*/device/driver); uname -r"
+        )
+        assert facts.returncode == 0, facts.stderr
+        assert facts.stdout.split() == [*sees, image.kernel_release]
+        assert "Loading Linux " + image.kernel_release in node.console.read_text(errors="replace")
+    finally:
+        node.stop()

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_HEADNODE_IP = "10.0.0.1/24"
 #: `rhaas.lab.qemu.PROFILES`, for the option's choices without loading the lab (a test keeps them equal).
 NODE_PROFILES = ("virtio", "uefi-nvme", "bios-megasas")
+#: What a lab node's BMC may speak (`rhaas.lab.site.Lab.up`).
+BMC_PROTOCOLS = ("ipmi", "redfish")
 #: `rhaas.lab.qemu.CPU_MODELS`, likewise.
 CPU_MODELS = ("qemu64", "max")
 
@@ -73,7 +75,7 @@ def lab() -> None:
 @click.option(
     "--bmc",
     "bmcs",
-    type=click.Choice(["ipmi", "redfish"]),
+    type=click.Choice(BMC_PROTOCOLS),
     multiple=True,
     help="What the nodes' BMCs speak; repeat for a mix, given to the nodes in turn (default: ipmi).",
 )
@@ -185,7 +187,10 @@ def image() -> None:
 @image.command("build")
 @click.argument("distribution", type=click.Choice(["debian"]))
 @click.option("--flavour", type=click.Choice(DISTRO_FLAVOURS), default=DISTRO_FLAVOURS[0], show_default=True,
-              help="Debian 12 or Debian 13 (both with Debian's cloud kernel).")  # fmt: skip
+              help="Debian 12 or Debian 13.")  # fmt: skip
+@click.option("--kernel", type=click.Choice(["cloud", "generic"]), default="cloud", show_default=True,
+              help="Debian's cloud kernel (virtio, NVMe) or its generic one (every NIC and disk driver: "
+              "for nodes that look like servers).")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the raw disk image (sparse).")  # fmt: skip
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -194,12 +199,13 @@ def image() -> None:
               "or security update then makes a new image).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def image_build(
-    distribution: str, flavour: str, out: Path, cache: Path | None, refresh: bool, as_json: bool
+    distribution: str, flavour: str, kernel: str, out: Path, cache: Path | None, refresh: bool, as_json: bool
 ) -> None:
     """Build (or take from the cache) a whole-disk DISTRIBUTION image and copy it to --out.
 
-    GPT, GRUB for BIOS, ext4 root, systemd, cloud-init (NoCloud), openssh-server; the default user is
-    'debian'. Needs root, mmdebstrap and grub-pc-bin. Progress goes to stderr.
+    GPT, GRUB for BIOS and for UEFI, ext4 root, systemd, cloud-init (NoCloud), openssh-server; the
+    default user is 'debian'. Needs root, mmdebstrap, grub-pc-bin and grub-efi-amd64-bin. Progress goes
+    to stderr.
     """
     import subprocess
 
@@ -207,7 +213,7 @@ def image_build(
     from rhaas.lab.distro import build_debian
 
     try:
-        built = build_debian(flavour, cache, refresh=refresh, say=_progress)
+        built = build_debian(flavour, cache, kernel=kernel, refresh=refresh, say=_progress)
     except (ImageBuildError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     # A sparse copy (a reflink where the file system has them): the image is mostly holes.

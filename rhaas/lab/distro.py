@@ -1,41 +1,48 @@
 """Real Debian distributions for the lab: bootable whole-disk images built from Debian packages only.
 
 The busybox test OS (`rhaas.lab.images`) proves that a node came up; a customer of a bare-metal cloud
-runs a distribution. This module builds one, as a raw disk image that boots on its own in QEMU (BIOS,
-virtio) and on any node the image is written to:
+runs a distribution. This module builds one, as a raw disk image that boots on its own in QEMU, under BIOS
+or UEFI firmware, and on any node the image is written to:
 
 - the root file system comes from ``mmdebstrap`` (variant ``minbase``) with systemd, udev, a Debian
   kernel, an initramfs builder (initramfs-tools or dracut, generic rather than host-only: the build's
   chroot says nothing of a node's drivers), cloud-init, openssh-server, sudo and systemd-networkd (what
   cloud-init's Debian configuration renders network settings to when ifupdown is absent);
-- the disk is GPT: a 1 MiB BIOS boot partition, then one ext4 root partition filling the rest. The root
-  file system is made from the build directory with ``mkfs.ext4 -d`` at the partition's offset, with a
-  UUID derived from the build's key, so no loop device and no mount is needed;
+- the disk is GPT: a 1 MiB BIOS boot partition, a 32 MiB EFI system partition, then one ext4 root
+  partition filling the rest. The root file system is made from the build directory with ``mkfs.ext4
+  -d`` at the partition's offset, with a UUID derived from the build's key, so no loop device and no
+  mount is needed;
 - GRUB for BIOS comes from this machine's ``grub-pc-bin``: its modules are copied into the root's
   ``/boot/grub``, ``grub-mkimage`` makes the core image (which finds the root by UUID), and
   `install_bios_boot` writes the boot sector and the core image into the BIOS boot partition the way
   ``grub-bios-setup`` lays them out (that tool needs to resolve the image's disk among this machine's
-  devices, which a plain file is not). ``grub.cfg`` has the shape Debian's ``grub-mkconfig`` writes;
+  devices, which a plain file is not). GRUB for UEFI comes from ``grub-efi-amd64-bin``: one
+  ``grub-mkimage`` file at the removable-media path ``EFI/BOOT/BOOTX64.EFI`` of the ESP (made with
+  ``mkfs.fat`` and ``mcopy``), which UEFI firmware runs from a disk no boot entry names. Both find the root
+  by UUID and read the same ``grub.cfg``, which has the shape Debian's ``grub-mkconfig`` writes;
 - cloud-init looks only for a NoCloud seed (``datasource_list: [NoCloud, None]``), so a boot without one
   does not wait for network metadata services. Debian's own cloud-init configuration makes the default
   user ``debian`` with password-less sudo; root's password is locked, SSH host keys are made at first
   boot, ``/etc/hostname`` and ``/etc/machine-id`` are empty so every copy gets its own.
 
 Two flavours, so that two customers really run different operating systems: ``bookworm`` (Debian 12) and
-``trixie`` (Debian 13), both with Debian's cloud kernel: virtio is all a lab node has, and the generic
-kernel (400 MB installed, against 105 MB) would take the bookworm image past 600 MB of data. bookworm's
-initramfs is made by initramfs-tools, trixie's by dracut (as Fedora's, RHEL's and SUSE's are).
+``trixie`` (Debian 13). bookworm's initramfs is made by initramfs-tools, trixie's by dracut (as Fedora's,
+RHEL's and SUSE's are). Each with one of two kernels (`KERNELS`): Debian's cloud kernel (the default:
+virtio and NVMe, all a ``virtio`` lab node needs) or its generic one, with the drivers of the lab's
+server profiles (e1000, e1000e, MegaRAID) and of real servers; it takes the bookworm image from about 460
+to 760 MiB of data.
 
 Builds are cached under ``<cache>/distro/<key>/``: ``disk.raw`` (sparse), the image's ``vmlinuz`` and
 ``initrd.img`` (for a deploy that starts them with kexec) and ``manifest.json``. The key is a hash of the
 builder's version, the flavour, the image's configuration and apt sources, and the exact versions apt
 reports for the image's top-level packages (the versioned kernel its meta package depends on, systemd,
-cloud-init, openssh-server, the initramfs builder) and of this machine's ``grub-pc-bin``. Each release's
+cloud-init, openssh-server, the initramfs builder) and of this machine's GRUB packages. Each release's
 package lists are kept apart from this machine's apt, under ``<cache>/distro/apt/<release>/``, so that
 computing a key is an ``apt-cache`` call: a cache hit costs well under a second. The lists are fetched
 when missing, before every build (a miss), and when asked (``refresh=True``).
 
-Command line: ``rhaas lab image build debian [--flavour bookworm|trixie] --out FILE [--json]``.
+Command line: ``rhaas lab image build debian [--flavour bookworm|trixie] [--kernel cloud|generic] --out FILE
+[--json]``.
 This module only builds files; it starts no machine (see `rhaas.lab.qemu`).
 """
 
@@ -63,23 +70,36 @@ from rhaas.imaging.cache import cache_dir, locked, read_manifest, write_manifest
 from rhaas.imaging.debs import parse_show
 
 #: Bump when the image's layout changes in a way the configuration texts below do not show.
-_BUILDER_VERSION = 2
+_BUILDER_VERSION = 3
 MIB = 1024 * 1024
 SECTOR = 512
 #: The disk's virtual size; the file is sparse, its data is what the packages take.
 DISK_BYTES = 2048 * MIB
-#: The BIOS boot partition (GRUB's core image): 1 MiB at 1 MiB. The root starts at 2 MiB and ends 1 MiB
-#: before the end of the disk, which leaves room for the backup GPT.
+#: The BIOS boot partition (GRUB's core image for BIOS): 1 MiB at 1 MiB. Then the EFI system partition
+#: (GRUB for UEFI, at the removable-media path firmware looks for): 32 MiB of FAT. The root follows and
+#: ends 1 MiB before the end of the disk, which leaves room for the backup GPT.
 BIOS_BOOT_START = MIB
 BIOS_BOOT_BYTES = MIB
-ROOT_START = BIOS_BOOT_START + BIOS_BOOT_BYTES
+ESP_START = BIOS_BOOT_START + BIOS_BOOT_BYTES
+ESP_BYTES = 32 * MIB
+ROOT_START = ESP_START + ESP_BYTES
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_FS_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+#: Where UEFI firmware finds a disk's boot loader when no boot entry names it (the removable-media path).
+EFI_BOOT_PATH = "EFI/BOOT/BOOTX64.EFI"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 GRUB_DIR = Path("/usr/lib/grub/i386-pc")
 GRUB_PACKAGE = "grub-pc-bin"
+GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
+GRUB_EFI_PACKAGE = "grub-efi-amd64-bin"
+#: The kernels an image may have: Debian's cloud kernel (virtio, NVMe and the clouds' NICs: what a lab
+#: node of profile ``virtio`` has) or its generic one (every NIC and disk driver Debian builds, for nodes
+#: that look like servers: Intel NICs, MegaRAID). Their meta packages, which follow new kernels.
+KERNELS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+DEFAULT_KERNEL = "cloud"
 #: The kernel command line: the lab reads the serial console.
 CMDLINE = "ro console=ttyS0"
 #: The image's top-level packages besides the kernel and the initramfs builder, whose versions key the
@@ -150,6 +170,7 @@ ff02::2\t\tip6-allrouters
 #: Early configuration built into GRUB's core image: find the root file system by its UUID.
 _GRUB_EARLY = "search --no-floppy --fs-uuid --set=root {uuid}\nset prefix=($root)/boot/grub\n"
 _GRUB_CORE_MODULES = ("biosdisk", "part_gpt", "ext2", "search")
+_GRUB_EFI_CORE_MODULES = ("part_gpt", "ext2", "search")
 #: The shape of what Debian's grub-mkconfig (``00_header``, ``10_linux``) writes, for one kernel.
 _GRUB_CFG = """\
 #
@@ -227,6 +248,8 @@ class DistroImage:
     kernel: Path
     initrd: Path
     manifest: Path
+    #: `KERNELS`: ``cloud`` or ``generic``.
+    kernel_flavour: str
     kernel_package: str
     kernel_version: str
     kernel_release: str
@@ -356,7 +379,8 @@ def resolve_packages(flavour: Flavour, apt: ReleaseApt) -> dict[str, str]:
     kernel, kernel_version = kernel_dependency(flavour.kernel_meta, fields[flavour.kernel_meta], apt)
     versions = {flavour.kernel_meta: fields[flavour.kernel_meta]["Version"], kernel: kernel_version}
     versions.update({name: fields[name]["Version"] for name in keyed_packages(flavour)})
-    versions[GRUB_PACKAGE] = host_package_version(GRUB_PACKAGE)
+    for grub in (GRUB_PACKAGE, GRUB_EFI_PACKAGE):
+        versions[grub] = host_package_version(grub)
     return versions
 
 
@@ -365,7 +389,8 @@ def cache_key(flavour: Flavour, packages: dict[str, str], sources: Sequence[str]
     image's apt sources."""
     initramfs_conf = INITRAMFS_BUILDERS[flavour.initramfs].text
     config = "\0".join([CLOUD_CFG, initramfs_conf, _GRUB_EARLY, _GRUB_CFG, CMDLINE, HOSTS, *INCLUDE,
-                        *DPKG_OPTIONS, *_GRUB_CORE_MODULES, str(DISK_BYTES)])  # fmt: skip
+                        *DPKG_OPTIONS, *_GRUB_CORE_MODULES, *_GRUB_EFI_CORE_MODULES, str(DISK_BYTES),
+                        str(ESP_BYTES)])  # fmt: skip
     data = {
         "builder": _BUILDER_VERSION,
         "flavour": dataclasses.asdict(flavour),
@@ -503,10 +528,11 @@ def configure_root(rootdir: Path, flavour: Flavour, root_uuid: str, release: str
         if not (rootdir / link).is_symlink():
             (rootdir / link).symlink_to(target)
     grub = rootdir / "boot/grub"
-    (grub / "i386-pc").mkdir(parents=True, exist_ok=True)
-    for module in GRUB_DIR.iterdir():
-        if module.suffix in (".mod", ".lst", ".img") and module.is_file():
-            shutil.copy2(module, grub / "i386-pc" / module.name)
+    for platform in (GRUB_DIR, GRUB_EFI_DIR):  # what grub.cfg's insmod loads, on either firmware
+        (grub / platform.name).mkdir(parents=True, exist_ok=True)
+        for module in platform.iterdir():
+            if module.suffix in (".mod", ".lst", ".img") and module.is_file():
+                shutil.copy2(module, grub / platform.name / module.name)
     write_in_root(grub / "grub.cfg", grub_cfg(flavour.title, release, root_uuid))
     return {
         "title": flavour.title,
@@ -548,18 +574,21 @@ def _check_default_user(cloud_cfg: Path) -> None:
 
 
 def partition_disk(disk: Path, key: str, size: int = DISK_BYTES) -> None:
-    """A sparse file of ``size`` bytes with a GPT: the BIOS boot partition and the root partition."""
+    """A sparse file of ``size`` bytes with a GPT: the BIOS boot partition, the EFI system partition and
+    the root partition."""
     with open(disk, "wb") as out:
         out.truncate(size)
     ids = {
         name: str(uuid.uuid5(uuid.NAMESPACE_URL, f"rhaas-lab-distro:{key}:{name}"))
-        for name in ("disk", "bios", "root")
+        for name in ("disk", "bios", "esp", "root")
     }
     root_sectors = (size - ROOT_START - MIB) // SECTOR
     script = (
         f"label: gpt\nlabel-id: {ids['disk']}\nunit: sectors\n"
         f"start={BIOS_BOOT_START // SECTOR}, size={BIOS_BOOT_BYTES // SECTOR}, type={BIOS_BOOT_TYPE}, "
         f'uuid={ids["bios"]}, name="bios-boot"\n'
+        f"start={ESP_START // SECTOR}, size={ESP_BYTES // SECTOR}, type={ESP_TYPE}, "
+        f'uuid={ids["esp"]}, name="esp"\n'
         f"start={ROOT_START // SECTOR}, size={root_sectors}, type={LINUX_FS_TYPE}, "
         f'uuid={ids["root"]}, name="root"\n'
     )
@@ -591,6 +620,35 @@ def make_core_image(out: Path, root_uuid: str) -> None:
     early.write_text(_GRUB_EARLY.format(uuid=root_uuid))
     run(["grub-mkimage", "-O", "i386-pc", "-d", str(GRUB_DIR), "-c", str(early), "-p", "/boot/grub",
          "-o", str(out), *_GRUB_CORE_MODULES])  # fmt: skip
+
+
+def make_efi_loader(out: Path, root_uuid: str) -> None:
+    """GRUB for x86-64 UEFI, one file: finds the root by UUID and loads the same ``/boot/grub/grub.cfg``
+    as BIOS GRUB does (its modules are in the root's ``/boot/grub/x86_64-efi``)."""
+    early = out.with_suffix(".cfg")
+    early.write_text(_GRUB_EARLY.format(uuid=root_uuid))
+    run(["grub-mkimage", "-O", "x86_64-efi", "-d", str(GRUB_EFI_DIR), "-c", str(early), "-p", "/boot/grub",
+         "-o", str(out), *_GRUB_EFI_CORE_MODULES])  # fmt: skip
+
+
+def install_esp(disk: Path, loader: Path, key: str) -> None:
+    """Make the EFI system partition (FAT, with ``loader`` at `EFI_BOOT_PATH`) and write it into ``disk``
+    at `ESP_START`: made as a file with ``mkfs.fat`` and ``mcopy`` (no loop device, no mount), then copied
+    in without its runs of zeroes, so the disk stays sparse."""
+    esp = disk.with_name("esp.img")
+    serial = hashlib.sha256(f"rhaas-lab-distro:{key}:esp".encode()).hexdigest()[:8]
+    run(["mkfs.fat", "-C", "-n", "EFI", "-i", serial, str(esp), str(ESP_BYTES // 1024)])
+    folder = str(Path(EFI_BOOT_PATH).parent)
+    run(["mmd", "-i", str(esp), f"::/{Path(folder).parent}", f"::/{folder}"])
+    run(["mcopy", "-i", str(esp), str(loader), f"::/{EFI_BOOT_PATH}"])
+    block = 64 * 1024
+    with open(esp, "rb") as src, open(disk, "r+b") as out:
+        for offset in range(0, ESP_BYTES, block):
+            data = src.read(block)
+            if data.count(0) != len(data):
+                out.seek(ESP_START + offset)
+                out.write(data)
+    esp.unlink()
 
 
 #: Offsets in GRUB's i386-pc boot sector and core image, as GRUB's ``grub-bios-setup`` fills them in.
@@ -677,7 +735,7 @@ def _image(
     return DistroImage(
         flavour=str(data["flavour"]), release=str(data["release"]), key=str(data["key"]), disk=disk,
         kernel=disk.parent / "vmlinuz", initrd=disk.parent / "initrd.img", manifest=manifest,
-        kernel_package=str(data["kernel_package"]),
+        kernel_flavour=str(data["kernel_flavour"]), kernel_package=str(data["kernel_package"]),
         kernel_version=str(data["kernel_version"]), kernel_release=str(data["kernel_release"]),
         root_uuid=str(data["root_uuid"]), packages={str(k): str(v) for k, v in packages.items()},
         virtual_bytes=int(str(data["virtual_bytes"])), data_bytes=allocated_bytes(disk),
@@ -690,12 +748,13 @@ def build_debian(
     flavour: str = DEFAULT_FLAVOUR,
     cache_root: Path | str | None = None,
     *,
+    kernel: str = DEFAULT_KERNEL,
     refresh: bool = False,
     mirror: str | None = None,
     security_mirror: str | None = None,
     say: Say | None = None,
 ) -> DistroImage:
-    """Build (or find in the cache) the whole-disk image of ``flavour``.
+    """Build (or find in the cache) the whole-disk image of ``flavour`` with Debian's ``kernel`` (`KERNELS`).
 
     ``refresh`` fetches the release's package lists first, so that the key follows the archive; a miss
     always does. ``mirror`` defaults to ``$RHAAS_DEBIAN_MIRROR``, else deb.debian.org. ``say`` gets a
@@ -703,7 +762,9 @@ def build_debian(
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}: one of {', '.join(FLAVOURS)}")
-    spec = FLAVOURS[flavour]
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
+    spec = dataclasses.replace(FLAVOURS[flavour], kernel_meta=KERNELS[kernel])
     say = say or (lambda line: None)
     mirror = mirror or os.environ.get("RHAAS_DEBIAN_MIRROR") or DEFAULT_MIRROR
     security_mirror = (
@@ -735,7 +796,7 @@ def build_debian(
 
 #: What a build runs, besides apt and dpkg (``scripts/bootstrap`` installs them).
 BUILD_TOOLS = {"mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs",
-               "grub-mkimage": "grub-common"}  # fmt: skip
+               "grub-mkimage": "grub-common", "mkfs.fat": "dosfstools", "mcopy": "mtools"}  # fmt: skip
 
 
 def _check_can_build() -> None:
@@ -745,6 +806,8 @@ def _check_can_build() -> None:
     missing = sorted({package for tool, package in BUILD_TOOLS.items() if not shutil.which(tool)})
     if not (GRUB_DIR / "boot.img").is_file():
         missing.append(GRUB_PACKAGE)
+    if not (GRUB_EFI_DIR / "linux.mod").is_file():
+        missing.append(GRUB_EFI_PACKAGE)
     if missing:
         raise ImageBuildError(f"missing tools: apt-get install {' '.join(missing)}")
 
@@ -760,6 +823,7 @@ def _build(spec: Flavour, apt: ReleaseApt, base: Path, mirror: str, security: st
     try:
         rootdir = work / "root"
         log = work / "build.log"
+        kernel_flavour = next(name for name, meta in KERNELS.items() if meta == spec.kernel_meta)
         say(f"mmdebstrap {spec.release} with {spec.kernel_meta} (a few minutes; log in {log})")
         _run_logged(mmdebstrap_command(spec, rootdir, mirror, security), log, say, "mmdebstrap")
         # The key names what the image holds: the archive may have moved since the lists were read.
@@ -770,7 +834,7 @@ def _build(spec: Flavour, apt: ReleaseApt, base: Path, mirror: str, security: st
         missing = [name for name in names if name not in installed]
         if missing:
             raise ImageBuildError(f"the image lacks {', '.join(missing)}")
-        packages = {**installed, GRUB_PACKAGE: planned[GRUB_PACKAGE]}
+        packages = {**installed, **{grub: planned[grub] for grub in (GRUB_PACKAGE, GRUB_EFI_PACKAGE)}}
         if packages != planned:
             say(f"the archive moved while building: {sorted(set(packages.items()) - set(planned.items()))}")
         key = cache_key(spec, packages, apt.sources)
@@ -781,21 +845,26 @@ def _build(spec: Flavour, apt: ReleaseApt, base: Path, mirror: str, security: st
         shutil.copy2(rootdir / "boot" / f"vmlinuz-{release}", out / "vmlinuz")
         shutil.copy2(rootdir / "boot" / f"initrd.img-{release}", out / "initrd.img")
         disk = out / "disk.raw"
-        say("writing the disk: GPT, ext4 root, GRUB")
+        say("writing the disk: GPT, ext4 root, GRUB for BIOS and for UEFI")
         partition_disk(disk, key)
         make_root_fs(disk, rootdir, root_uuid)
         core = work / "core.img"
         make_core_image(core, root_uuid)
         install_bios_boot(disk, (GRUB_DIR / "boot.img").read_bytes(), core.read_bytes(),
                           BIOS_BOOT_START // SECTOR, BIOS_BOOT_BYTES)  # fmt: skip
+        loader = work / "grubx64.efi"
+        make_efi_loader(loader, root_uuid)
+        install_esp(disk, loader, key)
         seconds = round(time.monotonic() - started, 1)
         data: dict[str, object] = {
             "key": key, "flavour": spec.name, "release": spec.release, "title": spec.title,
-            "mirror": mirror, "packages": packages, "kernel_package": kernel,
-            "kernel_version": packages[kernel], "kernel_release": release, "root_uuid": root_uuid,
+            "mirror": mirror, "packages": packages, "kernel_flavour": kernel_flavour,
+            "kernel_package": kernel, "kernel_version": packages[kernel], "kernel_release": release,
+            "root_uuid": root_uuid,
             "virtual_bytes": DISK_BYTES, "data_bytes": allocated_bytes(disk), "build_seconds": seconds,
             "boot_entry": boot_entry, "kernel": "vmlinuz", "initrd": "initrd.img", "partitions": {
                 "bios_boot": {"start": BIOS_BOOT_START, "bytes": BIOS_BOOT_BYTES, "type": BIOS_BOOT_TYPE},
+                "esp": {"start": ESP_START, "bytes": ESP_BYTES, "type": ESP_TYPE, "loader": EFI_BOOT_PATH},
                 "root": {"start": ROOT_START, "bytes": root_partition_bytes(), "type": LINUX_FS_TYPE},
             },
             "installed_packages": _count_installed(rootdir),

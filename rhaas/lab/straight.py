@@ -1,7 +1,8 @@
 """A whole-disk image booted straight from (a copy of) its own disk in QEMU, with no rhaas: the baseline a
-provision is measured against. Same node shape as the lab's (TCG, one vCPU, virtio disk and NIC); the
-SSH key reaches cloud-init through a NoCloud seed (an ISO labelled ``cidata``), and SSH is forwarded from
-a port on 127.0.0.1. The QEMU process is the caller's to end (`Straight.stop`, by its PID).
+provision is measured against. Same node shape as the lab's (TCG, one vCPU, the firmware, NIC and disk of
+a lab profile, `rhaas.lab.qemu.PROFILES`); the SSH key reaches cloud-init through a NoCloud seed (an ISO
+labelled ``cidata``, on a virtio disk of its own), and SSH is forwarded from a port on 127.0.0.1. The QEMU
+process is the caller's to end (`Straight.stop`, by its PID).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from rhaas.lab.desk import SSH_OPTIONS
+from rhaas.lab.qemu import OVMF_CODE, OVMF_VARS, PROFILES
 
 
 def free_port() -> int:
@@ -33,12 +35,20 @@ def seed_iso(directory: Path, hostname: str, public_key: str) -> Path:
 
 
 class Straight:
-    """``disk`` (raw) copied into ``directory`` and booted with ``memory_mb`` MB and a ``cpu`` vCPU;
-    ``started`` is the monotonic time QEMU was started."""
+    """``disk`` (raw) copied into ``directory`` and booted with ``memory_mb`` MB and a ``cpu`` vCPU, on the
+    hardware of lab profile ``profile``; ``started`` is the monotonic time QEMU was started."""
 
     def __init__(
-        self, disk: Path, directory: Path, memory_mb: int, key: Path, public_key: str, cpu: str = "qemu64"
+        self,
+        disk: Path,
+        directory: Path,
+        memory_mb: int,
+        key: Path,
+        public_key: str,
+        cpu: str = "qemu64",
+        profile: str = "virtio",
     ) -> None:
+        hardware = PROFILES[profile]
         directory.mkdir(parents=True, exist_ok=True)
         copy = directory / "disk.raw"
         subprocess.run(["cp", "--sparse=always", str(disk), str(copy)], check=True)
@@ -47,10 +57,22 @@ class Straight:
         cmd = ["qemu-system-x86_64", "-machine", "pc", "-m", str(memory_mb), "-smp", "1", "-cpu", cpu,
                "-display", "none",
                "-monitor", "none", "-serial", f"file:{self.console}",
-               "-drive", f"file={copy},if=virtio,format=raw",
                "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-               "-device", "virtio-net-pci,netdev=n0"]  # fmt: skip
+               "-device", f"{hardware.nic_model},netdev=n0,romfile="]  # fmt: skip
+        cmd += ["-drive", f"file={copy},format=raw,if=none,id=disk0"]
+        boot = "drive=disk0,bootindex=0"  # the firmware boots this disk, not the seed's
+        if hardware.disk_bus == "virtio":
+            cmd += ["-device", f"virtio-blk-pci,{boot}"]
+        elif hardware.disk_bus == "nvme":
+            cmd += ["-device", f"nvme,{boot},serial=straight"]
+        else:
+            cmd += ["-device", "megasas-gen2,id=raid0", "-device", f"scsi-hd,{boot},bus=raid0.0"]
+        if hardware.firmware == "uefi":
+            variables = directory / "efivars.fd"
+            subprocess.run(["cp", str(OVMF_VARS), str(variables)], check=True)
+            cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]  # fmt: skip
         self.started = time.monotonic()
         self.qemu = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=(directory / "qemu.log").open("w")
