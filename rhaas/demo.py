@@ -31,11 +31,10 @@ if TYPE_CHECKING:
     from rhaas.lab.servers import Server
 
 T = TypeVar("T")
-#: The lab's nodes by default look like a data centre's servers: n1 (and n3) a UEFI server with an Intel
-#: e1000e NIC and an NVMe disk behind a Redfish BMC, n2 a BIOS server with an Intel e1000 NIC and a
-#: MegaRAID disk behind an IPMI BMC. ``--profile virtio --bmc ipmi`` gives cloud-VM nodes (faster).
-LAB_PROFILES = ("uefi-nvme", "bios-megasas")
-LAB_BMCS = ("redfish", "ipmi")
+#: The lab's nodes by default look like cloud VMs (virtio) behind IPMI BMCs; ``--profile uefi-nvme
+#: --profile bios-megasas --bmc redfish --bmc ipmi`` makes them look like a data centre's servers.
+LAB_PROFILES = ("virtio",)
+LAB_BMCS = ("ipmi",)
 
 
 @dataclass
@@ -147,8 +146,8 @@ def demo(
 ) -> None:
     """Play the rhaas story: a base site, a reseller on it, customers A and B, and a third level.
 
-    As root, on the lab: three QEMU nodes behind Open vSwitch that look like servers (UEFI, e1000e and
-    NVMe behind a Redfish BMC; BIOS, e1000 and MegaRAID behind an IPMI one); the reseller provisions
+    As root, on the lab: three QEMU nodes behind Open vSwitch and their BMCs (virtio and IPMI, or the
+    server hardware --profile and --bmc give); the reseller provisions
     customer A's Debian 12 whole-disk image on two nodes by kexec (A logs in over SSH), takes them back
     through an NMI and wipes them, provisions customer B's Debian 13, with no firmware boot; then B
     reboots one node, which comes back and returns by the reboot path beside the other's fast return.

@@ -34,6 +34,7 @@ from rhaas.client import Client
 from rhaas.lab import distro
 from rhaas.lab.desk import Desk, keypair, put_on
 from rhaas.lab.polling import in_parallel
+from rhaas.lab.qemu import PROFILES
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.servers import Server
 from rhaas.lab.site import SWITCH, Lab
@@ -197,6 +198,7 @@ class _Story:
         url = self.reseller.server.url
         alice = self.stack.enter_context(Client(url, "alice", _user(self.admin, "alice", "customer-a")))
         bob = self.stack.enter_context(Client(url, "bob", _user(self.admin, "bob", "customer-b")))
+        self.cmdlines = {"debian12": bookworm.boot_entry["cmdline"], "debian13": trixie.boot_entry["cmdline"]}
         for c, name, project, image in ((alice, "debian12", "customer-a", bookworm),
                                         (bob, "debian13", "customer-b", trixie)):  # fmt: skip
             self.step(
@@ -224,7 +226,10 @@ class _Story:
             c.project.connect(project, node)
             c.wait_networking_action(c.node.connect_network(node, "eth0", net)["status_id"])
         start = time.monotonic()
-        jobs = {node: c.node.provision(node, image, ssh_keys=[pub.read_text()]) for node in self.pool}
+        keys = [pub.read_text()]
+        jobs = {
+            n: c.node.provision(n, image, ssh_keys=keys, cmdline=self._cmdline(n, image)) for n in self.pool
+        }
         final = wait_jobs(c, jobs, OS_TIMEOUT, as_json=False)
         failed = {n: j.get("error") for n, j in final.items() if j["status"] != "DONE"}
         if failed:  # no OS will answer: say why now, not after the SSH deadline
@@ -233,6 +238,13 @@ class _Story:
             "SSH answers", self.pool, lambda n: self.desk.logged_in(key, n) == n, OS_TIMEOUT, since=start
         )
         return final, up
+
+    def _cmdline(self, node: str, image: str) -> str | None:
+        """The image's own command line, with what the lab's emulated hardware needs (`Profile.fpbl_args`:
+        QEMU's NVMe controller can lose a command while many are in flight, and a customer's kernel
+        writing hard meets it as the FPBL's wipe did); None (the image's entry) where it needs nothing."""
+        extra = PROFILES[self.profiles[node]].fpbl_args
+        return f"{self.cmdlines[image]} {extra}" if extra else None
 
     def give_back(self, c: Client, project: str, net: str | None) -> dict[str, float]:
         for node in self.pool:
