@@ -344,7 +344,9 @@ class _Story:
             lambda: self.provision(bob, "customer-b", "debian13", "bob", "b-net"),
         )
         # -z: records end at NUL bytes (a disk's zeroes), not at newlines, so grep's memory stays small.
-        scan = f"{ROOT_DISK}; uname -r; sudo grep -a -z -c {nonce} $disk || true"
+        # The pattern is written so that it does not match itself: sudo logs the command line to B's
+        # journal, on the very disk being scanned, and the nonce itself there would be counted as A's.
+        scan = f"{ROOT_DISK}; uname -r; sudo grep -a -z -c '[{nonce[0]}]{nonce[1:]}' $disk || true"
         found: dict[str, list[str]] = {}
         self.step(
             "B scans every byte of both disks for A's data",
