@@ -125,6 +125,28 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
+def disk_args(bus: str, drive: str, serial: str, device: str = "") -> list[str]:
+    """QEMU's arguments for a node's disk ``drive`` (a ``-drive`` spec: file and format) on controller
+    ``bus`` (`Profile.disk_bus`); ``device`` is added to the disk device's options (an id, a boot index)."""
+    if bus == "virtio" and not device:
+        return ["-drive", f"{drive},if=virtio"]
+    attach = ["-drive", f"{drive},if=none,id=disk0"]
+    if bus == "virtio":
+        return [*attach, "-device", f"virtio-blk-pci,drive=disk0{device}"]
+    if bus == "nvme":
+        return [*attach, "-device", f"nvme,drive=disk0,serial={serial}{device}"]
+    scsi = f"scsi-hd,drive=disk0,bus=raid0.0{device}"
+    return ["-device", "megasas-gen2,id=raid0", *attach, "-device", scsi]
+
+
+def uefi_firmware_args(variables: Path) -> list[str]:
+    """QEMU's arguments for OVMF: its code, read-only, and the node's own copy of its variables."""
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
+    ]  # fmt: skip
+
+
 def node_profile(name: str) -> Profile:
     """The profile ``name``; `ValueError` naming the known ones if there is none."""
     try:
@@ -353,10 +375,7 @@ class QemuNode:
             "-boot", f"order={self.boot_order()}",
         ]  # fmt: skip
         if self.profile.firmware == "uefi":
-            cmd += [
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={self.efivars}",
-            ]  # fmt: skip
+            cmd += uefi_firmware_args(self.efivars)
         if self.post_seconds:
             cmd.append("-S")  # paused: `start` holds the firmware for the POST, then lets it run
         if self.tap:
@@ -396,25 +415,7 @@ class QemuNode:
 
     def _disk_args(self, disk: Path, device: str = "") -> list[str]:
         """The disk's arguments; ``device`` is added to its device's options (an id and a boot index)."""
-        drive = f"file={disk},format=qcow2,discard=unmap"
-        bus = self.profile.disk_bus
-        if bus == "virtio":
-            if device:
-                return [
-                    "-drive",
-                    f"{drive},if=none,id=disk0",
-                    "-device",
-                    f"virtio-blk-pci,drive=disk0{device}",
-                ]
-            return ["-drive", f"{drive},if=virtio"]
-        if bus == "nvme":
-            return ["-drive", f"{drive},if=none,id=disk0",
-                    "-device", f"nvme,drive=disk0,serial={self.name}{device}"]  # fmt: skip
-        return [
-            "-device", "megasas-gen2,id=raid0",
-            "-drive", f"{drive},if=none,id=disk0",
-            "-device", f"scsi-hd,drive=disk0,bus=raid0.0{device}",
-        ]  # fmt: skip
+        return disk_args(self.profile.disk_bus, f"file={disk},format=qcow2,discard=unmap", self.name, device)
 
     # --- the process ---
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from rhaas.lab.desk import SSH_OPTIONS
-from rhaas.lab.qemu import OVMF_CODE, OVMF_VARS, PROFILES
+from rhaas.lab.qemu import OVMF_VARS, PROFILES, disk_args, uefi_firmware_args
 
 
 def free_port() -> int:
@@ -60,19 +60,12 @@ class Straight:
                "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
                "-device", f"{hardware.nic_model},netdev=n0,romfile="]  # fmt: skip
-        cmd += ["-drive", f"file={copy},format=raw,if=none,id=disk0"]
-        boot = "drive=disk0,bootindex=0"  # the firmware boots this disk, not the seed's
-        if hardware.disk_bus == "virtio":
-            cmd += ["-device", f"virtio-blk-pci,{boot}"]
-        elif hardware.disk_bus == "nvme":
-            cmd += ["-device", f"nvme,{boot},serial=straight"]
-        else:
-            cmd += ["-device", "megasas-gen2,id=raid0", "-device", f"scsi-hd,{boot},bus=raid0.0"]
+        # bootindex: the firmware boots this disk, not the seed's.
+        cmd += disk_args(hardware.disk_bus, f"file={copy},format=raw", "straight", ",bootindex=0")
         if hardware.firmware == "uefi":
             variables = directory / "efivars.fd"
             subprocess.run(["cp", str(OVMF_VARS), str(variables)], check=True)
-            cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                    "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]  # fmt: skip
+            cmd += uefi_firmware_args(variables)
         self.started = time.monotonic()
         self.qemu = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=(directory / "qemu.log").open("w")
