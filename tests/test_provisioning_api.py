@@ -134,10 +134,12 @@ def test_return_falls_back_to_reboot_when_no_fpbl_checks_in(prov):
     prov.alice.ok("POST", "/project/p1/detach_node", {"node": "n2"})
 
     # The customer unloaded the crash kernel: the NMI brings no return FPBL; past the deadline the node
-    # is power cycled into a network boot.
+    # is power cycled into a network boot. The worker records the cycle after the BMC's answer: wait for
+    # the record too, or the FPBL below could check in before it.
     def fell_back():
-        jobs = prov.admin.ok("GET", "/node/n2/provisioning")["jobs"]
-        return jobs[-1]["path"] == "reboot" and bmc.boots == boots + 1
+        job = prov.admin.ok("GET", "/node/n2/provisioning")["jobs"][-1]
+        cycled = any(p["phase"] == "power-cycle" and p["state"] == "done" for p in job["phases"])
+        return job["path"] == "reboot" and bmc.boots == boots + 1 and cycled
 
     wait_for("the reboot fallback", fell_back, 15.0, every=0.02)
     assert bmc.bootdev == "pxe"
