@@ -29,6 +29,7 @@ from typing import Any
 
 from rhaas.lab.polling import wait_for
 from rhaas.lab.site import Lab
+from rhaas.procs import cleanup_on_signals
 
 
 def median_ms(samples: list[float]) -> float:
@@ -112,4 +113,5 @@ def timed(n: int, call: Callable[[], object]) -> list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    with cleanup_on_signals():  # a kill stops the lab too
+        main()

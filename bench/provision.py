@@ -48,6 +48,7 @@ from rhaas.lab import images
 from rhaas.lab.polling import in_parallel, wait_for
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.site import Lab
+from rhaas.procs import cleanup_on_signals
 from rhaas.provisioning.fpbl import build_fpbl, export
 from rhaas.provisioning.phases import phase_durations
 
@@ -302,4 +303,5 @@ def wipe_table(wipes: dict[str, dict[str, float]]) -> dict[str, dict[str, float]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with cleanup_on_signals():  # a kill stops the lab too
+        sys.exit(main())

@@ -26,6 +26,7 @@ import click
 
 from rhaas.cli.lab import BMC_PROTOCOLS, NODE_PROFILES
 from rhaas.client import Client
+from rhaas.procs import cleanup_on_signals
 
 if TYPE_CHECKING:
     from rhaas.lab.servers import Server
@@ -152,48 +153,51 @@ def demo(
     through an NMI and wipes them, provisions customer B's Debian 13, with no firmware boot; then B
     reboots one node, which comes back and returns by the reboot path beside the other's fast return.
     With --mock (or without root) the story runs on mock hardware, without fast provisioning."""
-    from rhaas.lab.site import missing
+    with cleanup_on_signals():  # a kill, or a closed terminal, stops what the demo started
+        from rhaas.lab.site import missing
 
-    why = None if mock else missing()
-    if why:
-        click.echo(f"demo: the lab {why}; playing the story on mock hardware (see --help)", err=True)
-    workdir = (workdir or Path(tempfile.mkdtemp(prefix="rhaas-demo-"))).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    story = Story(live=not (mock or why))
-    click.echo(click.style("rhaas demo", bold=True) + f" (logs and databases in {workdir})\n")
-    rows: list[tuple[str, str, str, str]] = []
-    if mock or why:
-        reach = _mock_story(story, workdir, nodes, keep)
-    else:
-        from rhaas import demo_lab
+        why = None if mock else missing()
+        if why:
+            click.echo(f"demo: the lab {why}; playing the story on mock hardware (see --help)", err=True)
+        workdir = (workdir or Path(tempfile.mkdtemp(prefix="rhaas-demo-"))).absolute()
+        workdir.mkdir(parents=True, exist_ok=True)
+        story = Story(live=not (mock or why))
+        click.echo(click.style("rhaas demo", bold=True) + f" (logs and databases in {workdir})\n")
+        rows: list[tuple[str, str, str, str]] = []
+        if mock or why:
+            reach = _mock_story(story, workdir, nodes, keep)
+        else:
+            from rhaas import demo_lab
 
-        rows, reach = demo_lab.play(
-            workdir, story.step, story.check, keep, memory, profiles or LAB_PROFILES, bmcs or LAB_BMCS
-        )
-    click.echo("\n" + click.style("step timings", bold=True))
-    for title, seconds in story.timings:
-        click.echo(f"  {seconds:8.1f} s  {title}")
-    if rows:
-        click.echo("\n" + click.style("fast path against reboot path (medians over the nodes)", bold=True))
-        header = ("", "fast path", "reboot path", "firmware boots fast / reboot")
-        width = max(len(r[0]) for r in [header, *rows])
-        for what, fast, slow, boots in [header, *rows]:
-            click.echo(f"  {what:<{width}}  {fast:>9}  {slow:>11}  {boots}")
-        click.echo("  * the reboot path's provision: the network boot to the FPBL, then the same deploy")
-        click.echo("  the reboot path's return: the node B rebooted during its lease (see the checks)")
-    seed = [(claim, evidence) for claim, evidence in story.checks if claim.startswith("seed ")]
-    if seed:
-        click.echo("\n" + click.style("the seed's acceptance criteria", bold=True))
-        for claim, evidence in seed:
-            click.echo(f"  {click.style('✔', fg='green')} {claim.split(': ', 1)[1]}\n      {evidence}")
-    click.echo(click.style(f"\nall {len(story.checks)} checks passed", fg="green"))
-    if keep:
-        click.echo("The instances keep running. Talk to them with the CLI:")
-        for line in reach:
-            click.echo(line)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-        click.echo("everything was stopped and removed")
+            rows, reach = demo_lab.play(
+                workdir, story.step, story.check, keep, memory, profiles or LAB_PROFILES, bmcs or LAB_BMCS
+            )
+        click.echo("\n" + click.style("step timings", bold=True))
+        for title, seconds in story.timings:
+            click.echo(f"  {seconds:8.1f} s  {title}")
+        if rows:
+            click.echo(
+                "\n" + click.style("fast path against reboot path (medians over the nodes)", bold=True)
+            )
+            header = ("", "fast path", "reboot path", "firmware boots fast / reboot")
+            width = max(len(r[0]) for r in [header, *rows])
+            for what, fast, slow, boots in [header, *rows]:
+                click.echo(f"  {what:<{width}}  {fast:>9}  {slow:>11}  {boots}")
+            click.echo("  * the reboot path's provision: the network boot to the FPBL, then the same deploy")
+            click.echo("  the reboot path's return: the node B rebooted during its lease (see the checks)")
+        seed = [(claim, evidence) for claim, evidence in story.checks if claim.startswith("seed ")]
+        if seed:
+            click.echo("\n" + click.style("the seed's acceptance criteria", bold=True))
+            for claim, evidence in seed:
+                click.echo(f"  {click.style('✔', fg='green')} {claim.split(': ', 1)[1]}\n      {evidence}")
+        click.echo(click.style(f"\nall {len(story.checks)} checks passed", fg="green"))
+        if keep:
+            click.echo("The instances keep running. Talk to them with the CLI:")
+            for line in reach:
+                click.echo(line)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            click.echo("everything was stopped and removed")
 
 
 def _mock_story(story: Story, workdir: Path, nodes: int, keep: bool) -> list[str]:

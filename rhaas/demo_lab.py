@@ -99,8 +99,10 @@ def _teardown(lab: Lab, keep: bool) -> Iterator[ExitStack]:
     with ExitStack() as stack:
         try:
             yield stack
-        except BaseException:
-            click.echo("the demo failed: stopping everything it started", err=True)
+        except BaseException as exc:
+            why = "was stopped" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+            click.echo(f"the demo {why}: stopping everything it started", err=True)
+            click.echo(f"(if this is cut short: rhaas lab down --workdir {lab.workdir})", err=True)
             stack.close()
             lab.down()
             raise

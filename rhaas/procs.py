@@ -1,4 +1,5 @@
-"""The programs rhaas runs beside itself (dnsmasq, ip, Open vSwitch's tools): finding and ending them.
+"""The programs rhaas runs beside itself (dnsmasq, ip, Open vSwitch's tools): finding and ending them;
+and ending this program so that it ends what it started.
 
 Production code (the boot service) and the lab share these. This module must stay small and know nothing
 of what the programs are, nor of the lab (`rhaas.lab.procs` tracks the lab's own processes).
@@ -7,7 +8,11 @@ of what the programs are, nor of the lab (`rhaas.lab.procs` tracks the lab's own
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 
 def find_binary(name: str) -> str | None:
@@ -26,3 +31,23 @@ def end(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+@contextmanager
+def cleanup_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Within: SIGTERM or SIGHUP (``kill``, a closed terminal) raise SystemExit(128 + signal) in the main
+    thread, as Ctrl-C raises KeyboardInterrupt, so that ``finally`` blocks and context managers stop what
+    this program started. By default those signals end Python at once and leave it all running. Once one
+    has arrived, further ones are ignored until the block is left: the cleanup is not cut short."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for each in signums:
+            signal.signal(each, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous = {each: signal.signal(each, on_signal) for each in signums}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)

@@ -1,6 +1,7 @@
 """The README's main command plays the whole story and checks its claims: on mock hardware anywhere, and
 on the lab (real Open vSwitch, IPMI, QEMU nodes, fast provisioning) as root."""
 
+import signal
 import subprocess
 import sys
 
@@ -8,6 +9,8 @@ import pytest
 from lab_helpers import MISSING
 
 from rhaas.lab import procs
+from rhaas.lab.polling import wait_for
+from rhaas.lab.site import Lab, lab_id
 
 
 def test_demo_plays_the_story_on_mock_hardware_and_cleans_up(tmp_path):
@@ -63,3 +66,44 @@ def test_demo_plays_the_whole_story_on_the_lab_and_cleans_up(tmp_path):
         for pid in leftover:
             procs.stop(pid, workdir)
         assert not leftover, f"the demo left processes {leftover}"
+
+
+@pytest.mark.qemu
+@pytest.mark.root
+@pytest.mark.ovs
+@pytest.mark.slow
+@pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_killed_demo_stops_its_lab(tmp_path, signum):
+    """A SIGTERM (a ``kill``, a CI's timeout) or a Ctrl-C while the reseller's nodes boot the FPBL ends the
+    demo through its cleanup: no QEMU node, BMC, server or Open vSwitch left running, no namespace left."""
+    workdir, out = tmp_path / "demo", tmp_path / "out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rhaas.cli.main", "demo", "--workdir", str(workdir)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # The lab is up, the reseller runs and its nodes are being power cycled into the FPBL.
+        wait_for(
+            "the enrolment step", lambda: "▶ enrol both" in out.read_text() or proc.poll() is not None, 600
+        )
+        assert proc.poll() is None, out.read_text()
+        assert procs.ours_in(workdir), "the demo runs nothing in its workdir?"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=180) == 128 + signum, out.read_text()
+        text = out.read_text()
+        assert "the demo was stopped: stopping everything it started" in text, text
+        assert "stopped Open vSwitch" in text, text
+        lab = lab_id(workdir / "lab")
+        namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert lab not in namespaces, namespaces
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        leftover = procs.ours_in(workdir)
+        Lab(workdir / "lab").down()
+        assert not leftover, f"the killed demo left processes {leftover}"

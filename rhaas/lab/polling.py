@@ -29,7 +29,8 @@ def wait_for(what: str, condition: Callable[[], T], timeout: float, every: float
 def in_parallel(names: list[str], action: Callable[[str], T]) -> dict[str, T]:
     """``action(name)`` for every name at once, in a thread each (the lab's nodes share this machine's
     CPUs: side by side, not one after the other); the results by name. The first exception raised is
-    raised again here, once every thread has ended."""
+    raised again here, once every thread has ended. The threads are daemons: if the caller is interrupted
+    while it waits (Ctrl-C, a signal made an exception), it cleans up and exits without waiting for them."""
     results: dict[str, T] = {}
     errors: list[BaseException] = []
 
@@ -39,7 +40,7 @@ def in_parallel(names: list[str], action: Callable[[str], T]) -> dict[str, T]:
         except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(n,), name=f"at-once-{n}") for n in names]
+    threads = [threading.Thread(target=run, args=(n,), name=f"at-once-{n}", daemon=True) for n in names]
     for t in threads:
         t.start()
     for t in threads:
