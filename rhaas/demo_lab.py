@@ -58,12 +58,6 @@ RAW_MIB = (2100, 2600, 3100, 3600)
 #: by the node's hardware), and the driver of its NIC.
 ROOT_DISK = 'disk=/dev/$(lsblk -no pkname "$(findmnt -no source /)")'
 NIC_DRIVER = "basename $(readlink /sys/class/net/*/device/driver)"
-#: What each lab profile's node looks like from inside Linux: its disk and its NIC's driver.
-GUEST_SEES = {
-    "virtio": ("/dev/vda", "virtio_net"),
-    "uefi-nvme": ("/dev/nvme0n1", "e1000e"),
-    "bios-megasas": ("/dev/sda", "e1000"),
-}
 
 
 def wait_each(
@@ -289,11 +283,12 @@ class _Story:
         )
         out = {n: self._on("alice", n, plant, 900).split() for n in self.pool}
         hardware = {n: tuple(v[:2]) for n, v in out.items()}
+        expect = {n: PROFILES[self.profiles[n]] for n in self.pool}
         seen = {n: v[2:] for n, v in out.items()}
         self.check(
             "A's OS drives each node's own hardware (disk, NIC driver)",
             ", ".join(f"{n} ({self.profiles[n]}): {' on '.join(hardware[n])}" for n in self.pool),
-            all(hardware[n] == GUEST_SEES[self.profiles[n]] for n in self.pool),
+            all(hardware[n] == (expect[n].guest_disk, expect[n].guest_nic_driver) for n in self.pool),
         )
         self.check(
             "seed 1/4: A's OS runs on both nodes, A's data on their disks",

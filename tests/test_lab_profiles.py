@@ -66,10 +66,6 @@ def test_unknown_profile_and_post_out_of_range_are_refused(tmp_path: Path):
         QemuNode("p1", tmp_path, post_seconds=-1)
 
 
-#: The disk each profile's disk controller shows the test OS.
-DISK_DEVICE = {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1", "megasas": "/dev/sda"}
-
-
 @pytest.fixture
 def make_node(tmp_path_factory) -> Iterator:
     made: list[QemuNode] = []
@@ -107,7 +103,7 @@ def test_a_node_of_each_profile_boots_with_its_hardware(make_node, name: str):
     node.start()
     up = node.wait_for_console(r"RHAAS-TESTOS testos-generic UP ip=(\S+)(.*)", 300)
     assert up.group(1) == "10.0.0.5/24" and "net=" not in up.group(2), f"the NIC works: {up.group(0)}"
-    assert f"disk={DISK_DEVICE[profile.disk_bus]}" in up.group(2), up.group(0)
+    assert f"disk={profile.guest_disk}" in up.group(2), up.group(0)
     ids = _pci_ids(node)
     assert PCI_IDS[profile.nic_model] in ids
     assert PCI_IDS[profile.disk_bus] in ids

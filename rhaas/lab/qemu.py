@@ -96,6 +96,9 @@ class Profile:
     nic_model: str
     disk_bus: Literal["virtio", "nvme", "megasas"]
     summary: str
+    #: What Linux on the node sees: its disk's device and its NIC's driver.
+    guest_disk: str
+    guest_nic_driver: str
     #: Kernel parameters the FPBL needs on this hardware (`[provisioning] fpbl_args`).
     fpbl_args: str = ""
 
@@ -113,13 +116,14 @@ LAB_NVME_FPBL_ARGS = "nvme.io_queue_depth=2"
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("virtio", "bios", "virtio-net-pci", "virtio", "SeaBIOS, virtio NIC, virtio disk"),
-        Profile(
-            "uefi-nvme", "uefi", "e1000e", "nvme", "OVMF (UEFI), e1000e NIC, NVMe disk", LAB_NVME_FPBL_ARGS
-        ),
-        Profile("bios-megasas", "bios", "e1000", "megasas", "SeaBIOS, e1000 NIC, MegaRAID SAS disk"),
+        Profile("virtio", "bios", "virtio-net-pci", "virtio", "SeaBIOS, virtio NIC, virtio disk",
+                "/dev/vda", "virtio_net"),
+        Profile("uefi-nvme", "uefi", "e1000e", "nvme", "OVMF (UEFI), e1000e NIC, NVMe disk",
+                "/dev/nvme0n1", "e1000e", fpbl_args=LAB_NVME_FPBL_ARGS),
+        Profile("bios-megasas", "bios", "e1000", "megasas", "SeaBIOS, e1000 NIC, MegaRAID SAS disk",
+                "/dev/sda", "e1000"),
     )
-}
+}  # fmt: skip
 #: Debian's ``ovmf`` package: the UEFI firmware's code (read-only) and the template of a node's variables.
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
