@@ -37,7 +37,7 @@ from rhaas.lab.polling import in_parallel
 from rhaas.lab.qemu import PROFILES
 from rhaas.lab.reseller import Reseller, start_reseller
 from rhaas.lab.servers import Server
-from rhaas.lab.site import SWITCH, Lab
+from rhaas.lab.site import SWITCH, Lab, node_hardware
 from rhaas.provisioning.phases import phase_durations
 
 TIMEOUT = 420.0  # TCG on a busy 2-core machine: iPXE, the FPBL over HTTP, two nodes at once
@@ -117,11 +117,13 @@ class _Story:
         self.workdir, self.lab, self.stack, self.step, self.check = workdir, lab, stack, step, check
 
     def bring_up(self, memory_mb: int, profiles: Sequence[str], bmcs: Sequence[str]) -> None:
+        nodes = 3  # two for the reseller, one the base keeps
         hardware = ", ".join(f"{p} through {b.upper() if b == 'ipmi' else 'Redfish'}"
-                             for p, b in _mixed(profiles, bmcs))  # fmt: skip
+                             for p, b in node_hardware(profiles, bmcs, nodes))  # fmt: skip
         self.step(
-            f"bring up the lab: Open vSwitch, 3 QEMU nodes with their BMCs ({hardware}), the base instance",
-            lambda: self.lab.up(3, memory_mb, profiles=profiles, bmcs=bmcs),
+            f"bring up the lab: Open vSwitch, {nodes} QEMU nodes with their BMCs ({hardware}), the base "
+            "instance",
+            lambda: self.lab.up(nodes, memory_mb, profiles=profiles, bmcs=bmcs),
         )
         self.base = self.stack.enter_context(self.lab.client())
         self.step(
@@ -456,11 +458,6 @@ class _Story:
             f"RHAAS_PASSWORD={level3.admin[1]}",
             f"Stop everything with: rhaas lab down --workdir {self.lab.workdir}",
         ]
-
-
-def _mixed(profiles: Sequence[str], bmcs: Sequence[str], nodes: int = 3) -> list[tuple[str, str]]:
-    """Each node's (profile, BMC protocol), as `Lab.up` hands them out."""
-    return [(profiles[i % len(profiles)], bmcs[i % len(bmcs)]) for i in range(nodes)]
 
 
 def kernel_for(profiles: Sequence[str]) -> str:

@@ -87,6 +87,11 @@ def lab_id(workdir: Path) -> str:
     return "rl" + hashlib.sha256(str(workdir).encode()).hexdigest()[:4]
 
 
+def node_hardware(profiles: Sequence[str], bmcs: Sequence[str], nodes: int) -> list[tuple[str, str]]:
+    """Each of ``nodes`` nodes' (profile, BMC protocol): node i takes the i-th of each, round the lists."""
+    return [(profiles[i % len(profiles)], bmcs[i % len(bmcs)]) for i in range(nodes)]
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
@@ -312,15 +317,13 @@ class Lab:
                 name=f"n{i}",
                 mac=mac_for(f"{self.id}-n{i}"),
                 tap=f"{self.id}t{i}",
-                bmc_port=free_port(
-                    socket.SOCK_STREAM if bmcs[(i - 1) % len(bmcs)] == "redfish" else socket.SOCK_DGRAM
-                ),
-                profile=profiles[(i - 1) % len(profiles)],
+                bmc_port=free_port(socket.SOCK_STREAM if bmc == "redfish" else socket.SOCK_DGRAM),
+                profile=profile,
                 post_seconds=post_seconds,
                 cpu=cpu,
-                bmc=bmcs[(i - 1) % len(bmcs)],
+                bmc=bmc,
             )
-            for i in range(1, nodes + 1)
+            for i, (profile, bmc) in enumerate(node_hardware(profiles, bmcs, nodes), start=1)
         ]
         server_port = None if endpoint else free_port()
         return LabRecord(
