@@ -143,6 +143,16 @@ def disk_args(bus: str, drive: str, serial: str, device: str = "") -> list[str]:
     return ["-device", "megasas-gen2,id=raid0", *attach, "-device", scsi]
 
 
+def uefi_variables(variables: Path, who: str) -> None:
+    """Give ``who`` its own copy of OVMF's variables at ``variables``, from Debian's template, unless it
+    has one (a node keeps its boot entries across restarts); `QemuError` if OVMF is not installed."""
+    if variables.exists():
+        return
+    if not OVMF_CODE.exists():
+        raise QemuError(f"{who}: UEFI firmware {OVMF_CODE} is missing (Debian package ovmf)")
+    shutil.copyfile(OVMF_VARS, variables)
+
+
 def uefi_firmware_args(variables: Path) -> list[str]:
     """QEMU's arguments for OVMF: its code, read-only, and the node's own copy of its variables."""
     return [
@@ -455,12 +465,8 @@ class QemuNode:
                 raise QemuError(f"{self.name} is already running")
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._create_disk()
-            if self.profile.firmware == "uefi" and not self.efivars.exists():
-                if not OVMF_CODE.exists():
-                    raise QemuError(
-                        f"{self.name}: UEFI firmware {OVMF_CODE} is missing (Debian package ovmf)"
-                    )
-                shutil.copyfile(OVMF_VARS, self.efivars)
+            if self.profile.firmware == "uefi":
+                uefi_variables(self.efivars, self.name)
             for stale in (self.qmp_path, self.events_path, self.pidfile):
                 stale.unlink(missing_ok=True)
             self._boot_offset = self.console_offset()

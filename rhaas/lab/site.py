@@ -48,6 +48,7 @@ from rhaas.lab import bootserver, netns, procs
 from rhaas.lab.daemon import PASSWORD_ENV, state_file
 from rhaas.lab.ovs import OVSDaemon
 from rhaas.lab.qemu import CPU_MODELS, PROFILES, QemuNode, mac_for
+from rhaas.lab.servers import free_port
 from rhaas.lab.vbmc import BMCState
 from rhaas.procs import find_binary
 
@@ -90,12 +91,6 @@ def lab_id(workdir: Path) -> str:
 def node_hardware(profiles: Sequence[str], bmcs: Sequence[str], nodes: int) -> list[tuple[str, str]]:
     """Each of ``nodes`` nodes' (profile, BMC protocol): node i takes the i-th of each, round the lists."""
     return [(profiles[i % len(profiles)], bmcs[i % len(bmcs)]) for i in range(nodes)]
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: What a lab node's BMC can speak.

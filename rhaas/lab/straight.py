@@ -7,19 +7,13 @@ process is the caller's to end (`Straight.stop`, by its PID).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from rhaas.lab.desk import SSH_OPTIONS
-from rhaas.lab.qemu import OVMF_VARS, PROFILES, disk_args, uefi_firmware_args
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from rhaas.lab.qemu import PROFILES, disk_args, uefi_firmware_args, uefi_variables
+from rhaas.lab.servers import free_port
 
 
 def seed_iso(directory: Path, hostname: str, public_key: str) -> Path:
@@ -64,7 +58,8 @@ class Straight:
         cmd += disk_args(hardware.disk_bus, f"file={copy},format=raw", "straight", ",bootindex=0")
         if hardware.firmware == "uefi":
             variables = directory / "efivars.fd"
-            subprocess.run(["cp", str(OVMF_VARS), str(variables)], check=True)
+            variables.unlink(missing_ok=True)  # a fresh firmware, as the disk is a fresh copy
+            uefi_variables(variables, "the straight boot")
             cmd += uefi_firmware_args(variables)
         self.started = time.monotonic()
         self.qemu = subprocess.Popen(
