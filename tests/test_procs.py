@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 from rhaas.lab.polling import wait_for
+from rhaas.procs import cleanup_on_signals
 
 CHILD = textwrap.dedent(
     """
@@ -65,8 +66,6 @@ def test_a_sighup_runs_the_cleanup_too(tmp_path):
 
 def test_the_handlers_are_put_back_when_the_block_is_left():
     before = signal.getsignal(signal.SIGTERM)
-    from rhaas.procs import cleanup_on_signals
-
     with cleanup_on_signals():
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
